@@ -1,0 +1,311 @@
+//! The persistent dirty bitmap of a disk: one bit per extent that may differ from what the
+//! replica plus the unshipped logs describe. Memory-mapped, so a mark survives the death of
+//! the process as soon as it is made, and survives a power cut once flushed. A clean-shutdown
+//! flag tells the next user whether the previous one stopped cleanly.
+//!
+//! File layout: a 4 KiB header (magic `hrl-bmp\0`, version u16, extent size u32 at 12,
+//! disk size u64 at 16, bit count u64 at 24, clean flag u8 at 32), then the bits, LSB first.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+
+use bitvec::prelude::*;
+use memmap2::MmapMut;
+
+const MAGIC: [u8; 8] = *b"hrl-bmp\0";
+const VERSION: u16 = 1;
+const HEADER_LEN: usize = 4096;
+const CLEAN_OFFSET: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BitmapError {
+    #[error("{path}: {op}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid dirty bitmap: {reason}; move it aside and resync the disk")]
+    Bad { path: PathBuf, reason: String },
+    #[error("extent size {0} is not a power of two of at least 512 bytes")]
+    BadExtentSize(u32),
+}
+
+/// A disk's dirty bitmap, mapped from its file.
+pub struct DirtyBitmap {
+    path: PathBuf,
+    file: std::fs::File,
+    map: MmapMut,
+    extent_size: u32,
+    disk_size: u64,
+}
+
+fn bits_for(disk_size: u64, extent: u32) -> u64 {
+    disk_size.div_ceil(u64::from(extent))
+}
+
+fn file_len_for(bits: u64) -> u64 {
+    // Room for at least one more byte of bits, rounded up to whole pages.
+    (HEADER_LEN as u64 + bits.div_ceil(8).max(1)).div_ceil(4096) * 4096
+}
+
+impl DirtyBitmap {
+    /// Opens the bitmap at `path`, creating it if missing. Returns whether the previous user
+    /// closed it cleanly (a new bitmap counts as clean), and marks it in use.
+    /// An existing bitmap keeps its own extent size.
+    pub fn open(
+        path: &Path,
+        extent_size: u32,
+        disk_size: u64,
+    ) -> Result<(DirtyBitmap, bool), BitmapError> {
+        if !extent_size.is_power_of_two() || extent_size < 512 {
+            return Err(BitmapError::BadExtentSize(extent_size));
+        }
+        let io = |op| {
+            move |source| BitmapError::Io {
+                path: path.to_path_buf(),
+                op,
+                source,
+            }
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io("open bitmap"))?;
+        let len = file.metadata().map_err(io("stat bitmap"))?.len();
+        let (extent_size, existing_size, was_clean) = if len == 0 {
+            file.set_len(file_len_for(bits_for(disk_size, extent_size)))
+                .map_err(io("size bitmap"))?;
+            (extent_size, disk_size, true)
+        } else {
+            let bad = |reason: String| BitmapError::Bad {
+                path: path.to_path_buf(),
+                reason,
+            };
+            if len < HEADER_LEN as u64 {
+                return Err(bad(format!("file is {len} bytes, shorter than its header")));
+            }
+            let mut h = [0u8; 40];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut h, 0)
+                .map_err(io("read bitmap header"))?;
+            if h[0..8] != MAGIC || u16::from_le_bytes([h[8], h[9]]) != VERSION {
+                return Err(bad("bad magic or version".into()));
+            }
+            let es = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+            let ds = u64::from_le_bytes(h[16..24].try_into().unwrap_or_default());
+            if !es.is_power_of_two() || es < 512 || file_len_for(bits_for(ds, es)) > len {
+                return Err(bad(format!(
+                    "extent size {es} / disk size {ds} do not fit a {len}-byte file"
+                )));
+            }
+            (es, ds, h[CLEAN_OFFSET] == 1)
+        };
+        // SAFETY: the file is hrl's own and only this process maps it for writing; the length
+        // is fixed while the map lives (resize remaps).
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(io("map bitmap"))?;
+        let mut bm = DirtyBitmap {
+            path: path.to_path_buf(),
+            file,
+            map,
+            extent_size,
+            disk_size: existing_size,
+        };
+        bm.write_header(false);
+        bm.flush()?;
+        if disk_size > existing_size {
+            bm.resize(disk_size)?;
+        }
+        Ok((bm, was_clean))
+    }
+
+    fn write_header(&mut self, clean: bool) {
+        let h = &mut self.map[..HEADER_LEN];
+        h[0..8].copy_from_slice(&MAGIC);
+        h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        h[12..16].copy_from_slice(&self.extent_size.to_le_bytes());
+        h[16..24].copy_from_slice(&self.disk_size.to_le_bytes());
+        h[24..32].copy_from_slice(&bits_for(self.disk_size, self.extent_size).to_le_bytes());
+        h[CLEAN_OFFSET] = u8::from(clean);
+    }
+
+    fn bits(&self) -> &BitSlice<u8, Lsb0> {
+        let n = bits_for(self.disk_size, self.extent_size) as usize;
+        &self.map[HEADER_LEN..].view_bits::<Lsb0>()[..n]
+    }
+
+    fn bits_mut(&mut self) -> &mut BitSlice<u8, Lsb0> {
+        let n = bits_for(self.disk_size, self.extent_size) as usize;
+        &mut self.map[HEADER_LEN..].view_bits_mut::<Lsb0>()[..n]
+    }
+
+    pub fn extent_size(&self) -> u32 {
+        self.extent_size
+    }
+    pub fn disk_size(&self) -> u64 {
+        self.disk_size
+    }
+
+    /// Bit range covering bytes `[offset, offset+len)`, clipped to the mapped disk size.
+    fn bit_range(&self, offset: u64, len: u64) -> std::ops::Range<usize> {
+        let es = u64::from(self.extent_size);
+        let n = bits_for(self.disk_size, self.extent_size);
+        let first = (offset / es).min(n);
+        let last = offset.saturating_add(len).div_ceil(es).min(n);
+        first as usize..last as usize
+    }
+
+    /// Marks the extents covering `[offset, offset+len)`, growing the bitmap if the range ends
+    /// past the disk size. Returns true if any bit was newly set (then the caller flushes
+    /// before letting the data reach the image).
+    pub fn mark(&mut self, offset: u64, len: u64) -> Result<bool, BitmapError> {
+        if len == 0 {
+            return Ok(false);
+        }
+        let end = offset.saturating_add(len);
+        if end > self.disk_size {
+            self.resize(end)?;
+        }
+        let r = self.bit_range(offset, len);
+        let bits = &mut self.bits_mut()[r];
+        if bits.all() {
+            return Ok(false);
+        }
+        bits.fill(true);
+        Ok(true)
+    }
+
+    /// True if any extent of the range is marked.
+    pub fn is_marked(&self, offset: u64, len: u64) -> bool {
+        let r = self.bit_range(offset, len);
+        self.bits()[r].any()
+    }
+
+    /// Clears the extents lying wholly inside `[offset, offset+len)`.
+    pub fn clear(&mut self, offset: u64, len: u64) {
+        let es = u64::from(self.extent_size);
+        let first = offset.div_ceil(es);
+        let end = offset.saturating_add(len);
+        // An extent that ends at the disk end counts as whole when the range reaches it.
+        let last = if end >= self.disk_size {
+            bits_for(self.disk_size, self.extent_size)
+        } else {
+            end / es
+        };
+        if first < last {
+            self.bits_mut()[first as usize..last as usize].fill(false);
+        }
+    }
+
+    pub fn clear_all(&mut self) {
+        self.bits_mut().fill(false);
+    }
+
+    /// Number of marked extents.
+    pub fn count(&self) -> usize {
+        self.bits().count_ones()
+    }
+
+    /// Marked extents as merged byte ranges `(offset, len)`, clipped to the disk size.
+    pub fn dirty_extents(&self) -> Vec<(u64, u64)> {
+        let es = u64::from(self.extent_size);
+        let bits = self.bits();
+        let mut out = Vec::new();
+        let mut i = 0usize;
+        while let Some(start) = bits[i..].first_one().map(|s| s + i) {
+            let end = bits[start..].first_zero().map_or(bits.len(), |z| z + start);
+            let off = start as u64 * es;
+            let stop = (end as u64 * es).min(self.disk_size);
+            out.push((off, stop - off));
+            i = end;
+        }
+        out
+    }
+
+    /// Grows (never shrinks: marks past a shrink stay meaningful) to cover `disk_size`.
+    pub fn resize(&mut self, disk_size: u64) -> Result<(), BitmapError> {
+        if disk_size <= self.disk_size {
+            return Ok(());
+        }
+        let need = file_len_for(bits_for(disk_size, self.extent_size));
+        let io = |op| {
+            let path = self.path.clone();
+            move |source| BitmapError::Io { path, op, source }
+        };
+        let have = self.file.metadata().map_err(io("stat bitmap"))?.len();
+        if need > have {
+            self.map.flush().map_err(io("flush bitmap"))?;
+            // Grow in steps so a disk that grows write by write does not remap every time.
+            self.file
+                .set_len(need.max(have * 2))
+                .map_err(io("grow bitmap"))?;
+            // SAFETY: as in `open`; the old map is dropped on assignment.
+            self.map = unsafe { MmapMut::map_mut(&self.file) }.map_err(io("remap bitmap"))?;
+        }
+        self.disk_size = disk_size;
+        self.write_header(false);
+        Ok(())
+    }
+
+    /// Makes the marks durable (msync).
+    pub fn flush(&self) -> Result<(), BitmapError> {
+        self.map.flush().map_err(|source| BitmapError::Io {
+            path: self.path.clone(),
+            op: "flush bitmap",
+            source,
+        })
+    }
+
+    /// Records a clean shutdown: the marks stay, and the next `open` reports a clean stop.
+    pub fn close_clean(mut self) -> Result<(), BitmapError> {
+        self.write_header(true);
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_persist_and_clean_flag_reports_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.img.hrl-bitmap");
+        let (mut bm, clean) = DirtyBitmap::open(&p, 4096, 1 << 20).unwrap();
+        assert!(clean);
+        assert!(bm.mark(5000, 10).unwrap());
+        assert!(!bm.mark(4096, 100).unwrap(), "already marked");
+        assert!(bm.mark(3 * 4096 - 1, 2).unwrap());
+        assert_eq!(bm.dirty_extents(), vec![(4096, 3 * 4096)]);
+        drop(bm); // no clean close: like a killed process
+        let (bm, clean) = DirtyBitmap::open(&p, 4096, 1 << 20).unwrap();
+        assert!(!clean, "an unclean stop must be reported");
+        assert_eq!(bm.dirty_extents(), vec![(4096, 3 * 4096)]);
+        bm.close_clean().unwrap();
+        let (mut bm, clean) = DirtyBitmap::open(&p, 65536, 1 << 20).unwrap();
+        assert!(clean);
+        assert_eq!(
+            bm.extent_size(),
+            4096,
+            "an existing bitmap keeps its extent size"
+        );
+        bm.clear(4096, 4096);
+        assert_eq!(bm.dirty_extents(), vec![(8192, 2 * 4096)]);
+        bm.clear_all();
+        assert!(bm.dirty_extents().is_empty());
+    }
+
+    #[test]
+    fn grows_with_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b");
+        let (mut bm, _) = DirtyBitmap::open(&p, 512, 1000).unwrap();
+        assert!(bm.mark(10 << 20, 1).unwrap());
+        assert_eq!(bm.disk_size(), (10 << 20) + 1);
+        assert!(bm.is_marked(10 << 20, 1));
+        assert_eq!(bm.dirty_extents(), vec![(10 << 20, 1)]);
+        assert!(DirtyBitmap::open(&p, 1000, 1).is_err());
+    }
+}

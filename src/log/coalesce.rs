@@ -1,0 +1,183 @@
+//! Coalescing: rewriting one or more consecutive sealed logs of a disk into the smallest log
+//! with the same effect (a block written ten times ships once). The result keeps the chain:
+//! it names the first log's previous hash, and the next log still finds the hash it names in
+//! the result's `coalesced_from`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::apply::verify_chain;
+use super::format::{LogHeader, RECORD_HEADER_LEN};
+use super::reader::LogReader;
+use super::writer::LogWriter;
+use super::{LogError, Record, SealInfo};
+
+/// What an extent of the coalesced result holds.
+#[derive(Debug, Clone, Copy)]
+enum Piece {
+    /// Bytes found in source log `src` at file position `pos`.
+    Data { src: usize, pos: u64 },
+    /// Zeros (`punch`: deallocated).
+    Zero { punch: bool },
+}
+
+impl Piece {
+    fn advanced(self, by: u64) -> Piece {
+        match self {
+            Piece::Data { src, pos } => Piece::Data { src, pos: pos + by },
+            z => z,
+        }
+    }
+}
+
+/// Disjoint extents keyed by start: `start -> (end, piece)`; later changes replace earlier ones.
+#[derive(Default)]
+struct ExtentMap(BTreeMap<u64, (u64, Piece)>);
+
+impl ExtentMap {
+    fn insert(&mut self, start: u64, end: u64, piece: Piece) {
+        if start >= end {
+            return;
+        }
+        self.cut(start, end);
+        self.0.insert(start, (end, piece));
+    }
+
+    /// Removes `[start, end)` from the map, keeping the parts of extents outside it.
+    fn cut(&mut self, start: u64, end: u64) {
+        let overlapping: Vec<(u64, u64, Piece)> = self
+            .0
+            .range(..end)
+            .rev()
+            .take_while(|(_, (e, _))| *e > start)
+            .map(|(s, (e, p))| (*s, *e, *p))
+            .collect();
+        for (s, e, p) in overlapping {
+            self.0.remove(&s);
+            if s < start {
+                self.0.insert(s, (start, p));
+            }
+            if e > end {
+                self.0.insert(end, (e, p.advanced(end - s)));
+            }
+        }
+    }
+}
+
+/// Coalesces the sealed, chained logs `inputs` (in sequence order) into a new sealed log at
+/// `output`, which must not exist.
+pub fn coalesce<P: AsRef<Path>>(inputs: &[P], output: &Path) -> Result<SealInfo, LogError> {
+    let verified = verify_chain(inputs, None)?;
+    let (Some(first), Some(last)) = (verified.first(), verified.last()) else {
+        return Err(LogError::BadRecord {
+            path: output.to_path_buf(),
+            offset: 0,
+            reason: "nothing to coalesce: no input logs".into(),
+        });
+    };
+
+    let mut extents = ExtentMap::default();
+    // Smallest size a truncate cut the disk to, and the size tracked since the first truncate.
+    let mut min_size: Option<u64> = None;
+    let mut size: Option<u64> = None;
+    // Rename and delete events, in order.
+    let mut events: Vec<Record> = Vec::new();
+    let mut sources = Vec::with_capacity(inputs.len());
+
+    for (src, input) in inputs.iter().enumerate() {
+        let path = input.as_ref();
+        sources.push(File::open(path).map_err(|e| LogError::io(path, "open log", e))?);
+        let mut reader = LogReader::open(path)?;
+        while let Some(entry) = reader.next_entry() {
+            let (meta, record) = entry?;
+            match record {
+                Record::Write { offset, data } => {
+                    let end = offset + data.len() as u64;
+                    extents.insert(
+                        offset,
+                        end,
+                        Piece::Data {
+                            src,
+                            pos: meta.offset + RECORD_HEADER_LEN,
+                        },
+                    );
+                    if let Some(sz) = size.as_mut() {
+                        *sz = (*sz).max(end);
+                    }
+                }
+                Record::Zero { offset, len } => {
+                    extents.insert(offset, offset + len, Piece::Zero { punch: false })
+                }
+                Record::Punch { offset, len } => {
+                    extents.insert(offset, offset + len, Piece::Zero { punch: true })
+                }
+                Record::Truncate { size: new } => {
+                    extents.cut(new, u64::MAX);
+                    min_size = Some(min_size.map_or(new, |m| m.min(new)));
+                    size = Some(new);
+                }
+                Record::Rename { .. } => {
+                    if matches!(events.last(), Some(Record::Rename { .. })) {
+                        events.pop();
+                    }
+                    events.push(record);
+                }
+                Record::Delete => events.push(record),
+                Record::Flush | Record::Seal(_) => {}
+            }
+        }
+    }
+
+    let mut header = LogHeader::new(
+        first.header.disk_id,
+        first.header.generation,
+        last.header.sequence,
+        first.header.disk_size,
+        first.header.prev_hash,
+    );
+    header.first_sequence = first.header.first_sequence;
+    header.block_size = first.header.block_size;
+    header.coalesced_from = last.chain_hash();
+
+    let mut out = LogWriter::create(output, &header)?;
+    let result = (|| {
+        if let Some(m) = min_size {
+            out.append_truncate(m)?;
+        }
+        let mut buf = Vec::new();
+        for (&start, &(end, piece)) in &extents.0 {
+            match piece {
+                Piece::Zero { punch: false } => out.append_zero(start, end - start)?,
+                Piece::Zero { punch: true } => out.append_punch(start, end - start)?,
+                Piece::Data { src, pos } => {
+                    let mut done = 0u64;
+                    while done < end - start {
+                        let n = (end - start - done).min(1 << 20);
+                        buf.resize(n as usize, 0);
+                        sources[src]
+                            .read_exact_at(&mut buf, pos + done)
+                            .map_err(|e| LogError::io(inputs[src].as_ref(), "read log data", e))?;
+                        out.append_write(start + done, &buf)?;
+                        done += n;
+                    }
+                }
+            }
+        }
+        if let Some(sz) = size {
+            out.append_truncate(sz)?;
+        }
+        for event in &events {
+            match event {
+                Record::Rename { name } => out.append_rename(name)?,
+                _ => out.append_delete()?,
+            }
+        }
+        out.seal()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(output);
+    }
+    result
+}

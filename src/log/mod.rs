@@ -1,0 +1,69 @@
+//! The `.hrl` change log: a 4 KiB header, then checksummed records (write, truncate, zero,
+//! punch, flush, rename, delete) and, once sealed, a seal record whose hash the next log of the
+//! same disk names (a chain). Layout in docs/hrl-format.md.
+//!
+//! - [`LogWriter`] appends (the tracker), seals and closes;
+//! - [`LogReader`] yields only records it verified and stops at a torn tail;
+//! - [`verify_sealed`], [`apply_logs`] replay logs onto an image, refusing a broken chain;
+//! - [`coalesce`] rewrites logs into the smallest equivalent log.
+
+mod apply;
+mod coalesce;
+mod error;
+pub mod format;
+mod reader;
+mod writer;
+
+pub use apply::{apply_logs, apply_logs_after, ApplySummary};
+pub use coalesce::coalesce;
+pub use error::LogError;
+pub use format::{LogHeader, LogState, HEADER_LEN, RECORD_HEADER_LEN};
+pub use reader::{verify_sealed, LogEnd, LogReader, RecordMeta, VerifiedLog};
+pub use writer::{LogWriter, Recovered};
+
+use crate::Digest;
+
+/// One change (or marker) in a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// `data` was written at `offset` (the file grows if it ends past the end).
+    Write { offset: u64, data: Vec<u8> },
+    /// The file was truncated or extended to `size` (new bytes read as zero).
+    Truncate { size: u64 },
+    /// The range reads as zero, allocation kept (fallocate zero-range). Never changes the size.
+    Zero { offset: u64, len: u64 },
+    /// The range was deallocated and reads as zero (punch hole). Never changes the size.
+    Punch { offset: u64, len: u64 },
+    /// The writer asked for durability here (fsync/fdatasync).
+    Flush,
+    /// The disk was renamed to `name` (a file name in the same directory).
+    Rename { name: String },
+    /// The disk was removed.
+    Delete,
+    /// The log is complete: what it holds and the hash over all of it.
+    Seal(SealInfo),
+}
+
+/// What a seal record commits to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealInfo {
+    /// Records before the seal.
+    pub records: u64,
+    /// Bytes of write data before the seal.
+    pub payload_bytes: u64,
+    /// blake3 over the immutable header and every record checksum (see format::SealHasher).
+    pub hash: Digest,
+}
+
+/// The hash by which the next log of a disk names this one: the seal hash of an original log,
+/// or, for a coalesced log, the hash of the last original log it replaces.
+pub fn chain_hash(header: &LogHeader, seal: &SealInfo) -> Digest {
+    if header.is_coalesced() {
+        header.coalesced_from
+    } else {
+        seal.hash
+    }
+}
+
+#[cfg(test)]
+mod tests;
