@@ -1,9 +1,26 @@
 //! `hrl-shipper`: seals .hrl logs into recovery points, ships them to an object store,
 //! restores disks from it, and offers the log tools (`log inspect|verify|apply`).
 
+mod config;
+mod cycle;
+mod initial;
 mod log_cmd;
+mod points;
+mod restore;
+mod retry;
+mod service;
+mod status;
+mod store_client;
+mod target;
+mod tracker_client;
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "hrl-shipper", version, about = "Replicate disk-image change logs (.hrl) to an object store and restore from it")]
@@ -16,6 +33,105 @@ struct Cli {
 enum Command {
     /// Inspect, verify and replay .hrl logs.
     Log(log_cmd::LogArgs),
+    /// The background service: a replication cycle every interval, for one directory or all
+    /// directories of a config file. Stops cleanly on SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// One replication cycle now (initial replication first if the store has none); returns
+    /// when the recovery point is committed.
+    Sync(SyncArgs),
+    /// Replication state per disk: state, health, last point, RPO lag, unshipped bytes, errors.
+    Status(StatusArgs),
+    /// The recovery points of a group in the store.
+    Points(PointsArgs),
+    /// Rebuild every disk of a group as of a recovery point into a directory.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args)]
+struct Common {
+    /// State directory (status files, scratch space).
+    #[arg(long, env = "HRL_STATE_DIR", default_value = status::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Chunk size in bytes for base copies (power of two, 4 KiB..64 MiB).
+    #[arg(long, default_value_t = initial::DEFAULT_CHUNK_SIZE)]
+    chunk_size: u32,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Protected directory (the tracker's mount).
+    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    dir: Option<PathBuf>,
+    /// Store URL: a path, file:///path, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
+    #[arg(long, default_value = target::DEFAULT_TARGET)]
+    target: String,
+    /// Replication interval (30s, 5m, 15m, ...).
+    #[arg(long, default_value = "5m")]
+    interval: String,
+    /// Group name in the store (default: the directory's name).
+    #[arg(long)]
+    group: Option<String>,
+    /// Configuration file (TOML) with a target and protected directories.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Back-off unit: retries wait 1, 2, 4, 8, 10, then every 30 units.
+    #[arg(long, env = "HRL_RETRY_UNIT", default_value = "1m")]
+    retry_unit: String,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct SyncArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value = target::DEFAULT_TARGET)]
+    target: String,
+    #[arg(long)]
+    group: Option<String>,
+    /// Take a new base copy of every disk (after a broken chain; only changed blocks upload).
+    #[arg(long)]
+    resync: bool,
+    /// Print what the cycle did as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Only this directory (default: every directory with a state file).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, env = "HRL_STATE_DIR", default_value = status::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct PointsArgs {
+    #[arg(long, default_value = target::DEFAULT_TARGET)]
+    target: String,
+    #[arg(long)]
+    group: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    #[arg(long, default_value = target::DEFAULT_TARGET)]
+    target: String,
+    #[arg(long)]
+    group: String,
+    /// `latest`, a point id, or a time (RFC 3339): the last point sealed at or before it.
+    #[arg(long, default_value = "latest")]
+    point: String,
+    /// Directory to restore into (created if missing; existing disks are never overwritten).
+    #[arg(long)]
+    to: PathBuf,
 }
 
 fn main() -> std::process::ExitCode {
@@ -28,6 +144,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Log(args) => log_cmd::run(args),
+        other => runtime().and_then(|rt| rt.block_on(dispatch(other))),
     };
     match result {
         Ok(code) => code,
@@ -36,4 +153,229 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")
+}
+
+async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
+    match cmd {
+        Command::Log(_) => unreachable_log(),
+        Command::Run(a) => cmd_run(a).await,
+        Command::Sync(a) => cmd_sync(a).await,
+        Command::Status(a) => cmd_status(a),
+        Command::Points(a) => cmd_points(a).await,
+        Command::Restore(a) => cmd_restore(a).await,
+    }
+}
+
+fn unreachable_log() -> Result<std::process::ExitCode> {
+    bail!("internal: the log subcommand is dispatched before the runtime starts")
+}
+
+fn group_for(dir: &Path, group: Option<String>) -> Result<String> {
+    match group {
+        Some(g) => Ok(g),
+        None => config::default_group(dir),
+    }
+}
+
+fn check_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!("{} is not a directory; pass the tracker's mount directory with --dir", dir.display());
+    }
+    Ok(())
+}
+
+fn protected(dir: &Path, target: &str, group: &str, common: &Common, force_resync: bool) -> Result<cycle::Protected> {
+    hrl::chunk::check_block_size(common.chunk_size).context("--chunk-size")?;
+    let t = target::open(target)?;
+    Ok(cycle::Protected {
+        dir: dir.to_path_buf(),
+        store: store_client::GroupStore::new(t, group)?,
+        chunk_size: common.chunk_size,
+        state_dir: common.state_dir.clone(),
+        force_resync,
+        progress_bar: std::io::stderr().is_terminal(),
+    })
+}
+
+async fn cmd_sync(a: SyncArgs) -> Result<std::process::ExitCode> {
+    check_dir(&a.dir)?;
+    let group = group_for(&a.dir, a.group)?;
+    let p = protected(&a.dir, &a.target, &group, &a.common, a.resync)?;
+    let initial = status::load(&p.state_dir, &p.dir).ok().flatten().filter(|s| s.group == group);
+    let st = Mutex::new(initial.unwrap_or_else(|| status::DirStatus::new(&p.dir, &group, &p.store.target.url)));
+    let result = cycle::run_cycle(&p, &st).await;
+    let mut s = st.lock().map_err(|_| anyhow::anyhow!("status lock poisoned"))?.clone();
+    s.target = p.store.target.url.clone();
+    s.updated_ns = hrl::now_ns();
+    let report = match result {
+        Ok(r) => {
+            s.health = status::Health::Normal;
+            s.last_error = None;
+            s.attempt = 0;
+            s.next_retry_ns = None;
+            status::save(&p.state_dir, &s)?;
+            r
+        }
+        Err(e) => {
+            let class = retry::classify(&e);
+            s.health = if class == retry::ErrorClass::Fatal { status::Health::Critical } else { s.health.max(status::Health::Warning) };
+            s.last_error = Some(format!("{e:#}"));
+            let _ = status::save(&p.state_dir, &s);
+            return Err(e);
+        }
+    };
+    if a.json {
+        let v = serde_json::json!({
+            "point": report.point_id,
+            "time_ns": report.time_ns,
+            "disks": report.disks,
+            "logs_shipped": report.logs_shipped,
+            "log_bytes_sealed": report.log_bytes_sealed,
+            "log_bytes_coalesced": report.log_bytes_coalesced,
+            "log_bytes_uploaded": report.log_bytes_uploaded,
+            "base_copies": report.base_copies.iter().map(|c| serde_json::json!({
+                "index": c.index_key, "disk_size": c.disk_size, "blocks": c.blocks,
+                "zero_blocks": c.zero_blocks, "uploaded_chunks": c.uploaded_chunks,
+                "uploaded_bytes": c.uploaded_bytes, "existing_chunks": c.existing_chunks,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "recovery point {} committed ({} disks, {} logs, {} bytes uploaded, {} base copies)",
+            report.point_id,
+            report.disks,
+            report.logs_shipped,
+            report.log_bytes_uploaded + report.base_copies.iter().map(|c| c.uploaded_bytes).sum::<u64>(),
+            report.base_copies.len()
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
+    let mut jobs = Vec::new();
+    if let Some(path) = &a.config {
+        let cfg = config::load(path)?;
+        let retry_unit = match cfg.retry_unit {
+            Some(u) => u,
+            None => retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
+        };
+        let common = Common {
+            state_dir: cfg.state_dir.clone().unwrap_or(a.common.state_dir.clone()),
+            chunk_size: cfg.chunk_size.unwrap_or(a.common.chunk_size),
+        };
+        for d in &cfg.dirs {
+            check_dir(&d.path)?;
+            jobs.push(service::DirJob {
+                protected: protected(&d.path, &cfg.target, &d.group, &common, false)?,
+                interval: d.interval,
+                retry_unit,
+            });
+        }
+    } else if let Some(dir) = &a.dir {
+        check_dir(dir)?;
+        let group = group_for(dir, a.group.clone())?;
+        jobs.push(service::DirJob {
+            protected: protected(dir, &a.target, &group, &a.common, false)?,
+            interval: retry::parse_duration(&a.interval).context("--interval")?,
+            retry_unit: retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
+        });
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut set = tokio::task::JoinSet::new();
+    for j in jobs {
+        let mut j = j;
+        j.protected.progress_bar = false;
+        set.spawn(service::run_dir(j, rx.clone()));
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("install SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = async { while set.join_next().await.is_some() {} } => {}
+    }
+    let _ = tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(30), async { while set.join_next().await.is_some() {} }).await;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn cmd_status(a: StatusArgs) -> Result<std::process::ExitCode> {
+    let all = match &a.dir {
+        Some(d) => match status::load(&a.state_dir, d)? {
+            Some(s) => vec![s],
+            None => bail!(
+                "no shipper state for {} in {}; has `hrl-shipper sync` or `run` been started for it?",
+                d.display(),
+                a.state_dir.display()
+            ),
+        },
+        None => status::load_all(&a.state_dir)?,
+    };
+    if a.json {
+        let now = hrl::now_ns();
+        let v: Vec<serde_json::Value> = all
+            .iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(s).unwrap_or_default();
+                v["rpo_lag_s"] = s.last_point_ns.map(|t| now.saturating_sub(t) as f64 / 1e9).into();
+                if let Some(disks) = v["disks"].as_array_mut() {
+                    for (d, k) in disks.iter_mut().zip(&s.disks) {
+                        d["state_label"] = k.state.label().into();
+                        d["unshipped_share"] =
+                            (if k.disk_size > 0 { k.unshipped_bytes as f64 / k.disk_size as f64 } else { 0.0 }).into();
+                    }
+                }
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", status::render(&all));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
+    let store = store_client::GroupStore::new(target::open(&a.target)?, &a.group)?;
+    let ids = points::list_ids(&store).await?;
+    let mut all = Vec::new();
+    for id in ids {
+        all.push(points::load(&store, id).await?);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else if all.is_empty() {
+        println!("group {:?} in {} has no recovery points", a.group, a.target);
+    } else {
+        println!("{:>6}  {:<26} disks", "point", "sealed at");
+        for m in &all {
+            let disks: Vec<String> = m.disks.iter().map(|d| format!("{} ({} B)", d.name, d.disk_size)).collect();
+            println!("{:>6}  {:<26} {}", m.id, points::fmt_time(m.time_ns), disks.join(", "));
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn cmd_restore(a: RestoreArgs) -> Result<std::process::ExitCode> {
+    let store = store_client::GroupStore::new(target::open(&a.target)?, &a.group)?;
+    let point = points::select(&store, &a.point).await?;
+    let started = std::time::Instant::now();
+    let report = restore::restore_point(&store, &point, &a.to).await?;
+    let total: u64 = report.disks.iter().map(|(_, s)| s).sum();
+    println!(
+        "restored point {} (sealed {}) into {}: {} disks, {} bytes, {} logs applied, {:.1}s",
+        point.id,
+        points::fmt_time(point.time_ns),
+        a.to.display(),
+        report.disks.len(),
+        total,
+        report.logs,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(std::process::ExitCode::SUCCESS)
 }

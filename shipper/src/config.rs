@@ -1,0 +1,132 @@
+//! The service configuration file (TOML): one target and any number of protected
+//! directories, each with its interval. Unknown keys are refused, so a typo is an error
+//! naming the key rather than a silently ignored setting.
+//!
+//! ```toml
+//! target = "s3://bucket/hrl"          # or a path, file://, az://, gs://
+//! retry_unit = "1m"                   # optional: back-off unit (tests use seconds)
+//! state_dir = "/var/lib/hrl/shipper"  # optional
+//! chunk_size = 262144                 # optional, bytes, power of two
+//!
+//! [[dir]]
+//! path = "/vms/vm1"
+//! interval = "5m"                     # 30s, 5m or 15m (any duration works)
+//! group = "vm1"                       # optional: defaults to the directory's name
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::retry::parse_duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    target: String,
+    retry_unit: Option<String>,
+    state_dir: Option<PathBuf>,
+    chunk_size: Option<u32>,
+    #[serde(default)]
+    dir: Vec<RawDir>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDir {
+    path: PathBuf,
+    interval: Option<String>,
+    group: Option<String>,
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub target: String,
+    pub retry_unit: Option<Duration>,
+    pub state_dir: Option<PathBuf>,
+    pub chunk_size: Option<u32>,
+    pub dirs: Vec<DirConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirConfig {
+    pub path: PathBuf,
+    pub interval: Duration,
+    pub group: String,
+}
+
+/// Default replication interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The group of a directory when none is given: its file name.
+pub fn default_group(dir: &Path) -> Result<String> {
+    let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    canonical
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .with_context(|| format!("cannot derive a group name from {}; pass --group NAME", dir.display()))
+}
+
+pub fn load(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
+    parse(&text).with_context(|| format!("config file {} is not valid", path.display()))
+}
+
+pub fn parse(text: &str) -> Result<Config> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if raw.dir.is_empty() {
+        bail!("no [[dir]] sections: add at least one protected directory (path = \"/vms/vm1\")");
+    }
+    let mut dirs = Vec::new();
+    for d in raw.dir {
+        let interval = match &d.interval {
+            Some(s) => parse_duration(s).with_context(|| format!("interval of {}", d.path.display()))?,
+            None => DEFAULT_INTERVAL,
+        };
+        if interval.is_zero() {
+            bail!("interval of {} is zero; use e.g. 30s, 5m or 15m", d.path.display());
+        }
+        let group = match d.group {
+            Some(g) => g,
+            None => default_group(&d.path)?,
+        };
+        if dirs.iter().any(|x: &DirConfig| x.group == group) {
+            bail!("group {group:?} is used by two directories; give each [[dir]] its own group");
+        }
+        dirs.push(DirConfig { path: d.path, interval, group });
+    }
+    Ok(Config {
+        target: raw.target,
+        retry_unit: raw.retry_unit.as_deref().map(parse_duration).transpose().context("retry_unit")?,
+        state_dir: raw.state_dir,
+        chunk_size: raw.chunk_size,
+        dirs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typo_is_an_error_naming_the_key() {
+        let err = format!("{:#}", parse("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\nintervall = \"5m\"\n").unwrap_err());
+        assert!(err.contains("intervall"), "{err}");
+    }
+
+    #[test]
+    fn directories_get_intervals_and_groups() {
+        let c = parse("target = \"/s\"\nretry_unit = \"1s\"\n[[dir]]\npath = \"/v/a\"\ninterval = \"30s\"\n[[dir]]\npath = \"/v/b\"\ngroup = \"g\"\n").unwrap();
+        assert_eq!(c.dirs[0].interval, Duration::from_secs(30));
+        assert_eq!(c.dirs[0].group, "a");
+        assert_eq!(c.dirs[1].group, "g");
+        assert_eq!(c.dirs[1].interval, DEFAULT_INTERVAL);
+        assert_eq!(c.retry_unit, Some(Duration::from_secs(1)));
+        assert!(parse("target = \"/s\"\n").is_err());
+        assert!(parse("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\ninterval = \"soon\"\n").is_err());
+    }
+}

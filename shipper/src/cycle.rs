@@ -1,0 +1,435 @@
+//! One replication cycle of a protected directory — the heart of the shipper:
+//!
+//! 1. disks without a usable replica (new, new generation, resync required, bitmap mode)
+//!    get a base copy: seal, fuzzy copy of the disk (initial.rs), then a second seal whose
+//!    logs make the copy consistent;
+//! 2. seal every disk at one instant; take each disk's unshipped logs, check they continue
+//!    the replica's chain exactly (a gap or altered log is never papered over);
+//! 3. coalesce and upload them (immutable objects; uploading twice is harmless);
+//! 4. commit the recovery point by writing its manifest last (create-if-absent);
+//! 5. ack, so the tracker deletes the shipped logs.
+//!
+//! A crash anywhere leaves either the old point (logs still pending, shipped again) or the
+//! new one (logs acked on the next run, never applied twice).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use hrl::control::{DiskMode, SealedLog};
+use hrl::store::{BaseRef, DiskEntry, PointManifest, MANIFEST_VERSION};
+use tracing::{info, warn};
+
+use crate::initial::{copy_disk, CopyStats};
+use crate::retry::Fatal;
+use crate::status::{save, DirStatus, DiskState, Health};
+use crate::store_client::{compress, GroupStore, Put};
+use crate::tracker_client::TrackerClient;
+
+/// A directory under protection and where it replicates to.
+pub struct Protected {
+    pub dir: PathBuf,
+    pub store: GroupStore,
+    pub chunk_size: u32,
+    pub state_dir: PathBuf,
+    /// Take a new base of every disk (operator request).
+    pub force_resync: bool,
+    /// Show a progress bar for copies (a terminal is attached).
+    pub progress_bar: bool,
+}
+
+/// What a committed cycle did.
+#[derive(Debug, Clone, Default)]
+pub struct CycleReport {
+    pub point_id: u64,
+    pub time_ns: u64,
+    pub disks: usize,
+    pub logs_shipped: usize,
+    /// Log bytes before and after coalescing, and compressed bytes uploaded.
+    pub log_bytes_sealed: u64,
+    pub log_bytes_coalesced: u64,
+    pub log_bytes_uploaded: u64,
+    pub base_copies: Vec<CopyStats>,
+}
+
+/// Test hook: `HRL_SHIPPER_CRASH_AT=after-upload|after-commit` aborts the process there,
+/// as a kill -9 would, so tests can check what the next run does.
+fn crash_point(at: &str) {
+    if std::env::var("HRL_SHIPPER_CRASH_AT").as_deref() == Ok(at) {
+        warn!("HRL_SHIPPER_CRASH_AT={at}: aborting now");
+        std::process::abort();
+    }
+}
+
+/// Where a disk's chain starts for this point: after a base, or after the last point.
+struct ChainStart {
+    base: BaseRef,
+    generation: u64,
+    after_seq: u64,
+    after_hash: String,
+}
+
+fn hex_eq(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// Runs one cycle; `status` is updated (and saved) as it goes.
+pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<CycleReport> {
+    let save_status = || {
+        let s = status.lock().map(|s| s.clone());
+        if let Ok(s) = s {
+            if let Err(e) = save(&p.state_dir, &s) {
+                warn!("cannot save status: {e:#}");
+            }
+        }
+    };
+    let work = p.state_dir.join("work");
+    std::fs::create_dir_all(&work).with_context(|| format!("create work directory {}", work.display()))?;
+
+    let last = crate::points::latest(&p.store).await?;
+    let mut tracker = TrackerClient::connect(&p.dir).await?;
+    let tstatus = tracker.status().await?;
+
+    // 1. Which disks need a base copy.
+    let previous: BTreeMap<String, DiskEntry> = last
+        .as_ref()
+        .map(|m| m.disks.iter().map(|d| (d.disk_id.clone(), d.clone())).collect())
+        .unwrap_or_default();
+    let flagged: HashSet<String> = {
+        let s = status.lock().map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
+        s.disks
+            .iter()
+            .filter(|d| matches!(d.state, DiskState::ResyncRequired | DiskState::Resyncing))
+            .map(|d| d.disk.clone())
+            .collect()
+    };
+    for d in &tstatus.disks {
+        if d.mode == DiskMode::Bitmap {
+            info!(disk = %d.disk, "disk is in bitmap mode: switching to log mode for its resync");
+            tracker.set_mode(&d.disk, DiskMode::Log).await?;
+        }
+    }
+    let bitmap_disks: HashSet<String> =
+        tstatus.disks.iter().filter(|d| d.mode == DiskMode::Bitmap).map(|d| d.disk.clone()).collect();
+
+    let first_seal = tracker.seal().await?;
+    let mut starts: BTreeMap<String, ChainStart> = BTreeMap::new(); // by disk id
+    let mut report = CycleReport::default();
+    for sealed in &first_seal.disks {
+        let prev = previous.get(&sealed.disk_id).filter(|e| e.generation == sealed.generation);
+        let needs_base = p.force_resync
+            || prev.is_none()
+            || flagged.contains(&sealed.disk)
+            || bitmap_disks.contains(&sealed.disk);
+        if !needs_base {
+            continue;
+        }
+        let state = if prev.is_some() || previous.contains_key(&sealed.disk_id) {
+            DiskState::Resyncing
+        } else {
+            DiskState::InitialReplication
+        };
+        {
+            let mut s = status.lock().map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
+            let d = s.disk_mut(&sealed.disk, &sealed.disk_id);
+            d.state = state;
+            d.disk_size = sealed.disk_size;
+        }
+        save_status();
+        let known = match previous.get(&sealed.disk_id) {
+            Some(e) => known_chunks(&p.store, &e.base).await.unwrap_or_default(),
+            None => HashSet::new(),
+        };
+        let index_key = hrl::store::base_key(&sealed.disk_id, sealed.generation, sealed.seq);
+        info!(disk = %sealed.disk, state = state.label(), "copying disk into the store");
+        let stats = copy_with_progress(p, status, &sealed.disk, &sealed.disk_id, &index_key, &known).await?;
+        info!(
+            disk = %sealed.disk,
+            uploaded_chunks = stats.uploaded_chunks,
+            uploaded_bytes = stats.uploaded_bytes,
+            zero_blocks = stats.zero_blocks,
+            "base copy done"
+        );
+        starts.insert(
+            sealed.disk_id.clone(),
+            ChainStart {
+                base: BaseRef {
+                    index_key: stats.index_key.clone(),
+                    index_hash: stats.index_hash.clone(),
+                    block_size: p.chunk_size,
+                    after_seq: sealed.seq,
+                    after_chain_hash: sealed.hash.clone(),
+                },
+                generation: sealed.generation,
+                after_seq: sealed.seq,
+                after_hash: sealed.hash.clone(),
+            },
+        );
+        report.base_copies.push(stats);
+    }
+
+    // 2. The point's instant: after a base copy, a second seal makes the copies consistent.
+    let seal = if starts.is_empty() { first_seal } else { tracker.seal().await? };
+    let pending = tracker.pending().await?;
+    let mut by_disk: BTreeMap<String, Vec<SealedLog>> = BTreeMap::new();
+    for l in pending {
+        by_disk.entry(l.disk_id.clone()).or_default().push(l);
+    }
+    for logs in by_disk.values_mut() {
+        logs.sort_by_key(|l| (l.generation, l.seq));
+    }
+
+    let mut entries = Vec::new();
+    let mut acks: Vec<(String, u64)> = Vec::new();
+    for sealed in &seal.disks {
+        let start = match starts.remove(&sealed.disk_id) {
+            Some(s) => s,
+            None => {
+                let prev = previous
+                    .get(&sealed.disk_id)
+                    .filter(|e| e.generation == sealed.generation)
+                    .with_context(|| format!("disk {} appeared between two seals; it is copied in the next cycle", sealed.disk))?;
+                ChainStart {
+                    base: prev.base.clone(),
+                    generation: prev.generation,
+                    after_seq: prev.last_seq,
+                    after_hash: prev.last_chain_hash.clone(),
+                }
+            }
+        };
+        let logs: Vec<&SealedLog> = by_disk
+            .get(&sealed.disk_id)
+            .map(|v| v.iter().filter(|l| l.generation == start.generation && l.seq > start.after_seq).collect())
+            .unwrap_or_default();
+        if let Err(e) = check_chain(&sealed.disk, &start, &logs, sealed.seq) {
+            let msg = format!(
+                "{e}; the replica of {} cannot follow it. Run `hrl-shipper sync --dir {} --resync` to take a new base copy (only changed blocks upload)",
+                sealed.disk,
+                p.dir.display()
+            );
+            {
+                let mut s = status.lock().map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
+                let d = s.disk_mut(&sealed.disk, &sealed.disk_id);
+                d.state = DiskState::ResyncRequired;
+                d.health = Health::Critical;
+                d.last_error = Some(msg.clone());
+            }
+            save_status();
+            return Err(Fatal(msg).into());
+        }
+        if logs.iter().any(|l| l.mode == DiskMode::Bitmap) {
+            return Err(Fatal(format!(
+                "disk {} was tracked in bitmap mode after its base; it needs a resync: run `hrl-shipper sync --dir {} --resync`",
+                sealed.disk,
+                p.dir.display()
+            ))
+            .into());
+        }
+        let (last_seq, last_hash) = match logs.last() {
+            Some(l) => {
+                let (sealed_bytes, coalesced, uploaded) =
+                    ship_logs(p, &work, &sealed.disk_id, start.generation, &logs).await?;
+                report.logs_shipped += logs.len();
+                report.log_bytes_sealed += sealed_bytes;
+                report.log_bytes_coalesced += coalesced;
+                report.log_bytes_uploaded += uploaded;
+                (l.seq, l.hash.clone())
+            }
+            None => (start.after_seq, start.after_hash.clone()),
+        };
+        entries.push(DiskEntry {
+            name: sealed.disk.clone(),
+            disk_id: sealed.disk_id.clone(),
+            generation: start.generation,
+            disk_size: sealed.disk_size,
+            base: start.base,
+            last_seq,
+            last_chain_hash: last_hash,
+        });
+        acks.push((sealed.disk.clone(), sealed.seq.max(last_seq)));
+    }
+    // Logs of disks that are gone (deleted): nothing to ship, release them after the commit.
+    for (disk_id, logs) in &by_disk {
+        if !seal.disks.iter().any(|d| &d.disk_id == disk_id) {
+            if let Some(l) = logs.last() {
+                acks.push((l.disk.clone(), l.seq));
+            }
+        }
+    }
+    crash_point("after-upload");
+
+    // 4. Commit: the manifest, written last.
+    let id = last.as_ref().map_or(1, |m| m.id + 1);
+    let manifest = PointManifest {
+        version: MANIFEST_VERSION,
+        id,
+        time_ns: seal.time_ns,
+        seal_id: seal.seal_id,
+        committed_ns: hrl::now_ns(),
+        host: hostname(),
+        disks: entries,
+    };
+    match p.store.put_new(&hrl::store::point_key(id), manifest.to_json()).await? {
+        Put::Created => {}
+        Put::Existed => {
+            return Err(Fatal(format!(
+                "recovery point {id} of group {:?} was committed by another shipper at the same time; \
+                 run only one shipper per group",
+                p.store.group
+            ))
+            .into())
+        }
+    }
+    info!(point = id, disks = manifest.disks.len(), "recovery point committed");
+    crash_point("after-commit");
+
+    // 5. Ack.
+    for (disk, seq) in &acks {
+        if let Err(e) = tracker.ack(disk, *seq).await {
+            warn!(%disk, seq, "ack failed (the logs are shipped again and skipped next time): {e:#}");
+        }
+    }
+
+    // Status after the point.
+    let tstatus = tracker.status().await.ok();
+    {
+        let mut s = status.lock().map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
+        s.last_point_id = Some(id);
+        s.last_point_ns = Some(seal.time_ns);
+        s.disks.retain(|d| manifest.disks.iter().any(|e| e.disk_id == d.disk_id || e.name == d.disk));
+        for e in &manifest.disks {
+            let d = s.disk_mut(&e.name, &e.disk_id);
+            d.state = DiskState::Replicating;
+            d.health = Health::Normal;
+            d.disk_size = e.disk_size;
+            d.progress = None;
+            d.last_error = None;
+            if let Some(ts) = tstatus.as_ref().and_then(|t| t.disks.iter().find(|x| x.disk == e.name)) {
+                d.unshipped_bytes = ts.active_log_bytes + ts.pending_sealed_bytes;
+            }
+        }
+    }
+    save_status();
+    report.point_id = id;
+    report.time_ns = seal.time_ns;
+    report.disks = manifest.disks.len();
+    Ok(report)
+}
+
+/// The logs after `start` must be `start.after_seq + 1 ..= sealed_seq`, each naming the one
+/// before it.
+fn check_chain(disk: &str, start: &ChainStart, logs: &[&SealedLog], sealed_seq: u64) -> Result<(), String> {
+    let mut expect_seq = start.after_seq + 1;
+    let mut expect_prev = start.after_hash.as_str();
+    for l in logs {
+        if l.seq != expect_seq {
+            return Err(format!(
+                "log chain of disk {disk} is broken: expected log {expect_seq}, found {} (a log is missing)",
+                l.seq
+            ));
+        }
+        if !hex_eq(&l.prev_hash, expect_prev) {
+            return Err(format!(
+                "log chain of disk {disk} is broken: log {} names previous hash {} but the replica ends at {}",
+                l.seq, l.prev_hash, expect_prev
+            ));
+        }
+        expect_seq += 1;
+        expect_prev = &l.hash;
+    }
+    if expect_seq <= sealed_seq {
+        return Err(format!("log chain of disk {disk} is broken: logs up to {sealed_seq} were sealed but only up to {} are pending", expect_seq - 1));
+    }
+    Ok(())
+}
+
+/// Coalesces `logs` (one disk, consecutive) into one log and uploads it compressed.
+/// Returns (sealed bytes, coalesced bytes, uploaded bytes).
+async fn ship_logs(
+    p: &Protected,
+    work: &Path,
+    disk_id: &str,
+    generation: u64,
+    logs: &[&SealedLog],
+) -> Result<(u64, u64, u64)> {
+    let (first, last) = (logs[0].seq, logs[logs.len() - 1].seq);
+    let key = hrl::store::log_key(disk_id, generation, first, last);
+    let inputs: Vec<PathBuf> = logs.iter().map(|l| p.dir.join(&l.log)).collect();
+    let sealed_bytes: u64 = logs.iter().map(|l| l.bytes).sum();
+    let out = work.join(format!("{}-{disk_id}-{first}-{last}.hrl", p.store.group));
+    let _ = std::fs::remove_file(&out);
+    let out2 = out.clone();
+    let compressed = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<u8>)> {
+        let r = (|| {
+            hrl::log::coalesce(&inputs, &out2).map_err(|e| {
+                // A log that does not verify cannot be shipped: its chain must be restarted.
+                anyhow::Error::new(Fatal(format!(
+                    "a sealed log does not verify ({e}); the disk needs a resync: run `hrl-shipper sync --resync`"
+                )))
+            })?;
+            let data = std::fs::read(&out2).with_context(|| format!("read {}", out2.display()))?;
+            Ok((data.len() as u64, compress(&data)?))
+        })();
+        let _ = std::fs::remove_file(&out2);
+        r
+    })
+    .await
+    .context("coalesce worker failed")??;
+    let (coalesced_len, bytes) = compressed;
+    let uploaded = bytes.len() as u64;
+    p.store.put_immutable(&key, bytes).await?;
+    Ok((sealed_bytes, coalesced_len, uploaded))
+}
+
+async fn known_chunks(store: &GroupStore, base: &BaseRef) -> Result<HashSet<hrl::Digest>> {
+    let bytes = store.get(&base.index_key).await?;
+    let idx = hrl::chunk::ChunkIndex::decode(&bytes)?;
+    Ok(idx.digests.into_iter().filter(|d| *d != hrl::chunk::ZERO_DIGEST).collect())
+}
+
+async fn copy_with_progress(
+    p: &Protected,
+    status: &Mutex<DirStatus>,
+    disk: &str,
+    disk_id: &str,
+    index_key: &str,
+    known: &HashSet<hrl::Digest>,
+) -> Result<CopyStats> {
+    let bar = p.progress_bar.then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message(disk.to_string());
+        b
+    });
+    let last_save = Mutex::new(std::time::Instant::now());
+    let progress = |done: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+        if let Ok(mut t) = last_save.lock() {
+            if t.elapsed().as_secs() >= 2 || done == total {
+                *t = std::time::Instant::now();
+                if let Ok(mut s) = status.lock() {
+                    s.disk_mut(disk, disk_id).progress = Some((done, total));
+                    let _ = save(&p.state_dir, &s);
+                }
+            }
+        }
+    };
+    let r = copy_disk(&p.store, &p.dir.join(disk), p.chunk_size, index_key, known, &progress).await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    r
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

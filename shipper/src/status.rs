@@ -1,0 +1,233 @@
+//! The shipper's state per protected directory, kept as a JSON file under the state
+//! directory (`$HRL_STATE_DIR`, default `/var/lib/hrl/shipper`) so that `status` can show it
+//! while the service runs, and so that it survives restarts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hrl/shipper";
+
+/// Replication state of a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskState {
+    InitialReplication,
+    Replicating,
+    ResyncRequired,
+    Resyncing,
+    Paused,
+}
+
+impl DiskState {
+    pub fn label(self) -> &'static str {
+        match self {
+            DiskState::InitialReplication => "initial replication",
+            DiskState::Replicating => "replicating",
+            DiskState::ResyncRequired => "resync required",
+            DiskState::Resyncing => "resyncing",
+            DiskState::Paused => "paused",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Health {
+    Normal,
+    Warning,
+    Critical,
+}
+
+/// What `status` shows about one disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    pub disk: String,
+    pub disk_id: String,
+    pub state: DiskState,
+    pub health: Health,
+    pub disk_size: u64,
+    /// Sealed and active log bytes not yet in a committed point.
+    pub unshipped_bytes: u64,
+    /// Initial copy / resync progress: bytes done and total.
+    pub progress: Option<(u64, u64)>,
+    pub last_error: Option<String>,
+}
+
+/// What `status` shows about one directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirStatus {
+    pub dir: String,
+    pub group: String,
+    pub target: String,
+    pub health: Health,
+    pub last_point_id: Option<u64>,
+    /// Seal time of the last committed point, ns since the Unix epoch.
+    pub last_point_ns: Option<u64>,
+    pub last_error: Option<String>,
+    /// Failed attempts in a row.
+    pub attempt: u32,
+    /// When the next attempt runs, ns since the Unix epoch.
+    pub next_retry_ns: Option<u64>,
+    pub updated_ns: u64,
+    pub disks: Vec<DiskStatus>,
+}
+
+impl DirStatus {
+    pub fn new(dir: &Path, group: &str, target: &str) -> DirStatus {
+        DirStatus {
+            dir: dir.display().to_string(),
+            group: group.to_string(),
+            target: target.to_string(),
+            health: Health::Normal,
+            last_point_id: None,
+            last_point_ns: None,
+            last_error: None,
+            attempt: 0,
+            next_retry_ns: None,
+            updated_ns: hrl::now_ns(),
+            disks: Vec::new(),
+        }
+    }
+
+    pub fn disk_mut(&mut self, name: &str, disk_id: &str) -> &mut DiskStatus {
+        if let Some(i) = self.disks.iter().position(|d| d.disk_id == disk_id || d.disk == name) {
+            let d = &mut self.disks[i];
+            d.disk = name.to_string();
+            d.disk_id = disk_id.to_string();
+            return d;
+        }
+        self.disks.push(DiskStatus {
+            disk: name.to_string(),
+            disk_id: disk_id.to_string(),
+            state: DiskState::InitialReplication,
+            health: Health::Normal,
+            disk_size: 0,
+            unshipped_bytes: 0,
+            progress: None,
+            last_error: None,
+        });
+        self.disks.last_mut().expect("just pushed")
+    }
+}
+
+/// State file of a protected directory: `dir-<16 hex of blake3(canonical dir)>.json`.
+pub fn state_file(state_dir: &Path, dir: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let hex = hrl::to_hex(blake3::hash(canonical.as_os_str().as_bytes()).as_bytes());
+    state_dir.join(format!("dir-{}.json", &hex[..16]))
+}
+
+/// Writes the state atomically (temporary file, then rename).
+pub fn save(state_dir: &Path, status: &DirStatus) -> Result<()> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("create state directory {}", state_dir.display()))?;
+    let path = state_file(state_dir, Path::new(&status.dir));
+    let tmp = path.with_extension("json.tmp");
+    let mut bytes = serde_json::to_vec_pretty(status).context("encode status")?;
+    bytes.push(b'\n');
+    std::fs::write(&tmp, bytes).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+pub fn load(state_dir: &Path, dir: &Path) -> Result<Option<DirStatus>> {
+    let path = state_file(state_dir, dir);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&b).with_context(|| format!("state file {} is damaged; delete it (the next cycle rewrites it)", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+/// Every state file in the state directory.
+pub fn load_all(state_dir: &Path) -> Result<Vec<DirStatus>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(state_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("read state directory {}", state_dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("read state directory {}", state_dir.display()))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("dir-") && name.ends_with(".json") {
+            let b = std::fs::read(entry.path()).with_context(|| format!("read {}", entry.path().display()))?;
+            out.push(serde_json::from_slice(&b).with_context(|| format!("state file {} is damaged", entry.path().display()))?);
+        }
+    }
+    out.sort_by(|a: &DirStatus, b| a.dir.cmp(&b.dir));
+    Ok(out)
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn ago(ns: u64, now: u64) -> String {
+    let s = now.saturating_sub(ns) / 1_000_000_000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+/// Renders the status for people.
+pub fn render(all: &[DirStatus]) -> String {
+    use std::fmt::Write;
+    let now = hrl::now_ns();
+    let mut out = String::new();
+    for d in all {
+        let _ = writeln!(out, "{}  group {}  target {}", d.dir, d.group, d.target);
+        let last = match (d.last_point_id, d.last_point_ns) {
+            (Some(id), Some(ns)) => format!("point {id}, RPO lag {}", ago(ns, now)),
+            _ => "no recovery point yet".to_string(),
+        };
+        let _ = writeln!(out, "  health {:?}; last {last}", d.health);
+        if let Some(e) = &d.last_error {
+            let _ = writeln!(out, "  last error: {e}");
+        }
+        if let Some(t) = d.next_retry_ns {
+            let _ = writeln!(out, "  next retry in {}s (attempt {})", t.saturating_sub(now) / 1_000_000_000, d.attempt + 1);
+        }
+        for k in &d.disks {
+            let share = if k.disk_size > 0 { 100.0 * k.unshipped_bytes as f64 / k.disk_size as f64 } else { 0.0 };
+            let _ = write!(
+                out,
+                "  {:<24} {:<20} {:<8?} unshipped {} ({share:.2}% of {})",
+                k.disk,
+                k.state.label(),
+                k.health,
+                human_bytes(k.unshipped_bytes),
+                human_bytes(k.disk_size)
+            );
+            if let Some((done, total)) = k.progress {
+                let _ = write!(out, "  copy {}/{}", human_bytes(done), human_bytes(total));
+            }
+            out.push('\n');
+            if let Some(e) = &k.last_error {
+                let _ = writeln!(out, "    error: {e}");
+            }
+        }
+    }
+    if all.is_empty() {
+        out.push_str("no protected directories (no state files yet)\n");
+    }
+    out
+}

@@ -1,0 +1,124 @@
+//! A group's view of a target: immutable put-if-absent objects, zstd, listing.
+
+use anyhow::{anyhow, Context, Result};
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+use crate::target::Target;
+
+/// zstd level for chunks and logs: fast, and most of the gain.
+const ZSTD_LEVEL: i32 = 3;
+
+/// The objects of one protection group in a target.
+#[derive(Clone, Debug)]
+pub struct GroupStore {
+    pub target: Target,
+    pub group: String,
+    root: StorePath,
+}
+
+/// What a put of an immutable object did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Created,
+    /// An object with that key was there already (same content by construction).
+    Existed,
+}
+
+impl GroupStore {
+    pub fn new(target: Target, group: &str) -> Result<GroupStore> {
+        if group.is_empty() || group.contains('/') || group.starts_with('.') {
+            anyhow::bail!("group name {group:?} is not valid: use a non-empty name without '/' that does not start with '.'");
+        }
+        let root = target.prefix.child(group);
+        Ok(GroupStore { target, group: group.to_string(), root })
+    }
+
+    /// Full store path of a key relative to the group.
+    pub fn path(&self, key: &str) -> StorePath {
+        let mut p = self.root.clone();
+        for part in key.split('/').filter(|s| !s.is_empty()) {
+            p = p.child(part);
+        }
+        p
+    }
+
+    fn store(&self) -> &dyn ObjectStore {
+        self.target.store.as_ref()
+    }
+
+    /// Writes `bytes` at `key` unless an object is there already. Uses conditional create
+    /// where the store has it; where it does not, checks first (objects are immutable and
+    /// content-named, so a race writes the same bytes).
+    pub async fn put_immutable(&self, key: &str, bytes: Vec<u8>) -> Result<Put> {
+        let path = self.path(key);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store().put_opts(&path, PutPayload::from(bytes.clone()), opts).await {
+            Ok(_) => Ok(Put::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::Existed),
+            Err(object_store::Error::NotImplemented) | Err(object_store::Error::NotSupported { .. }) => {
+                if self.exists(key).await? {
+                    return Ok(Put::Existed);
+                }
+                self.store()
+                    .put(&path, PutPayload::from(bytes))
+                    .await
+                    .with_context(|| format!("put {path} in {}", self.target.url))?;
+                Ok(Put::Created)
+            }
+            Err(e) => Err(anyhow!(e).context(format!("put {path} in {}", self.target.url))),
+        }
+    }
+
+    /// Writes an object that must not exist yet (a recovery-point manifest). Returns
+    /// `Existed` if another writer committed that key first.
+    pub async fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<Put> {
+        self.put_immutable(key, bytes).await
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        let path = self.path(key);
+        match self.store().head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(anyhow!(e).context(format!("head {path} in {}", self.target.url))),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let path = self.path(key);
+        let r = self
+            .store()
+            .get(&path)
+            .await
+            .with_context(|| format!("get {path} from {}", self.target.url))?;
+        let b = r.bytes().await.with_context(|| format!("read {path} from {}", self.target.url))?;
+        Ok(b.to_vec())
+    }
+
+    /// Gets a zstd-compressed object and decompresses it.
+    pub async fn get_zstd(&self, key: &str) -> Result<Vec<u8>> {
+        let raw = self.get(key).await?;
+        zstd::stream::decode_all(raw.as_slice()).with_context(|| {
+            format!("object {} in {} is damaged (not valid zstd); the store is corrupt", self.path(key), self.target.url)
+        })
+    }
+
+    /// Names (last path part) of the objects directly or indirectly under `dir`.
+    pub async fn list_names(&self, dir: &str) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let prefix = self.path(dir);
+        let metas: Vec<_> = self
+            .store()
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .with_context(|| format!("list {prefix} in {}", self.target.url))?;
+        Ok(metas.into_iter().filter_map(|m| m.location.filename().map(str::to_string)).collect())
+    }
+}
+
+/// zstd-compresses a buffer.
+pub fn compress(data: &[u8]) -> Result<Vec<u8>> {
+    zstd::bulk::compress(data, ZSTD_LEVEL).context("zstd compression failed")
+}

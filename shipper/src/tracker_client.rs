@@ -1,0 +1,112 @@
+//! Client of the tracker's control socket (one JSON object per line each way).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use hrl::control::{DiskMode, Request, Response, SealedLog};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// A connection to the tracker serving one mount directory.
+pub struct TrackerClient {
+    socket: PathBuf,
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+/// The tracker answered, but refused or could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[error("tracker at {socket} refused {op}: {message}")]
+pub struct TrackerRefused {
+    pub socket: String,
+    pub op: String,
+    pub message: String,
+}
+
+/// A seal: the instant and the logs it sealed.
+#[derive(Debug, Clone)]
+pub struct Seal {
+    pub seal_id: u64,
+    pub time_ns: u64,
+    pub disks: Vec<SealedLog>,
+}
+
+impl TrackerClient {
+    /// Connects to the tracker of `mount_dir` (socket from `hrl::control::socket_path`).
+    pub async fn connect(mount_dir: &Path) -> Result<TrackerClient> {
+        let socket = hrl::control::socket_path(mount_dir);
+        let stream = UnixStream::connect(&socket).await.with_context(|| {
+            format!(
+                "cannot reach the tracker of {} at {}: is `hrl-tracker mount {}` running?",
+                mount_dir.display(),
+                socket.display(),
+                mount_dir.display()
+            )
+        })?;
+        let (r, w) = stream.into_split();
+        Ok(TrackerClient { socket, reader: BufReader::new(r), writer: w })
+    }
+
+    async fn call(&mut self, req: &Request) -> Result<Response> {
+        let mut line = serde_json::to_vec(req).context("encode control request")?;
+        line.push(b'\n');
+        let op = format!("{req:?}");
+        self.writer
+            .write_all(&line)
+            .await
+            .with_context(|| format!("send {op} to tracker at {}", self.socket.display()))?;
+        let mut answer = String::new();
+        let n = self
+            .reader
+            .read_line(&mut answer)
+            .await
+            .with_context(|| format!("read answer to {op} from tracker at {}", self.socket.display()))?;
+        if n == 0 {
+            bail!("tracker at {} closed the connection during {op}", self.socket.display());
+        }
+        let resp: Response = serde_json::from_str(answer.trim_end())
+            .with_context(|| format!("tracker at {} sent an answer that is not valid: {answer:?}", self.socket.display()))?;
+        if !resp.ok {
+            return Err(TrackerRefused {
+                socket: self.socket.display().to_string(),
+                op,
+                message: resp.error.unwrap_or_else(|| "no reason given".into()),
+            }
+            .into());
+        }
+        Ok(resp)
+    }
+
+    /// Seals the active logs of every disk at one instant.
+    pub async fn seal(&mut self) -> Result<Seal> {
+        let r = self.call(&Request::Seal).await?;
+        Ok(Seal {
+            seal_id: r.seal_id.unwrap_or(0),
+            time_ns: r.time_ns.unwrap_or_else(hrl::now_ns),
+            disks: r.disks.unwrap_or_default(),
+        })
+    }
+
+    /// Every sealed log not acked yet.
+    pub async fn pending(&mut self) -> Result<Vec<SealedLog>> {
+        Ok(self.call(&Request::Pending).await?.disks.unwrap_or_default())
+    }
+
+    /// Lets the tracker delete `disk`'s sealed logs up to `seq` (they are in a committed point).
+    pub async fn ack(&mut self, disk: &str, seq: u64) -> Result<()> {
+        self.call(&Request::Ack { disk: disk.to_string(), seq }).await?;
+        Ok(())
+    }
+
+    pub async fn set_mode(&mut self, disk: &str, mode: DiskMode) -> Result<()> {
+        self.call(&Request::Mode { disk: disk.to_string(), mode }).await?;
+        Ok(())
+    }
+
+    pub async fn status(&mut self) -> Result<hrl::control::MountStatus> {
+        self.call(&Request::Status)
+            .await?
+            .status
+            .context("tracker answered status without a status")
+    }
+}

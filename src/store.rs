@@ -1,0 +1,259 @@
+//! The layout of a replica in an object store: object keys, the recovery-point manifest and
+//! its per-disk entries. Shared so that every tool reading a store agrees on it
+//! (docs/store-layout.md describes it for people).
+//!
+//! ```text
+//! <prefix>/<group>/chunks/<ab>/<digest hex>                       zstd of one block
+//! <prefix>/<group>/disks/<disk id>/g<gen>-b<after>/base.idx       chunk index of a base copy
+//! <prefix>/<group>/disks/<disk id>/g<gen>/logs/<first>-<last>.hrl zstd of a (coalesced) sealed log
+//! <prefix>/<group>/points/<id>.json                              recovery-point manifest
+//! ```
+//!
+//! Every object is immutable and written before anything that refers to it; a recovery point
+//! exists once its manifest exists (it is written last, with create-if-absent).
+
+use serde::{Deserialize, Serialize};
+
+use crate::Digest;
+
+/// Version of the manifest format written by this code.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Width of zero-padded numbers in keys, so that listing order is numeric order.
+const SEQ_WIDTH: usize = 20;
+
+/// Key of a chunk, relative to the group: `chunks/<first 2 hex>/<64 hex>`.
+pub fn chunk_key(digest: &Digest) -> String {
+    let hex = crate::to_hex(digest);
+    format!("chunks/{}/{}", &hex[..2], hex)
+}
+
+/// Folder of one disk generation's data.
+pub fn disk_dir(disk_id: &str, generation: u64) -> String {
+    format!("disks/{disk_id}/g{generation}")
+}
+
+/// Key of a base chunk index taken after log `after_seq` of the disk was sealed.
+pub fn base_key(disk_id: &str, generation: u64, after_seq: u64) -> String {
+    format!("disks/{disk_id}/g{generation}-b{after_seq}/base.idx")
+}
+
+/// Folder holding the shipped logs of one disk generation.
+pub fn logs_dir(disk_id: &str, generation: u64) -> String {
+    format!("{}/logs", disk_dir(disk_id, generation))
+}
+
+/// Key of a shipped log covering sequences `first..=last`.
+pub fn log_key(disk_id: &str, generation: u64, first: u64, last: u64) -> String {
+    format!(
+        "{}/{:0w$}-{:0w$}.hrl",
+        logs_dir(disk_id, generation),
+        first,
+        last,
+        w = SEQ_WIDTH
+    )
+}
+
+/// Parses the file name of a shipped log (`<first>-<last>.hrl`) into `(first, last)`.
+pub fn parse_log_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".hrl")?;
+    let (a, b) = stem.split_once('-')?;
+    let (first, last) = (a.parse().ok()?, b.parse().ok()?);
+    (first <= last).then_some((first, last))
+}
+
+/// Folder of the recovery-point manifests.
+pub const POINTS_DIR: &str = "points";
+
+/// Key of the manifest of recovery point `id`.
+pub fn point_key(id: u64) -> String {
+    format!("{POINTS_DIR}/{:0w$}.json", id, w = SEQ_WIDTH)
+}
+
+/// Parses a manifest file name (`<id>.json`) into its id.
+pub fn parse_point_name(name: &str) -> Option<u64> {
+    name.strip_suffix(".json")?.parse().ok()
+}
+
+/// A recovery point: every disk of a group as of one seal instant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointManifest {
+    pub version: u32,
+    /// Position of the point in the group (1, 2, …); also its key.
+    pub id: u64,
+    /// The seal instant this point captures, ns since the Unix epoch.
+    pub time_ns: u64,
+    /// The tracker's seal id of that instant.
+    pub seal_id: u64,
+    /// When the manifest was committed, ns since the Unix epoch.
+    pub committed_ns: u64,
+    /// Host that shipped it.
+    pub host: String,
+    pub disks: Vec<DiskEntry>,
+}
+
+/// One disk in a recovery point: a base copy plus the chain of logs after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskEntry {
+    /// File name of the disk at the seal instant.
+    pub name: String,
+    /// 32 hex digits: the disk's identity (stays across renames).
+    pub disk_id: String,
+    pub generation: u64,
+    /// Disk size at the seal instant.
+    pub disk_size: u64,
+    pub base: BaseRef,
+    /// Last log sequence applied on top of the base (equals `base.after_seq` when none yet).
+    pub last_seq: u64,
+    /// 64 hex digits: chain hash after the last log (what the next log must name).
+    pub last_chain_hash: String,
+}
+
+/// A base copy of a disk: its chunk index, and where in the log chain it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseRef {
+    /// Key of the chunk index, relative to the group.
+    pub index_key: String,
+    /// 64 hex digits: blake3 of the encoded index object (detects a damaged index).
+    pub index_hash: String,
+    /// Block size of the chunks.
+    pub block_size: u32,
+    /// Logs with sequence `> after_seq` apply on top of this base.
+    pub after_seq: u64,
+    /// 64 hex digits: the chain hash the first log after the base names as previous.
+    pub after_chain_hash: String,
+}
+
+impl PointManifest {
+    /// Encodes the manifest as pretty JSON (small, read by people too).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// Decodes a manifest, refusing unknown fields and versions.
+    pub fn from_json(bytes: &[u8]) -> Result<PointManifest, StoreFormatError> {
+        let m: PointManifest = serde_json::from_slice(bytes)
+            .map_err(|e| StoreFormatError::BadManifest(e.to_string()))?;
+        if m.version != MANIFEST_VERSION {
+            return Err(StoreFormatError::UnsupportedVersion(m.version));
+        }
+        Ok(m)
+    }
+}
+
+/// A store object that does not have the expected form.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFormatError {
+    #[error("recovery-point manifest is not valid: {0}")]
+    BadManifest(String),
+    #[error("recovery-point manifest version {0} is not supported by this hrl (expected {MANIFEST_VERSION}); upgrade hrl")]
+    UnsupportedVersion(u32),
+}
+
+/// Finds the fewest shipped logs that lead from sequence `after` (exclusive) to `last`
+/// (inclusive), given the `(first, last)` ranges present in the store. Several overlapping
+/// objects may exist (a log shipped again after a crash, coalesced differently); any exact
+/// path through them gives the same result, since each is a faithful rewrite of its range.
+pub fn log_path(ranges: &[(u64, u64)], after: u64, last: u64) -> Option<Vec<(u64, u64)>> {
+    use std::collections::{BTreeMap, VecDeque};
+    if last == after {
+        return Some(Vec::new());
+    }
+    // Breadth-first over "next sequence to cover".
+    let mut came_from: BTreeMap<u64, (u64, (u64, u64))> = BTreeMap::new();
+    let mut queue = VecDeque::from([after + 1]);
+    while let Some(next) = queue.pop_front() {
+        for &(f, l) in ranges.iter().filter(|(f, l)| *f == next && *l <= last) {
+            let reached = l + 1;
+            if came_from.contains_key(&reached) || reached == after + 1 {
+                continue;
+            }
+            came_from.insert(reached, (next, (f, l)));
+            if l == last {
+                let mut path = Vec::new();
+                let mut at = reached;
+                while at != after + 1 {
+                    let (prev, range) = came_from[&at];
+                    path.push(range);
+                    at = prev;
+                }
+                path.reverse();
+                return Some(path);
+            }
+            queue.push_back(reached);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_sort_numerically_and_parse_back() {
+        assert!(point_key(9) < point_key(10));
+        assert_eq!(
+            parse_point_name(point_key(42).trim_start_matches("points/")),
+            Some(42)
+        );
+        let k = log_key("ab", 1, 3, 12);
+        let name = k.rsplit('/').next().unwrap();
+        assert_eq!(parse_log_name(name), Some((3, 12)));
+        assert_eq!(parse_log_name("5-3.hrl"), None);
+        assert_eq!(parse_log_name("x.hrl"), None);
+        assert!(chunk_key(&[0xab; 32]).starts_with("chunks/ab/abab"));
+    }
+
+    #[test]
+    fn log_path_prefers_fewest_objects_and_detects_gaps() {
+        let r = [(5, 5), (5, 6), (6, 6), (7, 7)];
+        assert_eq!(log_path(&r, 4, 7), Some(vec![(5, 6), (7, 7)]));
+        assert_eq!(log_path(&r, 5, 6), Some(vec![(6, 6)]));
+        assert_eq!(log_path(&r, 4, 4), Some(vec![]));
+        assert_eq!(log_path(&[(5, 5), (7, 7)], 4, 7), None);
+        assert_eq!(log_path(&[(5, 8)], 4, 7), None);
+    }
+
+    #[test]
+    fn manifest_round_trip_refuses_unknown_fields() {
+        let m = PointManifest {
+            version: MANIFEST_VERSION,
+            id: 1,
+            time_ns: 2,
+            seal_id: 3,
+            committed_ns: 4,
+            host: "h".into(),
+            disks: vec![DiskEntry {
+                name: "d.img".into(),
+                disk_id: "00".repeat(16),
+                generation: 1,
+                disk_size: 4096,
+                base: BaseRef {
+                    index_key: base_key("x", 1, 0),
+                    index_hash: "00".repeat(32),
+                    block_size: 65536,
+                    after_seq: 0,
+                    after_chain_hash: "00".repeat(32),
+                },
+                last_seq: 0,
+                last_chain_hash: "00".repeat(32),
+            }],
+        };
+        assert_eq!(PointManifest::from_json(&m.to_json()).unwrap(), m);
+        let mut v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();
+        v["typo"] = 1.into();
+        assert!(PointManifest::from_json(v.to_string().as_bytes()).is_err());
+        v.as_object_mut().unwrap().remove("typo");
+        v["version"] = 99.into();
+        assert!(matches!(
+            PointManifest::from_json(v.to_string().as_bytes()),
+            Err(StoreFormatError::UnsupportedVersion(99))
+        ));
+    }
+}
