@@ -1,0 +1,236 @@
+//! The control protocol between `hrl-tracker` and `hrl-shipper`.
+//!
+//! A Unix stream socket (mode 0600, root only) per tracker mount. Both sides speak one JSON
+//! object per line; a connection may carry many requests, each answered by exactly one line.
+//!
+//! ```text
+//! -> {"op":"seal"}
+//! <- {"ok":true,"seal_id":7,"time_ns":...,"disks":[{"disk":"disk0.img",...}]}
+//! -> {"op":"ack","disk":"disk0.img","seq":3}
+//! <- {"ok":true}
+//! -> {"op":"bogus"}
+//! <- {"ok":false,"error":"..."}
+//! ```
+//!
+//! The socket path is derived from the canonical mount directory so both sides find it
+//! without configuration: see [`socket_path`].
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that overrides the directory holding control sockets.
+pub const RUN_DIR_ENV: &str = "HRL_RUN_DIR";
+/// Default directory for control sockets.
+pub const DEFAULT_RUN_DIR: &str = "/run/hrl";
+
+/// Control socket path of the tracker serving `mount_dir`:
+/// `$HRL_RUN_DIR/tracker-<first 16 hex of blake3(canonical mount dir)>.sock`.
+///
+/// The mount dir is canonicalized when it exists (the tracker and shipper may name it
+/// differently); otherwise it is used as given.
+pub fn socket_path(mount_dir: &Path) -> PathBuf {
+    let run_dir = std::env::var_os(RUN_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR));
+    socket_path_in(&run_dir, mount_dir)
+}
+
+/// [`socket_path`] with an explicit run directory (no environment lookup).
+pub fn socket_path_in(run_dir: &Path, mount_dir: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let canonical = std::fs::canonicalize(mount_dir).unwrap_or_else(|_| mount_dir.to_path_buf());
+    let digest = blake3::hash(canonical.as_os_str().as_bytes());
+    let hex = crate::to_hex(digest.as_bytes());
+    run_dir.join(format!("tracker-{}.sock", &hex[..16]))
+}
+
+/// Whether a disk's changes are logged record by record, or only marked in its dirty bitmap
+/// (while the shipper resyncs it by checksum).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskMode {
+    /// Every change is appended to the active log.
+    Log,
+    /// Changes only mark the dirty bitmap; logs stay empty (but are still sealed).
+    Bitmap,
+}
+
+/// One request line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Seal the active logs of all disks at one instant and start new ones.
+    Seal,
+    /// List every sealed log not acked yet (after a crash or restart).
+    Pending,
+    /// Delete `disk`'s sealed logs with sequence `<= seq` (they are safely shipped).
+    Ack { disk: String, seq: u64 },
+    /// Per-disk state of the mount.
+    Status,
+    /// Switch a disk between full logging and bitmap-only tracking.
+    Mode { disk: String, mode: DiskMode },
+    /// Byte ranges marked in a disk's dirty bitmap.
+    Dirty { disk: String },
+    /// Clear the dirty-bitmap marks of `disk` made before seal `upto_seal` (the shipper has
+    /// shipped state covering them). Marks made since that seal stay.
+    Clear { disk: String, upto_seal: u64 },
+}
+
+/// One sealed log, as returned by `seal` and `pending`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedLog {
+    /// Disk file name, relative to the mount directory.
+    pub disk: String,
+    /// 32 lowercase hex digits: the disk's stable identity (from the log header).
+    pub disk_id: String,
+    pub generation: u64,
+    /// Sequence number of this log in the disk's chain.
+    pub seq: u64,
+    /// Path of the sealed log file, relative to the mount directory.
+    pub log: String,
+    /// Size of the sealed log file in bytes.
+    pub bytes: u64,
+    /// 64 hex digits: blake3 of the whole log (from its seal record).
+    pub hash: String,
+    /// 64 hex digits: hash of the previous sealed log of this disk (all zero for the first).
+    pub prev_hash: String,
+    /// Number of records before the seal record.
+    pub records: u64,
+    /// Disk size when the log was sealed.
+    pub disk_size: u64,
+    /// Tracking mode of the disk during this log.
+    pub mode: DiskMode,
+}
+
+/// Per-disk state, as returned by `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    pub disk: String,
+    pub mode: DiskMode,
+    /// Bytes in the active log.
+    pub active_log_bytes: u64,
+    /// Sequence number of the active log.
+    pub active_seq: u64,
+    /// Number of sealed logs not acked yet.
+    pub pending_logs: u64,
+    /// Bytes in sealed logs not acked yet.
+    pub pending_sealed_bytes: u64,
+    pub disk_size: u64,
+    /// Number of merged dirty extents in the bitmap.
+    pub dirty_extents: u64,
+    /// Byte ranges `(offset, len)` that may differ from what the logs describe, found when
+    /// the previous tracker did not stop cleanly. Empty after a clean stop.
+    pub unclean_extents: Vec<(u64, u64)>,
+    /// Offset where a torn log tail was cut at startup, if one was.
+    pub torn_log_tail_at: Option<u64>,
+}
+
+/// Mount-wide state, as returned by `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountStatus {
+    /// The mount directory as the tracker sees it.
+    pub mount: String,
+    /// The control socket path.
+    pub socket: String,
+    /// Process id of the tracker.
+    pub pid: u32,
+    pub disks: Vec<DiskStatus>,
+}
+
+/// One response line. `ok` tells success; the other fields are present when the request
+/// produces them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `seal`: identifier of this seal (monotonic per host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_id: Option<u64>,
+    /// `seal`: wall-clock time of the seal instant, ns since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_ns: Option<u64>,
+    /// `seal`, `pending`: sealed logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<SealedLog>>,
+    /// `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<MountStatus>,
+    /// `dirty`: merged `(offset, len)` byte ranges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extents: Option<Vec<(u64, u64)>>,
+}
+
+impl Response {
+    /// A bare success.
+    pub fn ok() -> Self {
+        Response {
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    /// A failure with a message for the operator.
+    pub fn error(message: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(message.into()),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_use_the_documented_wire_form() {
+        let r: Request = serde_json::from_str(r#"{"op":"ack","disk":"d.img","seq":4}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Ack {
+                disk: "d.img".into(),
+                seq: 4
+            }
+        );
+        let m: Request =
+            serde_json::from_str(r#"{"op":"mode","disk":"d.img","mode":"bitmap"}"#).unwrap();
+        assert_eq!(
+            m,
+            Request::Mode {
+                disk: "d.img".into(),
+                mode: DiskMode::Bitmap
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Seal).unwrap(),
+            r#"{"op":"seal"}"#
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn responses_omit_absent_fields() {
+        assert_eq!(
+            serde_json::to_string(&Response::ok()).unwrap(),
+            r#"{"ok":true}"#
+        );
+        let e = serde_json::to_string(&Response::error("bad")).unwrap();
+        assert_eq!(e, r#"{"ok":false,"error":"bad"}"#);
+        let back: Response = serde_json::from_str(r#"{"ok":true,"extents":[[0,4096]]}"#).unwrap();
+        assert_eq!(back.extents, Some(vec![(0, 4096)]));
+    }
+
+    #[test]
+    fn socket_path_depends_on_mount_dir_and_run_dir() {
+        let a = socket_path_in(Path::new("/run/x"), Path::new("/nonexistent/a"));
+        let b = socket_path_in(Path::new("/run/x"), Path::new("/nonexistent/b"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("/run/x"));
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("tracker-") && name.ends_with(".sock"));
+        assert_eq!(name.len(), "tracker-".len() + 16 + ".sock".len());
+    }
+}

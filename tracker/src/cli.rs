@@ -1,0 +1,158 @@
+//! Command line: `mount`, `unmount`, `status`, `seal`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hrl::control::Request;
+
+use crate::control_server::request;
+use crate::mount::{self, MountArgs};
+use crate::tracking::DEFAULT_INCLUDE;
+
+#[derive(Parser)]
+#[command(
+    name = "hrl-tracker",
+    version,
+    about = "Track every change to the disk images in a directory"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount over DIR (in place), or mount --backing SRC at MOUNTPOINT.
+    Mount {
+        /// The directory to track (and mount over), or the mount point with --backing.
+        dir: PathBuf,
+        /// Backing directory when mounting elsewhere.
+        #[arg(long, value_name = "SRC")]
+        backing: Option<PathBuf>,
+        /// Which regular files are disks (repeatable). Default: *.vhd *.vhdx *.img *.raw *.qcow2
+        #[arg(long, value_name = "GLOB")]
+        include: Vec<String>,
+        /// Stay attached (for systemd) instead of returning once the mount is live.
+        #[arg(long)]
+        foreground: bool,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+    /// Unmount DIR and wait until the tracker has closed its logs.
+    Unmount {
+        dir: PathBuf,
+        /// Seconds to wait for the tracker to finish.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Show the tracked disks of the mount at DIR.
+    Status {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seal the active logs of all disks at DIR now (normally the shipper does this).
+    Seal { dir: PathBuf },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.cmd {
+        Cmd::Mount { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hrl-tracker: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Mount {
+            dir,
+            backing,
+            include,
+            foreground,
+            threads,
+        } => {
+            let include = if include.is_empty() {
+                DEFAULT_INCLUDE.iter().map(|s| s.to_string()).collect()
+            } else {
+                include
+            };
+            mount::mount(MountArgs {
+                backing: backing.unwrap_or_else(|| dir.clone()),
+                mountpoint: dir,
+                include,
+                foreground,
+                threads,
+            })
+        }
+        Cmd::Unmount { dir, timeout } => mount::unmount(&dir, Duration::from_secs(timeout)),
+        Cmd::Status { dir, json } => {
+            let socket = mount::socket_for(&dir)?;
+            let r = request(&socket, &Request::Status)?;
+            if !r.ok {
+                anyhow::bail!("{}", r.error.unwrap_or_default());
+            }
+            let st = r
+                .status
+                .context("status missing from the tracker's answer")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+                return Ok(());
+            }
+            println!("mount:   {}", st.mount);
+            println!("socket:  {}", st.socket);
+            println!("pid:     {}", st.pid);
+            println!(
+                "{:<24} {:<6} {:>14} {:>8} {:>14} {:>8} {:>8}",
+                "DISK", "MODE", "SIZE", "SEQ", "ACTIVE LOG", "PENDING", "DIRTY"
+            );
+            for d in &st.disks {
+                println!(
+                    "{:<24} {:<6} {:>14} {:>8} {:>14} {:>8} {:>8}",
+                    d.disk,
+                    format!("{:?}", d.mode).to_lowercase(),
+                    d.disk_size,
+                    d.active_seq,
+                    d.active_log_bytes,
+                    d.pending_logs,
+                    d.dirty_extents
+                );
+                if !d.unclean_extents.is_empty() {
+                    println!(
+                        "  unclean stop: {} extent(s) may differ from the logs: {:?}",
+                        d.unclean_extents.len(),
+                        d.unclean_extents
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Seal { dir } => {
+            let socket = mount::socket_for(&dir)?;
+            let r = request(&socket, &Request::Seal)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            if !r.ok {
+                anyhow::bail!("{}", r.error.unwrap_or_default());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,494 @@
+//! Per-disk change tracking: the active log and the dirty bitmap of one disk image, under one
+//! lock, and the write path that keeps the invariant *never a change on the image without its
+//! record*: mark the bitmap (made durable when a bit is newly set) -> append the log record ->
+//! change the image -> answer the writer.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use hrl::bitmap::{BitmapError, DirtyBitmap};
+use hrl::control::{DiskMode, DiskStatus, SealedLog};
+use hrl::log::{LogError, LogHeader, LogWriter};
+use hrl::naming;
+
+use crate::core::inodes::BackingKey;
+use crate::core::sys;
+
+/// Bitmap extent size: the granularity of crash resync. 1 MiB keeps bitmap flushes rare.
+pub const EXTENT_SIZE: u32 = 1 << 20;
+
+/// How many past seal intervals remember which extents they touched (for `clear`).
+const HISTORY: usize = 256;
+
+fn log_err(e: LogError) -> io::Error {
+    tracing::error!(error = %e, "log append failed; refusing the change");
+    io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn bitmap_err(e: BitmapError) -> io::Error {
+    tracing::error!(error = %e, "dirty bitmap update failed; refusing the change");
+    match e {
+        BitmapError::Io { source, .. } => {
+            io::Error::from_raw_os_error(source.raw_os_error().unwrap_or(libc::EIO))
+        }
+        _ => io::Error::from_raw_os_error(libc::EIO),
+    }
+}
+
+/// The mutable state of a tracked disk.
+pub struct DiskState {
+    /// File name in the mount root.
+    pub name: String,
+    /// The active log (None once the disk is retired: deleted or renamed away).
+    pub log: Option<LogWriter>,
+    pub bitmap: Option<DirtyBitmap>,
+    pub mode: DiskMode,
+    /// Current image size as the tracker knows it.
+    pub size: u64,
+    /// Extents touched through the log since the last seal (cleared after that seal).
+    touched_log: HashSet<u64>,
+    /// Extents touched in any mode since the seal that started this interval.
+    touched_all: HashSet<u64>,
+    /// Seal id that started the current interval.
+    interval_start: u64,
+    /// Past intervals: (seal id that started it, extents touched in it).
+    history: Vec<(u64, HashSet<u64>)>,
+    /// Marks that only `clear` removes: bitmap-mode changes and what a crash left.
+    held: HashSet<u64>,
+    /// Ranges reported as possibly different after an unclean stop.
+    pub unclean: Vec<(u64, u64)>,
+    pub torn_at: Option<u64>,
+    /// Sealed logs not acked yet, in sequence order.
+    pub pending: Vec<SealedLog>,
+}
+
+/// Where a disk's chain starts when it has no active log.
+pub enum Start {
+    /// After its last sealed log.
+    Continue {
+        last_seq: u64,
+        prev: hrl::Digest,
+        id: [u8; 16],
+        generation: u64,
+    },
+    /// A new disk (new id); sequence numbers start at `first_seq`.
+    Fresh { first_seq: u64 },
+}
+
+/// One tracked disk.
+pub struct Disk {
+    pub key: BackingKey,
+    /// Read-only descriptor of the image, for fsync and size.
+    image: File,
+    state: Mutex<DiskState>,
+}
+
+/// What opening a disk's tracking found.
+pub struct OpenedDisk {
+    pub disk: Disk,
+    /// The previous tracker did not stop cleanly (marks reported as unclean).
+    pub recovered: bool,
+}
+
+impl Disk {
+    /// Starts (or resumes) tracking the disk `name` in `dir`. `sealed` are its sealed logs
+    /// found on disk (verified), in sequence order.
+    pub fn open(
+        dir: &Path,
+        name: &str,
+        key: BackingKey,
+        sealed: Vec<SealedLog>,
+        start: Start,
+    ) -> Result<OpenedDisk, crate::tracking::TrackError> {
+        use crate::tracking::TrackError;
+        let disk_path = dir.join(name);
+        let image = File::open(&disk_path).map_err(|e| TrackError::Io {
+            what: format!("open disk {name}"),
+            source: e,
+        })?;
+        let size = image
+            .metadata()
+            .map_err(|e| TrackError::Io {
+                what: format!("stat disk {name}"),
+                source: e,
+            })?
+            .len();
+        let (bitmap, bitmap_clean) =
+            DirtyBitmap::open(&naming::bitmap_path(&disk_path), EXTENT_SIZE, size)?;
+        let active = naming::active_log_path(&disk_path);
+        let (log, log_clean, torn_at) = if active.exists() {
+            let (w, rec) = LogWriter::open_append(&active)?;
+            if let Some(at) = rec.torn_at {
+                tracing::warn!(
+                    disk = name,
+                    offset = at,
+                    "cut a torn tail off the active log"
+                );
+            }
+            (w, rec.was_clean, rec.torn_at)
+        } else {
+            let (seq, prev, id, generation) = match start {
+                Start::Continue {
+                    last_seq,
+                    prev,
+                    id,
+                    generation,
+                } => (last_seq + 1, prev, id, generation),
+                Start::Fresh { first_seq } => {
+                    let mut id = [0u8; 16];
+                    getrandom::fill(&mut id).map_err(|e| TrackError::Io {
+                        what: "draw a disk id".into(),
+                        source: io::Error::other(e.to_string()),
+                    })?;
+                    (first_seq, [0u8; 32], id, 1)
+                }
+            };
+            let mut h = LogHeader::new(id, generation, seq, size, prev);
+            h.block_size = EXTENT_SIZE;
+            (LogWriter::create(&active, &h)?, true, None)
+        };
+        let recovered = !(bitmap_clean && log_clean) || torn_at.is_some();
+        let mut held = HashSet::new();
+        let es = u64::from(bitmap.extent_size());
+        // Marks still set were not cleared by a clean stop (crash) or are bitmap-mode marks
+        // not shipped yet: either way they may differ from the replica and stay until `clear`.
+        let marked = bitmap.dirty_extents();
+        for &(off, len) in &marked {
+            for e in off / es..(off + len).div_ceil(es) {
+                held.insert(e);
+            }
+        }
+        let unclean = if recovered { marked } else { Vec::new() };
+        if recovered {
+            tracing::warn!(
+                disk = name,
+                extents = unclean.len(),
+                "tracker did not stop cleanly; reporting the marked extents as unclean"
+            );
+        }
+        Ok(OpenedDisk {
+            disk: Disk {
+                key,
+                image,
+                state: Mutex::new(DiskState {
+                    name: name.to_string(),
+                    log: Some(log),
+                    bitmap: Some(bitmap),
+                    mode: DiskMode::Log,
+                    size,
+                    touched_log: HashSet::new(),
+                    touched_all: HashSet::new(),
+                    interval_start: 0,
+                    history: Vec::new(),
+                    held,
+                    unclean,
+                    torn_at,
+                    pending: sealed,
+                }),
+            },
+            recovered,
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, DiskState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn name(&self) -> String {
+        self.lock().name.clone()
+    }
+
+    /// Marks `[off, off+len)` before it changes; the mark is durable before this returns
+    /// whenever a bit was newly set.
+    fn mark(st: &mut DiskState, off: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let Some(bm) = st.bitmap.as_mut() else {
+            return Ok(());
+        };
+        if bm.mark(off, len).map_err(bitmap_err)? {
+            bm.flush().map_err(bitmap_err)?;
+        }
+        let es = u64::from(bm.extent_size());
+        let range = off / es..(off.saturating_add(len)).div_ceil(es);
+        for e in range {
+            st.touched_all.insert(e);
+            match st.mode {
+                DiskMode::Log => {
+                    st.touched_log.insert(e);
+                }
+                DiskMode::Bitmap => {
+                    st.held.insert(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn logging(st: &DiskState) -> bool {
+        st.mode == DiskMode::Log && st.log.is_some()
+    }
+
+    /// A write to the image: marked, logged, then written.
+    pub fn write(&self, fd: RawFd, off: u64, data: &[u8]) -> io::Result<()> {
+        let mut st = self.lock();
+        Self::mark(&mut st, off, data.len() as u64)?;
+        // Reserve the image blocks first: once the record is logged, the image write must not
+        // fail for lack of space (ENOSPC would leave a record the image does not have).
+        reserve(fd, off, data.len() as u64)?;
+        if Self::logging(&st) {
+            if let Some(log) = st.log.as_mut() {
+                log.append_write(off, data).map_err(log_err)?;
+            }
+        }
+        sys::pwrite_all(fd, data, off)?;
+        st.size = st.size.max(off + data.len() as u64);
+        Ok(())
+    }
+
+    /// A size change (truncate, O_TRUNC): marked, logged, done.
+    pub fn truncate(&self, fd: RawFd, size: u64) -> io::Result<()> {
+        let mut st = self.lock();
+        let cur = sys::fstat(fd)?.st_size as u64;
+        let (lo, hi) = (cur.min(size), cur.max(size));
+        Self::mark(&mut st, lo, hi - lo)?;
+        if Self::logging(&st) {
+            if let Some(log) = st.log.as_mut() {
+                log.append_truncate(size).map_err(log_err)?;
+            }
+        }
+        sys::ftruncate(fd, size)?;
+        st.size = size;
+        Ok(())
+    }
+
+    /// fallocate: allocation (logged as a size change when it grows the file), punch hole
+    /// and zero range (logged as such). Collapse/insert range cannot be described and are
+    /// refused.
+    pub fn fallocate(&self, fd: RawFd, mode: i32, off: u64, len: u64) -> io::Result<()> {
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
+        let mut st = self.lock();
+        let cur = sys::fstat(fd)?.st_size as u64;
+        let end = off.saturating_add(len);
+        let grows = !keep && end > cur;
+        if punch || zero || grows {
+            Self::mark(&mut st, off, len)?;
+        }
+        if Self::logging(&st) {
+            if let Some(log) = st.log.as_mut() {
+                if grows {
+                    log.append_truncate(end).map_err(log_err)?;
+                }
+                let within = end.min(if grows { end } else { cur });
+                if within > off {
+                    if punch {
+                        log.append_punch(off, within - off).map_err(log_err)?;
+                    } else if zero {
+                        log.append_zero(off, within - off).map_err(log_err)?;
+                    }
+                }
+            }
+        }
+        sys::fallocate(fd, mode, off, len)?;
+        if grows {
+            st.size = end;
+        }
+        Ok(())
+    }
+
+    /// copy_file_range into this disk: read from the source, then a logged write.
+    pub fn copy_in(
+        &self,
+        src: RawFd,
+        off_in: u64,
+        dst: RawFd,
+        off_out: u64,
+        len: usize,
+    ) -> io::Result<usize> {
+        const CHUNK: usize = 1 << 20;
+        let mut done = 0usize;
+        while done < len {
+            let want = (len - done).min(CHUNK);
+            let data = sys::pread_full(src, want, off_in + done as u64)?;
+            if data.is_empty() {
+                break;
+            }
+            self.write(dst, off_out + done as u64, &data)?;
+            done += data.len();
+            if data.len() < want {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// fsync: the log first, then the image.
+    pub fn fsync(&self, fd: RawFd, datasync: bool) -> io::Result<()> {
+        {
+            let mut st = self.lock();
+            if let Some(log) = st.log.as_mut() {
+                log.append_flush().map_err(log_err)?;
+                log.sync().map_err(log_err)?;
+            }
+        }
+        sys::fsync(fd, datasync)
+    }
+
+    /// Makes the image durable (used before clearing the marks a seal covers).
+    pub fn sync_image(&self) -> io::Result<()> {
+        sys::fsync(self.image.as_raw_fd(), true)
+    }
+
+    /// Current size of the image.
+    pub fn image_size(&self) -> io::Result<u64> {
+        Ok(sys::fstat(self.image.as_raw_fd())?.st_size as u64)
+    }
+
+    /// Starts a new seal interval: returns the extents the closing interval touched through
+    /// the log (cleared once its log and the image are durable).
+    pub fn begin_interval(st: &mut DiskState, seal_id: u64) -> HashSet<u64> {
+        let all = std::mem::take(&mut st.touched_all);
+        let start = st.interval_start;
+        st.history.push((start, all));
+        if st.history.len() > HISTORY {
+            st.history.remove(0);
+        }
+        st.interval_start = seal_id;
+        std::mem::take(&mut st.touched_log)
+    }
+
+    /// Clears marks of a sealed interval, except where the new interval or a held mark
+    /// still needs them.
+    pub fn clear_sealed(&self, sealed: HashSet<u64>) -> io::Result<()> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(bm) = st.bitmap.as_mut() else {
+            return Ok(());
+        };
+        let es = u64::from(bm.extent_size());
+        let mut changed = false;
+        for e in sealed {
+            if !st.touched_log.contains(&e) && !st.held.contains(&e) {
+                bm.clear(e * es, es);
+                changed = true;
+            }
+        }
+        if changed {
+            bm.flush().map_err(bitmap_err)?;
+        }
+        Ok(())
+    }
+
+    /// `clear upto_seal`: drops every mark not touched since seal `upto`.
+    pub fn clear_upto(&self, upto: u64) -> io::Result<()> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut keep: HashSet<u64> = st.touched_all.clone();
+        for (start, set) in &st.history {
+            if *start >= upto {
+                keep.extend(set.iter().copied());
+            }
+        }
+        // Log-mode marks whose seal has not completed stay too.
+        keep.extend(st.touched_log.iter().copied());
+        let Some(bm) = st.bitmap.as_mut() else {
+            return Ok(());
+        };
+        let es = u64::from(bm.extent_size());
+        for (off, len) in bm.dirty_extents() {
+            for e in off / es..(off + len).div_ceil(es) {
+                if !keep.contains(&e) {
+                    bm.clear(e * es, es);
+                }
+            }
+        }
+        bm.flush().map_err(bitmap_err)?;
+        st.held.retain(|e| keep.contains(e));
+        st.unclean.clear();
+        st.history.retain(|(start, _)| *start >= upto);
+        Ok(())
+    }
+
+    /// Switches between full logging and bitmap-only tracking.
+    pub fn set_mode(&self, mode: DiskMode) {
+        let mut st = self.lock();
+        if st.mode == DiskMode::Log && mode == DiskMode::Bitmap {
+            // What the active log holds may be dropped by the shipper: keep it marked.
+            let touched: Vec<u64> = st.touched_log.iter().copied().collect();
+            st.held.extend(touched);
+        }
+        st.mode = mode;
+    }
+
+    /// Dirty extents of the bitmap.
+    pub fn dirty(&self) -> Vec<(u64, u64)> {
+        self.lock()
+            .bitmap
+            .as_ref()
+            .map(|b| b.dirty_extents())
+            .unwrap_or_default()
+    }
+
+    pub fn status(&self) -> DiskStatus {
+        let st = self.lock();
+        DiskStatus {
+            disk: st.name.clone(),
+            mode: st.mode,
+            active_log_bytes: st.log.as_ref().map(|l| l.len()).unwrap_or(0),
+            active_seq: st.log.as_ref().map(|l| l.header().sequence).unwrap_or(0),
+            pending_logs: st.pending.len() as u64,
+            pending_sealed_bytes: st.pending.iter().map(|p| p.bytes).sum(),
+            disk_size: st.size,
+            dirty_extents: st
+                .bitmap
+                .as_ref()
+                .map(|b| b.dirty_extents().len() as u64)
+                .unwrap_or(0),
+            unclean_extents: st.unclean.clone(),
+            torn_log_tail_at: st.torn_at,
+        }
+    }
+
+    /// Clean stop: log closed (state Closed), image durable, the marks the log covers
+    /// cleared, bitmap flagged clean.
+    pub fn close_clean(&self) -> io::Result<()> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        if let Some(log) = st.log.take() {
+            log.close_clean().map_err(log_err)?;
+        }
+        sys::fsync(self.image.as_raw_fd(), false)?;
+        if let Some(mut bm) = st.bitmap.take() {
+            let es = u64::from(bm.extent_size());
+            for e in st.touched_log.drain() {
+                if !st.held.contains(&e) {
+                    bm.clear(e * es, es);
+                }
+            }
+            bm.close_clean().map_err(bitmap_err)?;
+        }
+        Ok(())
+    }
+}
+
+/// Allocates the image blocks of `[off, off+len)` ahead of a write (no size change), so the
+/// write itself cannot hit ENOSPC. Filesystems without fallocate are left to the write.
+fn reserve(fd: RawFd, off: u64, len: u64) -> io::Result<()> {
+    match sys::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, off, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,282 @@
+//! Mounting and unmounting: open the backing directory, start tracking and the control
+//! socket, mount the FUSE filesystem (in place over the directory, or elsewhere), detach into
+//! the background once the mount is live, and stop cleanly on unmount or SIGTERM.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hrl::control::{socket_path, Request};
+
+use crate::control_server::{request, ControlServer};
+use crate::core::{sys, Core};
+use crate::fuse_adapter::HrlFs;
+use crate::tracking::Tracker;
+
+/// Environment variable through which a daemonized child reports readiness to its parent.
+const READY_FD_ENV: &str = "HRL_TRACKER_READY_FD";
+
+/// What `mount` needs.
+pub struct MountArgs {
+    pub backing: PathBuf,
+    pub mountpoint: PathBuf,
+    pub include: Vec<String>,
+    pub foreground: bool,
+    pub threads: usize,
+}
+
+fn canonical(p: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::canonicalize(p).with_context(|| format!("{}: no such directory", p.display()))
+}
+
+/// Mounts; returns once the mount is live (background) or when it ends (foreground).
+pub fn mount(args: MountArgs) -> anyhow::Result<()> {
+    let backing = canonical(&args.backing)?;
+    let mountpoint = canonical(&args.mountpoint)?;
+    if !backing.is_dir() {
+        bail!(
+            "{}: not a directory; give the directory holding the disk images",
+            backing.display()
+        );
+    }
+    let socket = socket_path(&mountpoint);
+    if request(&socket, &Request::Status).is_ok() {
+        bail!(
+            "{} is already served by a running hrl-tracker (control socket {}); unmount it first",
+            mountpoint.display(),
+            socket.display()
+        );
+    }
+    if args.foreground {
+        return serve(&backing, &mountpoint, &socket, args.include, args.threads);
+    }
+    daemonize(&mountpoint, &socket)
+}
+
+/// Starts this program again with `--foreground` in a new session and waits until it
+/// reports the mount live (or fails).
+fn daemonize(mountpoint: &Path, socket: &Path) -> anyhow::Result<()> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid two-int array. Read end close-on-exec, write end inherited.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("create readiness pipe");
+    }
+    // SAFETY: both fds are fresh and ours.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: plain fcntl on our fd.
+    unsafe { libc::fcntl(rd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    let exe = std::env::current_exe().context("find the hrl-tracker executable")?;
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    argv.push("--foreground".into());
+    let log_path = socket.with_extension("log");
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("create the run directory {}", dir.display()))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("open log file {}", log_path.display()))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&argv)
+        .env(READY_FD_ENV, wr.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; detaches from the terminal's session.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("start the background tracker")?;
+    drop(wr);
+    let mut msg = String::new();
+    let mut f = std::fs::File::from(rd);
+    let _ = f.read_to_string(&mut msg);
+    if msg.trim() == "ok" {
+        println!(
+            "hrl-tracker: mounted {} (pid {}, control socket {}, log {})",
+            mountpoint.display(),
+            child.id(),
+            socket.display(),
+            log_path.display()
+        );
+        return Ok(());
+    }
+    let _ = child.wait();
+    if msg.trim().is_empty() {
+        msg = format!(
+            "the background tracker exited early; see {}",
+            log_path.display()
+        );
+    }
+    bail!("{}", msg.trim().trim_start_matches("error: "))
+}
+
+fn ready_pipe() -> Option<std::fs::File> {
+    let fd: i32 = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
+    std::env::remove_var(READY_FD_ENV);
+    // SAFETY: the parent passed us this fd for our exclusive use.
+    Some(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Runs the filesystem in this process until it is unmounted.
+fn serve(
+    backing: &Path,
+    mountpoint: &Path,
+    socket: &Path,
+    include: Vec<String>,
+    threads: usize,
+) -> anyhow::Result<()> {
+    let mut ready = ready_pipe();
+    let res = start(backing, mountpoint, socket, include, threads);
+    let (session, control) = match res {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(p) = ready.as_mut() {
+                let _ = writeln!(p, "error: {e:#}");
+            }
+            return Err(e);
+        }
+    };
+    if let Some(mut p) = ready.take() {
+        let _ = p.write_all(b"ok\n");
+    }
+    tracing::info!(
+        mount = %mountpoint.display(),
+        backing = %backing.display(),
+        socket = %control.path().display(),
+        "hrl-tracker serving"
+    );
+    spawn_signal_thread(mountpoint.to_path_buf())?;
+    let res = session.run();
+    drop(control);
+    tracing::info!(mount = %mountpoint.display(), "unmounted; logs closed");
+    res.context("FUSE session failed")
+}
+
+fn start(
+    backing: &Path,
+    mountpoint: &Path,
+    socket: &Path,
+    include: Vec<String>,
+    threads: usize,
+) -> anyhow::Result<(fuser::Session<HrlFs>, ControlServer)> {
+    // Open the directory before mounting over it: afterwards its path shows the mount.
+    let root = sys::openat(
+        libc::AT_FDCWD,
+        backing.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .with_context(|| format!("open backing directory {}", backing.display()))?;
+    let tracker = Arc::new(
+        Tracker::open(root, mountpoint, include)
+            .with_context(|| format!("start tracking the disks in {}", backing.display()))?,
+    );
+    let core = Arc::new(Core::new(tracker.clone()).context("set up the filesystem core")?);
+    let control = ControlServer::start(socket, tracker.clone())?;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("hrl:{}", backing.display())),
+        fuser::MountOption::Subtype("hrl".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::Dev,
+        fuser::MountOption::Suid,
+    ];
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(threads.max(1));
+    config.clone_fd = true;
+    let session = fuser::Session::new(HrlFs::new(core), mountpoint, &config)
+        .with_context(|| format!("mount FUSE at {}", mountpoint.display()))?;
+    Ok((session, control))
+}
+
+/// SIGTERM/SIGINT/SIGHUP unmount the filesystem, which ends the session cleanly.
+fn spawn_signal_thread(mountpoint: PathBuf) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set.thread_block().context("block signals")?;
+    std::thread::Builder::new()
+        .name("hrl-signals".into())
+        .spawn(move || loop {
+            if let Ok(sig) = set.wait() {
+                tracing::info!(signal = ?sig, "stopping: unmounting");
+                if let Err(e) = umount(&mountpoint) {
+                    tracing::warn!(error = %e, "unmount refused; detaching lazily");
+                    let _ = umount_flags(&mountpoint, libc::MNT_DETACH);
+                }
+            }
+        })
+        .context("spawn signal thread")?;
+    Ok(())
+}
+
+fn umount_flags(p: &Path, flags: i32) -> std::io::Result<()> {
+    let c = sys::cstr(p.as_os_str())?;
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn umount(p: &Path) -> std::io::Result<()> {
+    umount_flags(p, 0)
+}
+
+/// `hrl-tracker unmount DIR`: unmounts and waits until the tracker has closed its logs.
+pub fn unmount(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let dir = canonical(dir)?;
+    let socket = socket_path(&dir);
+    let pid = request(&socket, &Request::Status)
+        .ok()
+        .and_then(|r| r.status)
+        .map(|s| s.pid);
+    umount(&dir).with_context(|| {
+        format!(
+            "unmount {} (if it is busy, stop the programs using it first)",
+            dir.display()
+        )
+    })?;
+    if let Some(pid) = pid {
+        let deadline = Instant::now() + timeout;
+        // SAFETY: kill with signal 0 only probes for existence.
+        while unsafe { libc::kill(pid as i32, 0) } == 0 {
+            if is_zombie(pid) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the tracker (pid {pid}) is still closing its logs after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(true)
+}
+
+/// Path of the control socket for `dir`, for `status`.
+pub fn socket_for(dir: &Path) -> anyhow::Result<PathBuf> {
+    Ok(socket_path(&canonical(dir)?))
+}
