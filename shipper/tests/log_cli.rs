@@ -1,5 +1,7 @@
 //! The `hrl-shipper log …` tools, run as a user would run them.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -66,6 +66,35 @@ impl ExtentMap {
     }
 }
 
+/// Data gathered for one write record.
+#[derive(Default)]
+struct PendingWrite {
+    offset: u64,
+    data: Vec<u8>,
+}
+
+impl PendingWrite {
+    fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+    fn flush(&mut self, out: &mut LogWriter) -> Result<(), LogError> {
+        if !self.data.is_empty() {
+            out.append_write(self.offset, &self.data)?;
+            self.data.clear();
+        }
+        Ok(())
+    }
+}
+
+/// True when the byte before `end` lies in a data extent (so replaying it grows the file to `end`).
+fn ends_in_data(extents: &ExtentMap, end: u64) -> bool {
+    extents
+        .0
+        .range(..end)
+        .next_back()
+        .is_some_and(|(_, (e, p))| *e >= end && matches!(p, Piece::Data { .. }))
+}
+
 /// Coalesces the sealed, chained logs `inputs` (in sequence order) into a new sealed log at
 /// `output`, which must not exist.
 pub fn coalesce<P: AsRef<Path>>(inputs: &[P], output: &Path) -> Result<SealInfo, LogError> {
@@ -82,6 +111,8 @@ pub fn coalesce<P: AsRef<Path>>(inputs: &[P], output: &Path) -> Result<SealInfo,
     // Smallest size a truncate cut the disk to, and the size tracked since the first truncate.
     let mut min_size: Option<u64> = None;
     let mut size: Option<u64> = None;
+    // Without any truncate the size is max(base size, furthest write end): remember the latter.
+    let mut write_end: u64 = 0;
     // Rename and delete events, in order.
     let mut events: Vec<Record> = Vec::new();
     let mut sources = Vec::with_capacity(inputs.len());
@@ -106,6 +137,7 @@ pub fn coalesce<P: AsRef<Path>>(inputs: &[P], output: &Path) -> Result<SealInfo,
                     if let Some(sz) = size.as_mut() {
                         *sz = (*sz).max(end);
                     }
+                    write_end = write_end.max(end);
                 }
                 Record::Zero { offset, len } => {
                     extents.insert(offset, offset + len, Piece::Zero { punch: false })
@@ -146,27 +178,47 @@ pub fn coalesce<P: AsRef<Path>>(inputs: &[P], output: &Path) -> Result<SealInfo,
         if let Some(m) = min_size {
             out.append_truncate(m)?;
         }
-        let mut buf = Vec::new();
+        // Adjacent data extents are joined into writes of up to 1 MiB.
+        let mut pending = PendingWrite::default();
         for (&start, &(end, piece)) in &extents.0 {
             match piece {
-                Piece::Zero { punch: false } => out.append_zero(start, end - start)?,
-                Piece::Zero { punch: true } => out.append_punch(start, end - start)?,
+                Piece::Zero { punch } => {
+                    pending.flush(&mut out)?;
+                    if punch {
+                        out.append_punch(start, end - start)?
+                    } else {
+                        out.append_zero(start, end - start)?
+                    }
+                }
                 Piece::Data { src, pos } => {
                     let mut done = 0u64;
                     while done < end - start {
-                        let n = (end - start - done).min(1 << 20);
-                        buf.resize(n as usize, 0);
+                        let at = start + done;
+                        if pending.end() != at || pending.data.len() >= 1 << 20 {
+                            pending.flush(&mut out)?;
+                            pending.offset = at;
+                        }
+                        let room = (1u64 << 20) - pending.data.len() as u64;
+                        let n = (end - start - done).min(room);
+                        let from = pending.data.len();
+                        pending.data.resize(from + n as usize, 0);
                         sources[src]
-                            .read_exact_at(&mut buf, pos + done)
+                            .read_exact_at(&mut pending.data[from..], pos + done)
                             .map_err(|e| LogError::io(inputs[src].as_ref(), "read log data", e))?;
-                        out.append_write(start + done, &buf)?;
                         done += n;
                     }
                 }
             }
         }
-        if let Some(sz) = size {
-            out.append_truncate(sz)?;
+        pending.flush(&mut out)?;
+        match size {
+            Some(sz) => out.append_truncate(sz)?,
+            None if write_end > 0 && !ends_in_data(&extents, write_end) => {
+                // The furthest write was zeroed later; its growth of the file must still
+                // happen. Its last byte is zero now: write that one byte.
+                out.append_write(write_end - 1, &[0])?;
+            }
+            None => {}
         }
         for event in &events {
             match event {
