@@ -68,11 +68,17 @@ pub fn default_group(dir: &Path) -> Result<String> {
         .file_name()
         .and_then(|n| n.to_str())
         .map(str::to_string)
-        .with_context(|| format!("cannot derive a group name from {}; pass --group NAME", dir.display()))
+        .with_context(|| {
+            format!(
+                "cannot derive a group name from {}; pass --group NAME",
+                dir.display()
+            )
+        })
 }
 
 pub fn load(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read config file {}", path.display()))?;
     parse(&text).with_context(|| format!("config file {} is not valid", path.display()))
 }
 
@@ -84,11 +90,16 @@ pub fn parse(text: &str) -> Result<Config> {
     let mut dirs = Vec::new();
     for d in raw.dir {
         let interval = match &d.interval {
-            Some(s) => parse_duration(s).with_context(|| format!("interval of {}", d.path.display()))?,
+            Some(s) => {
+                parse_duration(s).with_context(|| format!("interval of {}", d.path.display()))?
+            }
             None => DEFAULT_INTERVAL,
         };
         if interval.is_zero() {
-            bail!("interval of {} is zero; use e.g. 30s, 5m or 15m", d.path.display());
+            bail!(
+                "interval of {} is zero; use e.g. 30s, 5m or 15m",
+                d.path.display()
+            );
         }
         let group = match d.group {
             Some(g) => g,
@@ -97,11 +108,20 @@ pub fn parse(text: &str) -> Result<Config> {
         if dirs.iter().any(|x: &DirConfig| x.group == group) {
             bail!("group {group:?} is used by two directories; give each [[dir]] its own group");
         }
-        dirs.push(DirConfig { path: d.path, interval, group });
+        dirs.push(DirConfig {
+            path: d.path,
+            interval,
+            group,
+        });
     }
     Ok(Config {
         target: raw.target,
-        retry_unit: raw.retry_unit.as_deref().map(parse_duration).transpose().context("retry_unit")?,
+        retry_unit: raw
+            .retry_unit
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .context("retry_unit")?,
         state_dir: raw.state_dir,
         chunk_size: raw.chunk_size,
         dirs,
@@ -114,7 +134,10 @@ mod tests {
 
     #[test]
     fn a_typo_is_an_error_naming_the_key() {
-        let err = format!("{:#}", parse("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\nintervall = \"5m\"\n").unwrap_err());
+        let err = format!(
+            "{:#}",
+            parse("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\nintervall = \"5m\"\n").unwrap_err()
+        );
         assert!(err.contains("intervall"), "{err}");
     }
 

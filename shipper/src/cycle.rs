@@ -85,7 +85,8 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         }
     };
     let work = p.state_dir.join("work");
-    std::fs::create_dir_all(&work).with_context(|| format!("create work directory {}", work.display()))?;
+    std::fs::create_dir_all(&work)
+        .with_context(|| format!("create work directory {}", work.display()))?;
 
     let last = crate::points::latest(&p.store).await?;
     let mut tracker = TrackerClient::connect(&p.dir).await?;
@@ -94,10 +95,17 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     // 1. Which disks need a base copy.
     let previous: BTreeMap<String, DiskEntry> = last
         .as_ref()
-        .map(|m| m.disks.iter().map(|d| (d.disk_id.clone(), d.clone())).collect())
+        .map(|m| {
+            m.disks
+                .iter()
+                .map(|d| (d.disk_id.clone(), d.clone()))
+                .collect()
+        })
         .unwrap_or_default();
     let flagged: HashSet<String> = {
-        let s = status.lock().map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
+        let s = status
+            .lock()
+            .map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
         s.disks
             .iter()
             .filter(|d| matches!(d.state, DiskState::ResyncRequired | DiskState::Resyncing))
@@ -110,14 +118,20 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             tracker.set_mode(&d.disk, DiskMode::Log).await?;
         }
     }
-    let bitmap_disks: HashSet<String> =
-        tstatus.disks.iter().filter(|d| d.mode == DiskMode::Bitmap).map(|d| d.disk.clone()).collect();
+    let bitmap_disks: HashSet<String> = tstatus
+        .disks
+        .iter()
+        .filter(|d| d.mode == DiskMode::Bitmap)
+        .map(|d| d.disk.clone())
+        .collect();
 
     let first_seal = tracker.seal().await?;
     let mut starts: BTreeMap<String, ChainStart> = BTreeMap::new(); // by disk id
     let mut report = CycleReport::default();
     for sealed in &first_seal.disks {
-        let prev = previous.get(&sealed.disk_id).filter(|e| e.generation == sealed.generation);
+        let prev = previous
+            .get(&sealed.disk_id)
+            .filter(|e| e.generation == sealed.generation);
         let needs_base = p.force_resync
             || prev.is_none()
             || flagged.contains(&sealed.disk)
@@ -131,7 +145,9 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             DiskState::InitialReplication
         };
         {
-            let mut s = status.lock().map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
+            let mut s = status
+                .lock()
+                .map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
             let d = s.disk_mut(&sealed.disk, &sealed.disk_id);
             d.state = state;
             d.disk_size = sealed.disk_size;
@@ -143,7 +159,9 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         };
         let index_key = hrl::store::base_key(&sealed.disk_id, sealed.generation, sealed.seq);
         info!(disk = %sealed.disk, state = state.label(), "copying disk into the store");
-        let stats = copy_with_progress(p, status, &sealed.disk, &sealed.disk_id, &index_key, &known).await?;
+        let stats =
+            copy_with_progress(p, status, &sealed.disk, &sealed.disk_id, &index_key, &known)
+                .await?;
         info!(
             disk = %sealed.disk,
             uploaded_chunks = stats.uploaded_chunks,
@@ -170,7 +188,11 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     }
 
     // 2. The point's instant: after a base copy, a second seal makes the copies consistent.
-    let seal = if starts.is_empty() { first_seal } else { tracker.seal().await? };
+    let seal = if starts.is_empty() {
+        first_seal
+    } else {
+        tracker.seal().await?
+    };
     let pending = tracker.pending().await?;
     let mut by_disk: BTreeMap<String, Vec<SealedLog>> = BTreeMap::new();
     for l in pending {
@@ -189,7 +211,12 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
                 let prev = previous
                     .get(&sealed.disk_id)
                     .filter(|e| e.generation == sealed.generation)
-                    .with_context(|| format!("disk {} appeared between two seals; it is copied in the next cycle", sealed.disk))?;
+                    .with_context(|| {
+                        format!(
+                            "disk {} appeared between two seals; it is copied in the next cycle",
+                            sealed.disk
+                        )
+                    })?;
                 ChainStart {
                     base: prev.base.clone(),
                     generation: prev.generation,
@@ -200,7 +227,11 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         };
         let logs: Vec<&SealedLog> = by_disk
             .get(&sealed.disk_id)
-            .map(|v| v.iter().filter(|l| l.generation == start.generation && l.seq > start.after_seq).collect())
+            .map(|v| {
+                v.iter()
+                    .filter(|l| l.generation == start.generation && l.seq > start.after_seq)
+                    .collect()
+            })
             .unwrap_or_default();
         if let Err(e) = check_chain(&sealed.disk, &start, &logs, sealed.seq) {
             let msg = format!(
@@ -209,7 +240,9 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
                 p.dir.display()
             );
             {
-                let mut s = status.lock().map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
+                let mut s = status
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
                 let d = s.disk_mut(&sealed.disk, &sealed.disk_id);
                 d.state = DiskState::ResyncRequired;
                 d.health = Health::Critical;
@@ -270,18 +303,26 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         host: hostname(),
         disks: entries,
     };
-    match p.store.put_new(&hrl::store::point_key(id), manifest.to_json()).await? {
+    match p
+        .store
+        .put_new(&hrl::store::point_key(id), manifest.to_json())
+        .await?
+    {
         Put::Created => {}
         Put::Existed => {
             return Err(Fatal(format!(
-                "recovery point {id} of group {:?} was committed by another shipper at the same time; \
+            "recovery point {id} of group {:?} was committed by another shipper at the same time; \
                  run only one shipper per group",
-                p.store.group
-            ))
+            p.store.group
+        ))
             .into())
         }
     }
-    info!(point = id, disks = manifest.disks.len(), "recovery point committed");
+    info!(
+        point = id,
+        disks = manifest.disks.len(),
+        "recovery point committed"
+    );
     crash_point("after-commit");
 
     // 5. Ack.
@@ -294,10 +335,17 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     // Status after the point.
     let tstatus = tracker.status().await.ok();
     {
-        let mut s = status.lock().map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
+        let mut s = status
+            .lock()
+            .map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
         s.last_point_id = Some(id);
         s.last_point_ns = Some(seal.time_ns);
-        s.disks.retain(|d| manifest.disks.iter().any(|e| e.disk_id == d.disk_id || e.name == d.disk));
+        s.disks.retain(|d| {
+            manifest
+                .disks
+                .iter()
+                .any(|e| e.disk_id == d.disk_id || e.name == d.disk)
+        });
         for e in &manifest.disks {
             let d = s.disk_mut(&e.name, &e.disk_id);
             d.state = DiskState::Replicating;
@@ -305,7 +353,10 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             d.disk_size = e.disk_size;
             d.progress = None;
             d.last_error = None;
-            if let Some(ts) = tstatus.as_ref().and_then(|t| t.disks.iter().find(|x| x.disk == e.name)) {
+            if let Some(ts) = tstatus
+                .as_ref()
+                .and_then(|t| t.disks.iter().find(|x| x.disk == e.name))
+            {
                 d.unshipped_bytes = ts.active_log_bytes + ts.pending_sealed_bytes;
             }
         }
@@ -319,7 +370,12 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
 
 /// The logs after `start` must be `start.after_seq + 1 ..= sealed_seq`, each naming the one
 /// before it.
-fn check_chain(disk: &str, start: &ChainStart, logs: &[&SealedLog], sealed_seq: u64) -> Result<(), String> {
+fn check_chain(
+    disk: &str,
+    start: &ChainStart,
+    logs: &[&SealedLog],
+    sealed_seq: u64,
+) -> Result<(), String> {
     let mut expect_seq = start.after_seq + 1;
     let mut expect_prev = start.after_hash.as_str();
     for l in logs {
@@ -385,7 +441,11 @@ async fn ship_logs(
 async fn known_chunks(store: &GroupStore, base: &BaseRef) -> Result<HashSet<hrl::Digest>> {
     let bytes = store.get(&base.index_key).await?;
     let idx = hrl::chunk::ChunkIndex::decode(&bytes)?;
-    Ok(idx.digests.into_iter().filter(|d| *d != hrl::chunk::ZERO_DIGEST).collect())
+    Ok(idx
+        .digests
+        .into_iter()
+        .filter(|d| *d != hrl::chunk::ZERO_DIGEST)
+        .collect())
 }
 
 async fn copy_with_progress(
@@ -399,8 +459,10 @@ async fn copy_with_progress(
     let bar = p.progress_bar.then(|| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b.set_message(disk.to_string());
         b
@@ -421,7 +483,15 @@ async fn copy_with_progress(
             }
         }
     };
-    let r = copy_disk(&p.store, &p.dir.join(disk), p.chunk_size, index_key, known, &progress).await;
+    let r = copy_disk(
+        &p.store,
+        &p.dir.join(disk),
+        p.chunk_size,
+        index_key,
+        known,
+        &progress,
+    )
+    .await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

@@ -56,7 +56,11 @@ pub fn data_segments(file: &File, size: u64) -> Vec<(u64, u64)> {
         }
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { size } else { (hole as u64).min(size) };
+        let end = if hole < 0 {
+            size
+        } else {
+            (hole as u64).min(size)
+        };
         if end <= data as u64 {
             break;
         }
@@ -93,14 +97,22 @@ pub async fn copy_disk(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<CopyStats> {
     hrl::chunk::check_block_size(block_size)?;
-    let file = File::open(disk).with_context(|| format!("open disk {} for the initial copy", disk.display()))?;
-    let disk_size = file.metadata().with_context(|| format!("stat disk {}", disk.display()))?.len();
+    let file = File::open(disk)
+        .with_context(|| format!("open disk {} for the initial copy", disk.display()))?;
+    let disk_size = file
+        .metadata()
+        .with_context(|| format!("stat disk {}", disk.display()))?
+        .len();
     let count = ChunkIndex::block_count(disk_size, block_size);
     let segments = data_segments(&file, disk_size);
     let blocks = data_blocks(&segments, u64::from(block_size), count);
     let file = Arc::new(file);
     let mut digests = vec![ZERO_DIGEST; count as usize];
-    let mut stats = CopyStats { disk_size, blocks: count, ..Default::default() };
+    let mut stats = CopyStats {
+        disk_size,
+        blocks: count,
+        ..Default::default()
+    };
     let known = Arc::new(known.clone());
     let total = blocks.len() as u64 * u64::from(block_size);
 
@@ -112,21 +124,28 @@ pub async fn copy_disk(
         async move {
             let off = b * u64::from(block_size);
             let len = u64::from(block_size).min(disk_size - off) as usize;
-            let (digest, payload) = tokio::task::spawn_blocking(move || -> Result<(Digest, Option<Vec<u8>>)> {
-                let mut buf = vec![0u8; len];
-                read_full_at(&file, &mut buf, off).with_context(|| format!("read {} at {off}", disk.display()))?;
-                let d = hrl::chunk::block_digest(&buf);
-                if d == ZERO_DIGEST || known.contains(&d) {
-                    return Ok((d, None));
-                }
-                Ok((d, Some(compress(&buf)?)))
-            })
-            .await
-            .context("chunk worker failed")??;
+            let (digest, payload) =
+                tokio::task::spawn_blocking(move || -> Result<(Digest, Option<Vec<u8>>)> {
+                    let mut buf = vec![0u8; len];
+                    read_full_at(&file, &mut buf, off)
+                        .with_context(|| format!("read {} at {off}", disk.display()))?;
+                    let d = hrl::chunk::block_digest(&buf);
+                    if d == ZERO_DIGEST || known.contains(&d) {
+                        return Ok((d, None));
+                    }
+                    Ok((d, Some(compress(&buf)?)))
+                })
+                .await
+                .context("chunk worker failed")??;
             let put = match payload {
                 Some(bytes) => {
                     let n = bytes.len() as u64;
-                    Some((store.put_immutable(&hrl::store::chunk_key(&digest), bytes).await?, n))
+                    Some((
+                        store
+                            .put_immutable(&hrl::store::chunk_key(&digest), bytes)
+                            .await?,
+                        n,
+                    ))
                 }
                 None => None,
             };
@@ -152,7 +171,11 @@ pub async fn copy_disk(
     }
     stats.zero_blocks = count - digests.iter().filter(|d| **d != ZERO_DIGEST).count() as u64;
 
-    let index = ChunkIndex { block_size, disk_size, digests };
+    let index = ChunkIndex {
+        block_size,
+        disk_size,
+        digests,
+    };
     let encoded = index.encode();
     stats.index_hash = hrl::to_hex(blake3::hash(&encoded).as_bytes());
     stats.index_key = index_key.to_string();
@@ -184,7 +207,10 @@ mod tests {
 
     #[test]
     fn data_blocks_cover_segments_once() {
-        assert_eq!(data_blocks(&[(0, 10), (5000, 9000)], 4096, 3), vec![0, 1, 2]);
+        assert_eq!(
+            data_blocks(&[(0, 10), (5000, 9000)], 4096, 3),
+            vec![0, 1, 2]
+        );
         assert_eq!(data_blocks(&[(8192, 8193)], 4096, 4), vec![2]);
         assert_eq!(data_blocks(&[], 4096, 4), Vec::<u64>::new());
     }
@@ -193,12 +219,21 @@ mod tests {
     fn data_segments_skip_holes() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sparse");
-        let f = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&p).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
         f.set_len(64 << 20).unwrap();
         f.write_all_at(&[1u8; 4096], 32 << 20).unwrap();
         let segs = data_segments(&f, 64 << 20);
         let covered: u64 = segs.iter().map(|(s, e)| e - s).sum();
-        assert!(segs.iter().any(|(s, e)| *s <= 32 << 20 && *e > 32 << 20), "{segs:?}");
+        assert!(
+            segs.iter().any(|(s, e)| *s <= 32 << 20 && *e > 32 << 20),
+            "{segs:?}"
+        );
         assert!(covered < 64 << 20, "holes not detected: {segs:?}");
     }
 }

@@ -23,7 +23,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "hrl-shipper", version, about = "Replicate disk-image change logs (.hrl) to an object store and restore from it")]
+#[command(
+    name = "hrl-shipper",
+    version,
+    about = "Replicate disk-image change logs (.hrl) to an object store and restore from it"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -137,7 +141,8 @@ struct RestoreArgs {
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HRL_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("HRL_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -156,7 +161,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
 }
 
 async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
@@ -183,12 +191,21 @@ fn group_for(dir: &Path, group: Option<String>) -> Result<String> {
 
 fn check_dir(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
-        bail!("{} is not a directory; pass the tracker's mount directory with --dir", dir.display());
+        bail!(
+            "{} is not a directory; pass the tracker's mount directory with --dir",
+            dir.display()
+        );
     }
     Ok(())
 }
 
-fn protected(dir: &Path, target: &str, group: &str, common: &Common, force_resync: bool) -> Result<cycle::Protected> {
+fn protected(
+    dir: &Path,
+    target: &str,
+    group: &str,
+    common: &Common,
+    force_resync: bool,
+) -> Result<cycle::Protected> {
     hrl::chunk::check_block_size(common.chunk_size).context("--chunk-size")?;
     let t = target::open(target)?;
     Ok(cycle::Protected {
@@ -205,10 +222,18 @@ async fn cmd_sync(a: SyncArgs) -> Result<std::process::ExitCode> {
     check_dir(&a.dir)?;
     let group = group_for(&a.dir, a.group)?;
     let p = protected(&a.dir, &a.target, &group, &a.common, a.resync)?;
-    let initial = status::load(&p.state_dir, &p.dir).ok().flatten().filter(|s| s.group == group);
-    let st = Mutex::new(initial.unwrap_or_else(|| status::DirStatus::new(&p.dir, &group, &p.store.target.url)));
+    let initial = status::load(&p.state_dir, &p.dir)
+        .ok()
+        .flatten()
+        .filter(|s| s.group == group);
+    let st = Mutex::new(
+        initial.unwrap_or_else(|| status::DirStatus::new(&p.dir, &group, &p.store.target.url)),
+    );
     let result = cycle::run_cycle(&p, &st).await;
-    let mut s = st.lock().map_err(|_| anyhow::anyhow!("status lock poisoned"))?.clone();
+    let mut s = st
+        .lock()
+        .map_err(|_| anyhow::anyhow!("status lock poisoned"))?
+        .clone();
     s.target = p.store.target.url.clone();
     s.updated_ns = hrl::now_ns();
     let report = match result {
@@ -222,7 +247,11 @@ async fn cmd_sync(a: SyncArgs) -> Result<std::process::ExitCode> {
         }
         Err(e) => {
             let class = retry::classify(&e);
-            s.health = if class == retry::ErrorClass::Fatal { status::Health::Critical } else { s.health.max(status::Health::Warning) };
+            s.health = if class == retry::ErrorClass::Fatal {
+                status::Health::Critical
+            } else {
+                s.health.max(status::Health::Warning)
+            };
             s.last_error = Some(format!("{e:#}"));
             let _ = status::save(&p.state_dir, &s);
             return Err(e);
@@ -250,7 +279,12 @@ async fn cmd_sync(a: SyncArgs) -> Result<std::process::ExitCode> {
             report.point_id,
             report.disks,
             report.logs_shipped,
-            report.log_bytes_uploaded + report.base_copies.iter().map(|c| c.uploaded_bytes).sum::<u64>(),
+            report.log_bytes_uploaded
+                + report
+                    .base_copies
+                    .iter()
+                    .map(|c| c.uploaded_bytes)
+                    .sum::<u64>(),
             report.base_copies.len()
         );
     }
@@ -293,14 +327,18 @@ async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         j.protected.progress_bar = false;
         set.spawn(service::run_dir(j, rx.clone()));
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install SIGTERM handler")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         _ = async { while set.join_next().await.is_some() {} } => {}
     }
     let _ = tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(30), async { while set.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while set.join_next().await.is_some() {}
+    })
+    .await;
     Ok(std::process::ExitCode::SUCCESS)
 }
 
@@ -322,12 +360,19 @@ fn cmd_status(a: StatusArgs) -> Result<std::process::ExitCode> {
             .iter()
             .map(|s| {
                 let mut v = serde_json::to_value(s).unwrap_or_default();
-                v["rpo_lag_s"] = s.last_point_ns.map(|t| now.saturating_sub(t) as f64 / 1e9).into();
+                v["rpo_lag_s"] = s
+                    .last_point_ns
+                    .map(|t| now.saturating_sub(t) as f64 / 1e9)
+                    .into();
                 if let Some(disks) = v["disks"].as_array_mut() {
                     for (d, k) in disks.iter_mut().zip(&s.disks) {
                         d["state_label"] = k.state.label().into();
-                        d["unshipped_share"] =
-                            (if k.disk_size > 0 { k.unshipped_bytes as f64 / k.disk_size as f64 } else { 0.0 }).into();
+                        d["unshipped_share"] = (if k.disk_size > 0 {
+                            k.unshipped_bytes as f64 / k.disk_size as f64
+                        } else {
+                            0.0
+                        })
+                        .into();
                     }
                 }
                 v
@@ -354,8 +399,17 @@ async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
     } else {
         println!("{:>6}  {:<26} disks", "point", "sealed at");
         for m in &all {
-            let disks: Vec<String> = m.disks.iter().map(|d| format!("{} ({} B)", d.name, d.disk_size)).collect();
-            println!("{:>6}  {:<26} {}", m.id, points::fmt_time(m.time_ns), disks.join(", "));
+            let disks: Vec<String> = m
+                .disks
+                .iter()
+                .map(|d| format!("{} ({} B)", d.name, d.disk_size))
+                .collect();
+            println!(
+                "{:>6}  {:<26} {}",
+                m.id,
+                points::fmt_time(m.time_ns),
+                disks.join(", ")
+            );
         }
     }
     Ok(std::process::ExitCode::SUCCESS)

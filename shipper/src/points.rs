@@ -20,10 +20,19 @@ pub async fn list_ids(store: &GroupStore) -> Result<Vec<u64>> {
 pub async fn load(store: &GroupStore, id: u64) -> Result<PointManifest> {
     let key = point_key(id);
     let bytes = store.get(&key).await?;
-    let m = PointManifest::from_json(&bytes)
-        .with_context(|| format!("recovery point {id} ({}) in {} is damaged", store.path(&key), store.target.url))?;
+    let m = PointManifest::from_json(&bytes).with_context(|| {
+        format!(
+            "recovery point {id} ({}) in {} is damaged",
+            store.path(&key),
+            store.target.url
+        )
+    })?;
     if m.id != id {
-        bail!("recovery point object {} names id {}, not {id}; the store is corrupt", store.path(&key), m.id);
+        bail!(
+            "recovery point object {} names id {}, not {id}; the store is corrupt",
+            store.path(&key),
+            m.id
+        );
     }
     Ok(m)
 }
@@ -41,7 +50,11 @@ pub async fn latest(store: &GroupStore) -> Result<Option<PointManifest>> {
 pub async fn select(store: &GroupStore, which: &str) -> Result<PointManifest> {
     let ids = list_ids(store).await?;
     if ids.is_empty() {
-        bail!("group {:?} in {} has no recovery points yet; run `hrl-shipper sync` first", store.group, store.target.url);
+        bail!(
+            "group {:?} in {} has no recovery points yet; run `hrl-shipper sync` first",
+            store.group,
+            store.target.url
+        );
     }
     let which = which.trim();
     if which.is_empty() || which == "latest" {
@@ -56,7 +69,10 @@ pub async fn select(store: &GroupStore, which: &str) -> Result<PointManifest> {
     let t = humantime::parse_rfc3339_weak(which).map_err(|e| {
         anyhow::anyhow!("--point {which:?} is neither `latest`, a point id nor a time like 2026-11-23T15:00:00Z ({e})")
     })?;
-    let t_ns = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let t_ns = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
     let mut best: Option<PointManifest> = None;
     for &id in ids.iter().rev() {
         let m = load(store, id).await?;
@@ -65,7 +81,12 @@ pub async fn select(store: &GroupStore, which: &str) -> Result<PointManifest> {
             break;
         }
     }
-    best.with_context(|| format!("no recovery point of group {:?} was sealed at or before {which}", store.group))
+    best.with_context(|| {
+        format!(
+            "no recovery point of group {:?} was sealed at or before {which}",
+            store.group
+        )
+    })
 }
 
 fn summary(ids: &[u64]) -> String {

@@ -27,12 +27,20 @@ pub struct RestoreReport {
 }
 
 /// Restores every disk of `point` into `to` (which must not already hold those names).
-pub async fn restore_point(store: &GroupStore, point: &PointManifest, to: &Path) -> Result<RestoreReport> {
-    std::fs::create_dir_all(to).with_context(|| format!("create restore directory {}", to.display()))?;
+pub async fn restore_point(
+    store: &GroupStore,
+    point: &PointManifest,
+    to: &Path,
+) -> Result<RestoreReport> {
+    std::fs::create_dir_all(to)
+        .with_context(|| format!("create restore directory {}", to.display()))?;
     for d in &point.disks {
         let dest = to.join(&d.name);
         if dest.exists() {
-            bail!("{} exists already; restore into an empty directory (nothing was changed)", dest.display());
+            bail!(
+                "{} exists already; restore into an empty directory (nothing was changed)",
+                dest.display()
+            );
         }
     }
     let mut report = RestoreReport::default();
@@ -46,7 +54,10 @@ pub async fn restore_point(store: &GroupStore, point: &PointManifest, to: &Path)
                 .with_context(|| format!("rename {} to {}", partial.display(), dest.display()))?,
             Err(e) => {
                 let _ = std::fs::remove_file(&partial);
-                return Err(e.context(format!("restore of disk {} from point {} failed; nothing was left behind", d.name, point.id)));
+                return Err(e.context(format!(
+                    "restore of disk {} from point {} failed; nothing was left behind",
+                    d.name, point.id
+                )));
             }
         }
         report.disks.push((d.name.clone(), d.disk_size));
@@ -55,7 +66,12 @@ pub async fn restore_point(store: &GroupStore, point: &PointManifest, to: &Path)
     Ok(report)
 }
 
-async fn restore_disk(store: &GroupStore, d: &DiskEntry, image: &Path, report: &mut RestoreReport) -> Result<()> {
+async fn restore_disk(
+    store: &GroupStore,
+    d: &DiskEntry,
+    image: &Path,
+    report: &mut RestoreReport,
+) -> Result<()> {
     // Base.
     let idx_bytes = store.get(&d.base.index_key).await?;
     let hash = hrl::to_hex(blake3::hash(&idx_bytes).as_bytes());
@@ -75,7 +91,8 @@ async fn restore_disk(store: &GroupStore, d: &DiskEntry, image: &Path, report: &
         .create_new(true)
         .open(image)
         .with_context(|| format!("create {}", image.display()))?;
-    file.set_len(index.disk_size).with_context(|| format!("size {}", image.display()))?;
+    file.set_len(index.disk_size)
+        .with_context(|| format!("size {}", image.display()))?;
     let file = Arc::new(file);
     let block_size = u64::from(index.block_size);
     let jobs = index.digests.iter().enumerate().filter(|(_, dg)| **dg != ZERO_DIGEST).map(|(i, dg)| {
@@ -107,7 +124,9 @@ async fn restore_disk(store: &GroupStore, d: &DiskEntry, image: &Path, report: &
 
     // Logs.
     if d.last_seq > d.base.after_seq {
-        let names = store.list_names(&logs_dir(&d.disk_id, d.generation)).await?;
+        let names = store
+            .list_names(&logs_dir(&d.disk_id, d.generation))
+            .await?;
         let ranges: Vec<(u64, u64)> = names.iter().filter_map(|n| parse_log_name(n)).collect();
         let path = log_path(&ranges, d.base.after_seq, d.last_seq).ok_or_else(|| {
             Fatal(format!(
@@ -133,11 +152,21 @@ async fn restore_disk(store: &GroupStore, d: &DiskEntry, image: &Path, report: &
         let prev = hrl::from_hex::<32>(&d.base.after_chain_hash)
             .with_context(|| format!("manifest of disk {} has a bad chain hash", d.name))?;
         let image_owned = image.to_path_buf();
-        let summary = tokio::task::spawn_blocking(move || hrl::log::apply_logs_after(&local, &image_owned, Some(&prev)))
-            .await
-            .context("apply worker failed")?
-            .map_err(|e| Fatal(format!("shipped logs of disk {} do not verify: {e}", d.name)))?;
-        let got = summary.chain_hash.map(|h| hrl::to_hex(&h)).unwrap_or_default();
+        let summary = tokio::task::spawn_blocking(move || {
+            hrl::log::apply_logs_after(&local, &image_owned, Some(&prev))
+        })
+        .await
+        .context("apply worker failed")?
+        .map_err(|e| {
+            Fatal(format!(
+                "shipped logs of disk {} do not verify: {e}",
+                d.name
+            ))
+        })?;
+        let got = summary
+            .chain_hash
+            .map(|h| hrl::to_hex(&h))
+            .unwrap_or_default();
         if !got.eq_ignore_ascii_case(&d.last_chain_hash) {
             return Err(Fatal(format!(
                 "logs of disk {} end at chain hash {got}, but the point names {}; the store is damaged",
@@ -147,6 +176,7 @@ async fn restore_disk(store: &GroupStore, d: &DiskEntry, image: &Path, report: &
         }
     }
     // The logs already left the size they describe; a base without logs has the index size.
-    file.sync_all().with_context(|| format!("sync {}", image.display()))?;
+    file.sync_all()
+        .with_context(|| format!("sync {}", image.display()))?;
     Ok(())
 }

@@ -11,7 +11,10 @@ const STEADY: u32 = 30;
 
 /// Delay before retry number `attempt` (1 = first retry).
 pub fn delay(attempt: u32, unit: Duration) -> Duration {
-    let units = STEPS.get(attempt.saturating_sub(1) as usize).copied().unwrap_or(STEADY);
+    let units = STEPS
+        .get(attempt.saturating_sub(1) as usize)
+        .copied()
+        .unwrap_or(STEADY);
     unit * units
 }
 
@@ -35,13 +38,14 @@ pub fn classify(err: &anyhow::Error) -> ErrorClass {
         if cause.downcast_ref::<Fatal>().is_some() {
             return ErrorClass::Fatal;
         }
-        if let Some(e) = cause.downcast_ref::<object_store::Error>() {
-            match e {
-                object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => {
-                    return ErrorClass::Fatal
-                }
-                _ => {}
-            }
+        if matches!(
+            cause.downcast_ref::<object_store::Error>(),
+            Some(
+                object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::PermissionDenied { .. }
+            )
+        ) {
+            return ErrorClass::Fatal;
         }
     }
     let text = format!("{err:#}");
@@ -68,8 +72,9 @@ pub fn classify(err: &anyhow::Error) -> ErrorClass {
 
 /// Parses a duration like `30s`, `5m`, `15m`, `1h`, `250ms`.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| anyhow::anyhow!("{s:?} is not a duration ({e}); write it like 30s, 5m, 15m or 1h"))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        anyhow::anyhow!("{s:?} is not a duration ({e}); write it like 30s, 5m, 15m or 1h")
+    })
 }
 
 #[cfg(test)]

@@ -48,8 +48,13 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 /// Runs cycles for one directory until `stop` turns true.
 pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
     let p = &job.protected;
-    let initial = status::load(&p.state_dir, &p.dir).ok().flatten().filter(|s| s.group == p.store.group);
-    let status = Mutex::new(initial.unwrap_or_else(|| DirStatus::new(&p.dir, &p.store.group, &p.store.target.url)));
+    let initial = status::load(&p.state_dir, &p.dir)
+        .ok()
+        .flatten()
+        .filter(|s| s.group == p.store.group);
+    let status = Mutex::new(
+        initial.unwrap_or_else(|| DirStatus::new(&p.dir, &p.store.group, &p.store.target.url)),
+    );
     if let Ok(mut s) = status.lock() {
         s.target = p.store.target.url.clone();
         // A restart is the operator acting: try again.
@@ -140,7 +145,11 @@ pub async fn enforce_log_budget(dir: &Path, status: &Mutex<DirStatus>) -> Result
     for d in &st.disks {
         let unshipped = d.active_log_bytes + d.pending_sealed_bytes;
         if let Ok(mut s) = status.lock() {
-            let id = pending.iter().find(|l| l.disk == d.disk).map(|l| l.disk_id.clone()).unwrap_or_default();
+            let id = pending
+                .iter()
+                .find(|l| l.disk == d.disk)
+                .map(|l| l.disk_id.clone())
+                .unwrap_or_default();
             let entry = s.disk_mut(&d.disk, &id);
             entry.unshipped_bytes = unshipped;
             entry.disk_size = d.disk_size;
@@ -148,11 +157,20 @@ pub async fn enforce_log_budget(dir: &Path, status: &Mutex<DirStatus>) -> Result
         if d.mode == DiskMode::Log && d.disk_size > 0 && unshipped > d.disk_size / 2 {
             warn!(disk = %d.disk, unshipped, size = d.disk_size, "unshipped logs exceed 50% of the disk: switching to bitmap tracking, resync required");
             t.set_mode(&d.disk, DiskMode::Bitmap).await?;
-            if let Some(max) = pending.iter().filter(|l| l.disk == d.disk).map(|l| l.seq).max() {
+            if let Some(max) = pending
+                .iter()
+                .filter(|l| l.disk == d.disk)
+                .map(|l| l.seq)
+                .max()
+            {
                 t.ack(&d.disk, max).await?;
             }
             if let Ok(mut s) = status.lock() {
-                let id = pending.iter().find(|l| l.disk == d.disk).map(|l| l.disk_id.clone()).unwrap_or_default();
+                let id = pending
+                    .iter()
+                    .find(|l| l.disk == d.disk)
+                    .map(|l| l.disk_id.clone())
+                    .unwrap_or_default();
                 let entry = s.disk_mut(&d.disk, &id);
                 entry.state = DiskState::ResyncRequired;
                 entry.health = entry.health.max(Health::Warning);

@@ -91,7 +91,11 @@ impl DirStatus {
     }
 
     pub fn disk_mut(&mut self, name: &str, disk_id: &str) -> &mut DiskStatus {
-        if let Some(i) = self.disks.iter().position(|d| d.disk_id == disk_id || d.disk == name) {
+        if let Some(i) = self
+            .disks
+            .iter()
+            .position(|d| d.disk_id == disk_id || d.disk == name)
+        {
             let d = &mut self.disks[i];
             d.disk = name.to_string();
             d.disk_id = disk_id.to_string();
@@ -128,16 +132,20 @@ pub fn save(state_dir: &Path, status: &DirStatus) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(status).context("encode status")?;
     bytes.push(b'\n');
     std::fs::write(&tmp, bytes).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, &path)
+        .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
 pub fn load(state_dir: &Path, dir: &Path) -> Result<Option<DirStatus>> {
     let path = state_file(state_dir, dir);
     match std::fs::read(&path) {
-        Ok(b) => Ok(Some(
-            serde_json::from_slice(&b).with_context(|| format!("state file {} is damaged; delete it (the next cycle rewrites it)", path.display()))?,
-        )),
+        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+            format!(
+                "state file {} is damaged; delete it (the next cycle rewrites it)",
+                path.display()
+            )
+        })?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
@@ -149,15 +157,22 @@ pub fn load_all(state_dir: &Path) -> Result<Vec<DirStatus>> {
     let entries = match std::fs::read_dir(state_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("read state directory {}", state_dir.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("read state directory {}", state_dir.display()))
+        }
     };
     for entry in entries {
-        let entry = entry.with_context(|| format!("read state directory {}", state_dir.display()))?;
+        let entry =
+            entry.with_context(|| format!("read state directory {}", state_dir.display()))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.starts_with("dir-") && name.ends_with(".json") {
-            let b = std::fs::read(entry.path()).with_context(|| format!("read {}", entry.path().display()))?;
-            out.push(serde_json::from_slice(&b).with_context(|| format!("state file {} is damaged", entry.path().display()))?);
+            let b = std::fs::read(entry.path())
+                .with_context(|| format!("read {}", entry.path().display()))?;
+            out.push(
+                serde_json::from_slice(&b)
+                    .with_context(|| format!("state file {} is damaged", entry.path().display()))?,
+            );
         }
     }
     out.sort_by(|a: &DirStatus, b| a.dir.cmp(&b.dir));
@@ -204,10 +219,19 @@ pub fn render(all: &[DirStatus]) -> String {
             let _ = writeln!(out, "  last error: {e}");
         }
         if let Some(t) = d.next_retry_ns {
-            let _ = writeln!(out, "  next retry in {}s (attempt {})", t.saturating_sub(now) / 1_000_000_000, d.attempt + 1);
+            let _ = writeln!(
+                out,
+                "  next retry in {}s (attempt {})",
+                t.saturating_sub(now) / 1_000_000_000,
+                d.attempt + 1
+            );
         }
         for k in &d.disks {
-            let share = if k.disk_size > 0 { 100.0 * k.unshipped_bytes as f64 / k.disk_size as f64 } else { 0.0 };
+            let share = if k.disk_size > 0 {
+                100.0 * k.unshipped_bytes as f64 / k.disk_size as f64
+            } else {
+                0.0
+            };
             let _ = write!(
                 out,
                 "  {:<24} {:<20} {:<8?} unshipped {} ({share:.2}% of {})",

@@ -31,7 +31,11 @@ impl GroupStore {
             anyhow::bail!("group name {group:?} is not valid: use a non-empty name without '/' that does not start with '.'");
         }
         let root = target.prefix.child(group);
-        Ok(GroupStore { target, group: group.to_string(), root })
+        Ok(GroupStore {
+            target,
+            group: group.to_string(),
+            root,
+        })
     }
 
     /// Full store path of a key relative to the group.
@@ -52,11 +56,19 @@ impl GroupStore {
     /// content-named, so a race writes the same bytes).
     pub async fn put_immutable(&self, key: &str, bytes: Vec<u8>) -> Result<Put> {
         let path = self.path(key);
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store().put_opts(&path, PutPayload::from(bytes.clone()), opts).await {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store()
+            .put_opts(&path, PutPayload::from(bytes.clone()), opts)
+            .await
+        {
             Ok(_) => Ok(Put::Created),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::Existed),
-            Err(object_store::Error::NotImplemented) | Err(object_store::Error::NotSupported { .. }) => {
+            Err(object_store::Error::NotImplemented)
+            | Err(object_store::Error::NotSupported { .. }) => {
                 if self.exists(key).await? {
                     return Ok(Put::Existed);
                 }
@@ -92,7 +104,10 @@ impl GroupStore {
             .get(&path)
             .await
             .with_context(|| format!("get {path} from {}", self.target.url))?;
-        let b = r.bytes().await.with_context(|| format!("read {path} from {}", self.target.url))?;
+        let b = r
+            .bytes()
+            .await
+            .with_context(|| format!("read {path} from {}", self.target.url))?;
         Ok(b.to_vec())
     }
 
@@ -100,7 +115,11 @@ impl GroupStore {
     pub async fn get_zstd(&self, key: &str) -> Result<Vec<u8>> {
         let raw = self.get(key).await?;
         zstd::stream::decode_all(raw.as_slice()).with_context(|| {
-            format!("object {} in {} is damaged (not valid zstd); the store is corrupt", self.path(key), self.target.url)
+            format!(
+                "object {} in {} is damaged (not valid zstd); the store is corrupt",
+                self.path(key),
+                self.target.url
+            )
         })
     }
 
@@ -114,7 +133,10 @@ impl GroupStore {
             .try_collect()
             .await
             .with_context(|| format!("list {prefix} in {}", self.target.url))?;
-        Ok(metas.into_iter().filter_map(|m| m.location.filename().map(str::to_string)).collect())
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .collect())
     }
 }
 

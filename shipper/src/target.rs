@@ -113,7 +113,11 @@ pub fn open(url: &str) -> Result<Target> {
             "unknown target URL scheme {other:?} in {url}; use a path, file:///path, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix"
         ),
     };
-    Ok(Target { store, prefix: StorePath::from(key_prefix), url: url.to_string() })
+    Ok(Target {
+        store,
+        prefix: StorePath::from(key_prefix),
+        url: url.to_string(),
+    })
 }
 
 #[cfg(test)]

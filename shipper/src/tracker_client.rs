@@ -44,7 +44,11 @@ impl TrackerClient {
             )
         })?;
         let (r, w) = stream.into_split();
-        Ok(TrackerClient { socket, reader: BufReader::new(r), writer: w })
+        Ok(TrackerClient {
+            socket,
+            reader: BufReader::new(r),
+            writer: w,
+        })
     }
 
     async fn call(&mut self, req: &Request) -> Result<Response> {
@@ -56,16 +60,24 @@ impl TrackerClient {
             .await
             .with_context(|| format!("send {op} to tracker at {}", self.socket.display()))?;
         let mut answer = String::new();
-        let n = self
-            .reader
-            .read_line(&mut answer)
-            .await
-            .with_context(|| format!("read answer to {op} from tracker at {}", self.socket.display()))?;
+        let n = self.reader.read_line(&mut answer).await.with_context(|| {
+            format!(
+                "read answer to {op} from tracker at {}",
+                self.socket.display()
+            )
+        })?;
         if n == 0 {
-            bail!("tracker at {} closed the connection during {op}", self.socket.display());
+            bail!(
+                "tracker at {} closed the connection during {op}",
+                self.socket.display()
+            );
         }
-        let resp: Response = serde_json::from_str(answer.trim_end())
-            .with_context(|| format!("tracker at {} sent an answer that is not valid: {answer:?}", self.socket.display()))?;
+        let resp: Response = serde_json::from_str(answer.trim_end()).with_context(|| {
+            format!(
+                "tracker at {} sent an answer that is not valid: {answer:?}",
+                self.socket.display()
+            )
+        })?;
         if !resp.ok {
             return Err(TrackerRefused {
                 socket: self.socket.display().to_string(),
@@ -89,17 +101,29 @@ impl TrackerClient {
 
     /// Every sealed log not acked yet.
     pub async fn pending(&mut self) -> Result<Vec<SealedLog>> {
-        Ok(self.call(&Request::Pending).await?.disks.unwrap_or_default())
+        Ok(self
+            .call(&Request::Pending)
+            .await?
+            .disks
+            .unwrap_or_default())
     }
 
     /// Lets the tracker delete `disk`'s sealed logs up to `seq` (they are in a committed point).
     pub async fn ack(&mut self, disk: &str, seq: u64) -> Result<()> {
-        self.call(&Request::Ack { disk: disk.to_string(), seq }).await?;
+        self.call(&Request::Ack {
+            disk: disk.to_string(),
+            seq,
+        })
+        .await?;
         Ok(())
     }
 
     pub async fn set_mode(&mut self, disk: &str, mode: DiskMode) -> Result<()> {
-        self.call(&Request::Mode { disk: disk.to_string(), mode }).await?;
+        self.call(&Request::Mode {
+            disk: disk.to_string(),
+            mode,
+        })
+        .await?;
         Ok(())
     }
 
