@@ -160,6 +160,11 @@ fn debugfs_ls(image: &Path) -> String {
     run(Command::new("debugfs").arg("-R").arg("ls -l /").arg(image))
 }
 
+/// Files expected in the filesystem after an interval: name and content (None: deleted).
+type Expected = Vec<(&'static str, Option<Vec<u8>>)>;
+/// One interval's changes to the mounted filesystem.
+type Interval = Box<dyn Fn(&Path) -> Expected>;
+
 fn ext4_across_intervals(kind: ServerKind) {
     let tmp = tempfile::Builder::new()
         .prefix("hrl-shipper-e2e-")
@@ -197,8 +202,8 @@ fn ext4_across_intervals(kind: ServerKind) {
         v["point"].as_u64().unwrap()
     };
     // Each interval: change files, freeze, sync (seal + ship), copy the image as sealed, thaw.
-    let mut expected: Vec<Vec<(&str, Option<Vec<u8>>)>> = Vec::new();
-    let intervals: Vec<Box<dyn Fn(&Path) -> Vec<(&'static str, Option<Vec<u8>>)>>> = vec![
+    let mut expected: Vec<Expected> = Vec::new();
+    let intervals: Vec<Interval> = vec![
         Box::new(|m: &Path| {
             std::fs::write(m.join("a.bin"), file_data(1, 3 << 20)).unwrap();
             std::fs::write(m.join("b.txt"), b"first interval\n").unwrap();
