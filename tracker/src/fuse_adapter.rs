@@ -31,6 +31,14 @@ impl HrlFs {
     pub fn new(core: Arc<Core>) -> Self {
         HrlFs { core }
     }
+
+    fn ttl(&self, ino: u64) -> Duration {
+        if self.core.uncacheable(ino) {
+            Duration::ZERO
+        } else {
+            TTL
+        }
+    }
 }
 
 fn e(code: i32) -> Errno {
@@ -125,7 +133,7 @@ impl Filesystem for HrlFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.core.lookup(parent.0, name) {
-            Ok((ino, st)) => reply.entry(&TTL, &attr(ino, &st), Generation(0)),
+            Ok((ino, st)) => reply.entry(&self.ttl(ino), &attr(ino, &st), Generation(0)),
             Err(c) => reply.error(e(c)),
         }
     }
@@ -136,7 +144,7 @@ impl Filesystem for HrlFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.core.getattr(ino.0) {
-            Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),
+            Ok(st) => reply.attr(&self.ttl(ino.0), &attr(ino.0, &st)),
             Err(c) => reply.error(e(c)),
         }
     }
@@ -168,7 +176,7 @@ impl Filesystem for HrlFs {
             mtime: set_time(mtime),
         };
         match self.core.setattr(ino.0, fh.map(|f| f.0), a) {
-            Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),
+            Ok(st) => reply.attr(&self.ttl(ino.0), &attr(ino.0, &st)),
             Err(c) => reply.error(e(c)),
         }
     }
@@ -194,7 +202,7 @@ impl Filesystem for HrlFs {
             .core
             .mknod(parent.0, name, mode & !umask, u64::from(rdev), caller(req))
         {
-            Ok((ino, st)) => reply.entry(&TTL, &attr(ino, &st), Generation(0)),
+            Ok((ino, st)) => reply.entry(&self.ttl(ino), &attr(ino, &st), Generation(0)),
             Err(c) => reply.error(e(c)),
         }
     }
@@ -209,7 +217,7 @@ impl Filesystem for HrlFs {
         reply: ReplyEntry,
     ) {
         match self.core.mkdir(parent.0, name, mode & !umask, caller(req)) {
-            Ok((ino, st)) => reply.entry(&TTL, &attr(ino, &st), Generation(0)),
+            Ok((ino, st)) => reply.entry(&self.ttl(ino), &attr(ino, &st), Generation(0)),
             Err(c) => reply.error(e(c)),
         }
     }
@@ -240,7 +248,7 @@ impl Filesystem for HrlFs {
             .core
             .symlink(parent.0, link_name, target.as_os_str(), caller(req))
         {
-            Ok((ino, st)) => reply.entry(&TTL, &attr(ino, &st), Generation(0)),
+            Ok((ino, st)) => reply.entry(&self.ttl(ino), &attr(ino, &st), Generation(0)),
             Err(c) => reply.error(e(c)),
         }
     }
@@ -273,7 +281,7 @@ impl Filesystem for HrlFs {
         reply: ReplyEntry,
     ) {
         match self.core.link(ino.0, newparent.0, newname) {
-            Ok((ino, st)) => reply.entry(&TTL, &attr(ino, &st), Generation(0)),
+            Ok((ino, st)) => reply.entry(&self.ttl(ino), &attr(ino, &st), Generation(0)),
             Err(c) => reply.error(e(c)),
         }
     }

@@ -146,6 +146,12 @@ impl Core {
         Ok((ino, st))
     }
 
+    /// True for hrl's own files: the tracker changes them behind the kernel's back (seal
+    /// renames, acks delete), so the kernel must not cache their names or attributes.
+    pub fn uncacheable(&self, ino: u64) -> bool {
+        self.inodes.get(ino).is_some_and(|i| i.protected)
+    }
+
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
     }

@@ -1,0 +1,155 @@
+//! Crash safety: kill -9 of the tracker mid-write, and a backing filesystem that fills up.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use hrl::control::Request;
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn kill_9_mid_write_loses_nothing_outside_reported_extents() {
+    let tmp = scratch();
+    let dir = tmp.path().join("vms");
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let size = 32 * MIB;
+    std::fs::write(dir.join("vm.img"), pattern(1, size)).unwrap();
+    let base = tmp.path().join("base.img");
+    std::fs::copy(dir.join("vm.img"), &base).unwrap();
+
+    let m = Mounted::in_place(&dir, &run);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let path = m.path("vm.img");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let Ok(f) = OpenOptions::new().write(true).open(&path) else {
+                    return 0u64;
+                };
+                let mut n = 0u64;
+                let mut seed = w * 1_000_003 + 7;
+                while !stop.load(Ordering::Relaxed) {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let len = 512 + (seed >> 40) as usize % (64 * 1024);
+                    let off = (seed >> 20) as usize % (size - len);
+                    if f.write_all_at(&pattern(seed, len), off as u64).is_err() {
+                        break;
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    m.seal();
+    std::thread::sleep(Duration::from_millis(300));
+    m.seal();
+    std::thread::sleep(Duration::from_millis(300));
+    m.kill9();
+    stop.store(true, Ordering::Relaxed);
+    let written: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(written > 10, "the writers barely ran ({written} writes)");
+
+    let m = Mounted::in_place(&dir, &run);
+    let st = m.request(&Request::Status).status.unwrap();
+    let unclean = st.disks[0].unclean_extents.clone();
+    assert!(
+        !unclean.is_empty(),
+        "writes were in flight at the kill: some extents must be reported"
+    );
+    // The recovered active log is sealed like any other.
+    m.seal();
+    m.unmount();
+
+    let logs = sealed_logs(&dir, "vm.img");
+    assert!(logs.len() >= 3);
+    let out = scratch();
+    let replayed = replay(&base, &logs, out.path());
+    let a = std::fs::read(&replayed).unwrap();
+    let b = std::fs::read(dir.join("vm.img")).unwrap();
+    assert_eq!(a.len(), b.len());
+    let inside = |i: usize| {
+        unclean
+            .iter()
+            .any(|&(o, l)| (i as u64) >= o && (i as u64) < o + l)
+    };
+    let mut differing = 0usize;
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        if x != y {
+            differing += 1;
+            assert!(inside(i), "byte {i} differs but lies in no reported extent");
+        }
+    }
+    eprintln!(
+        "{written} writes, {} unclean extents, {differing} differing bytes (all covered)",
+        unclean.len()
+    );
+}
+
+/// Unmounts a tmpfs on drop.
+struct TmpfsGuard(std::path::PathBuf);
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        force_unmount(&self.0);
+    }
+}
+
+#[test]
+fn enospc_refuses_the_write_and_replay_still_matches() {
+    let tmp = scratch();
+    let small = tmp.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
+        .arg(&small));
+    let _g = TmpfsGuard(small.clone());
+    let dir = small.join("vms");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("d.raw"), pattern(3, 4 * MIB)).unwrap();
+    let base = tmp.path().join("base.raw");
+    std::fs::copy(dir.join("d.raw"), &base).unwrap();
+    let m = Mounted::in_place(&dir, &tmp.path().join("run"));
+    // A filler to free later, so the seal has room once the writers have hit the wall.
+    std::fs::write(m.path("filler"), vec![0u8; MIB]).unwrap();
+
+    let f = OpenOptions::new()
+        .write(true)
+        .open(m.path("d.raw"))
+        .unwrap();
+    let mut refused = None;
+    for i in 0..200u64 {
+        let off = (i * 37 * 4096) % (4 * MIB as u64 - 65536);
+        match f.write_all_at(&pattern(i + 10, 65536), off) {
+            Ok(()) => {}
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("the writes never ran out of space");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    // Another write still fails, and changes nothing.
+    let before = std::fs::read(m.path("d.raw")).unwrap();
+    assert!(f.write_all_at(&[0xEE; 65536], 0).is_err());
+    assert_eq!(std::fs::read(m.path("d.raw")).unwrap(), before);
+    drop(f);
+    std::fs::remove_file(m.path("filler")).unwrap();
+    m.seal();
+    let out = scratch();
+    let replayed = replay(&base, &sealed_logs(&dir, "d.raw"), out.path());
+    assert_files_equal(&replayed, &m.path("d.raw"));
+    m.unmount();
+}
