@@ -1,6 +1,8 @@
 //! The control protocol over a real mount: seal/pending/ack/status/mode/dirty/clear, the
 //! read-only logs, and disk creation, rename and removal recorded in the logs.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use std::fs::OpenOptions;

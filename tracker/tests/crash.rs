@@ -1,5 +1,7 @@
 //! Crash safety: kill -9 of the tracker mid-write, and a backing filesystem that fills up.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use std::fs::OpenOptions;

@@ -2,6 +2,8 @@
 //! zero range, fallocate, copy_file_range, O_TRUNC), seal, replay the sealed logs onto the
 //! pre-mount copy: the result equals the live disk byte for byte.
 
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
 mod common;
 
 use std::fs::{File, OpenOptions};
