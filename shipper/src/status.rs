@@ -94,11 +94,13 @@ impl DirStatus {
         if let Some(i) = self
             .disks
             .iter()
-            .position(|d| d.disk_id == disk_id || d.disk == name)
+            .position(|d| (!disk_id.is_empty() && d.disk_id == disk_id) || d.disk == name)
         {
             let d = &mut self.disks[i];
             d.disk = name.to_string();
-            d.disk_id = disk_id.to_string();
+            if !disk_id.is_empty() {
+                d.disk_id = disk_id.to_string();
+            }
             return d;
         }
         self.disks.push(DiskStatus {

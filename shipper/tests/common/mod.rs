@@ -435,7 +435,20 @@ impl Server {
     }
 
     /// Stops the server (the store "goes away"); moto loses its data on restart, Azurite keeps it.
+    /// Azurite gets SIGTERM first so that it saves its metadata (a SIGKILL loses it).
     pub fn stop(&mut self) {
+        if let Some(k) = self.child.as_mut() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &k.0.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = k.0.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         self.child = None;
     }
 

@@ -1,0 +1,516 @@
+//! Crashes, outages and bad input: kill -9 at the two dangerous instants, a store that goes
+//! away and comes back, wrong credentials, broken chains, damaged objects, typos.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Env {
+    tmp: tempfile::TempDir,
+    dir: PathBuf,
+    run: PathBuf,
+    state: PathBuf,
+    tracker: FakeTracker,
+    server: Server,
+}
+
+fn env(kind: ServerKind) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vm1");
+    let run = tmp.path().join("run");
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tracker = FakeTracker::start(&dir, &run);
+    let server = Server::start(kind, "hrlrobust");
+    tracker.add_disk("disk0.img", 4 << 20);
+    Env {
+        tmp,
+        dir,
+        run,
+        state,
+        tracker,
+        server,
+    }
+}
+
+fn data(seed: u8, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&[seed, 3])
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+impl Env {
+    fn shipper_env(&self, args: &[&str], extra: &[(String, String)]) -> std::process::Output {
+        let mut e = self.server.env.clone();
+        e.extend_from_slice(extra);
+        shipper(args, &e, &self.run, &self.state)
+    }
+    fn sync_args(&self) -> Vec<String> {
+        vec![
+            "sync".into(),
+            "--dir".into(),
+            self.dir.to_str().unwrap().into(),
+            "--target".into(),
+            self.server.url.clone(),
+        ]
+    }
+    fn sync(&self, extra: &[(String, String)]) -> std::process::Output {
+        let a = self.sync_args();
+        self.shipper_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), extra)
+    }
+    fn points(&self) -> usize {
+        let out = ok(&self.shipper_env(
+            &[
+                "points",
+                "--target",
+                &self.server.url,
+                "--group",
+                "vm1",
+                "--json",
+            ],
+            &[],
+        ));
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    }
+    fn restore(&self, point: &str, to: &Path) -> std::process::Output {
+        self.shipper_env(
+            &[
+                "restore",
+                "--target",
+                &self.server.url,
+                "--group",
+                "vm1",
+                "--point",
+                point,
+                "--to",
+                to.to_str().unwrap(),
+            ],
+            &[],
+        )
+    }
+    fn snapshot(&self, name: &str) -> PathBuf {
+        let p = self.tmp.path().join(name);
+        std::fs::copy(self.dir.join("disk0.img"), &p).unwrap();
+        p
+    }
+    fn status(&self) -> serde_json::Value {
+        let out = ok(&self.shipper_env(
+            &["status", "--dir", self.dir.to_str().unwrap(), "--json"],
+            &[],
+        ));
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
+    }
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn crash(at: &str) -> Vec<(String, String)> {
+    vec![("HRL_SHIPPER_CRASH_AT".into(), at.into())]
+}
+
+#[test]
+fn kill_between_upload_and_commit_then_next_run_continues() {
+    let e = env(ServerKind::Local);
+    e.tracker.write("disk0.img", 0, &data(1, 100_000));
+    ok(&e.sync(&[]));
+    e.tracker.write("disk0.img", 1 << 20, &data(2, 50_000));
+    let out = e.sync(&crash("after-upload"));
+    assert!(!out.status.success(), "the crash hook did not fire");
+    assert_eq!(
+        e.points(),
+        1,
+        "no point may be committed before its manifest"
+    );
+    assert!(
+        e.tracker.pending_count() > 0,
+        "logs must stay on the host until a point holds them"
+    );
+    e.tracker.write("disk0.img", 2 << 20, &data(3, 10_000));
+    ok(&e.sync(&[]));
+    let snap = e.snapshot("after.img");
+    assert_eq!(e.points(), 2);
+    assert_eq!(e.tracker.pending_count(), 0);
+    let to = e.tmp.path().join("r");
+    ok(&e.restore("latest", &to));
+    assert_same_file(&to.join("disk0.img"), &snap);
+}
+
+#[test]
+fn kill_between_commit_and_ack_applies_nothing_twice() {
+    let e = env(ServerKind::Local);
+    e.tracker.write("disk0.img", 0, &data(1, 100_000));
+    ok(&e.sync(&[]));
+    e.tracker.write("disk0.img", 4096, &data(2, 8192));
+    let out = e.sync(&crash("after-commit"));
+    assert!(!out.status.success(), "the crash hook did not fire");
+    let snap2 = e.snapshot("p2.img");
+    assert_eq!(e.points(), 2, "the point was committed before the crash");
+    assert!(
+        e.tracker.pending_count() > 0,
+        "the crash came before the ack"
+    );
+    // An overlapping write: replaying the committed log twice would be visible if the old
+    // write landed after this one.
+    e.tracker.write("disk0.img", 0, &data(4, 16384));
+    ok(&e.sync(&[]));
+    let snap3 = e.snapshot("p3.img");
+    assert_eq!(e.points(), 3);
+    assert_eq!(
+        e.tracker.pending_count(),
+        0,
+        "committed logs are acked by the next run"
+    );
+    for (p, snap) in [("2", &snap2), ("3", &snap3)] {
+        let to = e.tmp.path().join(format!("r{p}"));
+        ok(&e.restore(p, &to));
+        assert_same_file(&to.join("disk0.img"), snap);
+    }
+}
+
+#[test]
+fn broken_chain_is_critical_until_resync() {
+    let e = env(ServerKind::Local);
+    e.tracker.write("disk0.img", 0, &data(1, 100_000));
+    ok(&e.sync(&[]));
+    e.tracker.write("disk0.img", 8192, &data(2, 4096));
+    e.tracker.seal_now();
+    e.tracker.lose_sealed_log("disk0.img");
+    e.tracker.write("disk0.img", 16384, &data(3, 4096));
+    let out = e.sync(&[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("log chain of disk disk0.img is broken") && err.contains("--resync"),
+        "{err}"
+    );
+    assert_eq!(e.points(), 1, "no point papers over a broken chain");
+    let st = e.status();
+    assert_eq!(st["health"], "Critical");
+    assert_eq!(st["disks"][0]["state"], "resync_required");
+    // The operator's resync takes a new base; only changed chunks upload.
+    let mut a = e.sync_args();
+    a.push("--resync".into());
+    a.push("--json".into());
+    let out = ok(&e.shipper_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(r["base_copies"][0]["uploaded_chunks"], 1, "{r}");
+    let snap = e.snapshot("s.img");
+    assert_eq!(e.status()["health"], "Normal");
+    let to = e.tmp.path().join("r");
+    ok(&e.restore("latest", &to));
+    assert_same_file(&to.join("disk0.img"), &snap);
+}
+
+#[test]
+fn truncated_sealed_log_is_refused_and_nothing_is_committed() {
+    let e = env(ServerKind::Local);
+    ok(&e.sync(&[]));
+    e.tracker.write("disk0.img", 0, &data(5, 200_000));
+    e.tracker.seal_now();
+    let log = std::fs::read_dir(&e.dir)
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .find(|p| {
+            matches!(
+                hrl::naming::classify(p.file_name().unwrap().to_str().unwrap()),
+                Some(hrl::naming::HrlFile::SealedLog { .. })
+            )
+        })
+        .unwrap();
+    let len = std::fs::metadata(&log).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let out = e.sync(&[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("does not verify") && err.contains("resync"),
+        "{err}"
+    );
+    assert_eq!(e.points(), 1);
+}
+
+#[test]
+fn damaged_objects_in_the_store_fail_restore_cleanly() {
+    let e = env(ServerKind::Local);
+    e.tracker.write("disk0.img", 0, &data(1, 300_000));
+    ok(&e.sync(&[]));
+    e.tracker.write("disk0.img", 0, &data(2, 5000));
+    ok(&e.sync(&[]));
+    let store = PathBuf::from(e.server.url.trim_start_matches("file://")).join("vm1");
+    // A damaged chunk.
+    let chunk = walk(&store.join("chunks"))[0].clone();
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&chunk, &bytes).unwrap();
+    let to = e.tmp.path().join("r1");
+    let out = e.restore("latest", &to);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    assert!(
+        !to.join("disk0.img").exists(),
+        "a damaged restore must leave no disk behind"
+    );
+    std::fs::write(&chunk, {
+        bytes[n / 2] ^= 0xff;
+        &bytes
+    })
+    .unwrap();
+    // A truncated log object.
+    let log = walk(&store.join("disks"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|x| x == "hrl"))
+        .unwrap();
+    let b = std::fs::read(&log).unwrap();
+    std::fs::write(&log, &b[..b.len() / 2]).unwrap();
+    let to = e.tmp.path().join("r2");
+    let out = e.restore("latest", &to);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("damaged") || stderr(&out).contains("verify"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!to.join("disk0.img").exists());
+    // A damaged manifest.
+    std::fs::write(
+        store.join("points").join(format!("{:020}.json", 2)),
+        b"{not json",
+    )
+    .unwrap();
+    let out = e.restore("2", &e.tmp.path().join("r3"));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("recovery point 2") && stderr(&out).contains("damaged"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn bad_urls_and_config_typos_are_clear_errors() {
+    let e = env(ServerKind::Local);
+    let out = e.shipper_env(
+        &[
+            "sync",
+            "--dir",
+            e.dir.to_str().unwrap(),
+            "--target",
+            "ftp://x/y",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown target URL scheme \"ftp\""),
+        "{}",
+        stderr(&out)
+    );
+    let cfg = e.tmp.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "target = \"{}\"\n[[dir]]\npath = \"{}\"\nintreval = \"30s\"\n",
+            e.server.url,
+            e.dir.display()
+        ),
+    )
+    .unwrap();
+    let out = e.shipper_env(&["run", "--config", cfg.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("intreval") && err.contains(cfg.to_str().unwrap()),
+        "{err}"
+    );
+    let out = e.restore("7", &e.tmp.path().join("r"));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no recovery points"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn wrong_credentials_are_critical_without_retry_storm() {
+    let e = env(ServerKind::Azurite);
+    let wrong = vec![(
+        "AZURE_STORAGE_ACCOUNT_KEY".to_string(),
+        "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=".to_string(),
+    )];
+    let out = e.sync(&wrong);
+    assert!(!out.status.success());
+    assert_eq!(e.status()["health"], "Critical", "{}", stderr(&out));
+    // The service stops the directory in Critical and does not retry on the back-off.
+    let mut envs = e.server.env.clone();
+    envs.extend(wrong);
+    let log = e.tmp.path().join("run.log");
+    let child = Command::new(shipper_bin())
+        .args([
+            "run",
+            "--dir",
+            e.dir.to_str().unwrap(),
+            "--target",
+            &e.server.url,
+            "--interval",
+            "1s",
+            "--retry-unit",
+            "1s",
+        ])
+        .envs(envs)
+        .env("HRL_RUN_DIR", &e.run)
+        .env("HRL_STATE_DIR", &e.state)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+    std::thread::sleep(Duration::from_secs(5));
+    let st = e.status();
+    assert_eq!(st["health"], "Critical");
+    assert!(st["next_retry_ns"].is_null());
+    drop(child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("replication stopped (Critical)").count(),
+        1,
+        "{text}"
+    );
+    assert!(!text.contains("will retry"), "{text}");
+}
+
+#[test]
+fn store_outage_backs_off_with_warning_then_recovers() {
+    let mut e = env(ServerKind::Azurite);
+    e.tracker.write("disk0.img", 0, &data(1, 100_000));
+    let child = Command::new(shipper_bin())
+        .args([
+            "run",
+            "--dir",
+            e.dir.to_str().unwrap(),
+            "--target",
+            &e.server.url,
+            "--interval",
+            "1s",
+            "--retry-unit",
+            "1s",
+        ])
+        .envs(e.server.env.clone())
+        .env("HRL_RUN_DIR", &e.run)
+        .env("HRL_STATE_DIR", &e.state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let wait_for = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = serde_json::Value::Null;
+        loop {
+            if let Ok(out) = Command::new(shipper_bin())
+                .args(["status", "--dir", e.dir.to_str().unwrap(), "--json"])
+                .env("HRL_STATE_DIR", &e.state)
+                .output()
+            {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                    if f(&v[0]) {
+                        return v[0].clone();
+                    }
+                    last = v[0].clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; status: {last:#}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for("the first point", &|s| {
+        s["last_point_id"].as_u64().is_some_and(|p| p >= 1)
+    });
+    e.server.stop();
+    e.tracker.write("disk0.img", 1 << 20, &data(2, 70_000));
+    let st = wait_for("a warning", &|s| {
+        s["health"] == "Warning" && !s["next_retry_ns"].is_null()
+    });
+    assert!(st["last_error"].as_str().unwrap().len() > 10);
+    let first_point = st["last_point_id"].as_u64().unwrap();
+    let st = wait_for("back-off to grow", &|s| {
+        s["attempt"].as_u64().is_some_and(|a| a >= 2)
+    });
+    assert_eq!(st["health"], "Warning");
+    // The logs wait on the host, and status counts them.
+    assert!(
+        st["disks"][0]["unshipped_bytes"].as_u64().unwrap() >= 70_000,
+        "{st}"
+    );
+    assert!(st["last_point_id"].as_u64().unwrap() == first_point);
+    e.server.spawn();
+    e.tracker.write("disk0.img", 2 << 20, &data(3, 30_000));
+    let st = wait_for("recovery", &|s| {
+        s["health"] == "Normal"
+            && s["last_point_id"]
+                .as_u64()
+                .is_some_and(|p| p > first_point + 1)
+    });
+    assert!(st["last_error"].is_null());
+    // SIGTERM stops the service cleanly.
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(c) = child.0.try_wait().unwrap() {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(code.success(), "{code}");
+    ok(&e.sync(&[]));
+    let snap = e.snapshot("s.img");
+    let to = e.tmp.path().join("r");
+    ok(&e.restore("latest", &to));
+    assert_same_file(&to.join("disk0.img"), &snap);
+}
