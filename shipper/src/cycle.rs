@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use crate::initial::{copy_disk, CopyStats};
 use crate::retry::Fatal;
 use crate::status::{save, DirStatus, DiskState, Health};
-use crate::store_client::{compress, GroupStore, Put};
+use crate::store_client::{compress_file, GroupStore, Put};
 use crate::tracker_client::TrackerClient;
 
 /// A directory under protection and where it replicates to.
@@ -118,6 +118,13 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             tracker.set_mode(&d.disk, DiskMode::Log).await?;
         }
     }
+    // After an unclean tracker stop, marked extents may differ from the logs: resync them.
+    let unclean: HashSet<String> = tstatus
+        .disks
+        .iter()
+        .filter(|d| !d.unclean_extents.is_empty())
+        .map(|d| d.disk.clone())
+        .collect();
     let bitmap_disks: HashSet<String> = tstatus
         .disks
         .iter()
@@ -135,7 +142,8 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         let needs_base = p.force_resync
             || prev.is_none()
             || flagged.contains(&sealed.disk)
-            || bitmap_disks.contains(&sealed.disk);
+            || bitmap_disks.contains(&sealed.disk)
+            || unclean.contains(&sealed.disk);
         if !needs_base {
             continue;
         }
@@ -331,6 +339,12 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             warn!(%disk, seq, "ack failed (the logs are shipped again and skipped next time): {e:#}");
         }
     }
+    // The point covers every change marked before its seal: let the tracker clear those marks.
+    for e in &manifest.disks {
+        if let Err(err) = tracker.clear(&e.name, seal.seal_id).await {
+            warn!(disk = %e.name, "clearing dirty marks failed: {err:#}");
+        }
+    }
 
     // Status after the point.
     let tstatus = tracker.status().await.ok();
@@ -414,30 +428,37 @@ async fn ship_logs(
     let inputs: Vec<PathBuf> = logs.iter().map(|l| p.dir.join(&l.log)).collect();
     let sealed_bytes: u64 = logs.iter().map(|l| l.bytes).sum();
     let out = work.join(format!("{}-{disk_id}-{first}-{last}.hrl", p.store.group));
+    let zst = out.with_extension("hrl.zst");
     let _ = std::fs::remove_file(&out);
-    let out2 = out.clone();
-    let compressed = tokio::task::spawn_blocking(move || -> Result<(u64, Vec<u8>)> {
-        let r = (|| {
-            hrl::log::coalesce(&inputs, &out2).map_err(|e| {
-                // A log that does not verify cannot be shipped: its chain must be restarted.
-                anyhow::Error::new(Fatal(format!(
-                    "a sealed log does not verify ({e}); the disk needs a resync: run `hrl-shipper sync --resync`"
-                )))
-            })?;
-            let data = std::fs::read(&out2).with_context(|| format!("read {}", out2.display()))?;
-            Ok((data.len() as u64, compress(&data)?))
-        })();
-        let _ = std::fs::remove_file(&out2);
-        r
+    let _ = std::fs::remove_file(&zst);
+    let (out2, zst2) = (out.clone(), zst.clone());
+    let sizes = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+        hrl::log::coalesce(&inputs, &out2).map_err(|e| {
+            // A log that does not verify cannot be shipped: its chain must be restarted.
+            anyhow::Error::new(Fatal(format!(
+                "a sealed log does not verify ({e}); the disk needs a resync: run `hrl-shipper sync --resync`"
+            )))
+        })?;
+        let coalesced = std::fs::metadata(&out2)
+            .with_context(|| format!("stat {}", out2.display()))?
+            .len();
+        let compressed = compress_file(&out2, &zst2)?;
+        Ok((coalesced, compressed))
     })
     .await
-    .context("coalesce worker failed")??;
-    let (coalesced_len, bytes) = compressed;
-    let uploaded = bytes.len() as u64;
-    p.store.put_immutable(&key, bytes).await?;
-    Ok((sealed_bytes, coalesced_len, uploaded))
+    .context("coalesce worker failed")?;
+    let _ = std::fs::remove_file(&out);
+    let result = match sizes {
+        Ok((coalesced, uploaded)) => p
+            .store
+            .put_file_immutable(&key, &zst)
+            .await
+            .map(|_| (sealed_bytes, coalesced, uploaded)),
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_file(&zst);
+    result
 }
-
 async fn known_chunks(store: &GroupStore, base: &BaseRef) -> Result<HashSet<hrl::Digest>> {
     let bytes = store.get(&base.index_key).await?;
     let idx = hrl::chunk::ChunkIndex::decode(&bytes)?;

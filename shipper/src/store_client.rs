@@ -82,6 +82,49 @@ impl GroupStore {
         }
     }
 
+    /// Uploads a local file at `key` unless an object is there already; large files go up
+    /// in parts, streamed (a multipart upload is not conditional, which is fine for
+    /// immutable, deterministic content).
+    pub async fn put_file_immutable(&self, key: &str, file: &std::path::Path) -> Result<Put> {
+        const SINGLE_PUT_MAX: u64 = 32 << 20;
+        const PART: usize = 16 << 20;
+        let len = std::fs::metadata(file)
+            .with_context(|| format!("stat {}", file.display()))?
+            .len();
+        if len <= SINGLE_PUT_MAX {
+            let bytes = std::fs::read(file).with_context(|| format!("read {}", file.display()))?;
+            return self.put_immutable(key, bytes).await;
+        }
+        if self.exists(key).await? {
+            return Ok(Put::Existed);
+        }
+        let path = self.path(key);
+        let upload = self
+            .store()
+            .put_multipart(&path)
+            .await
+            .with_context(|| format!("start upload of {path} to {}", self.target.url))?;
+        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut f =
+            std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?;
+        let mut buf = vec![0u8; PART];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf)
+                .with_context(|| format!("read {}", file.display()))?;
+            if n == 0 {
+                break;
+            }
+            w.wait_for_capacity(4)
+                .await
+                .with_context(|| format!("upload {path} to {}", self.target.url))?;
+            w.write(&buf[..n]);
+        }
+        w.finish()
+            .await
+            .with_context(|| format!("finish upload of {path} to {}", self.target.url))?;
+        Ok(Put::Created)
+    }
+
     /// Writes an object that must not exist yet (a recovery-point manifest). Returns
     /// `Existed` if another writer committed that key first.
     pub async fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<Put> {
@@ -138,6 +181,22 @@ impl GroupStore {
             .filter_map(|m| m.location.filename().map(str::to_string))
             .collect())
     }
+}
+
+/// zstd-compresses a file into another, streaming (logs can be large).
+pub fn compress_file(input: &std::path::Path, output: &std::path::Path) -> Result<u64> {
+    let mut r = std::io::BufReader::new(
+        std::fs::File::open(input).with_context(|| format!("open {}", input.display()))?,
+    );
+    let out =
+        std::fs::File::create(output).with_context(|| format!("create {}", output.display()))?;
+    let mut enc = zstd::stream::Encoder::new(out, ZSTD_LEVEL).context("zstd encoder")?;
+    std::io::copy(&mut r, &mut enc).with_context(|| format!("compress {}", input.display()))?;
+    let out = enc.finish().context("finish zstd stream")?;
+    Ok(out
+        .metadata()
+        .with_context(|| format!("stat {}", output.display()))?
+        .len())
 }
 
 /// zstd-compresses a buffer.

@@ -118,6 +118,17 @@ impl TrackerClient {
         Ok(())
     }
 
+    /// Lets the tracker clear `disk`'s dirty marks made before seal `upto_seal` (a committed
+    /// point covers them).
+    pub async fn clear(&mut self, disk: &str, upto_seal: u64) -> Result<()> {
+        self.call(&Request::Clear {
+            disk: disk.to_string(),
+            upto_seal,
+        })
+        .await?;
+        Ok(())
+    }
+
     pub async fn set_mode(&mut self, disk: &str, mode: DiskMode) -> Result<()> {
         self.call(&Request::Mode {
             disk: disk.to_string(),

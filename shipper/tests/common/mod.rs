@@ -279,6 +279,7 @@ fn handle(st: &Mutex<FakeState>, req: Request) -> Response {
                 ..Default::default()
             }
         }
+        Request::Clear { .. } => Response::ok(),
         other => Response::error(format!("not supported by the stand-in tracker: {other:?}")),
     }
 }
