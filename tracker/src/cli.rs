@@ -62,7 +62,8 @@ enum Cmd {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.cmd {
-        Cmd::Mount { .. } => "info",
+        // fuser warns about its own umount after the kernel already unmounted: noise.
+        Cmd::Mount { .. } => "info,fuser::session=error",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

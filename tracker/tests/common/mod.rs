@@ -69,7 +69,7 @@ impl Mounted {
         cmd.arg("--foreground")
             .args(extra)
             .env("HRL_RUN_DIR", run_dir)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,fuser=error")
             .stdin(Stdio::null());
         let child = cmd.spawn().expect("start hrl-tracker");
         let mut m = Mounted {
