@@ -57,6 +57,8 @@ enum Cmd {
     },
     /// Seal the active logs of all disks at DIR now (normally the shipper does this).
     Seal { dir: PathBuf },
+    /// Delete DISK's sealed logs up to SEQ (normally the shipper does this once shipped).
+    Ack { dir: PathBuf, disk: String, seq: u64 },
 }
 
 pub fn main() -> ExitCode {
@@ -143,6 +145,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                         d.unclean_extents
                     );
                 }
+            }
+            Ok(())
+        }
+        Cmd::Ack { dir, disk, seq } => {
+            let socket = mount::socket_for(&dir)?;
+            let r = request(&socket, &Request::Ack { disk, seq })?;
+            if !r.ok {
+                anyhow::bail!("{}", r.error.unwrap_or_default());
             }
             Ok(())
         }

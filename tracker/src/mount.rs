@@ -33,8 +33,20 @@ fn canonical(p: &Path) -> anyhow::Result<PathBuf> {
     std::fs::canonicalize(p).with_context(|| format!("{}: no such directory", p.display()))
 }
 
+/// A tracker killed without unmounting leaves a dead FUSE mount ("Transport endpoint is not
+/// connected") over the directory: detach it so a new tracker can take over.
+fn detach_dead_mount(p: &Path) {
+    if let Err(e) = std::fs::metadata(p) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            tracing::warn!(dir = %p.display(), "detaching the dead mount of a previous tracker");
+            let _ = umount_flags(p, libc::MNT_DETACH);
+        }
+    }
+}
+
 /// Mounts; returns once the mount is live (background) or when it ends (foreground).
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
+    detach_dead_mount(&args.mountpoint);
     let backing = canonical(&args.backing)?;
     let mountpoint = canonical(&args.mountpoint)?;
     if !backing.is_dir() {
