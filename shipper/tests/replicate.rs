@@ -143,6 +143,27 @@ fn cycles_restore_every_point(kind: ServerKind) {
     for p in 1..=3 {
         s.restore_and_compare(p, &disks);
     }
+    // A time picks the last point sealed at or before it.
+    let t2 = pts[1]["time_ns"].as_u64().unwrap();
+    let when = humantime::format_rfc3339_nanos(
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(t2 + 1),
+    )
+    .to_string();
+    let to = s.snaps.join("restore-by-time");
+    ok(&s.shipper(&[
+        "restore",
+        "--target",
+        &s.server.url,
+        "--group",
+        "vm1",
+        "--point",
+        &when,
+        "--to",
+        to.to_str().unwrap(),
+    ]));
+    for d in &disks {
+        assert_same_file(&to.join(d), &s.snaps.join(format!("2-{d}")));
+    }
     // Restored images are sparse where the source is zero.
     let restored = s.snaps.join("restore-3").join(disks[0]);
     assert!(

@@ -514,3 +514,110 @@ fn store_outage_backs_off_with_warning_then_recovers() {
     ok(&e.restore("latest", &to));
     assert_same_file(&to.join("disk0.img"), &snap);
 }
+
+#[test]
+fn run_with_config_protects_every_directory_and_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let state = tmp.path().join("state");
+    let store = tmp.path().join("store");
+    let mut trackers = Vec::new();
+    for name in ["vma", "vmb"] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = FakeTracker::start(&dir, &run);
+        t.add_disk("d.img", 1 << 20);
+        t.write(
+            "d.img",
+            0,
+            &data(name.len() as u8 + name.as_bytes()[2], 50_000),
+        );
+        trackers.push((dir, t));
+    }
+    let cfg = tmp.path().join("shipper.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "target = \"{}\"\nretry_unit = \"1s\"\n[[dir]]\npath = \"{}\"\ninterval = \"1s\"\n[[dir]]\npath = \"{}\"\ninterval = \"2s\"\ngroup = \"second\"\n",
+            store.display(),
+            trackers[0].0.display(),
+            trackers[1].0.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(shipper_bin())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("HRL_RUN_DIR", &run)
+        .env("HRL_STATE_DIR", &state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let points = |group: &str| {
+        let out = shipper(
+            &[
+                "points",
+                "--target",
+                store.to_str().unwrap(),
+                "--group",
+                group,
+                "--json",
+            ],
+            &[],
+            &run,
+            &state,
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    while points("vma") < 3 || points("second") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the service did not keep both directories replicating"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the service did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = ok(&shipper(&["status", "--json"], &[], &run, &state));
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st.as_array().unwrap().len(), 2);
+    for (dir, _) in &trackers {
+        let group = if dir.ends_with("vma") {
+            "vma"
+        } else {
+            "second"
+        };
+        let to = tmp.path().join(format!("restore-{group}"));
+        ok(&shipper(
+            &[
+                "restore",
+                "--target",
+                store.to_str().unwrap(),
+                "--group",
+                group,
+                "--to",
+                to.to_str().unwrap(),
+            ],
+            &[],
+            &run,
+            &state,
+        ));
+        assert_same_file(&to.join("d.img"), &dir.join("d.img"));
+    }
+}
