@@ -58,7 +58,11 @@ enum Cmd {
     /// Seal the active logs of all disks at DIR now (normally the shipper does this).
     Seal { dir: PathBuf },
     /// Delete DISK's sealed logs up to SEQ (normally the shipper does this once shipped).
-    Ack { dir: PathBuf, disk: String, seq: u64 },
+    Ack {
+        dir: PathBuf,
+        disk: String,
+        seq: u64,
+    },
 }
 
 pub fn main() -> ExitCode {

@@ -123,6 +123,9 @@ impl Filesystem for HrlFs {
             let _ = config.set_max_write(max);
         }
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // We clear setuid/setgid bits on write ourselves (FUSE_WRITE_KILL_SUIDGID), which
+        // spares the kernel a getxattr("security.capability") round trip per write.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         let _ = config.set_max_background(64);
         Ok(())
     }
@@ -317,12 +320,13 @@ impl Filesystem for HrlFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.core.write(fh.0, offset, data) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.core.write(fh.0, offset, data, kill) {
             Ok(n) => reply.written(n as u32),
             Err(c) => reply.error(e(c)),
         }

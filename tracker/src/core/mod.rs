@@ -429,9 +429,21 @@ impl Core {
         sys::pread_full(f.file.as_raw_fd(), size as usize, off).or_else(err)
     }
 
-    pub fn write(&self, fh: u64, off: u64, data: &[u8]) -> OpResult<usize> {
+    /// Writes `data` at `off`; `kill_suidgid` clears setuid/setgid first (the kernel asks
+    /// for it when an unprivileged writer changes such a file).
+    pub fn write(&self, fh: u64, off: u64, data: &[u8], kill_suidgid: bool) -> OpResult<usize> {
         let f = self.file(fh)?;
         let fd = f.file.as_raw_fd();
+        if kill_suidgid {
+            let st = sys::fstat(fd).or_else(err)?;
+            if st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+                let mode = st.st_mode & 0o7777 & !(libc::S_ISUID | libc::S_ISGID);
+                // SAFETY: plain syscall on our open descriptor.
+                if unsafe { libc::fchmod(fd, mode) } != 0 {
+                    return err(io::Error::last_os_error());
+                }
+            }
+        }
         match self.disk_of(f.key) {
             Some(d) => d.write(fd, off, data).or_else(err)?,
             None => sys::pwrite_all(fd, data, off).or_else(err)?,
