@@ -580,3 +580,180 @@ fn initial_copy_under_concurrent_writes_is_consistent() {
     assert_eq!(r2["point"], 2);
     same_dirs(&s.restore(2), &snap);
 }
+
+fn tracker_status(dir: &Path, run_dir: &Path) -> serde_json::Value {
+    let out = run(Command::new(tracker_bin())
+        .arg("status")
+        .arg(dir)
+        .arg("--json")
+        .env("HRL_RUN_DIR", run_dir));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// kill -9 of the tracker: the extents it reports unclean are resynced, and the next point
+/// is the disk exactly.
+#[test]
+fn tracker_crash_leads_to_resync_and_exact_point() {
+    use std::os::unix::fs::FileExt;
+    let s = Scene::new(ServerKind::Local);
+    let disk = s.dir.join("d.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let mut tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.write_all_at(&file_data(1, 1 << 20), 0).unwrap();
+    drop(f);
+    assert_eq!(s.sync()["point"], 1);
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    for i in 0..16u64 {
+        f.write_all_at(&file_data(i as u8 + 10, 65536), i * (1 << 20) + 4096)
+            .unwrap();
+    }
+    drop(f);
+    let mut c = tracker.child.take().unwrap();
+    c.kill().unwrap();
+    let _ = c.wait();
+    drop(tracker);
+    tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let st = tracker_status(&s.dir, &s.run_dir);
+    let unclean = st["disks"][0]["unclean_extents"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let r = s.sync();
+    assert_eq!(r["point"], 2);
+    if unclean > 0 {
+        assert_eq!(
+            r["base_copies"].as_array().unwrap().len(),
+            1,
+            "unclean extents must be resynced: {r}"
+        );
+    }
+    let snap = s.snapshot(2);
+    drop(tracker);
+    same_dirs(&s.restore(2), &snap);
+}
+
+/// The store goes away while writes pile up: past 50% of the disk the shipper switches it to
+/// bitmap tracking (logs released, resync required); when the store is back, a resync makes
+/// the replica exact again.
+#[test]
+fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
+    use std::os::unix::fs::FileExt;
+    let mut s = Scene::new(ServerKind::Azurite);
+    let disk = s.dir.join("small.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let child = Command::new(shipper_bin())
+        .args([
+            "run",
+            "--dir",
+            s.dir.to_str().unwrap(),
+            "--target",
+            &s.server.url,
+            "--interval",
+            "1s",
+            "--retry-unit",
+            "1s",
+        ])
+        .envs(s.server.env.clone())
+        .env("HRL_RUN_DIR", &s.run_dir)
+        .env("HRL_STATE_DIR", &s.state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let status = || -> serde_json::Value {
+        let out = shipper(
+            &["status", "--dir", s.dir.to_str().unwrap(), "--json"],
+            &[],
+            &s.run_dir,
+            &s.state,
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .map(|v| v[0].clone())
+            .unwrap_or_default()
+    };
+    let wait = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let st = status();
+            if f(&st) {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {st:#}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait("the first point", &|st| {
+        st["last_point_id"].as_u64().is_some_and(|p| p >= 1)
+    });
+    s.server.stop();
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    for i in 0..40u64 {
+        f.write_all_at(&file_data(i as u8, 65536), i * 65536)
+            .unwrap();
+    }
+    f.sync_all().unwrap();
+    let st = wait("resync required", &|st| {
+        st["disks"][0]["state"] == "resync_required"
+    });
+    assert_eq!(st["health"], "Warning");
+    let ts = tracker_status(&s.dir, &s.run_dir);
+    assert_eq!(ts["disks"][0]["mode"], "bitmap", "{ts:#}");
+    // Changes while in bitmap mode are only marked, not logged.
+    f.write_all_at(&file_data(99, 8192), 3 << 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let before = st["last_point_id"].as_u64().unwrap();
+    s.server.spawn();
+    wait("the resync point", &|st| {
+        st["health"] == "Normal"
+            && st["disks"][0]["state"] == "replicating"
+            && st["last_point_id"].as_u64().is_some_and(|p| p > before)
+    });
+    assert_eq!(
+        tracker_status(&s.dir, &s.run_dir)["disks"][0]["mode"],
+        "log"
+    );
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the service did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let p = s.sync()["point"].as_u64().unwrap();
+    let snap = s.snapshot(p);
+    drop(tracker);
+    let to = s.tmp.path().join("restored");
+    ok(&shipper(
+        &[
+            "restore",
+            "--target",
+            &s.server.url,
+            "--group",
+            "vm3",
+            "--to",
+            to.to_str().unwrap(),
+        ],
+        &s.server.env,
+        &s.run_dir,
+        &s.state,
+    ));
+    same_dirs(&to, &snap);
+}
