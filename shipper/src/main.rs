@@ -45,6 +45,10 @@ enum Command {
     Sync(SyncArgs),
     /// Replication state per disk: state, health, last point, RPO lag, unshipped bytes, errors.
     Status(StatusArgs),
+    /// Pause replication of a directory (the service skips its cycles; logs wait on the host).
+    Pause(PauseArgs),
+    /// Resume replication of a paused directory.
+    Resume(PauseArgs),
     /// The recovery points of a group in the store.
     Points(PointsArgs),
     /// Rebuild every disk of a group as of a recovery point into a directory.
@@ -115,6 +119,14 @@ struct StatusArgs {
 }
 
 #[derive(Args)]
+struct PauseArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, env = "HRL_STATE_DIR", default_value = status::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+}
+
+#[derive(Args)]
 struct PointsArgs {
     #[arg(long, default_value = target::DEFAULT_TARGET)]
     target: String,
@@ -174,6 +186,8 @@ async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
         Command::Sync(a) => cmd_sync(a).await,
         Command::Status(a) => cmd_status(a),
         Command::Points(a) => cmd_points(a).await,
+        Command::Pause(a) => cmd_pause(a, true),
+        Command::Resume(a) => cmd_pause(a, false),
         Command::Restore(a) => cmd_restore(a).await,
     }
 }
@@ -220,6 +234,13 @@ fn protected(
 
 async fn cmd_sync(a: SyncArgs) -> Result<std::process::ExitCode> {
     check_dir(&a.dir)?;
+    if status::is_paused(&a.common.state_dir, &a.dir) {
+        bail!(
+            "replication of {} is paused; run `hrl-shipper resume --dir {}` first",
+            a.dir.display(),
+            a.dir.display()
+        );
+    }
     let group = group_for(&a.dir, a.group)?;
     let p = protected(&a.dir, &a.target, &group, &a.common, a.resync)?;
     let initial = status::load(&p.state_dir, &p.dir)
@@ -342,8 +363,29 @@ async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+fn cmd_pause(a: PauseArgs, pause: bool) -> Result<std::process::ExitCode> {
+    check_dir(&a.dir)?;
+    let marker = status::pause_marker(&a.state_dir, &a.dir);
+    if pause {
+        std::fs::create_dir_all(&a.state_dir)
+            .with_context(|| format!("create state directory {}", a.state_dir.display()))?;
+        std::fs::write(&marker, format!("{}\n", a.dir.display()))
+            .with_context(|| format!("write {}", marker.display()))?;
+        println!("replication of {} paused", a.dir.display());
+    } else {
+        match std::fs::remove_file(&marker) {
+            Ok(()) => println!("replication of {} resumed", a.dir.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                println!("replication of {} was not paused", a.dir.display())
+            }
+            Err(e) => return Err(e).with_context(|| format!("remove {}", marker.display())),
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 fn cmd_status(a: StatusArgs) -> Result<std::process::ExitCode> {
-    let all = match &a.dir {
+    let mut all = match &a.dir {
         Some(d) => match status::load(&a.state_dir, d)? {
             Some(s) => vec![s],
             None => bail!(
@@ -354,6 +396,9 @@ fn cmd_status(a: StatusArgs) -> Result<std::process::ExitCode> {
         },
         None => status::load_all(&a.state_dir)?,
     };
+    for s in &mut all {
+        s.paused = status::is_paused(&a.state_dir, Path::new(&s.dir));
+    }
     if a.json {
         let now = hrl::now_ns();
         let v: Vec<serde_json::Value> = all
@@ -366,7 +411,13 @@ fn cmd_status(a: StatusArgs) -> Result<std::process::ExitCode> {
                     .into();
                 if let Some(disks) = v["disks"].as_array_mut() {
                     for (d, k) in disks.iter_mut().zip(&s.disks) {
-                        d["state_label"] = k.state.label().into();
+                        let state = if s.paused {
+                            status::DiskState::Paused
+                        } else {
+                            k.state
+                        };
+                        d["state"] = serde_json::to_value(state).unwrap_or_default();
+                        d["state_label"] = state.label().into();
                         d["unshipped_share"] = (if k.disk_size > 0 {
                             k.unshipped_bytes as f64 / k.disk_size as f64
                         } else {

@@ -66,6 +66,20 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
     save(p, &status);
     info!(dir = %p.dir.display(), group = %p.store.group, interval = ?job.interval, "protecting directory");
     loop {
+        let paused = status::is_paused(&p.state_dir, &p.dir);
+        if let Ok(mut s) = status.lock() {
+            if s.paused != paused {
+                info!(dir = %p.dir.display(), paused, "replication pause changed");
+            }
+            s.paused = paused;
+        }
+        if paused {
+            save(p, &status);
+            if sleep_or_stop(job.interval, &mut stop).await {
+                break;
+            }
+            continue;
+        }
         let result = tokio::select! {
             r = run_cycle(p, &status) => Some(r),
             _ = stop.changed() => None,

@@ -70,6 +70,9 @@ pub struct DirStatus {
     /// When the next attempt runs, ns since the Unix epoch.
     pub next_retry_ns: Option<u64>,
     pub updated_ns: u64,
+    /// An operator paused replication (`hrl-shipper pause`); disks show as paused.
+    #[serde(default)]
+    pub paused: bool,
     pub disks: Vec<DiskStatus>,
 }
 
@@ -86,6 +89,7 @@ impl DirStatus {
             attempt: 0,
             next_retry_ns: None,
             updated_ns: hrl::now_ns(),
+            paused: false,
             disks: Vec::new(),
         }
     }
@@ -123,6 +127,16 @@ pub fn state_file(state_dir: &Path, dir: &Path) -> PathBuf {
     let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let hex = hrl::to_hex(blake3::hash(canonical.as_os_str().as_bytes()).as_bytes());
     state_dir.join(format!("dir-{}.json", &hex[..16]))
+}
+
+/// Marker file whose presence pauses replication of a directory (kept apart from the state
+/// file, which the service rewrites).
+pub fn pause_marker(state_dir: &Path, dir: &Path) -> PathBuf {
+    state_file(state_dir, dir).with_extension("paused")
+}
+
+pub fn is_paused(state_dir: &Path, dir: &Path) -> bool {
+    pause_marker(state_dir, dir).exists()
 }
 
 /// Writes the state atomically (temporary file, then rename).
@@ -228,6 +242,13 @@ pub fn render(all: &[DirStatus]) -> String {
                 d.attempt + 1
             );
         }
+        if d.paused {
+            let _ = writeln!(
+                out,
+                "  replication paused by an operator (hrl-shipper resume --dir {})",
+                d.dir
+            );
+        }
         for k in &d.disks {
             let share = if k.disk_size > 0 {
                 100.0 * k.unshipped_bytes as f64 / k.disk_size as f64
@@ -238,7 +259,11 @@ pub fn render(all: &[DirStatus]) -> String {
                 out,
                 "  {:<24} {:<20} {:<8?} unshipped {} ({share:.2}% of {})",
                 k.disk,
-                k.state.label(),
+                if d.paused {
+                    DiskState::Paused.label()
+                } else {
+                    k.state.label()
+                },
                 k.health,
                 human_bytes(k.unshipped_bytes),
                 human_bytes(k.disk_size)

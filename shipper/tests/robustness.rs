@@ -621,3 +621,52 @@ fn run_with_config_protects_every_directory_and_stops_on_sigterm() {
         assert_same_file(&to.join("d.img"), &dir.join("d.img"));
     }
 }
+
+#[test]
+fn pause_stops_cycles_until_resume() {
+    let e = env(ServerKind::Local);
+    e.tracker.write("disk0.img", 0, &data(1, 10_000));
+    ok(&e.sync(&[]));
+    let d = e.dir.to_str().unwrap();
+    ok(&e.shipper_env(&["pause", "--dir", d], &[]));
+    let out = e.sync(&[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("paused") && stderr(&out).contains("resume"),
+        "{}",
+        stderr(&out)
+    );
+    let st = e.status();
+    assert_eq!(st["paused"], true);
+    assert_eq!(st["disks"][0]["state"], "paused");
+    // The service skips cycles while paused, and picks up on resume.
+    let child = Command::new(shipper_bin())
+        .args([
+            "run",
+            "--dir",
+            d,
+            "--target",
+            &e.server.url,
+            "--interval",
+            "1s",
+            "--retry-unit",
+            "1s",
+        ])
+        .env("HRL_RUN_DIR", &e.run)
+        .env("HRL_STATE_DIR", &e.state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = KillOnDrop(child);
+    e.tracker.write("disk0.img", 8192, &data(2, 10_000));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(e.points(), 1, "a paused directory must not ship");
+    ok(&e.shipper_env(&["resume", "--dir", d], &[]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while e.points() < 2 {
+        assert!(Instant::now() < deadline, "no point after resume");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(e.status()["disks"][0]["state"], "replicating");
+}
