@@ -211,3 +211,43 @@ fn azurite_cycles_restore_every_point() {
 }
 
 fn _unused(_: &Path) {}
+
+/// A block already in the store is not stored again (conditional create reports it exists),
+/// on every store.
+fn identical_disks_share_chunks(kind: ServerKind) {
+    let s = setup(kind);
+    s.tracker.add_disk("a.img", 2 << 20);
+    s.tracker.add_disk("b.img", 2 << 20);
+    let block = pattern(9, 1 << 20);
+    s.tracker.write("a.img", 0, &block);
+    s.tracker.write("b.img", 0, &block);
+    let r = s.sync();
+    let copies = r["base_copies"].as_array().unwrap();
+    let uploaded: u64 = copies
+        .iter()
+        .map(|c| c["uploaded_chunks"].as_u64().unwrap())
+        .sum();
+    let existing: u64 = copies
+        .iter()
+        .map(|c| c["existing_chunks"].as_u64().unwrap())
+        .sum();
+    // 1 MiB of data = 4 chunks of 256 KiB, stored once for both disks.
+    assert_eq!((uploaded, existing), (4, 4), "{r}");
+    s.snapshot(1, &["a.img", "b.img"]);
+    s.restore_and_compare(1, &["a.img", "b.img"]);
+}
+
+#[test]
+fn local_store_identical_disks_share_chunks() {
+    identical_disks_share_chunks(ServerKind::Local);
+}
+
+#[test]
+fn s3_moto_identical_disks_share_chunks() {
+    identical_disks_share_chunks(ServerKind::Moto);
+}
+
+#[test]
+fn azurite_identical_disks_share_chunks() {
+    identical_disks_share_chunks(ServerKind::Azurite);
+}
