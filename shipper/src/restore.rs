@@ -143,9 +143,8 @@ async fn restore_disk(
         let mut local: Vec<PathBuf> = Vec::new();
         for (first, last) in path {
             let key = log_key(&d.disk_id, d.generation, first, last);
-            let data = store.get_zstd(&key).await?;
             let lp = tmp.path().join(format!("{first}-{last}.hrl"));
-            std::fs::write(&lp, data).with_context(|| format!("write {}", lp.display()))?;
+            store.get_zstd_to_file(&key, &lp).await?;
             local.push(lp);
         }
         report.logs += local.len();

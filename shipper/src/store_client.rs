@@ -154,16 +154,45 @@ impl GroupStore {
         Ok(b.to_vec())
     }
 
-    /// Gets a zstd-compressed object and decompresses it.
-    pub async fn get_zstd(&self, key: &str) -> Result<Vec<u8>> {
-        let raw = self.get(key).await?;
-        zstd::stream::decode_all(raw.as_slice()).with_context(|| {
-            format!(
-                "object {} in {} is damaged (not valid zstd); the store is corrupt",
-                self.path(key),
-                self.target.url
-            )
+    /// Downloads a zstd-compressed object into `dest`, decompressing as it streams (logs can
+    /// be large).
+    pub async fn get_zstd_to_file(&self, key: &str, dest: &std::path::Path) -> Result<u64> {
+        use futures::StreamExt;
+        let path = self.path(key);
+        let r = self
+            .store()
+            .get(&path)
+            .await
+            .with_context(|| format!("get {path} from {}", self.target.url))?;
+        let compressed = dest.with_extension("zst-part");
+        let mut out = tokio::fs::File::create(&compressed)
+            .await
+            .with_context(|| format!("create {}", compressed.display()))?;
+        let mut stream = r.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.with_context(|| format!("read {path} from {}", self.target.url))?;
+            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk)
+                .await
+                .with_context(|| format!("write {}", compressed.display()))?;
+        }
+        drop(out);
+        let (src, dst) = (compressed.clone(), dest.to_path_buf());
+        let what = format!(
+            "object {path} in {} is damaged (not valid zstd); the store is corrupt",
+            self.target.url
+        );
+        let n = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let input =
+                std::fs::File::open(&src).with_context(|| format!("open {}", src.display()))?;
+            let mut dec = zstd::stream::Decoder::new(input).context("zstd decoder")?;
+            let mut output =
+                std::fs::File::create(&dst).with_context(|| format!("create {}", dst.display()))?;
+            std::io::copy(&mut dec, &mut output).context(what)
         })
+        .await
+        .context("decompress worker failed")?;
+        let _ = std::fs::remove_file(&compressed);
+        n
     }
 
     /// Names (last path part) of the objects directly or indirectly under `dir`.
