@@ -151,6 +151,9 @@ pub struct Response {
     /// `seal`: wall-clock time of the seal instant, ns since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_ns: Option<u64>,
+    /// `seal`: how long writers were held while the logs were swapped, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_us: Option<u64>,
     /// `seal`, `pending`: sealed logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disks: Option<Vec<SealedLog>>,

@@ -109,6 +109,7 @@ pub fn handle(tracker: &Tracker, socket: &Path, req: Request) -> Response {
                 ok: true,
                 seal_id: Some(s.seal_id),
                 time_ns: Some(s.time_ns),
+                hold_us: Some(s.hold_us),
                 disks: Some(s.disks),
                 ..Default::default()
             }

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use hrl::bitmap::{BitmapError, DirtyBitmap};
 use hrl::control::{DiskMode, DiskStatus, SealedLog};
@@ -23,6 +23,43 @@ pub const EXTENT_SIZE: u32 = 1 << 20;
 
 /// How many past seal intervals remember which extents they touched (for `clear`).
 const HISTORY: usize = 256;
+
+/// Most bytes of changes held in memory while a seal swaps a disk's logs; writers beyond it
+/// wait for the swap to finish.
+const SWAP_BUFFER_LIMIT: usize = 32 << 20;
+
+/// A change to record: appended to the active log, or held in memory during a log swap.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Write { offset: u64, data: Vec<u8> },
+    Truncate { size: u64 },
+    Zero { offset: u64, len: u64 },
+    Punch { offset: u64, len: u64 },
+    Rename { name: String },
+    Delete,
+}
+
+impl Change {
+    fn bytes(&self) -> usize {
+        64 + match self {
+            Change::Write { data, .. } => data.len(),
+            Change::Rename { name } => name.len(),
+            _ => 0,
+        }
+    }
+
+    /// Appends this change to `log`.
+    pub fn append_to(&self, log: &mut LogWriter) -> Result<(), LogError> {
+        match self {
+            Change::Write { offset, data } => log.append_write(*offset, data),
+            Change::Truncate { size } => log.append_truncate(*size),
+            Change::Zero { offset, len } => log.append_zero(*offset, *len),
+            Change::Punch { offset, len } => log.append_punch(*offset, *len),
+            Change::Rename { name } => log.append_rename(name),
+            Change::Delete => log.append_delete(),
+        }
+    }
+}
 
 fn log_err(e: LogError) -> io::Error {
     tracing::error!(error = %e, "log append failed; refusing the change");
@@ -64,6 +101,125 @@ pub struct DiskState {
     pub torn_at: Option<u64>,
     /// Sealed logs not acked yet, in sequence order.
     pub pending: Vec<SealedLog>,
+    /// While a seal swaps this disk's logs (outside the locks), changes wait here in order;
+    /// the seal appends them to the new log. Every one of them is marked in the bitmap.
+    pub swap_buffer: Option<Vec<Change>>,
+    swap_bytes: usize,
+    /// The disk is gone (deleted or renamed away); its logs belong to the retired list.
+    pub retired: bool,
+}
+
+impl DiskState {
+    /// Records `change` in the active log, or in the swap buffer during a seal. Writes with
+    /// data are passed by reference and copied only when buffered.
+    fn record(&mut self, change: ChangeRef<'_>) -> io::Result<()> {
+        if self.mode != DiskMode::Log {
+            return Ok(());
+        }
+        if let Some(buf) = self.swap_buffer.as_mut() {
+            let owned = change.to_owned();
+            self.swap_bytes += owned.bytes();
+            buf.push(owned);
+            return Ok(());
+        }
+        if let Some(log) = self.log.as_mut() {
+            match change {
+                ChangeRef::Write { offset, data } => log.append_write(offset, data),
+                ChangeRef::Other(c) => c.append_to(log),
+            }
+            .map_err(log_err)?;
+        }
+        Ok(())
+    }
+
+    /// Logs the disk's removal or renaming (mode-independent: the shipper must know).
+    pub fn record_lifecycle(&mut self, change: Change) -> io::Result<()> {
+        if let Some(buf) = self.swap_buffer.as_mut() {
+            self.swap_bytes += change.bytes();
+            buf.push(change);
+            return Ok(());
+        }
+        if let Some(log) = self.log.as_mut() {
+            change.append_to(log).map_err(log_err)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a log swap: changes are buffered until [`DiskState::finish_swap`].
+    pub fn start_swap(&mut self) -> Option<LogWriter> {
+        let old = self.log.take()?;
+        self.swap_buffer = Some(Vec::new());
+        self.swap_bytes = 0;
+        Some(old)
+    }
+
+    /// Ends a log swap: the buffered changes go to `next` in order and it becomes active.
+    /// Changes that cannot be appended stay marked and are reported unclean.
+    pub fn finish_swap(&mut self, mut next: LogWriter) {
+        let buffered = self.swap_buffer.take().unwrap_or_default();
+        self.swap_bytes = 0;
+        let mut failed: Option<LogError> = None;
+        for c in &buffered {
+            if failed.is_none() {
+                if let Err(e) = c.append_to(&mut next) {
+                    failed = Some(e);
+                }
+            }
+            if failed.is_some() {
+                if let Some((off, len)) = c.range(self.size) {
+                    self.hold_range(off, len);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            tracing::error!(disk = %self.name, error = %e, "changes made during a seal could not be logged; their extents are held for resync");
+        }
+        self.log = Some(next);
+    }
+
+    fn hold_range(&mut self, off: u64, len: u64) {
+        let Some(bm) = self.bitmap.as_ref() else {
+            return;
+        };
+        let es = u64::from(bm.extent_size());
+        for e in off / es..off.saturating_add(len).div_ceil(es) {
+            self.held.insert(e);
+        }
+        self.unclean.push((off, len));
+    }
+}
+
+/// A change borrowed from the caller (writes are not copied unless buffered).
+enum ChangeRef<'a> {
+    Write { offset: u64, data: &'a [u8] },
+    Other(Change),
+}
+
+impl ChangeRef<'_> {
+    fn to_owned(&self) -> Change {
+        match self {
+            ChangeRef::Write { offset, data } => Change::Write {
+                offset: *offset,
+                data: data.to_vec(),
+            },
+            ChangeRef::Other(c) => c.clone(),
+        }
+    }
+}
+
+impl Change {
+    /// The byte range a change touches (truncates: from the new size to the known size).
+    fn range(&self, size: u64) -> Option<(u64, u64)> {
+        match self {
+            Change::Write { offset, data } => Some((*offset, data.len() as u64)),
+            Change::Zero { offset, len } | Change::Punch { offset, len } => Some((*offset, *len)),
+            Change::Truncate { size: s } => {
+                let (lo, hi) = ((*s).min(size), (*s).max(size));
+                Some((lo, hi - lo))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Where a disk's chain starts when it has no active log.
@@ -85,6 +241,8 @@ pub struct Disk {
     /// Read-only descriptor of the image, for fsync and size.
     image: File,
     state: Mutex<DiskState>,
+    /// Signalled when a log swap ends.
+    swapped: Condvar,
 }
 
 /// What opening a disk's tracking found.
@@ -188,7 +346,11 @@ impl Disk {
                     unclean,
                     torn_at,
                     pending: sealed,
+                    swap_buffer: None,
+                    swap_bytes: 0,
+                    retired: false,
                 }),
+                swapped: Condvar::new(),
             },
             recovered,
         })
@@ -196,6 +358,29 @@ impl Disk {
 
     pub fn lock(&self) -> MutexGuard<'_, DiskState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lock for a change: waits while a seal's swap buffer is full.
+    fn lock_for_change(&self) -> MutexGuard<'_, DiskState> {
+        let mut st = self.lock();
+        while st.swap_buffer.is_some() && st.swap_bytes >= SWAP_BUFFER_LIMIT {
+            st = self.swapped.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st
+    }
+
+    /// Lock once no log swap is in progress (for fsync, renames, removal, clean stop).
+    pub fn lock_settled(&self) -> MutexGuard<'_, DiskState> {
+        let mut st = self.lock();
+        while st.swap_buffer.is_some() {
+            st = self.swapped.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st
+    }
+
+    /// Wakes the changes waiting for a swap to end.
+    pub fn notify_swapped(&self) {
+        self.swapped.notify_all();
     }
 
     pub fn name(&self) -> String {
@@ -230,22 +415,14 @@ impl Disk {
         Ok(())
     }
 
-    fn logging(st: &DiskState) -> bool {
-        st.mode == DiskMode::Log && st.log.is_some()
-    }
-
     /// A write to the image: marked, logged, then written.
     pub fn write(&self, fd: RawFd, off: u64, data: &[u8]) -> io::Result<()> {
-        let mut st = self.lock();
+        let mut st = self.lock_for_change();
         Self::mark(&mut st, off, data.len() as u64)?;
         // Reserve the image blocks first: once the record is logged, the image write must not
         // fail for lack of space (ENOSPC would leave a record the image does not have).
         reserve(fd, off, data.len() as u64)?;
-        if Self::logging(&st) {
-            if let Some(log) = st.log.as_mut() {
-                log.append_write(off, data).map_err(log_err)?;
-            }
-        }
+        st.record(ChangeRef::Write { offset: off, data })?;
         sys::pwrite_all(fd, data, off)?;
         st.size = st.size.max(off + data.len() as u64);
         Ok(())
@@ -253,15 +430,11 @@ impl Disk {
 
     /// A size change (truncate, O_TRUNC): marked, logged, done.
     pub fn truncate(&self, fd: RawFd, size: u64) -> io::Result<()> {
-        let mut st = self.lock();
+        let mut st = self.lock_for_change();
         let cur = sys::fstat(fd)?.st_size as u64;
         let (lo, hi) = (cur.min(size), cur.max(size));
         Self::mark(&mut st, lo, hi - lo)?;
-        if Self::logging(&st) {
-            if let Some(log) = st.log.as_mut() {
-                log.append_truncate(size).map_err(log_err)?;
-            }
-        }
+        st.record(ChangeRef::Other(Change::Truncate { size }))?;
         sys::ftruncate(fd, size)?;
         st.size = size;
         Ok(())
@@ -279,26 +452,28 @@ impl Disk {
         if mode & !known != 0 {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
-        let mut st = self.lock();
+        let mut st = self.lock_for_change();
         let cur = sys::fstat(fd)?.st_size as u64;
         let end = off.saturating_add(len);
         let grows = !keep && end > cur;
         if punch || zero || grows {
             Self::mark(&mut st, off, len)?;
         }
-        if Self::logging(&st) {
-            if let Some(log) = st.log.as_mut() {
-                if grows {
-                    log.append_truncate(end).map_err(log_err)?;
-                }
-                let within = end.min(if grows { end } else { cur });
-                if within > off {
-                    if punch {
-                        log.append_punch(off, within - off).map_err(log_err)?;
-                    } else if zero {
-                        log.append_zero(off, within - off).map_err(log_err)?;
-                    }
-                }
+        if grows {
+            st.record(ChangeRef::Other(Change::Truncate { size: end }))?;
+        }
+        let within = if grows { end } else { end.min(cur) };
+        if within > off {
+            if punch {
+                st.record(ChangeRef::Other(Change::Punch {
+                    offset: off,
+                    len: within - off,
+                }))?;
+            } else if zero {
+                st.record(ChangeRef::Other(Change::Zero {
+                    offset: off,
+                    len: within - off,
+                }))?;
             }
         }
         sys::fallocate(fd, mode, off, len)?;
@@ -337,10 +512,13 @@ impl Disk {
     /// fsync: the log first, then the image.
     pub fn fsync(&self, fd: RawFd, datasync: bool) -> io::Result<()> {
         {
-            let mut st = self.lock();
-            if let Some(log) = st.log.as_mut() {
-                log.append_flush().map_err(log_err)?;
-                log.sync().map_err(log_err)?;
+            // After a swap: the sealed log is durable by then, the new one is synced here.
+            let mut st = self.lock_settled();
+            if st.mode == DiskMode::Log {
+                if let Some(log) = st.log.as_mut() {
+                    log.append_flush().map_err(log_err)?;
+                    log.sync().map_err(log_err)?;
+                }
             }
         }
         sys::fsync(fd, datasync)
@@ -464,7 +642,7 @@ impl Disk {
     /// Clean stop: log closed (state Closed), image durable, the marks the log covers
     /// cleared, bitmap flagged clean.
     pub fn close_clean(&self) -> io::Result<()> {
-        let mut st = self.lock();
+        let mut st = self.lock_settled();
         let st = &mut *st;
         if let Some(log) = st.log.take() {
             log.close_clean().map_err(log_err)?;

@@ -1,14 +1,16 @@
-//! Sealing: the active logs of all disks of a mount are swapped for new ones at one instant
-//! (all disk locks held, so no write falls between two disks' cuts: one crash-consistent point
-//! for the whole directory). Writing the seal records and syncing happen after the locks are
-//! released, so writers wait only for the swap (renames and new log headers).
+//! Sealing: the active logs of all disks of a mount are cut at one instant (all disk locks
+//! held, so no write falls between two disks' cuts: one crash-consistent point for the whole
+//! directory). The locks are held only for the cut itself: from then on, changes wait in a
+//! per-disk memory buffer (still marked in the bitmap first) while the old log is renamed and
+//! sealed and the next log is created and made durable, without any lock. The buffered
+//! changes are then appended to the next log, which becomes active.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use hrl::control::{DiskMode, SealedLog};
-use hrl::log::{verify_sealed, LogHeader, LogWriter};
+use hrl::log::{verify_sealed, LogHeader, LogWriter, SealInfo};
 use hrl::naming;
 
 use crate::disk::Disk;
@@ -19,16 +21,20 @@ pub struct Sealed {
     pub seal_id: u64,
     pub time_ns: u64,
     pub disks: Vec<SealedLog>,
+    /// How long the disk locks were held for the cut (the longest any writer waited for it).
+    pub hold_us: u64,
     /// Disks whose seal failed (their active log keeps going).
     pub errors: Vec<TrackError>,
 }
 
-struct Swapped {
+/// One disk's log, cut and waiting to be sealed.
+struct Cut {
     disk: Arc<Disk>,
     old: LogWriter,
-    file: String,
+    name: String,
     touched: HashSet<u64>,
     mode: DiskMode,
+    next: LogHeader,
 }
 
 /// Seals every disk of the mount at one instant.
@@ -36,143 +42,154 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
     let mut last_id = tracker.seal_state.lock().unwrap_or_else(|p| p.into_inner());
     let disks = tracker.disks();
     let root = tracker.root_path().to_path_buf();
-    // Flush the logs' data before taking the locks, so the seal's own syncs are short.
+    // Flush the logs' data first, so the seal's own syncs are short.
     for d in &disks {
         let path = naming::active_log_path(&root.join(d.name()));
         if let Ok(f) = std::fs::File::open(&path) {
             let _ = f.sync_data();
         }
     }
-    let mut swapped = Vec::new();
     let mut errors = Vec::new();
     // Seal ids are monotonic across restarts: wall clock in microseconds, bumped if needed.
     let time_ns = hrl::now_ns();
     let seal_id = (time_ns / 1000).max(*last_id + 1);
     *last_id = seal_id;
+
+    // 1. The cut: all locks, no I/O.
+    let started = std::time::Instant::now();
+    let mut cuts = Vec::new();
     {
-        let mut guards: Vec<_> = disks.iter().map(|d| d.lock()).collect();
-        let started = std::time::Instant::now();
+        let mut guards: Vec<_> = disks.iter().map(|d| d.lock_settled()).collect();
         for (d, st) in disks.iter().zip(guards.iter_mut()) {
-            match swap(&root, st, seal_id) {
-                Ok(Some((old, file, touched))) => swapped.push(Swapped {
-                    disk: d.clone(),
-                    old,
-                    file,
-                    touched,
-                    mode: st.mode,
-                }),
-                Ok(None) => {}
-                Err(e) => errors.push(e),
-            }
+            let Some(old) = st.start_swap() else { continue };
+            let h = old.header().clone();
+            let mut next = LogHeader::new(
+                h.disk_id,
+                h.generation,
+                h.sequence + 1,
+                st.size,
+                old.seal_hash(),
+            );
+            next.block_size = h.block_size;
+            cuts.push(Cut {
+                disk: d.clone(),
+                old,
+                name: st.name.clone(),
+                touched: Disk::begin_interval(st, seal_id),
+                mode: st.mode,
+                next,
+            });
         }
-        tracing::debug!(
-            disks = disks.len(),
-            held_us = started.elapsed().as_micros() as u64,
-            "seal swap"
-        );
     }
+    let hold_us = started.elapsed().as_micros() as u64;
+    tracing::debug!(disks = cuts.len(), hold_us, "seal cut");
+
+    // 2. Without locks: move the old log aside, open the next, seal the old one; then the
+    //    next log takes over with the changes buffered meanwhile.
+    let mut sealed = Vec::new();
+    for mut c in cuts {
+        let disk_path = root.join(&c.name);
+        let file = naming::sealed_log_path(Path::new(&c.name), c.old.header().sequence)
+            .to_string_lossy()
+            .into_owned();
+        let sealed_path = root.join(&file);
+        let active = naming::active_log_path(&disk_path);
+        let opened = if sealed_path.exists() {
+            Err(format!("{file} already exists; move it away"))
+        } else {
+            c.old
+                .rename_to(&sealed_path)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    LogWriter::create(&active, &c.next).map_err(|e| {
+                        if let Err(back) = c.old.rename_to(&active) {
+                            tracing::error!(error = %back, "cannot move the log back after a failed seal");
+                        }
+                        e.to_string()
+                    })
+                })
+        };
+        let next = match opened {
+            Ok(next) => next,
+            Err(reason) => {
+                // Keep the old log active, with what was buffered meanwhile.
+                let mut st = c.disk.lock();
+                st.finish_swap(c.old);
+                drop(st);
+                c.disk.notify_swapped();
+                errors.push(TrackError::SealFailed {
+                    disk: c.name,
+                    reason,
+                });
+                continue;
+            }
+        };
+        let seal = c.old.seal();
+        {
+            let mut st = c.disk.lock();
+            st.finish_swap(next);
+        }
+        c.disk.notify_swapped();
+        match seal {
+            Ok(info) => sealed.push((c.disk, file, info, c.touched, c.mode, c.name)),
+            Err(e) => errors.push(TrackError::SealFailed {
+                disk: c.name,
+                reason: format!("{e} (the log is sealed at the next start)"),
+            }),
+        }
+    }
+
+    // 3. Report, make the images durable, clear the marks the sealed logs cover.
     let mut out = Vec::new();
-    for s in swapped {
-        let name = s.disk.name();
-        let path = root.join(&s.file);
-        let res = s
-            .old
-            .seal()
-            .and_then(|_| verify_sealed(&path, None))
-            .map_err(TrackError::from);
-        match res {
-            Ok(v) => {
-                let entry = SealedLog {
-                    disk: name.clone(),
-                    disk_id: hrl::to_hex(&v.header.disk_id),
-                    generation: v.header.generation,
-                    seq: v.header.sequence,
-                    log: s.file.clone(),
-                    bytes: v.file_len,
-                    hash: hrl::to_hex(&v.seal.hash),
-                    prev_hash: hrl::to_hex(&v.header.prev_hash),
-                    records: v.seal.records,
-                    disk_size: v.header.disk_size.max(s.disk.image_size().unwrap_or(0)),
-                    mode: s.mode,
-                };
-                // The interval's log is durable; once the image is too, its marks can go.
-                match s.disk.sync_image() {
+    for (disk, file, info, touched, mode, name) in sealed {
+        match entry(&root, &disk, &file, &info, mode, &name) {
+            Ok(e) => {
+                match disk.sync_image() {
                     Ok(()) => {
-                        if let Err(e) = s.disk.clear_sealed(s.touched) {
-                            tracing::warn!(disk = %name, error = %e, "cannot clear sealed marks");
+                        if let Err(err) = disk.clear_sealed(touched) {
+                            tracing::warn!(disk = %name, error = %err, "cannot clear sealed marks");
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(disk = %name, error = %e, "cannot sync image after seal")
+                    Err(err) => {
+                        tracing::warn!(disk = %name, error = %err, "cannot sync image after seal")
                     }
                 }
-                s.disk.lock().pending.push(entry.clone());
-                out.push(entry);
+                tracker.add_pending(&disk, e.clone());
+                out.push(e);
             }
-            Err(e) => errors.push(TrackError::SealFailed {
-                disk: name,
-                reason: e.to_string(),
-            }),
+            Err(err) => errors.push(err),
         }
     }
     Sealed {
         seal_id,
         time_ns,
         disks: out,
+        hold_us,
         errors,
     }
 }
 
-/// Under the disk's lock: moves the active log to its sealed name and opens the next one,
-/// which names the sealed log's hash.
-fn swap(
+fn entry(
     root: &Path,
-    st: &mut crate::disk::DiskState,
-    seal_id: u64,
-) -> Result<Option<(LogWriter, String, HashSet<u64>)>, TrackError> {
-    let Some(mut old) = st.log.take() else {
-        return Ok(None);
-    };
-    let h = old.header().clone();
-    let disk_path = root.join(&st.name);
-    let file = naming::sealed_log_path(Path::new(&st.name), h.sequence)
-        .to_string_lossy()
-        .into_owned();
-    let sealed_path = root.join(&file);
-    let fail = |reason: String| TrackError::SealFailed {
-        disk: st.name.clone(),
-        reason,
-    };
-    if sealed_path.exists() {
-        st.log = Some(old);
-        return Err(fail(format!("{file} already exists; move it away")));
-    }
-    let mut next = LogHeader::new(
-        h.disk_id,
-        h.generation,
-        h.sequence + 1,
-        st.size,
-        old.seal_hash(),
-    );
-    next.block_size = h.block_size;
-    let active = naming::active_log_path(&disk_path);
-    if let Err(e) = old.rename_to(&sealed_path) {
-        st.log = Some(old);
-        return Err(fail(e.to_string()));
-    }
-    match LogWriter::create(&active, &next) {
-        Ok(w) => {
-            st.log = Some(w);
-            let touched = Disk::begin_interval(st, seal_id);
-            Ok(Some((old, file, touched)))
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            if let Err(back) = old.rename_to(&active) {
-                tracing::error!(error = %back, "cannot move the log back after a failed seal");
-            }
-            st.log = Some(old);
-            Err(fail(msg))
-        }
-    }
+    disk: &Disk,
+    file: &str,
+    info: &SealInfo,
+    mode: DiskMode,
+    name: &str,
+) -> Result<SealedLog, TrackError> {
+    let v = verify_sealed(&root.join(file), None)?;
+    debug_assert_eq!(v.seal.hash, info.hash);
+    Ok(SealedLog {
+        disk: name.to_string(),
+        disk_id: hrl::to_hex(&v.header.disk_id),
+        generation: v.header.generation,
+        seq: v.header.sequence,
+        log: file.to_string(),
+        bytes: v.file_len,
+        hash: hrl::to_hex(&v.seal.hash),
+        prev_hash: hrl::to_hex(&v.header.prev_hash),
+        records: v.seal.records,
+        disk_size: v.header.disk_size.max(disk.image_size().unwrap_or(0)),
+        mode,
+    })
 }

@@ -14,7 +14,7 @@ use hrl::naming::{self, HrlFile};
 
 use crate::core::inodes::BackingKey;
 use crate::core::sys;
-use crate::disk::Disk;
+use crate::disk::{Change, Disk};
 
 /// Errors of tracking setup and control operations.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,14 @@ pub struct RenamePlan {
     moved: Option<(Arc<Disk>, Option<String>)>,
     replaced: Option<Arc<Disk>>,
     becomes_disk: Option<(String, BackingKey)>,
+}
+
+/// What an unlink does to a disk.
+pub enum UnlinkPlan {
+    /// The disk is gone.
+    Retire(Arc<Disk>),
+    /// The disk stays reachable under another hard link.
+    Move(Arc<Disk>, String),
 }
 
 /// The disks of one mount.
@@ -293,24 +301,64 @@ impl Tracker {
         }
     }
 
-    /// Logs the removal of a disk before its name goes; the disk is retired.
-    pub fn before_unlink(&self, name: &OsStr, key: BackingKey) -> io::Result<()> {
+    /// Logs what removing the name `name` does to a disk, before the name goes: a removal
+    /// (retired after the unlink), or, when another hard link keeps the disk, a rename.
+    pub fn before_unlink(
+        &self,
+        name: &OsStr,
+        key: BackingKey,
+        nlink: u64,
+    ) -> io::Result<Option<UnlinkPlan>> {
         let Some(d) = self.disk(key) else {
-            return Ok(());
+            return Ok(None);
         };
         if d.name().as_str() != name.to_str().unwrap_or("") {
-            return Ok(());
+            return Ok(None);
         }
-        {
-            let mut st = d.lock();
-            if let Some(log) = st.log.as_mut() {
-                log.append_delete().map_err(|e| {
-                    io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))
+        if nlink > 1 {
+            if let Some(other) = self.other_disk_link(name, key) {
+                d.lock_settled().record_lifecycle(Change::Rename {
+                    name: other.clone(),
                 })?;
+                return Ok(Some(UnlinkPlan::Move(d, other)));
             }
         }
-        self.retire(&d);
-        Ok(())
+        d.lock_settled().record_lifecycle(Change::Delete)?;
+        Ok(Some(UnlinkPlan::Retire(d)))
+    }
+
+    /// Carries out an unlink plan once the name is gone.
+    pub fn after_unlink(&self, plan: Option<UnlinkPlan>) {
+        match plan {
+            Some(UnlinkPlan::Retire(d)) => self.retire(&d),
+            Some(UnlinkPlan::Move(d, other)) => {
+                if let Err(e) = self.rename_files(&d, &other) {
+                    tracing::error!(disk = %other, error = %e, "cannot rename the disk's log and bitmap");
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Another name in the root, with a disk pattern, for the same backing file.
+    fn other_disk_link(&self, name: &OsStr, key: BackingKey) -> Option<String> {
+        let dirfd = sys::openat(
+            self.root_fd(),
+            OsStr::new("."),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .ok()?;
+        sys::read_dir_entries(dirfd.as_raw_fd())
+            .ok()?
+            .into_iter()
+            .filter_map(|(_, _, n)| String::from_utf8(n).ok())
+            .filter(|n| n.as_str() != name.to_str().unwrap_or("") && self.is_disk_name(n))
+            .find(|n| {
+                sys::statat(self.root_fd(), OsStr::new(n))
+                    .map(|st| (st.st_dev, st.st_ino) == key)
+                    .unwrap_or(false)
+            })
     }
 
     /// Logs what a rename does to disks (before it happens).
@@ -322,8 +370,6 @@ impl Tracker {
         mode: u32,
         replaced: Option<BackingKey>,
     ) -> io::Result<RenamePlan> {
-        let to_io =
-            |e: LogError| io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO));
         let mut plan = RenamePlan::default();
         let new_disk_name = new_in_root
             .and_then(|n| n.to_str())
@@ -333,21 +379,16 @@ impl Tracker {
             .disk(key)
             .filter(|d| old_in_root.and_then(|n| n.to_str()) == Some(d.name().as_str()));
         if let Some(r) = replaced.filter(|r| *r != key).and_then(|r| self.disk(r)) {
-            if let Some(log) = r.lock().log.as_mut() {
-                log.append_delete().map_err(to_io)?;
-            }
+            r.lock_settled().record_lifecycle(Change::Delete)?;
             plan.replaced = Some(r);
         }
         match moved {
             Some(d) => {
-                let mut st = d.lock();
-                if let Some(log) = st.log.as_mut() {
-                    match &new_disk_name {
-                        Some(n) => log.append_rename(n).map_err(to_io)?,
-                        None => log.append_delete().map_err(to_io)?,
-                    }
-                }
-                drop(st);
+                let change = match &new_disk_name {
+                    Some(n) => Change::Rename { name: n.clone() },
+                    None => Change::Delete,
+                };
+                d.lock_settled().record_lifecycle(change)?;
                 plan.moved = Some((d, new_disk_name));
             }
             None => {
@@ -382,7 +423,7 @@ impl Tracker {
     }
 
     fn rename_files(&self, d: &Disk, new: &str) -> Result<(), TrackError> {
-        let mut st = d.lock();
+        let mut st = d.lock_settled();
         let old_disk = self.root_path.join(&st.name);
         let new_disk = self.root_path.join(new);
         if let Some(log) = st.log.as_mut() {
@@ -404,7 +445,8 @@ impl Tracker {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&d.key);
-        let mut st = d.lock();
+        let mut st = d.lock_settled();
+        st.retired = true;
         let name = st.name.clone();
         let disk_path = self.root_path.join(&name);
         let mut pending = std::mem::take(&mut st.pending);
@@ -436,6 +478,21 @@ impl Tracker {
 
     pub(crate) fn root_path(&self) -> &Path {
         &self.root_path
+    }
+
+    /// Records a sealed log as waiting for its ack (with the retired disks' logs if the disk
+    /// went away meanwhile).
+    pub fn add_pending(&self, d: &Disk, entry: SealedLog) {
+        let mut st = d.lock();
+        if st.retired {
+            drop(st);
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(entry);
+        } else {
+            st.pending.push(entry);
+        }
     }
 
     /// Every sealed log not acked yet.

@@ -282,13 +282,17 @@ impl Core {
         }
         let p = self.inode(parent)?;
         let st = sys::statat(p.raw(), name).or_else(err)?;
-        if parent == ROOT_INO {
+        let plan = if parent == ROOT_INO {
             // Logged before the name goes: a removal the log does not know would be lost.
             self.tracker
-                .before_unlink(name, (st.st_dev, st.st_ino))
-                .or_else(err)?;
-        }
-        sys::unlinkat(p.raw(), name, 0).or_else(err)
+                .before_unlink(name, (st.st_dev, st.st_ino), st.st_nlink)
+                .or_else(err)?
+        } else {
+            None
+        };
+        sys::unlinkat(p.raw(), name, 0).or_else(err)?;
+        self.tracker.after_unlink(plan);
+        Ok(())
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> OpResult<()> {
