@@ -53,12 +53,16 @@ pub struct CycleReport {
     pub base_copies: Vec<CopyStats>,
 }
 
-/// Test hook: `HRL_SHIPPER_CRASH_AT=after-upload|after-commit` aborts the process there,
-/// as a kill -9 would, so tests can check what the next run does.
-fn crash_point(at: &str) {
-    if std::env::var("HRL_SHIPPER_CRASH_AT").as_deref() == Ok(at) {
-        warn!("HRL_SHIPPER_CRASH_AT={at}: aborting now");
-        std::process::abort();
+/// Test hook: with `HRL_SHIPPER_STOP_AT=after-upload|after-commit` the process stops there —
+/// it writes `<state dir>/stopped-at-<point>` and waits forever — so a test can kill -9 it at
+/// exactly that instant and check what the next run does.
+fn stop_point(p: &Protected, at: &str) {
+    if std::env::var("HRL_SHIPPER_STOP_AT").as_deref() == Ok(at) {
+        warn!("HRL_SHIPPER_STOP_AT={at}: waiting to be killed");
+        let _ = std::fs::write(p.state_dir.join(format!("stopped-at-{at}")), b"");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
     }
 }
 
@@ -298,7 +302,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             }
         }
     }
-    crash_point("after-upload");
+    stop_point(p, "after-upload");
 
     // 4. Commit: the manifest, written last.
     let id = last.as_ref().map_or(1, |m| m.id + 1);
@@ -331,7 +335,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         disks = manifest.disks.len(),
         "recovery point committed"
     );
-    crash_point("after-commit");
+    stop_point(p, "after-commit");
 
     // 5. Ack.
     for (disk, seq) in &acks {

@@ -118,8 +118,37 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn crash(at: &str) -> Vec<(String, String)> {
-    vec![("HRL_SHIPPER_CRASH_AT".into(), at.into())]
+/// Runs `sync` stopped at `at` (test hook) and kills it with SIGKILL there.
+fn sync_killed_at(e: &Env, at: &str) {
+    let marker = e.state.join(format!("stopped-at-{at}"));
+    let _ = std::fs::remove_file(&marker);
+    let child = Command::new(shipper_bin())
+        .args(e.sync_args())
+        .envs(e.server.env.clone())
+        .env("HRL_SHIPPER_STOP_AT", at)
+        .env("HRL_RUN_DIR", &e.run)
+        .env("HRL_STATE_DIR", &e.state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "sync exited before reaching {at}"
+        );
+        assert!(Instant::now() < deadline, "sync did not reach {at}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(Command::new("kill")
+        .args(["-KILL", &child.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let st = child.0.wait().unwrap();
+    assert!(!st.success());
 }
 
 #[test]
@@ -128,8 +157,7 @@ fn kill_between_upload_and_commit_then_next_run_continues() {
     e.tracker.write("disk0.img", 0, &data(1, 100_000));
     ok(&e.sync(&[]));
     e.tracker.write("disk0.img", 1 << 20, &data(2, 50_000));
-    let out = e.sync(&crash("after-upload"));
-    assert!(!out.status.success(), "the crash hook did not fire");
+    sync_killed_at(&e, "after-upload");
     assert_eq!(
         e.points(),
         1,
@@ -155,8 +183,7 @@ fn kill_between_commit_and_ack_applies_nothing_twice() {
     e.tracker.write("disk0.img", 0, &data(1, 100_000));
     ok(&e.sync(&[]));
     e.tracker.write("disk0.img", 4096, &data(2, 8192));
-    let out = e.sync(&crash("after-commit"));
-    assert!(!out.status.success(), "the crash hook did not fire");
+    sync_killed_at(&e, "after-commit");
     let snap2 = e.snapshot("p2.img");
     assert_eq!(e.points(), 2, "the point was committed before the crash");
     assert!(
