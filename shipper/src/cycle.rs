@@ -375,7 +375,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
                 .as_ref()
                 .and_then(|t| t.disks.iter().find(|x| x.disk == e.name))
             {
-                d.unshipped_bytes = ts.active_log_bytes + ts.pending_sealed_bytes;
+                d.unshipped_bytes = crate::status::unshipped_bytes(ts);
             }
         }
     }

@@ -157,7 +157,7 @@ pub async fn enforce_log_budget(dir: &Path, status: &Mutex<DirStatus>) -> Result
     let st = t.status().await?;
     let pending = t.pending().await?;
     for d in &st.disks {
-        let unshipped = d.active_log_bytes + d.pending_sealed_bytes;
+        let unshipped = crate::status::unshipped_bytes(d);
         if let Ok(mut s) = status.lock() {
             let id = pending
                 .iter()

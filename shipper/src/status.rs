@@ -121,6 +121,12 @@ impl DirStatus {
     }
 }
 
+/// Log bytes of a disk not yet in a committed point: sealed logs waiting, plus what the
+/// active log holds beyond its header.
+pub fn unshipped_bytes(d: &hrl::control::DiskStatus) -> u64 {
+    d.active_log_bytes.saturating_sub(hrl::log::HEADER_LEN) + d.pending_sealed_bytes
+}
+
 /// State file of a protected directory: `dir-<16 hex of blake3(canonical dir)>.json`.
 pub fn state_file(state_dir: &Path, dir: &Path) -> PathBuf {
     use std::os::unix::ffi::OsStrExt;
@@ -227,7 +233,11 @@ pub fn render(all: &[DirStatus]) -> String {
     for d in all {
         let _ = writeln!(out, "{}  group {}  target {}", d.dir, d.group, d.target);
         let last = match (d.last_point_id, d.last_point_ns) {
-            (Some(id), Some(ns)) => format!("point {id}, RPO lag {}", ago(ns, now)),
+            (Some(id), Some(ns)) => format!(
+                "point {id} sealed {}, RPO lag {}",
+                crate::points::fmt_time(ns),
+                ago(ns, now)
+            ),
             _ => "no recovery point yet".to_string(),
         };
         let _ = writeln!(out, "  health {:?}; last {last}", d.health);
