@@ -174,8 +174,19 @@ async fn restore_disk(
             .into());
         }
     }
-    // The logs already left the size they describe; a base without logs has the index size.
+    // The logs leave the size they describe; it must be the disk's size at the seal.
     file.sync_all()
         .with_context(|| format!("sync {}", image.display()))?;
+    let size = file
+        .metadata()
+        .with_context(|| format!("stat {}", image.display()))?
+        .len();
+    if size != d.disk_size {
+        return Err(Fatal(format!(
+            "disk {} restores to {size} bytes, but the point recorded {} bytes at its seal; the store is inconsistent",
+            d.name, d.disk_size
+        ))
+        .into());
+    }
     Ok(())
 }
