@@ -268,6 +268,7 @@ async fn cmd_sync(a: SyncArgs) -> Result<std::process::ExitCode> {
         }
         Err(e) => {
             let class = retry::classify(&e);
+            let e = retry::with_hint(e);
             s.health = if class == retry::ErrorClass::Fatal {
                 status::Health::Critical
             } else {

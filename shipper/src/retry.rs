@@ -70,6 +70,55 @@ pub fn classify(err: &anyhow::Error) -> ErrorClass {
     }
 }
 
+/// What the operator must do about a non-recoverable store error, when it can be told.
+pub fn operator_hint(err: &anyhow::Error) -> Option<&'static str> {
+    let text = format!("{err:#}");
+    if [
+        "NoSuchBucket",
+        "ContainerNotFound",
+        "The specified bucket does not exist",
+        "The specified container does not exist",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
+    {
+        return Some("the bucket or container of the target does not exist: create it, or fix the target URL");
+    }
+    let auth = err.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<object_store::Error>(),
+            Some(
+                object_store::Error::Unauthenticated { .. }
+                    | object_store::Error::PermissionDenied { .. }
+            )
+        )
+    });
+    if auth
+        || [
+            "AuthenticationFailed",
+            "AuthorizationFailure",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "AccessDenied",
+            "403 Forbidden",
+            "401 Unauthorized",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
+    {
+        return Some("the store refused the credentials: fix the AWS_*/AZURE_*/GOOGLE_* settings of the shipper, then run `hrl-shipper sync` or restart the service");
+    }
+    None
+}
+
+/// Adds the operator hint (if any) in front of an error.
+pub fn with_hint(err: anyhow::Error) -> anyhow::Error {
+    match operator_hint(&err) {
+        Some(h) => err.context(h),
+        None => err,
+    }
+}
+
 /// Parses a duration like `30s`, `5m`, `15m`, `1h`, `250ms`.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     humantime::parse_duration(s.trim()).map_err(|e| {

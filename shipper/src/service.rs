@@ -116,6 +116,7 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
                     d
                 }
                 ErrorClass::Fatal => {
+                    let e = crate::retry::with_hint(e);
                     error!(dir = %p.dir.display(), "replication stopped (Critical): {e:#}");
                     if let Ok(mut s) = status.lock() {
                         s.health = Health::Critical;

@@ -401,6 +401,11 @@ fn wrong_credentials_are_critical_without_retry_storm() {
     )];
     let out = e.sync(&wrong);
     assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("refused the credentials"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(e.status()["health"], "Critical", "{}", stderr(&out));
     // The service stops the directory in Critical and does not retry on the back-off.
     let mut envs = e.server.env.clone();
@@ -696,4 +701,31 @@ fn pause_stops_cycles_until_resume() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(e.status()["disks"][0]["state"], "replicating");
+}
+
+/// A missing bucket or container is not something waiting fixes: Critical, with its name.
+fn missing_bucket_is_critical(kind: ServerKind, url: &str) {
+    let e = env(kind);
+    e.tracker.write("disk0.img", 0, &data(1, 10_000));
+    let out = e.shipper_env(
+        &["sync", "--dir", e.dir.to_str().unwrap(), "--target", url],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("nosuchbucket") && err.contains("create it, or fix the target URL"),
+        "{err}"
+    );
+    assert_eq!(e.status()["health"], "Critical", "{err}");
+}
+
+#[test]
+fn s3_moto_missing_bucket_is_critical() {
+    missing_bucket_is_critical(ServerKind::Moto, "s3://nosuchbucket/x");
+}
+
+#[test]
+fn azurite_missing_container_is_critical() {
+    missing_bucket_is_critical(ServerKind::Azurite, "az://nosuchbucket/x");
 }
