@@ -344,7 +344,17 @@ impl Core {
         }
         let np = self.inode(newparent)?;
         sys::linkat_fd(i.raw(), np.raw(), newname).or_else(err)?;
-        self.lookup(newparent, newname)
+        let (ino, st) = self.lookup(newparent, newname)?;
+        if newparent == ROOT_INO {
+            // A plain file linked under a disk name becomes a disk (writes through either
+            // name are tracked: tracking follows the backing file).
+            if let Err(e) = self.tracker.on_created(newname, i.key, st.st_mode) {
+                self.inodes.forget(ino, 1);
+                let _ = sys::unlinkat(np.raw(), newname, 0);
+                return err(e);
+            }
+        }
+        Ok((ino, st))
     }
 
     fn add_file(&self, file: File, key: BackingKey) -> u64 {
