@@ -729,3 +729,48 @@ fn s3_moto_missing_bucket_is_critical() {
 fn azurite_missing_container_is_critical() {
     missing_bucket_is_critical(ServerKind::Azurite, "az://nosuchbucket/x");
 }
+
+/// An operator's `sync` while the service runs waits for the service's cycle instead of
+/// racing it for the same point.
+#[test]
+fn sync_beside_the_running_service_does_not_race() {
+    let e = env(ServerKind::Local);
+    e.tracker.write("disk0.img", 0, &data(1, 10_000));
+    let d = e.dir.to_str().unwrap();
+    let child = Command::new(shipper_bin())
+        .args([
+            "run",
+            "--dir",
+            d,
+            "--target",
+            &e.server.url,
+            "--interval",
+            "100ms",
+            "--retry-unit",
+            "1s",
+        ])
+        .env("HRL_RUN_DIR", &e.run)
+        .env("HRL_STATE_DIR", &e.state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while e.points() < 1 {
+        assert!(Instant::now() < deadline, "the service made no point");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..8u8 {
+        e.tracker
+            .write("disk0.img", u64::from(i) * 8192, &data(i + 2, 8192));
+        let out = e.sync(&[]);
+        assert!(
+            out.status.success(),
+            "sync {i} failed beside the service: {}",
+            stderr(&out)
+        );
+    }
+    assert!(e.points() >= 9);
+    assert_ne!(e.status()["health"], "Critical");
+}
