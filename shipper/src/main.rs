@@ -399,6 +399,7 @@ fn cmd_status(a: StatusArgs) -> Result<std::process::ExitCode> {
     };
     for s in &mut all {
         s.paused = status::is_paused(&a.state_dir, Path::new(&s.dir));
+        s.apply_rpo(hrl::now_ns());
     }
     if a.json {
         let now = hrl::now_ns();

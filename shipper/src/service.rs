@@ -57,6 +57,7 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
     );
     if let Ok(mut s) = status.lock() {
         s.target = p.store.target.url.clone();
+        s.interval_ns = Some(job.interval.as_nanos() as u64);
         // A restart is the operator acting: try again.
         if s.health == Health::Critical {
             s.health = Health::Warning;

@@ -73,6 +73,9 @@ pub struct DirStatus {
     /// An operator paused replication (`hrl-shipper pause`); disks show as paused.
     #[serde(default)]
     pub paused: bool,
+    /// The service's replication interval (absent for one-off `sync`).
+    #[serde(default)]
+    pub interval_ns: Option<u64>,
     pub disks: Vec<DiskStatus>,
 }
 
@@ -90,6 +93,7 @@ impl DirStatus {
             next_retry_ns: None,
             updated_ns: hrl::now_ns(),
             paused: false,
+            interval_ns: None,
             disks: Vec::new(),
         }
     }
@@ -133,6 +137,30 @@ pub fn state_file(state_dir: &Path, dir: &Path) -> PathBuf {
     let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let hex = hrl::to_hex(blake3::hash(canonical.as_os_str().as_bytes()).as_bytes());
     state_dir.join(format!("dir-{}.json", &hex[..16]))
+}
+
+/// RPO lag beyond this many intervals turns a Normal directory into Warning.
+const RPO_WARN_INTERVALS: u64 = 3;
+
+impl DirStatus {
+    /// Health as of `now`: a directory whose last point is older than three intervals (while
+    /// not paused) is in Warning even if no cycle failed — something is holding it up.
+    pub fn apply_rpo(&mut self, now: u64) {
+        let (Some(last), Some(interval)) = (self.last_point_ns, self.interval_ns) else {
+            return;
+        };
+        let lag = now.saturating_sub(last);
+        if !self.paused && self.health == Health::Normal && lag > RPO_WARN_INTERVALS * interval {
+            self.health = Health::Warning;
+            if self.last_error.is_none() {
+                self.last_error = Some(format!(
+                    "RPO lag {}s exceeds {RPO_WARN_INTERVALS} intervals of {}s",
+                    lag / 1_000_000_000,
+                    interval / 1_000_000_000
+                ));
+            }
+        }
+    }
 }
 
 /// Marker file whose presence pauses replication of a directory (kept apart from the state
@@ -291,4 +319,47 @@ pub fn render(all: &[DirStatus]) -> String {
         out.push_str("no protected directories (no state files yet)\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpo_lag_beyond_three_intervals_is_a_warning() {
+        let mut s = DirStatus::new(Path::new("/v/a"), "a", "/s");
+        s.interval_ns = Some(10_000_000_000);
+        s.last_point_ns = Some(100_000_000_000);
+        let mut fresh = s.clone();
+        fresh.apply_rpo(125_000_000_000);
+        assert_eq!(fresh.health, Health::Normal);
+        s.apply_rpo(140_000_000_000);
+        assert_eq!(s.health, Health::Warning);
+        assert!(s
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("RPO lag 40s"));
+        let mut paused = DirStatus::new(Path::new("/v/a"), "a", "/s");
+        paused.interval_ns = Some(1);
+        paused.last_point_ns = Some(0);
+        paused.paused = true;
+        paused.apply_rpo(1_000_000_000);
+        assert_eq!(paused.health, Health::Normal);
+    }
+
+    #[test]
+    fn render_names_state_health_and_errors() {
+        let mut s = DirStatus::new(Path::new("/v/a"), "a", "/s");
+        s.health = Health::Warning;
+        s.last_error = Some("store unreachable".into());
+        let d = s.disk_mut("d.img", "00");
+        d.state = DiskState::ResyncRequired;
+        d.disk_size = 1 << 30;
+        d.unshipped_bytes = 1 << 29;
+        let text = render(&[s]);
+        assert!(text.contains("resync required"), "{text}");
+        assert!(text.contains("50.00% of 1.0 GiB"), "{text}");
+        assert!(text.contains("store unreachable"), "{text}");
+    }
 }
