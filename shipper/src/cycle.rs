@@ -176,6 +176,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         .collect();
 
     let first_seal = tracker.seal().await?;
+    let mut known: Option<HashSet<hrl::Digest>> = None;
     let mut starts: BTreeMap<String, ChainStart> = BTreeMap::new(); // by disk id
     let mut report = CycleReport::default();
     for sealed in &first_seal.disks {
@@ -204,15 +205,25 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             d.disk_size = sealed.disk_size;
         }
         save_status();
-        let known = match previous.get(&sealed.disk_id) {
-            Some(e) => known_chunks(&p.store, &e.base).await.unwrap_or_default(),
-            None => HashSet::new(),
-        };
+        // Chunks the store holds for the bases of the last point (any disk: a renamed or
+        // copied disk, or a resync, finds most of its blocks there) are not sent again.
+        if known.is_none() {
+            let mut set = HashSet::new();
+            for e in previous.values() {
+                match known_chunks(&p.store, &e.base).await {
+                    Ok(k) => set.extend(k),
+                    Err(err) => {
+                        warn!(disk = %e.name, "cannot read its base index, its chunks may be sent again: {err:#}")
+                    }
+                }
+            }
+            known = Some(set);
+        }
+        let known = known.as_ref().expect("just filled");
         let index_key = hrl::store::base_key(&sealed.disk_id, sealed.generation, sealed.seq);
         info!(disk = %sealed.disk, state = state.label(), "copying disk into the store");
         let stats =
-            copy_with_progress(p, status, &sealed.disk, &sealed.disk_id, &index_key, &known)
-                .await?;
+            copy_with_progress(p, status, &sealed.disk, &sealed.disk_id, &index_key, known).await?;
         info!(
             disk = %sealed.disk,
             uploaded_chunks = stats.uploaded_chunks,
