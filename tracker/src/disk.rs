@@ -18,8 +18,10 @@ use hrl::naming;
 use crate::core::inodes::BackingKey;
 use crate::core::sys;
 
-/// Bitmap extent size: the granularity of crash resync. 1 MiB keeps bitmap flushes rare.
-pub const EXTENT_SIZE: u32 = 1 << 20;
+/// Bitmap extent size: the granularity of crash resync. Each newly marked extent costs a
+/// synchronous bitmap flush before the write proceeds, so extents are large (as DRBD's
+/// activity-log extents are).
+pub const EXTENT_SIZE: u32 = 4 << 20;
 
 /// How many past seal intervals remember which extents they touched (for `clear`).
 const HISTORY: usize = 256;
@@ -88,6 +90,9 @@ pub struct DiskState {
     pub size: u64,
     /// Extents touched through the log since the last seal (cleared after that seal).
     touched_log: HashSet<u64>,
+    /// Extents touched through the log in the interval before (still hot: kept marked one
+    /// more interval so that a working set is not re-marked, and re-flushed, every seal).
+    prev_touched_log: HashSet<u64>,
     /// Extents touched in any mode since the seal that started this interval.
     touched_all: HashSet<u64>,
     /// Seal id that started the current interval.
@@ -339,6 +344,7 @@ impl Disk {
                     mode: DiskMode::Log,
                     size,
                     touched_log: HashSet::new(),
+                    prev_touched_log: HashSet::new(),
                     touched_all: HashSet::new(),
                     interval_start: 0,
                     history: Vec::new(),
@@ -534,8 +540,9 @@ impl Disk {
         Ok(sys::fstat(self.image.as_raw_fd())?.st_size as u64)
     }
 
-    /// Starts a new seal interval: returns the extents the closing interval touched through
-    /// the log (cleared once its log and the image are durable).
+    /// Starts a new seal interval: returns the extents whose marks may go once the sealed log
+    /// and the image are durable: those touched two intervals ago (the closing interval's
+    /// stay marked one more interval, as hot extents).
     pub fn begin_interval(st: &mut DiskState, seal_id: u64) -> HashSet<u64> {
         let all = std::mem::take(&mut st.touched_all);
         let start = st.interval_start;
@@ -544,7 +551,8 @@ impl Disk {
             st.history.remove(0);
         }
         st.interval_start = seal_id;
-        std::mem::take(&mut st.touched_log)
+        let closing = std::mem::take(&mut st.touched_log);
+        std::mem::replace(&mut st.prev_touched_log, closing)
     }
 
     /// Clears marks of a sealed interval, except where the new interval or a held mark
@@ -558,7 +566,10 @@ impl Disk {
         let es = u64::from(bm.extent_size());
         let mut changed = false;
         for e in sealed {
-            if !st.touched_log.contains(&e) && !st.held.contains(&e) {
+            if !st.touched_log.contains(&e)
+                && !st.prev_touched_log.contains(&e)
+                && !st.held.contains(&e)
+            {
                 bm.clear(e * es, es);
                 changed = true;
             }
@@ -581,6 +592,7 @@ impl Disk {
         }
         // Log-mode marks whose seal has not completed stay too.
         keep.extend(st.touched_log.iter().copied());
+        keep.extend(st.prev_touched_log.iter().copied());
         let Some(bm) = st.bitmap.as_mut() else {
             return Ok(());
         };
@@ -604,7 +616,12 @@ impl Disk {
         let mut st = self.lock();
         if st.mode == DiskMode::Log && mode == DiskMode::Bitmap {
             // What the active log holds may be dropped by the shipper: keep it marked.
-            let touched: Vec<u64> = st.touched_log.iter().copied().collect();
+            let touched: Vec<u64> = st
+                .touched_log
+                .iter()
+                .chain(st.prev_touched_log.iter())
+                .copied()
+                .collect();
             st.held.extend(touched);
         }
         st.mode = mode;
@@ -650,7 +667,12 @@ impl Disk {
         sys::fsync(self.image.as_raw_fd(), false)?;
         if let Some(mut bm) = st.bitmap.take() {
             let es = u64::from(bm.extent_size());
-            for e in st.touched_log.drain() {
+            let logged: Vec<u64> = st
+                .touched_log
+                .drain()
+                .chain(st.prev_touched_log.drain())
+                .collect();
+            for e in logged {
                 if !st.held.contains(&e) {
                     bm.clear(e * es, es);
                 }
@@ -668,5 +690,127 @@ fn reserve(fd: RawFd, off: u64, len: u64) -> io::Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hrl::log::{LogReader, Record};
+    use std::os::unix::fs::MetadataExt;
+
+    fn open_disk(dir: &Path, name: &str) -> (Disk, File) {
+        let path = dir.join(name);
+        let md = std::fs::metadata(&path).unwrap();
+        let opened = Disk::open(
+            dir,
+            name,
+            (md.dev(), md.ino()),
+            Vec::new(),
+            Start::Fresh { first_seq: 1 },
+        )
+        .unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        (opened.disk, f)
+    }
+
+    fn records(path: &Path) -> Vec<Record> {
+        LogReader::open(path)
+            .unwrap()
+            .map(|r| r.unwrap())
+            .filter(|r| !matches!(r, Record::Seal(_)))
+            .collect()
+    }
+
+    #[test]
+    fn changes_during_a_swap_land_in_the_next_log_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(dir.join("d.img"), vec![7u8; 1 << 20]).unwrap();
+        let base = dir.join("base");
+        std::fs::copy(dir.join("d.img"), &base).unwrap();
+        let (disk, f) = open_disk(dir, "d.img");
+        let fd = f.as_raw_fd();
+        disk.write(fd, 0, b"before").unwrap();
+
+        // The cut: from here on changes are buffered (and still reach the image).
+        let mut old = disk.lock().start_swap().unwrap();
+        disk.write(fd, 100, b"during the swap").unwrap();
+        disk.truncate(fd, 4096).unwrap();
+        assert_eq!(std::fs::read(dir.join("d.img")).unwrap().len(), 4096);
+
+        let sealed = dir.join("d.img.1.hrl");
+        old.rename_to(&sealed).unwrap();
+        let h = old.header().clone();
+        let next_h = LogHeader::new(h.disk_id, h.generation, 2, 4096, old.seal_hash());
+        let next =
+            LogWriter::create(&naming::active_log_path(&dir.join("d.img")), &next_h).unwrap();
+        old.seal().unwrap();
+        disk.lock().finish_swap(next);
+        disk.notify_swapped();
+        disk.write(fd, 200, b"after").unwrap();
+
+        assert_eq!(
+            records(&sealed),
+            vec![Record::Write {
+                offset: 0,
+                data: b"before".to_vec()
+            }]
+        );
+        let next = disk.lock().log.take().unwrap();
+        let next_path = dir.join("d.img.2.hrl");
+        let mut next = next;
+        next.rename_to(&next_path).unwrap();
+        next.seal().unwrap();
+        assert_eq!(
+            records(&next_path),
+            vec![
+                Record::Write {
+                    offset: 100,
+                    data: b"during the swap".to_vec()
+                },
+                Record::Truncate { size: 4096 },
+                Record::Write {
+                    offset: 200,
+                    data: b"after".to_vec()
+                },
+            ]
+        );
+        hrl::log::apply_logs(&[sealed, next_path], &base).unwrap();
+        assert_eq!(
+            std::fs::read(&base).unwrap(),
+            std::fs::read(dir.join("d.img")).unwrap()
+        );
+    }
+
+    #[test]
+    fn marks_precede_changes_and_a_clean_close_clears_logged_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let es = u64::from(EXTENT_SIZE);
+        std::fs::write(dir.join("d.raw"), vec![0u8; 3 * es as usize]).unwrap();
+        let (disk, f) = open_disk(dir, "d.raw");
+        disk.write(f.as_raw_fd(), es + 1, b"x").unwrap();
+        assert_eq!(disk.dirty(), vec![(es, es)]);
+        // A clean close clears what the (closed, durable) log covers.
+        disk.close_clean().unwrap();
+        drop(disk);
+        let (disk, f) = open_disk(dir, "d.raw");
+        assert_eq!(disk.dirty(), vec![]);
+        // Bitmap-mode marks are held through a clean close.
+        disk.set_mode(DiskMode::Bitmap);
+        disk.write(f.as_raw_fd(), 5, b"y").unwrap();
+        disk.close_clean().unwrap();
+        drop(disk);
+        let (again, _f) = open_disk(dir, "d.raw");
+        assert_eq!(again.dirty(), vec![(0, es)]);
+        assert!(
+            again.status().unclean_extents.is_empty(),
+            "a clean stop reports nothing unclean"
+        );
     }
 }

@@ -111,7 +111,9 @@ fn bitmap_mode_marks_instead_of_logging_and_clear_drops_marks() {
     let tmp = scratch();
     let dir = tmp.path().join("vms");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("d.raw"), vec![0u8; 8 << 20]).unwrap();
+    // Extents are 4 MiB (tracker's EXTENT_SIZE): a 16 MiB disk has four.
+    const E: u64 = 4 << 20;
+    std::fs::write(dir.join("d.raw"), vec![0u8; 4 * E as usize]).unwrap();
     let m = Mounted::in_place(&dir, &tmp.path().join("run"));
     let r = m.request(&Request::Mode {
         disk: "d.raw".into(),
@@ -122,14 +124,14 @@ fn bitmap_mode_marks_instead_of_logging_and_clear_drops_marks() {
         .write(true)
         .open(m.path("d.raw"))
         .unwrap();
-    f.write_all_at(&[1u8; 100], (3 << 20) + 5).unwrap();
+    f.write_all_at(&[1u8; 100], E + 5).unwrap();
     let dirty = m
         .request(&Request::Dirty {
             disk: "d.raw".into(),
         })
         .extents
         .unwrap();
-    assert_eq!(dirty, vec![(3 << 20, 1 << 20)]);
+    assert_eq!(dirty, vec![(E, E)]);
     let s = m.request(&Request::Seal);
     let sealed = s.disks.unwrap();
     assert_eq!(sealed[0].records, 0, "bitmap mode logs nothing");
@@ -145,7 +147,7 @@ fn bitmap_mode_marks_instead_of_logging_and_clear_drops_marks() {
         1
     );
     // A write after the seal stays marked through a clear up to that seal.
-    f.write_all_at(&[2u8; 10], 6 << 20).unwrap();
+    f.write_all_at(&[2u8; 10], 3 * E).unwrap();
     let r = m.request(&Request::Clear {
         disk: "d.raw".into(),
         upto_seal: s.seal_id.unwrap(),
@@ -157,7 +159,7 @@ fn bitmap_mode_marks_instead_of_logging_and_clear_drops_marks() {
         })
         .extents
         .unwrap();
-    assert_eq!(dirty, vec![(6 << 20, 1 << 20)]);
+    assert_eq!(dirty, vec![(3 * E, E)]);
     drop(f);
     m.unmount();
 }
