@@ -182,6 +182,7 @@ fn start(
     include: Vec<String>,
     threads: usize,
 ) -> anyhow::Result<(fuser::Session<HrlFs>, ControlServer)> {
+    raise_fd_limit();
     // Open the directory before mounting over it: afterwards its path shows the mount.
     let root = sys::openat(
         libc::AT_FDCWD,
@@ -210,6 +211,24 @@ fn start(
     let session = fuser::Session::new(HrlFs::new(core), mountpoint, &config)
         .with_context(|| format!("mount FUSE at {}", mountpoint.display()))?;
     Ok((session, control))
+}
+
+/// Every inode the kernel knows holds an `O_PATH` descriptor, and every open file one more:
+/// lift the soft limit on descriptors to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 && lim.rlim_cur < lim.rlim_max
+    {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            tracing::warn!("cannot raise the open file limit; large directories may hit EMFILE");
+        }
+    }
 }
 
 /// Readahead for the mount, in KiB. The kernel offers FUSE only 128 KiB at init; sequential
