@@ -148,6 +148,10 @@ fn serve(
     threads: usize,
 ) -> anyhow::Result<()> {
     let mut ready = ready_pipe();
+    // Block the stop signals before any thread starts, so that every thread inherits the
+    // mask and only the signal thread receives them.
+    let signals = stop_signals();
+    signals.thread_block().context("block signals")?;
     let res = start(backing, mountpoint, socket, include, threads);
     let (session, control) = match res {
         Ok(s) => s,
@@ -167,7 +171,7 @@ fn serve(
         socket = %control.path().display(),
         "hrl-tracker serving"
     );
-    spawn_signal_thread(mountpoint.to_path_buf())?;
+    spawn_signal_thread(mountpoint.to_path_buf(), signals)?;
     raise_readahead(mountpoint, READAHEAD_KB);
     let res = session.run();
     drop(control);
@@ -257,14 +261,17 @@ fn raise_readahead(mountpoint: &Path, kb: u32) {
     }
 }
 
-/// SIGTERM/SIGINT/SIGHUP unmount the filesystem, which ends the session cleanly.
-fn spawn_signal_thread(mountpoint: PathBuf) -> anyhow::Result<()> {
+fn stop_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
-    set.thread_block().context("block signals")?;
+    set
+}
+
+/// SIGTERM/SIGINT/SIGHUP unmount the filesystem, which ends the session cleanly.
+fn spawn_signal_thread(mountpoint: PathBuf, set: nix::sys::signal::SigSet) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("hrl-signals".into())
         .spawn(move || loop {

@@ -155,3 +155,29 @@ fn enospc_refuses_the_write_and_replay_still_matches() {
     assert_files_equal(&replayed, &m.path("d.raw"));
     m.unmount();
 }
+
+#[test]
+fn sigterm_unmounts_and_closes_logs_cleanly() {
+    let tmp = scratch();
+    let dir = tmp.path().join("vms");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("d.img"), pattern(5, MIB)).unwrap();
+    let mut m = Mounted::in_place(&dir, &tmp.path().join("run"));
+    std::fs::write(m.path("d.img"), pattern(6, MIB)).unwrap();
+    let mut child = m.child.take().unwrap();
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let st = child.wait().unwrap();
+    assert!(st.success(), "tracker exited with {st} on SIGTERM");
+    assert!(!is_mounted(&dir));
+    let (_, rec) =
+        hrl::log::LogWriter::open_append(&hrl::naming::active_log_path(&dir.join("d.img")))
+            .unwrap();
+    assert!(rec.was_clean && rec.torn_at.is_none());
+    assert!(rec.records >= 1);
+    // The bitmap was closed clean too: a new mount reports nothing unclean.
+    let m = Mounted::in_place(&dir, &tmp.path().join("run"));
+    let st = m.request(&Request::Status).status.unwrap();
+    assert!(st.disks[0].unclean_extents.is_empty());
+    m.unmount();
+}
