@@ -13,6 +13,7 @@ mod status;
 mod store_client;
 mod target;
 mod tracker_client;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,9 @@ enum Command {
     Points(PointsArgs),
     /// Rebuild every disk of a group as of a recovery point into a directory.
     Restore(RestoreArgs),
+    /// Check that recovery points can be restored (indexes, every chunk, log chains) without
+    /// writing a disk.
+    Verify(VerifyArgs),
 }
 
 #[derive(Args)]
@@ -137,6 +141,17 @@ struct PointsArgs {
 }
 
 #[derive(Args)]
+struct VerifyArgs {
+    #[arg(long, default_value = target::DEFAULT_TARGET)]
+    target: String,
+    #[arg(long)]
+    group: String,
+    /// `all` (default), `latest`, a point id, or a time.
+    #[arg(long, default_value = "all")]
+    point: String,
+}
+
+#[derive(Args)]
 struct RestoreArgs {
     #[arg(long, default_value = target::DEFAULT_TARGET)]
     target: String,
@@ -189,6 +204,7 @@ async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
         Command::Pause(a) => cmd_pause(a, true),
         Command::Resume(a) => cmd_pause(a, false),
         Command::Restore(a) => cmd_restore(a).await,
+        Command::Verify(a) => cmd_verify(a).await,
     }
 }
 
@@ -466,6 +482,43 @@ async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn cmd_verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
+    let store = store_client::GroupStore::new(target::open(&a.target)?, &a.group)?;
+    let selected = if a.point.trim() == "all" {
+        let mut all = Vec::new();
+        for id in points::list_ids(&store).await? {
+            all.push(points::load(&store, id).await?);
+        }
+        if all.is_empty() {
+            bail!("group {:?} in {} has no recovery points", a.group, a.target);
+        }
+        all
+    } else {
+        vec![points::select(&store, &a.point).await?]
+    };
+    let r = verify::verify_points(&store, &selected).await?;
+    for p in &r.problems {
+        eprintln!("hrl-shipper: verify: {p}");
+    }
+    println!(
+        "{} point(s), {} disk entries, {} chunks, {} logs checked: {}",
+        r.points,
+        r.disks,
+        r.chunks,
+        r.logs,
+        if r.problems.is_empty() {
+            "all good".to_string()
+        } else {
+            format!("{} problem(s)", r.problems.len())
+        }
+    );
+    Ok(if r.problems.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
 }
 
 async fn cmd_restore(a: RestoreArgs) -> Result<std::process::ExitCode> {

@@ -175,6 +175,10 @@ impl GroupStore {
                 .await
                 .with_context(|| format!("write {}", compressed.display()))?;
         }
+        // A tokio file may still hold the last write: flush before reading it back.
+        tokio::io::AsyncWriteExt::flush(&mut out)
+            .await
+            .with_context(|| format!("write {}", compressed.display()))?;
         drop(out);
         let (src, dst) = (compressed.clone(), dest.to_path_buf());
         let what = format!(

@@ -143,6 +143,11 @@ fn cycles_restore_every_point(kind: ServerKind) {
     for p in 1..=3 {
         s.restore_and_compare(p, &disks);
     }
+    let out = ok(&s.shipper(&["verify", "--target", &s.server.url, "--group", "vm1"]));
+    assert!(
+        out.contains("3 point(s)") && out.contains("all good"),
+        "{out}"
+    );
     // A time picks the last point sealed at or before it.
     let t2 = pts[1]["time_ns"].as_u64().unwrap();
     let when = humantime::format_rfc3339_nanos(

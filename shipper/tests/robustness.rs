@@ -283,6 +283,13 @@ fn damaged_objects_in_the_store_fail_restore_cleanly() {
     e.tracker.write("disk0.img", 0, &data(2, 5000));
     ok(&e.sync(&[]));
     let store = PathBuf::from(e.server.url.trim_start_matches("file://")).join("vm1");
+    let verify = || {
+        e.shipper_env(
+            &["verify", "--target", &e.server.url, "--group", "vm1"],
+            &[],
+        )
+    };
+    assert!(ok(&verify()).contains("all good"));
     // A damaged chunk.
     let chunk = walk(&store.join("chunks"))[0].clone();
     let mut bytes = std::fs::read(&chunk).unwrap();
@@ -296,6 +303,14 @@ fn damaged_objects_in_the_store_fail_restore_cleanly() {
     assert!(
         !to.join("disk0.img").exists(),
         "a damaged restore must leave no disk behind"
+    );
+    let out = verify();
+    assert!(!out.status.success());
+    let name = chunk.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(
+        stderr(&out).contains("is damaged") && stderr(&out).contains(&name),
+        "{}",
+        stderr(&out)
     );
     std::fs::write(&chunk, {
         bytes[n / 2] ^= 0xff;
@@ -318,6 +333,9 @@ fn damaged_objects_in_the_store_fail_restore_cleanly() {
         stderr(&out)
     );
     assert!(!to.join("disk0.img").exists());
+    let out = verify();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
     // A damaged manifest.
     std::fs::write(
         store.join("points").join(format!("{:020}.json", 2)),

@@ -1,0 +1,172 @@
+//! `verify`: checks that recovery points can be restored, without writing any disk: every
+//! base index (hash), every chunk it names (present, valid zstd, content matches its digest),
+//! and every disk's log chain from its base to the point (present, sealed, each log naming the
+//! one before, ending at the chain hash the point records). Each object is checked once.
+
+use std::collections::{BTreeSet, HashMap};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
+use hrl::store::{log_key, log_path, logs_dir, parse_log_name, DiskEntry, PointManifest};
+
+use crate::store_client::GroupStore;
+
+/// Chunk downloads in flight.
+const IN_FLIGHT: usize = 16;
+
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub points: usize,
+    pub disks: usize,
+    pub chunks: usize,
+    pub logs: usize,
+    /// What is wrong, one line each; empty when everything verified.
+    pub problems: Vec<String>,
+}
+
+/// Verifies `points` (their disks, chunks and logs).
+pub async fn verify_points(store: &GroupStore, points: &[PointManifest]) -> Result<VerifyReport> {
+    let mut report = VerifyReport {
+        points: points.len(),
+        ..Default::default()
+    };
+    let mut chunks: BTreeSet<hrl::Digest> = BTreeSet::new();
+    let mut indexes_seen: BTreeSet<String> = BTreeSet::new();
+    // Verified logs: key -> (previous chain hash it names, its chain hash).
+    let mut logs_seen: HashMap<String, (hrl::Digest, hrl::Digest)> = HashMap::new();
+    let tmp = tempfile::Builder::new()
+        .prefix("hrl-verify-")
+        .tempdir()
+        .context("create a temporary directory for logs")?;
+    for point in points {
+        for d in &point.disks {
+            report.disks += 1;
+            let at = format!("point {} disk {}", point.id, d.name);
+            if indexes_seen.insert(d.base.index_key.clone()) {
+                match check_index(store, d).await {
+                    Ok(idx) => chunks.extend(idx.digests.into_iter().filter(|g| *g != ZERO_DIGEST)),
+                    Err(e) => report.problems.push(format!("{at}: {e:#}")),
+                }
+            }
+            if let Err(e) = check_logs(store, d, tmp.path(), &mut logs_seen).await {
+                report.problems.push(format!("{at}: {e:#}"));
+            }
+        }
+    }
+    report.logs = logs_seen.len();
+    report.chunks = chunks.len();
+    let mut results = futures::stream::iter(chunks.into_iter().map(|digest| async move {
+        let key = hrl::store::chunk_key(&digest);
+        let path = store.path(&key).to_string();
+        let raw = store.get(&key).await?;
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let data = zstd::stream::decode_all(raw.as_slice())
+                .map_err(|e| anyhow::anyhow!("chunk {path} is damaged (not valid zstd: {e})"))?;
+            if *blake3::hash(&data).as_bytes() != digest {
+                anyhow::bail!("chunk {path} is damaged (content does not match its digest)");
+            }
+            Ok(())
+        })
+        .await
+        .context("verify worker failed")?
+    }))
+    .buffer_unordered(IN_FLIGHT);
+    while let Some(r) = results.next().await {
+        if let Err(e) = r {
+            report.problems.push(format!("{e:#}"));
+        }
+    }
+    Ok(report)
+}
+
+async fn check_index(store: &GroupStore, d: &DiskEntry) -> Result<ChunkIndex> {
+    let bytes = store.get(&d.base.index_key).await?;
+    let hash = hrl::to_hex(blake3::hash(&bytes).as_bytes());
+    if !hash.eq_ignore_ascii_case(&d.base.index_hash) {
+        anyhow::bail!(
+            "chunk index {} is damaged (hash {hash}, the point names {})",
+            store.path(&d.base.index_key),
+            d.base.index_hash
+        );
+    }
+    ChunkIndex::decode(&bytes)
+        .with_context(|| format!("chunk index {} is damaged", store.path(&d.base.index_key)))
+}
+
+async fn check_logs(
+    store: &GroupStore,
+    d: &DiskEntry,
+    tmp: &std::path::Path,
+    seen: &mut HashMap<String, (hrl::Digest, hrl::Digest)>,
+) -> Result<()> {
+    if d.last_seq == d.base.after_seq {
+        if !d
+            .last_chain_hash
+            .eq_ignore_ascii_case(&d.base.after_chain_hash)
+        {
+            anyhow::bail!("no logs after the base, but the chain hashes of base and point differ");
+        }
+        return Ok(());
+    }
+    let names = store
+        .list_names(&logs_dir(&d.disk_id, d.generation))
+        .await?;
+    let ranges: Vec<(u64, u64)> = names.iter().filter_map(|n| parse_log_name(n)).collect();
+    let path = log_path(&ranges, d.base.after_seq, d.last_seq).with_context(|| {
+        format!(
+            "logs {}..={} are not all in the store",
+            d.base.after_seq + 1,
+            d.last_seq
+        )
+    })?;
+    let mut prev = hrl::from_hex::<32>(&d.base.after_chain_hash)
+        .context("the point has a bad base chain hash")?;
+    for (first, last) in path {
+        let key = log_key(&d.disk_id, d.generation, first, last);
+        if let Some((p, chain)) = seen.get(&key) {
+            if *p != prev {
+                anyhow::bail!("log {} does not follow the log before it", store.path(&key));
+            }
+            prev = *chain;
+            continue;
+        }
+        let local = tmp.join(format!("{}-{first}-{last}.hrl", d.disk_id));
+        store.get_zstd_to_file(&key, &local).await?;
+        let local2 = local.clone();
+        let expected_prev = prev;
+        let v = tokio::task::spawn_blocking(move || {
+            hrl::log::verify_sealed(&local2, Some(&expected_prev))
+        })
+        .await
+        .context("verify worker failed")?
+        .with_context(|| format!("log {} does not verify", store.path(&key)))?;
+        let _ = std::fs::remove_file(&local);
+        let h = &v.header;
+        if hrl::to_hex(&h.disk_id) != d.disk_id.to_ascii_lowercase()
+            || h.generation != d.generation
+            || h.first_sequence != first
+            || h.sequence != last
+        {
+            anyhow::bail!(
+                "log {} holds disk {} generation {} sequences {}..={}, not what its name says",
+                store.path(&key),
+                hrl::to_hex(&h.disk_id),
+                h.generation,
+                h.first_sequence,
+                h.sequence
+            );
+        }
+        let chain = v.chain_hash();
+        seen.insert(key, (prev, chain));
+        prev = chain;
+    }
+    if !hrl::to_hex(&prev).eq_ignore_ascii_case(&d.last_chain_hash) {
+        anyhow::bail!(
+            "the logs end at chain hash {}, but the point names {}",
+            hrl::to_hex(&prev),
+            d.last_chain_hash
+        );
+    }
+    Ok(())
+}
