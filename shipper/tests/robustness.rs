@@ -449,6 +449,19 @@ fn wrong_credentials_are_critical_without_retry_storm() {
         .spawn()
         .unwrap();
     let child = KillOnDrop(child);
+    // Wait for the service's own verdict, then give it several intervals and retry units in
+    // which a retry storm would show.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("replication stopped (Critical)")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the service never stopped in Critical"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::thread::sleep(Duration::from_secs(5));
     let st = e.status();
     assert_eq!(st["health"], "Critical");
