@@ -436,6 +436,17 @@ fn cmd_status(a: StatusArgs) -> Result<std::process::ExitCode> {
                         };
                         d["state"] = serde_json::to_value(state).unwrap_or_default();
                         d["state_label"] = state.label().into();
+                        // The point, lag and retry are the directory's (one point covers all
+                        // its disks); repeated per disk for readers that look at one disk.
+                        d["last_point_ns"] = s.last_point_ns.into();
+                        d["rpo_lag_s"] = s
+                            .last_point_ns
+                            .map(|t| now.saturating_sub(t) as f64 / 1e9)
+                            .into();
+                        d["next_retry_ns"] = s.next_retry_ns.into();
+                        if d["last_error"].is_null() && s.health != status::Health::Normal {
+                            d["last_error"] = s.last_error.clone().into();
+                        }
                         d["unshipped_share"] = (if k.disk_size > 0 {
                             k.unshipped_bytes as f64 / k.disk_size as f64
                         } else {

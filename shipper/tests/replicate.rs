@@ -183,6 +183,9 @@ fn cycles_restore_every_point(kind: ServerKind) {
     assert_eq!(st[0]["health"], "Normal");
     assert_eq!(st[0]["last_point_id"], 3);
     assert_eq!(st[0]["disks"][0]["state"], "replicating");
+    assert!(st[0]["disks"][0]["rpo_lag_s"].as_f64().unwrap() >= 0.0);
+    assert_eq!(st[0]["disks"][0]["last_point_ns"], pts[2]["time_ns"]);
+    assert!(st[0]["disks"][0]["unshipped_share"].as_f64().unwrap() < 0.01);
 
     // Restoring over existing disks is refused and changes nothing.
     let to = s.snaps.join("restore-3");
