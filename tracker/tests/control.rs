@@ -211,3 +211,24 @@ fn creating_renaming_and_removing_disks_is_recorded() {
     assert_eq!(again.len(), pending.len());
     m.unmount();
 }
+
+#[test]
+fn include_patterns_choose_the_disks() {
+    let tmp = scratch();
+    let dir = tmp.path().join("vms");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.disk"), b"tracked").unwrap();
+    std::fs::write(dir.join("b.img"), b"not tracked with --include").unwrap();
+    let m = Mounted::start(
+        &dir,
+        &dir,
+        &tmp.path().join("run"),
+        &["--include", "*.disk", "--include", "*.vol"],
+    );
+    std::fs::write(m.path("c.vol"), b"new").unwrap();
+    let st = m.request(&Request::Status).status.unwrap();
+    let names: Vec<_> = st.disks.iter().map(|d| d.disk.as_str()).collect();
+    assert_eq!(names, ["a.disk", "c.vol"]);
+    assert!(!m.path("b.img.hrl").exists());
+    m.unmount();
+}
