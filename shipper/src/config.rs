@@ -7,6 +7,7 @@
 //! retry_unit = "1m"                   # optional: back-off unit (tests use seconds)
 //! state_dir = "/var/lib/hrl/shipper"  # optional
 //! chunk_size = 262144                 # optional, bytes, power of two
+//! resync_window = "18:00-07:00"       # optional: local time in which resyncs may run
 //!
 //! [[dir]]
 //! path = "/vms/vm1"
@@ -29,6 +30,7 @@ struct RawConfig {
     retry_unit: Option<String>,
     state_dir: Option<PathBuf>,
     chunk_size: Option<u32>,
+    resync_window: Option<String>,
     #[serde(default)]
     dir: Vec<RawDir>,
 }
@@ -48,6 +50,8 @@ pub struct Config {
     pub retry_unit: Option<Duration>,
     pub state_dir: Option<PathBuf>,
     pub chunk_size: Option<u32>,
+    /// `HH:MM-HH:MM` local time in which resyncs may run (checked when parsed).
+    pub resync_window: Option<String>,
     pub dirs: Vec<DirConfig>,
 }
 
@@ -124,6 +128,13 @@ pub fn parse(text: &str) -> Result<Config> {
             .context("retry_unit")?,
         state_dir: raw.state_dir,
         chunk_size: raw.chunk_size,
+        resync_window: match raw.resync_window {
+            Some(w) => {
+                crate::window::Window::parse(&w)?;
+                Some(w)
+            }
+            None => None,
+        },
         dirs,
     })
 }

@@ -35,6 +35,8 @@ pub struct Protected {
     pub state_dir: PathBuf,
     /// Take a new base of every disk (operator request).
     pub force_resync: bool,
+    /// Resyncs (not initial copies) wait for this window; `None`: any time.
+    pub resync_window: Option<crate::window::Window>,
     /// Show a progress bar for copies (a terminal is attached).
     pub progress_bar: bool,
 }
@@ -65,6 +67,12 @@ fn stop_point(p: &Protected, at: &str) {
         }
     }
 }
+
+/// The cycle is held back until the resync window opens (not an error to retry on the
+/// back-off schedule).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ResyncDeferred(pub String);
 
 /// Where a disk's chain starts for this point: after a base, or after the last point.
 struct ChainStart {
@@ -155,6 +163,30 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             .map(|d| d.disk.clone())
             .collect()
     };
+    // Resyncs wait for the resync window (initial copies and operator requests do not).
+    if let Some(w) = p
+        .resync_window
+        .filter(|w| !p.force_resync && !w.contains_now())
+    {
+        let waiting: Vec<&str> = tstatus
+            .disks
+            .iter()
+            .filter(|d| {
+                d.mode == DiskMode::Bitmap
+                    || !d.unclean_extents.is_empty()
+                    || flagged.contains(&d.disk)
+            })
+            .map(|d| d.disk.as_str())
+            .collect();
+        if !waiting.is_empty() {
+            return Err(ResyncDeferred(format!(
+                "{} need(s) a resync, which waits for the resync window {w} (run `hrl-shipper sync --dir {}` to resync now)",
+                waiting.join(", "),
+                p.dir.display()
+            ))
+            .into());
+        }
+    }
     for d in &tstatus.disks {
         if d.mode == DiskMode::Bitmap {
             info!(disk = %d.disk, "disk is in bitmap mode: switching to log mode for its resync");

@@ -14,6 +14,7 @@ mod store_client;
 mod target;
 mod tracker_client;
 mod verify;
+mod window;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -89,6 +90,10 @@ struct RunArgs {
     /// Back-off unit: retries wait 1, 2, 4, 8, 10, then every 30 units.
     #[arg(long, env = "HRL_RETRY_UNIT", default_value = "1m")]
     retry_unit: String,
+    /// Daily local-time span (HH:MM-HH:MM, e.g. 18:00-07:00) in which resyncs may run;
+    /// default: any time. `sync` always resyncs at once.
+    #[arg(long)]
+    resync_window: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -244,6 +249,7 @@ fn protected(
         chunk_size: common.chunk_size,
         state_dir: common.state_dir.clone(),
         force_resync,
+        resync_window: None,
         progress_bar: std::io::stderr().is_terminal(),
     })
 }
@@ -341,10 +347,16 @@ async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             state_dir: cfg.state_dir.clone().unwrap_or(a.common.state_dir.clone()),
             chunk_size: cfg.chunk_size.unwrap_or(a.common.chunk_size),
         };
+        let window = match cfg.resync_window.as_deref().or(a.resync_window.as_deref()) {
+            Some(w) => Some(window::Window::parse(w)?),
+            None => None,
+        };
         for d in &cfg.dirs {
             check_dir(&d.path)?;
+            let mut pr = protected(&d.path, &cfg.target, &d.group, &common, false)?;
+            pr.resync_window = window;
             jobs.push(service::DirJob {
-                protected: protected(&d.path, &cfg.target, &d.group, &common, false)?,
+                protected: pr,
                 interval: d.interval,
                 retry_unit,
             });
@@ -352,8 +364,14 @@ async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     } else if let Some(dir) = &a.dir {
         check_dir(dir)?;
         let group = group_for(dir, a.group.clone())?;
+        let mut pr = protected(dir, &a.target, &group, &a.common, false)?;
+        pr.resync_window = a
+            .resync_window
+            .as_deref()
+            .map(window::Window::parse)
+            .transpose()?;
         jobs.push(service::DirJob {
-            protected: protected(dir, &a.target, &group, &a.common, false)?,
+            protected: pr,
             interval: retry::parse_duration(&a.interval).context("--interval")?,
             retry_unit: retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
         });

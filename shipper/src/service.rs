@@ -98,6 +98,17 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
                 save(p, &status);
                 job.interval
             }
+            Some(Err(e)) if e.downcast_ref::<crate::cycle::ResyncDeferred>().is_some() => {
+                info!(dir = %p.dir.display(), "{e:#}");
+                if let Ok(mut s) = status.lock() {
+                    s.health = s.health.max(Health::Warning);
+                    s.last_error = Some(format!("{e:#}"));
+                    s.attempt = 0;
+                    s.next_retry_ns = Some(hrl::now_ns() + job.interval.as_nanos() as u64);
+                }
+                save(p, &status);
+                job.interval
+            }
             Some(Err(e)) => match classify(&e) {
                 ErrorClass::Recoverable => {
                     let attempt = status.lock().map(|s| s.attempt + 1).unwrap_or(1);

@@ -805,3 +805,80 @@ fn sync_beside_the_running_service_does_not_race() {
     assert!(e.points() >= 9);
     assert_ne!(e.status()["health"], "Critical");
 }
+
+/// Outside the resync window the service leaves a disk that needs a resync in bitmap mode
+/// (Warning, saying why); an operator's `sync` resyncs at once.
+#[test]
+fn resync_waits_for_its_window_unless_requested() {
+    let e = env(ServerKind::Local);
+    e.tracker.write("disk0.img", 0, &data(1, 100_000));
+    ok(&e.sync(&[]));
+    e.tracker
+        .set_mode("disk0.img", hrl::control::DiskMode::Bitmap);
+    e.tracker.write("disk0.img", 1 << 20, &data(2, 50_000));
+    let hour: u32 = String::from_utf8(Command::new("date").arg("+%H").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let window = format!("{:02}:00-{:02}:00", (hour + 2) % 24, (hour + 3) % 24);
+    let log = e.tmp.path().join("run.log");
+    let child = Command::new(shipper_bin())
+        .args([
+            "run",
+            "--dir",
+            e.dir.to_str().unwrap(),
+            "--target",
+            &e.server.url,
+            "--interval",
+            "1s",
+        ])
+        .args(["--retry-unit", "1s", "--resync-window", &window])
+        .env("HRL_RUN_DIR", &e.run)
+        .env("HRL_STATE_DIR", &e.state)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let st = loop {
+        let st = e.status();
+        if st["last_error"]
+            .as_str()
+            .is_some_and(|m| m.contains("waits for the resync window"))
+        {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service did not defer the resync: {st:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(st["health"], "Warning");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(e.points(), 1, "no point while the resync waits");
+    drop(child);
+    let mut a = e.sync_args();
+    a.push("--json".into());
+    let out = ok(&e.shipper_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(r["base_copies"].as_array().unwrap().len(), 1, "{r}");
+    let snap = e.snapshot("s.img");
+    let to = e.tmp.path().join("r");
+    ok(&e.restore("latest", &to));
+    assert_same_file(&to.join("disk0.img"), &snap);
+    let bad = e.shipper_env(
+        &[
+            "run",
+            "--dir",
+            e.dir.to_str().unwrap(),
+            "--resync-window",
+            "9-17",
+        ],
+        &[],
+    );
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("HH:MM-HH:MM"), "{}", stderr(&bad));
+}

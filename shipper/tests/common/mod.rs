@@ -155,6 +155,18 @@ impl FakeTracker {
             .sum()
     }
 
+    /// Switches a disk between logging and bitmap-only tracking (as the 50% rule would).
+    pub fn set_mode(&self, name: &str, mode: DiskMode) {
+        let r = handle(
+            &self.state,
+            Request::Mode {
+                disk: name.into(),
+                mode,
+            },
+        );
+        assert!(r.ok);
+    }
+
     /// Seals now (as the shipper would), for tests that need a log sealed outside a cycle.
     pub fn seal_now(&self) {
         handle(&self.state, Request::Seal);
