@@ -106,6 +106,10 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
                     s.attempt = 0;
                     s.next_retry_ns = Some(hrl::now_ns() + job.interval.as_nanos() as u64);
                 }
+                // No point is made meanwhile, so the other disks' logs pile up too.
+                if let Err(e) = enforce_log_budget(&p.dir, &status).await {
+                    warn!(dir = %p.dir.display(), "cannot check the log budget: {e:#}");
+                }
                 save(p, &status);
                 job.interval
             }
