@@ -86,47 +86,9 @@ fn hex_eq(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
-/// An exclusive lock on a directory's cycle (flock on a file beside its state file), so that
-/// an operator's `sync` and the service never run a cycle of one directory at once.
-pub struct CycleLock {
-    _file: std::fs::File,
-}
-
-impl CycleLock {
-    pub async fn acquire(state_dir: &Path, dir: &Path) -> Result<CycleLock> {
-        use std::os::fd::AsRawFd;
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("create state directory {}", state_dir.display()))?;
-        let path = crate::status::state_file(state_dir, dir).with_extension("lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("open lock file {}", path.display()))?;
-        let mut waited = false;
-        loop {
-            // SAFETY: flock on an open descriptor; no memory is touched.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                return Ok(CycleLock { _file: file });
-            }
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(err).with_context(|| format!("lock {}", path.display()));
-            }
-            if !waited {
-                info!(dir = %dir.display(), "another shipper is running a cycle of this directory; waiting");
-                waited = true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
-}
-
 /// Runs one cycle; `status` is updated (and saved) as it goes.
 pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<CycleReport> {
-    let _lock = CycleLock::acquire(&p.state_dir, &p.dir).await?;
+    let _lock = crate::lock::CycleLock::acquire(&p.state_dir, &p.dir).await?;
     let save_status = || {
         let s = status.lock().map(|s| s.clone());
         if let Ok(s) = s {

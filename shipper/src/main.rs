@@ -4,6 +4,7 @@
 mod config;
 mod cycle;
 mod initial;
+mod lock;
 mod log_cmd;
 mod points;
 mod restore;
