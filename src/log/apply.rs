@@ -68,7 +68,7 @@ pub fn apply_logs_after<P: AsRef<Path>>(
 
 /// Verifies every log and that each follows the one before it (same disk and generation,
 /// next sequence, previous hash).
-pub(crate) fn verify_chain<P: AsRef<Path>>(
+pub fn verify_chain<P: AsRef<Path>>(
     logs: &[P],
     prev: Option<&Digest>,
 ) -> Result<Vec<VerifiedLog>, LogError> {
