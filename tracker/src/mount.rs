@@ -201,6 +201,7 @@ fn start(
     );
     let core = Arc::new(Core::new(tracker.clone()).context("set up the filesystem core")?);
     let control = ControlServer::start(socket, tracker.clone())?;
+    let core_for_removals = core.clone();
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName(format!("hrl:{}", backing.display())),
@@ -214,6 +215,7 @@ fn start(
     config.clone_fd = true;
     let session = fuser::Session::new(HrlFs::new(core), mountpoint, &config)
         .with_context(|| format!("mount FUSE at {}", mountpoint.display()))?;
+    forward_removals(&tracker, core_for_removals, session.notifier())?;
     Ok((session, control))
 }
 
@@ -268,6 +270,37 @@ fn stop_signals() -> nix::sys::signal::SigSet {
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
     set
+}
+
+/// Tells the kernel about files the tracker deleted itself (acked logs, bitmaps of removed
+/// disks): it then forgets their inodes, and the descriptors the core holds for them close,
+/// which frees their space. Done from its own thread: a notification waits for the
+/// directory lock, which a request being served may hold.
+fn forward_removals(
+    tracker: &Tracker,
+    core: Arc<Core>,
+    notifier: fuser::Notifier,
+) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<crate::tracking::Removed>();
+    tracker.report_removals_to(tx);
+    std::thread::Builder::new()
+        .name("hrl-invalidate".into())
+        .spawn(move || {
+            let root = fuser::INodeNo(crate::core::inodes::ROOT_INO);
+            for r in rx {
+                let res = match core.ino_of(r.key) {
+                    Some(ino) => notifier.delete(root, fuser::INodeNo(ino), &r.name),
+                    None => notifier.inval_entry(root, &r.name),
+                };
+                if let Err(e) = res {
+                    if e.raw_os_error() != Some(libc::ENOENT) {
+                        tracing::debug!(name = ?r.name, error = %e, "kernel notification failed");
+                    }
+                }
+            }
+        })
+        .context("spawn the invalidation thread")?;
+    Ok(())
 }
 
 /// SIGTERM/SIGINT/SIGHUP unmount the filesystem, which ends the session cleanly.

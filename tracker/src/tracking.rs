@@ -63,6 +63,15 @@ pub struct Tracker {
     retired: Mutex<Vec<SealedLog>>,
     /// Serializes seals; holds the last seal id.
     pub(crate) seal_state: Mutex<u64>,
+    /// Where to report files the tracker removed from the root behind the kernel's back
+    /// (so the kernel drops its inode, and the descriptor that keeps the space allocated).
+    removed: Mutex<Option<std::sync::mpsc::Sender<Removed>>>,
+}
+
+/// A file the tracker removed from the mount root.
+pub struct Removed {
+    pub key: BackingKey,
+    pub name: std::ffi::OsString,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> TrackError {
@@ -110,9 +119,33 @@ impl Tracker {
             disks: RwLock::new(HashMap::new()),
             retired: Mutex::new(Vec::new()),
             seal_state: Mutex::new(0),
+            removed: Mutex::new(None),
         };
         t.scan()?;
         Ok(t)
+    }
+
+    /// Sets where removals of the tracker's own files are reported.
+    pub fn report_removals_to(&self, tx: std::sync::mpsc::Sender<Removed>) {
+        *self.removed.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
+    /// Removes one of the tracker's files from the root and reports it.
+    fn remove_own_file(&self, name: &str) -> io::Result<()> {
+        let st = sys::statat(self.root_fd(), OsStr::new(name))?;
+        sys::unlinkat(self.root_fd(), OsStr::new(name), 0)?;
+        if let Some(tx) = self
+            .removed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(Removed {
+                key: (st.st_dev, st.st_ino),
+                name: name.into(),
+            });
+        }
+        Ok(())
     }
 
     pub fn root_fd(&self) -> RawFd {
@@ -448,7 +481,6 @@ impl Tracker {
         let mut st = d.lock_settled();
         st.retired = true;
         let name = st.name.clone();
-        let disk_path = self.root_path.join(&name);
         let mut pending = std::mem::take(&mut st.pending);
         if let Some(mut log) = st.log.take() {
             let h = log.header().clone();
@@ -467,7 +499,8 @@ impl Tracker {
             }
         }
         if st.bitmap.take().is_some() {
-            let _ = std::fs::remove_file(naming::bitmap_path(&disk_path));
+            let bitmap = naming::bitmap_path(Path::new(&name));
+            let _ = self.remove_own_file(&bitmap.to_string_lossy());
         }
         drop(st);
         self.retired
@@ -533,7 +566,7 @@ impl Tracker {
             return Err(TrackError::NoSuchDisk(disk.to_string()));
         }
         for p in &gone {
-            if let Err(e) = sys::unlinkat(self.root_fd(), OsStr::new(&p.log), 0) {
+            if let Err(e) = self.remove_own_file(&p.log) {
                 if e.kind() != io::ErrorKind::NotFound {
                     return Err(TrackError::Io {
                         what: format!("delete acked log {}", p.log),

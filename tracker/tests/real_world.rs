@@ -178,7 +178,8 @@ fn fsx_on_a_tracked_disk_with_concurrent_seals() {
     let m = Arc::new(Mounted::in_place(&dir, &tmp.path().join("run")));
     let img = m.path("fsx.img");
     empty_file(&img);
-    let replica = tmp.path().join("replica.img");
+    // On the tmpfs too: applying (and syncing) must keep up with fsx.
+    let replica = fs.join("replica.img");
     empty_file(&replica);
     let stop = Arc::new(AtomicBool::new(false));
     fn ship(m: &Mounted, replica: &Path, prev: &mut Option<hrl::Digest>) {

@@ -90,6 +90,11 @@ impl Inodes {
         ino
     }
 
+    /// The inode number the kernel knows the backing object by, if any.
+    pub fn ino_of(&self, key: BackingKey) -> Option<u64> {
+        self.lock().by_key.get(&key).copied()
+    }
+
     /// Drops `n` kernel lookups; the entry goes when none remain.
     pub fn forget(&self, ino: u64, n: u64) {
         if ino == ROOT_INO {

@@ -146,6 +146,11 @@ impl Core {
         Ok((ino, st))
     }
 
+    /// The inode number the kernel knows a backing object by, if it knows it.
+    pub fn ino_of(&self, key: BackingKey) -> Option<u64> {
+        self.inodes.ino_of(key)
+    }
+
     /// True for hrl's own files: the tracker changes them behind the kernel's back (seal
     /// renames, acks delete), so the kernel must not cache their names or attributes.
     pub fn uncacheable(&self, ino: u64) -> bool {
