@@ -130,7 +130,7 @@ pub fn parse(text: &str) -> Result<Config> {
         chunk_size: raw.chunk_size,
         resync_window: match raw.resync_window {
             Some(w) => {
-                crate::window::Window::parse(&w)?;
+                crate::window::parse_option(&w)?;
                 Some(w)
             }
             None => None,

@@ -35,6 +35,8 @@ pub struct Protected {
     pub state_dir: PathBuf,
     /// Take a new base of every disk (operator request).
     pub force_resync: bool,
+    /// Run resyncs now, whatever the window and the pause say (`resync --now`).
+    pub resync_now: bool,
     /// Resyncs (not initial copies) wait for this window; `None`: any time.
     pub resync_window: Option<crate::window::Window>,
     /// Show a progress bar for copies (a terminal is attached).
@@ -125,19 +127,54 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             .map(|d| d.disk.clone())
             .collect()
     };
-    // Resyncs wait for the resync window (initial copies and operator requests do not).
-    if let Some(w) = p
-        .resync_window
-        .filter(|w| !p.force_resync && !w.contains_now())
-    {
+    // An image changed while no tracker ran must be compared block by block.
+    let offline: HashSet<String> = {
+        let mut s = status
+            .lock()
+            .map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
+        let found = offline_edits(&p.dir, &s, &tstatus);
+        for (disk, why) in &found {
+            warn!(%disk, "{why}");
+            if let Some(d) = s.disks.iter_mut().find(|d| &d.disk == disk) {
+                d.resync_full = true;
+                d.state = DiskState::ResyncRequired;
+                d.health = d.health.max(Health::Warning);
+                d.resync_reason = Some(why.clone());
+            }
+        }
+        found.into_iter().map(|(d, _)| d).collect()
+    };
+    if !offline.is_empty() {
+        save_status();
+    }
+    let flagged: HashSet<String> = flagged.into_iter().chain(offline.iter().cloned()).collect();
+    let needs_resync = |d: &hrl::control::DiskStatus| {
+        d.mode == DiskMode::Bitmap || !d.unclean_extents.is_empty() || flagged.contains(&d.disk)
+    };
+    // An operator paused resyncs: the disks wait in bitmap tracking.
+    let at_once = p.force_resync || p.resync_now;
+    if !at_once && crate::resync::is_paused(&p.state_dir, &p.dir) {
         let waiting: Vec<&str> = tstatus
             .disks
             .iter()
-            .filter(|d| {
-                d.mode == DiskMode::Bitmap
-                    || !d.unclean_extents.is_empty()
-                    || flagged.contains(&d.disk)
-            })
+            .filter(|d| needs_resync(d))
+            .map(|d| d.disk.as_str())
+            .collect();
+        if !waiting.is_empty() {
+            return Err(ResyncDeferred(format!(
+                "{} need(s) a resync, which an operator paused (`hrl-shipper resync --dir {} --resume` continues)",
+                waiting.join(", "),
+                p.dir.display()
+            ))
+            .into());
+        }
+    }
+    // Resyncs wait for the resync window (initial copies and operator requests do not).
+    if let Some(w) = p.resync_window.filter(|w| !at_once && !w.contains_now()) {
+        let waiting: Vec<&str> = tstatus
+            .disks
+            .iter()
+            .filter(|d| needs_resync(d))
             .map(|d| d.disk.as_str())
             .collect();
         if !waiting.is_empty() {
@@ -170,6 +207,8 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         .collect();
 
     let first_seal = tracker.seal().await?;
+    let first_pending = tracker.pending().await?;
+    let mut jobs_done: Vec<String> = Vec::new();
     let mut known: Option<HashSet<hrl::Digest>> = None;
     let mut starts: BTreeMap<String, ChainStart> = BTreeMap::new(); // by disk id
     let mut report = CycleReport::default();
@@ -177,7 +216,17 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         let prev = previous
             .get(&sealed.disk_id)
             .filter(|e| e.generation == sealed.generation);
+        // An interrupted resync against this very replica state continues.
+        let saved = crate::resync::load_job(&p.state_dir, &sealed.disk_id).filter(|(j, _)| {
+            !p.force_resync
+                && j.generation == sealed.generation
+                && prev.is_some_and(|e| e.last_seq == j.replica_last_seq)
+        });
+        if saved.is_none() {
+            crate::resync::drop_job(&p.state_dir, &sealed.disk_id);
+        }
         let needs_base = p.force_resync
+            || saved.is_some()
             || prev.is_none()
             || flagged.contains(&sealed.disk)
             || bitmap_disks.contains(&sealed.disk)
@@ -214,6 +263,60 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             known = Some(set);
         }
         let known = known.as_ref().expect("just filled");
+        if let Some(prev) = prev {
+            let full = {
+                let s = status
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
+                p.force_resync
+                    || s.disks
+                        .iter()
+                        .any(|d| d.disk_id == sealed.disk_id && d.resync_full)
+            };
+            let planned = match saved {
+                Some((mut job, index)) => {
+                    job.progress.resumed += 1;
+                    info!(disk = %sealed.disk, done = job.cursor, total = job.blocks.len(), "continuing an interrupted resync");
+                    Some((job, index))
+                }
+                None => {
+                    plan_resync(
+                        p,
+                        &mut tracker,
+                        status,
+                        sealed,
+                        prev,
+                        full,
+                        &tstatus,
+                        &first_pending,
+                        &work,
+                    )
+                    .await?
+                }
+            };
+            if let Some((mut job, mut index)) = planned {
+                let stats =
+                    run_resync(p, status, &sealed.disk, &mut job, &mut index, known).await?;
+                starts.insert(
+                    sealed.disk_id.clone(),
+                    ChainStart {
+                        base: BaseRef {
+                            index_key: job.index_key.clone(),
+                            index_hash: stats.index_hash.clone(),
+                            block_size: index.block_size,
+                            after_seq: job.after_seq,
+                            after_chain_hash: job.after_chain_hash.clone(),
+                        },
+                        generation: sealed.generation,
+                        after_seq: job.after_seq,
+                        after_hash: job.after_chain_hash.clone(),
+                    },
+                );
+                jobs_done.push(sealed.disk_id.clone());
+                report.base_copies.push(stats);
+                continue;
+            }
+        }
         let index_key = hrl::store::base_key(&sealed.disk_id, sealed.generation, sealed.seq);
         info!(disk = %sealed.disk, state = state.label(), "copying disk into the store");
         let stats =
@@ -303,6 +406,8 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
                 d.state = DiskState::ResyncRequired;
                 d.health = Health::Critical;
                 d.last_error = Some(msg.clone());
+                d.resync_full = true;
+                d.resync_reason = Some("the log chain is broken".into());
             }
             save_status();
             return Err(Fatal(msg).into());
@@ -380,6 +485,9 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         "recovery point committed"
     );
     stop_point(p, "after-commit");
+    for id in &jobs_done {
+        crate::resync::drop_job(&p.state_dir, id);
+    }
 
     // 5. Ack.
     for (disk, seq) in &acks {
@@ -395,6 +503,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     }
 
     // Status after the point.
+    let tracker_pid = tstatus.pid;
     let tstatus = tracker.status().await.ok();
     {
         let mut s = status
@@ -402,6 +511,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             .map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
         s.last_point_id = Some(id);
         s.last_point_ns = Some(seal.time_ns);
+        s.tracker_pid = tstatus.as_ref().map(|_| tracker_pid);
         s.disks.retain(|d| {
             manifest
                 .disks
@@ -415,6 +525,11 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             d.disk_size = e.disk_size;
             d.progress = None;
             d.last_error = None;
+            d.resync_extents.clear();
+            d.resync_full = false;
+            d.resync_reason = None;
+            d.resync = None;
+            d.image_stat = image_stat(&p.dir.join(&e.name));
             if let Some(ts) = tstatus
                 .as_ref()
                 .and_then(|t| t.disks.iter().find(|x| x.disk == e.name))
@@ -571,4 +686,214 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Size and mtime (ns) of an image.
+fn image_stat(path: &Path) -> Option<(u64, i128)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((
+        m.len(),
+        i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    ))
+}
+
+/// When process `pid` started, ns since the Unix epoch (from /proc).
+fn process_start_ns(pid: u32) -> Option<i128> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime, clock ticks after boot) counts from after the ")" of the name.
+    let after = stat.rsplit_once(')')?.1;
+    let ticks: i128 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let btime: i128 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf reads a constant.
+    let hz = i128::from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1);
+    Some(btime * 1_000_000_000 + ticks * 1_000_000_000 / hz)
+}
+
+/// Disks whose image changed while no tracker ran: the tracker was restarted cleanly since
+/// the last point (new pid, no unclean extents), and the image's size or mtime differ from
+/// what the last point recorded, with an mtime older than the new tracker (so no tracked
+/// write made it). A false alarm (writes the old tracker logged after the last point) costs
+/// a full compare, never a wrong replica.
+fn offline_edits(
+    dir: &Path,
+    s: &DirStatus,
+    t: &hrl::control::MountStatus,
+) -> Vec<(String, String)> {
+    let Some(pid) = s.tracker_pid else {
+        return Vec::new();
+    };
+    if pid == t.pid {
+        return Vec::new();
+    }
+    let started = process_start_ns(t.pid);
+    let mut out = Vec::new();
+    for d in &s.disks {
+        let Some(recorded) = d.image_stat else {
+            continue;
+        };
+        let Some(ts) = t.disks.iter().find(|x| x.disk == d.disk) else {
+            continue;
+        };
+        if !ts.unclean_extents.is_empty() {
+            continue; // a crash: its reported extents are resynced
+        }
+        let Some(now) = image_stat(&dir.join(&d.disk)) else {
+            continue;
+        };
+        if now != recorded && started.is_none_or(|st| now.1 < st) {
+            out.push((
+                d.disk.clone(),
+                format!(
+                    "{} changed while no tracker was mounted (size {} -> {}, mtime changed): its replica is resynced by comparing every block",
+                    d.disk, recorded.0, now.0
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Chooses what a resync of `sealed` (replica `prev`) reads: the trusted dirty extents
+/// (tracker marks, unclean extents, extents of dropped and pending logs), or every block.
+/// `None`: no replica digests can be had (size changed); the caller copies the disk.
+#[allow(clippy::too_many_arguments)]
+async fn plan_resync(
+    p: &Protected,
+    tracker: &mut TrackerClient,
+    status: &Mutex<DirStatus>,
+    sealed: &SealedLog,
+    prev: &DiskEntry,
+    full: bool,
+    tstatus: &hrl::control::MountStatus,
+    pending: &[SealedLog],
+    work: &Path,
+) -> Result<Option<(crate::resync::ResyncJob, hrl::chunk::ChunkIndex)>> {
+    use crate::resync::{blocks_of, full_compare_blocks, log_extents, ResyncJob, ResyncKind};
+    let Some(replica) = crate::resync::replica_index(&p.store, prev, work).await? else {
+        info!(disk = %sealed.disk, "the replica's size changed since its base: copying the disk");
+        return Ok(None);
+    };
+    let disk_path = p.dir.join(&sealed.disk);
+    let size = std::fs::metadata(&disk_path)
+        .with_context(|| format!("stat disk {}", disk_path.display()))?
+        .len();
+    if size != replica.disk_size {
+        info!(disk = %sealed.disk, size, replica = replica.disk_size, "disk size differs from the replica: copying the disk");
+        return Ok(None);
+    }
+    let count = replica.digests.len() as u64;
+    let mut kind = if full {
+        ResyncKind::Full
+    } else {
+        ResyncKind::Targeted
+    };
+    let mut blocks = Vec::new();
+    if kind == ResyncKind::Targeted {
+        let mut extents = tracker.dirty(&sealed.disk).await?;
+        if let Some(t) = tstatus.disks.iter().find(|d| d.disk == sealed.disk) {
+            extents.extend(t.unclean_extents.iter().copied());
+        }
+        if let Ok(s) = status.lock() {
+            if let Some(d) = s.disks.iter().find(|d| d.disk_id == sealed.disk_id) {
+                extents.extend(d.resync_extents.iter().copied());
+            }
+        }
+        let logs: Vec<PathBuf> = pending
+            .iter()
+            .filter(|l| {
+                l.disk_id == sealed.disk_id
+                    && l.generation == sealed.generation
+                    && l.seq > prev.last_seq
+                    && l.seq <= sealed.seq
+            })
+            .map(|l| p.dir.join(&l.log))
+            .collect();
+        let from_logs = tokio::task::spawn_blocking(move || log_extents(&logs))
+            .await
+            .context("log reader failed")?;
+        match from_logs {
+            Ok(Some(e)) => {
+                extents.extend(e);
+                blocks = blocks_of(&extents, replica.block_size, count)
+                    .into_iter()
+                    .collect();
+            }
+            Ok(None) => kind = ResyncKind::Full,
+            Err(e) => {
+                warn!(disk = %sealed.disk, "cannot read its pending logs, comparing every block: {e:#}");
+                kind = ResyncKind::Full;
+            }
+        }
+    }
+    if kind == ResyncKind::Full {
+        let (d, r) = (disk_path.clone(), replica.clone());
+        blocks = tokio::task::spawn_blocking(move || full_compare_blocks(&d, &r))
+            .await
+            .context("block planner failed")??;
+    }
+    info!(disk = %sealed.disk, kind = ?kind, blocks = blocks.len(), of = count, "resync planned");
+    let job = ResyncJob {
+        disk_id: sealed.disk_id.clone(),
+        generation: sealed.generation,
+        after_seq: sealed.seq,
+        after_chain_hash: sealed.hash.clone(),
+        replica_last_seq: prev.last_seq,
+        index_key: hrl::store::base_key(&sealed.disk_id, sealed.generation, sealed.seq),
+        kind,
+        blocks,
+        cursor: 0,
+        progress: Default::default(),
+        elapsed_s: 0.0,
+    };
+    crate::resync::save_job(&p.state_dir, &job, &replica)?;
+    Ok(Some((job, replica)))
+}
+
+/// Runs a resync job, mirroring its progress into the status.
+async fn run_resync(
+    p: &Protected,
+    status: &Mutex<DirStatus>,
+    disk: &str,
+    job: &mut crate::resync::ResyncJob,
+    index: &mut hrl::chunk::ChunkIndex,
+    known: &HashSet<hrl::Digest>,
+) -> Result<CopyStats> {
+    let disk_id = job.disk_id.clone();
+    let progress = |pr: &crate::resync::ResyncProgress| {
+        if let Ok(mut s) = status.lock() {
+            let d = s.disk_mut(disk, &disk_id);
+            d.state = DiskState::Resyncing;
+            d.resync = Some(pr.clone());
+            let _ = save(&p.state_dir, &s);
+        }
+    };
+    let paused = || !p.resync_now && crate::resync::is_paused(&p.state_dir, &p.dir);
+    let stop_after_blocks = std::env::var("HRL_SHIPPER_STOP_AT")
+        .ok()
+        .filter(|v| v == "mid-resync")
+        .map(|_| (job.blocks.len() as u64 / 2).max(1));
+    let ctl = crate::resync::ResyncControl {
+        state_dir: &p.state_dir,
+        paused: &paused,
+        progress: &progress,
+        stop_after_blocks: stop_after_blocks.filter(|n| *n > job.cursor as u64),
+    };
+    let r = crate::resync::run_job(&p.store, &p.dir.join(disk), job, index, known, &ctl).await;
+    match r {
+        Ok(mut stats) => {
+            stats.resync = Some(job.progress.clone());
+            Ok(stats)
+        }
+        Err(e) if e.downcast_ref::<crate::resync::ResyncPaused>().is_some() => {
+            Err(ResyncDeferred(format!("{e:#}")).into())
+        }
+        Err(e) => Err(e),
+    }
 }

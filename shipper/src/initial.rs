@@ -37,6 +37,8 @@ pub struct CopyStats {
     pub existing_chunks: u64,
     pub index_key: String,
     pub index_hash: String,
+    /// For a resync: what it compared, read and sent.
+    pub resync: Option<crate::resync::ResyncProgress>,
 }
 
 /// Byte ranges holding data (SEEK_DATA/SEEK_HOLE); the whole file when the filesystem
@@ -185,7 +187,7 @@ pub async fn copy_disk(
 
 /// Reads exactly `buf.len()` bytes at `off`; bytes past the end of the file read as zero
 /// (the disk may shrink during the fuzzy copy; the logs put it right).
-fn read_full_at(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+pub(crate) fn read_full_at(file: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         match file.read_at(&mut buf[done..], off + done as u64) {

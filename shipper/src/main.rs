@@ -8,6 +8,7 @@ mod lock;
 mod log_cmd;
 mod points;
 mod restore;
+mod resync;
 mod retry;
 mod service;
 mod status;
@@ -52,6 +53,10 @@ enum Command {
     Pause(PauseArgs),
     /// Resume replication of a paused directory.
     Resume(PauseArgs),
+    /// Start a resync at once (`--now`, outside the resync window too), or pause / resume
+    /// resyncs. A resync compares blake3 digests of fixed-size blocks with the replica and
+    /// uploads only the blocks that differ; it continues where it stopped after a crash.
+    Resync(ResyncArgs),
     /// The recovery points of a group in the store.
     Points(PointsArgs),
     /// Rebuild every disk of a group as of a recovery point into a directory.
@@ -91,8 +96,9 @@ struct RunArgs {
     /// Back-off unit: retries wait 1, 2, 4, 8, 10, then every 30 units.
     #[arg(long, env = "HRL_RETRY_UNIT", default_value = "1m")]
     retry_unit: String,
-    /// Daily local-time span (HH:MM-HH:MM, e.g. 18:00-07:00) in which resyncs may run;
-    /// default: any time. `sync` always resyncs at once.
+    /// Daily local-time span (HH:MM-HH:MM) in which automatic resyncs may run, or `any`;
+    /// default 18:00-08:00 (outside office hours). Outside it a disk waits in "resync
+    /// required"; `hrl-shipper resync --dir DIR --now` starts one at once.
     #[arg(long)]
     resync_window: Option<String>,
     #[command(flatten)]
@@ -111,6 +117,37 @@ struct SyncArgs {
     #[arg(long)]
     resync: bool,
     /// Print what the cycle did as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("action").required(true).args(["now", "pause", "resume"])))]
+struct ResyncArgs {
+    /// Protected directory (the tracker's mount).
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long, default_value = target::DEFAULT_TARGET)]
+    target: String,
+    #[arg(long)]
+    group: Option<String>,
+    /// Resync this disk (a file name in DIR); a disk that needs no resync is compared block
+    /// by block. Default: the disks that need one.
+    #[arg(long)]
+    disk: Option<String>,
+    /// Run the resync now, whatever the window and the pause say; returns when the recovery
+    /// point after it is committed.
+    #[arg(long)]
+    now: bool,
+    /// Pause resyncs of DIR (a running one stops after saving its progress).
+    #[arg(long)]
+    pause: bool,
+    /// Resume paused resyncs of DIR (they continue where they stopped).
+    #[arg(long)]
+    resume: bool,
+    /// Print what the cycle did as JSON (with --now).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -209,6 +246,7 @@ async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
         Command::Points(a) => cmd_points(a).await,
         Command::Pause(a) => cmd_pause(a, true),
         Command::Resume(a) => cmd_pause(a, false),
+        Command::Resync(a) => cmd_resync(a).await,
         Command::Restore(a) => cmd_restore(a).await,
         Command::Verify(a) => cmd_verify(a).await,
     }
@@ -250,12 +288,76 @@ fn protected(
         chunk_size: common.chunk_size,
         state_dir: common.state_dir.clone(),
         force_resync,
+        resync_now: false,
         resync_window: None,
         progress_bar: std::io::stderr().is_terminal(),
     })
 }
 
+async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
+    check_dir(&a.dir)?;
+    let marker = resync::pause_marker(&a.common.state_dir, &a.dir);
+    if a.pause || a.resume {
+        if a.pause {
+            std::fs::create_dir_all(&a.common.state_dir).with_context(|| {
+                format!("create state directory {}", a.common.state_dir.display())
+            })?;
+            std::fs::write(&marker, format!("{}\n", a.dir.display()))
+                .with_context(|| format!("write {}", marker.display()))?;
+            println!(
+                "resyncs of {} paused (a running one stops after saving its progress)",
+                a.dir.display()
+            );
+        } else {
+            match std::fs::remove_file(&marker) {
+                Ok(()) => println!("resyncs of {} resumed", a.dir.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    println!("resyncs of {} were not paused", a.dir.display())
+                }
+                Err(e) => return Err(e).with_context(|| format!("remove {}", marker.display())),
+            }
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let group = group_for(&a.dir, a.group.clone())?;
+    if let Some(disk) = &a.disk {
+        if !a.dir.join(disk).is_file() {
+            bail!(
+                "{disk} is not a disk in {}; give a file name in the directory",
+                a.dir.display()
+            );
+        }
+        // Mark it: one that needs no resync yet is compared block by block.
+        let mut s = status::load(&a.common.state_dir, &a.dir)?
+            .filter(|s| s.group == group)
+            .unwrap_or_else(|| status::DirStatus::new(&a.dir, &group, &a.target));
+        let d = s.disk_mut(disk, "");
+        if !matches!(
+            d.state,
+            status::DiskState::ResyncRequired | status::DiskState::Resyncing
+        ) {
+            d.resync_full = true;
+            d.state = status::DiskState::ResyncRequired;
+            d.resync_reason = Some("resync requested by an operator".into());
+        }
+        status::save(&a.common.state_dir, &s)?;
+    }
+    let sync = SyncArgs {
+        dir: a.dir,
+        target: a.target,
+        group: Some(group),
+        resync: false,
+        json: a.json,
+        common: a.common,
+    };
+    run_sync(sync, true).await
+}
+
 async fn cmd_sync(a: SyncArgs) -> Result<std::process::ExitCode> {
+    run_sync(a, false).await
+}
+
+async fn run_sync(a: SyncArgs, resync_now: bool) -> Result<std::process::ExitCode> {
     check_dir(&a.dir)?;
     if status::is_paused(&a.common.state_dir, &a.dir) {
         bail!(
@@ -265,7 +367,8 @@ async fn cmd_sync(a: SyncArgs) -> Result<std::process::ExitCode> {
         );
     }
     let group = group_for(&a.dir, a.group)?;
-    let p = protected(&a.dir, &a.target, &group, &a.common, a.resync)?;
+    let mut p = protected(&a.dir, &a.target, &group, &a.common, a.resync)?;
+    p.resync_now = resync_now;
     let initial = status::load(&p.state_dir, &p.dir)
         .ok()
         .flatten()
@@ -315,6 +418,7 @@ async fn cmd_sync(a: SyncArgs) -> Result<std::process::ExitCode> {
                 "index": c.index_key, "disk_size": c.disk_size, "blocks": c.blocks,
                 "zero_blocks": c.zero_blocks, "uploaded_chunks": c.uploaded_chunks,
                 "uploaded_bytes": c.uploaded_bytes, "existing_chunks": c.existing_chunks,
+                "resync": c.resync,
             })).collect::<Vec<_>>(),
         });
         println!("{v}");
@@ -348,10 +452,12 @@ async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             state_dir: cfg.state_dir.clone().unwrap_or(a.common.state_dir.clone()),
             chunk_size: cfg.chunk_size.unwrap_or(a.common.chunk_size),
         };
-        let window = match cfg.resync_window.as_deref().or(a.resync_window.as_deref()) {
-            Some(w) => Some(window::Window::parse(w)?),
-            None => None,
-        };
+        let window = window::parse_option(
+            cfg.resync_window
+                .as_deref()
+                .or(a.resync_window.as_deref())
+                .unwrap_or(window::DEFAULT_WINDOW),
+        )?;
         for d in &cfg.dirs {
             check_dir(&d.path)?;
             let mut pr = protected(&d.path, &cfg.target, &d.group, &common, false)?;
@@ -366,11 +472,8 @@ async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         check_dir(dir)?;
         let group = group_for(dir, a.group.clone())?;
         let mut pr = protected(dir, &a.target, &group, &a.common, false)?;
-        pr.resync_window = a
-            .resync_window
-            .as_deref()
-            .map(window::Window::parse)
-            .transpose()?;
+        pr.resync_window =
+            window::parse_option(a.resync_window.as_deref().unwrap_or(window::DEFAULT_WINDOW))?;
         jobs.push(service::DirJob {
             protected: pr,
             interval: retry::parse_duration(&a.interval).context("--interval")?,

@@ -188,6 +188,33 @@ pub async fn enforce_log_budget(dir: &Path, status: &Mutex<DirStatus>) -> Result
         if d.mode == DiskMode::Log && d.disk_size > 0 && unshipped > d.disk_size / 2 {
             warn!(disk = %d.disk, unshipped, size = d.disk_size, "unshipped logs exceed 50% of the disk: switching to bitmap tracking, resync required");
             t.set_mode(&d.disk, DiskMode::Bitmap).await?;
+            // The logs about to be released may hold changes whose marks are already
+            // cleared: keep their extents for the resync (or compare every block).
+            let logs: Vec<std::path::PathBuf> = pending
+                .iter()
+                .filter(|l| l.disk == d.disk)
+                .map(|l| dir.join(&l.log))
+                .collect();
+            let dropped = tokio::task::spawn_blocking(move || crate::resync::log_extents(&logs))
+                .await
+                .map_err(|e| anyhow::anyhow!("log reader failed: {e}"))?;
+            if let Ok(mut s) = status.lock() {
+                let id = pending
+                    .iter()
+                    .find(|l| l.disk == d.disk)
+                    .map(|l| l.disk_id.clone())
+                    .unwrap_or_default();
+                let entry = s.disk_mut(&d.disk, &id);
+                match dropped {
+                    Ok(Some(e)) => entry.resync_extents.extend(merge_extents(e)),
+                    _ => entry.resync_full = true,
+                }
+                entry.resync_extents = merge_extents(std::mem::take(&mut entry.resync_extents));
+                entry.resync_reason = Some(
+                    "unshipped logs exceeded 50% of the disk size (logs dropped, bitmap tracking)"
+                        .into(),
+                );
+            }
             if let Some(max) = pending
                 .iter()
                 .filter(|l| l.disk == d.disk)
@@ -210,4 +237,31 @@ pub async fn enforce_log_budget(dir: &Path, status: &Mutex<DirStatus>) -> Result
         }
     }
     Ok(())
+}
+
+/// Sorts and merges byte ranges (keeps the state file small).
+fn merge_extents(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.retain(|e| e.1 > 0);
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (off, len) in v {
+        match out.last_mut() {
+            Some(last) if off <= last.0 + last.1 => {
+                last.1 = last.1.max(off + len - last.0);
+            }
+            _ => out.push((off, len)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn merge_extents_joins_overlaps_and_neighbours() {
+        assert_eq!(
+            super::merge_extents(vec![(10, 5), (0, 10), (30, 1), (12, 2), (40, 0)]),
+            vec![(0, 15), (30, 1)]
+        );
+    }
 }

@@ -52,6 +52,22 @@ pub struct DiskStatus {
     /// Initial copy / resync progress: bytes done and total.
     pub progress: Option<(u64, u64)>,
     pub last_error: Option<String>,
+    /// Byte ranges a resync must cover besides the tracker's marks (extents of logs the
+    /// 50% rule dropped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resync_extents: Vec<(u64, u64)>,
+    /// The next resync compares every block (chain break, offline edit, operator request).
+    #[serde(default)]
+    pub resync_full: bool,
+    /// Why the disk needs (or runs) a resync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_reason: Option<String>,
+    /// Progress of the running (or interrupted) resync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<crate::resync::ResyncProgress>,
+    /// Size and mtime (ns) of the image when the last point was committed (offline edits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_stat: Option<(u64, i128)>,
 }
 
 /// What `status` shows about one directory.
@@ -76,6 +92,10 @@ pub struct DirStatus {
     /// The service's replication interval (absent for one-off `sync`).
     #[serde(default)]
     pub interval_ns: Option<u64>,
+    /// Pid of the tracker seen at the last point (a new pid: it was restarted; check for
+    /// offline edits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracker_pid: Option<u32>,
     pub disks: Vec<DiskStatus>,
 }
 
@@ -94,6 +114,7 @@ impl DirStatus {
             updated_ns: hrl::now_ns(),
             paused: false,
             interval_ns: None,
+            tracker_pid: None,
             disks: Vec::new(),
         }
     }
@@ -120,6 +141,11 @@ impl DirStatus {
             unshipped_bytes: 0,
             progress: None,
             last_error: None,
+            resync_extents: Vec::new(),
+            resync_full: false,
+            resync_reason: None,
+            resync: None,
+            image_stat: None,
         });
         self.disks.last_mut().expect("just pushed")
     }
@@ -229,7 +255,7 @@ pub fn load_all(state_dir: &Path) -> Result<Vec<DirStatus>> {
     Ok(out)
 }
 
-fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -310,6 +336,12 @@ pub fn render(all: &[DirStatus]) -> String {
                 let _ = write!(out, "  copy {}/{}", human_bytes(done), human_bytes(total));
             }
             out.push('\n');
+            if let Some(r) = &k.resync {
+                let _ = writeln!(out, "    {}", r.render());
+            }
+            if let Some(why) = k.resync_reason.as_ref().filter(|_| k.resync.is_none()) {
+                let _ = writeln!(out, "    resync needed: {why}");
+            }
             if let Some(e) = &k.last_error {
                 let _ = writeln!(out, "    error: {e}");
             }

@@ -129,6 +129,17 @@ impl TrackerClient {
         Ok(())
     }
 
+    /// Extents marked in `disk`'s dirty bitmap (byte ranges).
+    pub async fn dirty(&mut self, disk: &str) -> Result<Vec<(u64, u64)>> {
+        Ok(self
+            .call(&Request::Dirty {
+                disk: disk.to_string(),
+            })
+            .await?
+            .extents
+            .unwrap_or_default())
+    }
+
     pub async fn set_mode(&mut self, disk: &str, mode: DiskMode) -> Result<()> {
         self.call(&Request::Mode {
             disk: disk.to_string(),

@@ -4,6 +4,17 @@
 
 use anyhow::{bail, Result};
 
+/// Default resync window: outside office hours, local time.
+pub const DEFAULT_WINDOW: &str = "18:00-08:00";
+
+/// Parses a window setting: `HH:MM-HH:MM`, or `any` / `always` for no restriction.
+pub fn parse_option(s: &str) -> Result<Option<Window>> {
+    match s.trim() {
+        "any" | "always" => Ok(None),
+        w => Window::parse(w).map(Some),
+    }
+}
+
 /// A daily span `start..end` in minutes after local midnight; it may wrap past midnight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {

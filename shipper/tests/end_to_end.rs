@@ -669,6 +669,8 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
             "1s",
             "--retry-unit",
             "1s",
+            "--resync-window",
+            "any",
         ])
         .envs(s.server.env.clone())
         .env("HRL_RUN_DIR", &s.run_dir)

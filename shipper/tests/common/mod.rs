@@ -29,6 +29,8 @@ struct FakeDisk {
     prev: hrl::Digest,
     sealed: Vec<SealedLog>,
     mode: DiskMode,
+    /// Dirty marks as (seal id when made, offset, len), like the tracker's bitmap.
+    marks: Vec<(u64, u64, u64)>,
 }
 
 struct FakeState {
@@ -116,6 +118,7 @@ impl FakeTracker {
                 prev: [0; 32],
                 sealed: vec![],
                 mode: DiskMode::Log,
+                marks: vec![],
             },
         );
     }
@@ -124,7 +127,9 @@ impl FakeTracker {
     pub fn write(&self, name: &str, offset: u64, data: &[u8]) {
         let mut s = self.state.lock().unwrap();
         let path = s.dir.join(name);
+        let seal_id = s.seal_id;
         let d = s.disks.get_mut(name).unwrap();
+        d.marks.push((seal_id, offset, data.len() as u64));
         if d.mode == DiskMode::Log {
             d.writer
                 .as_mut()
@@ -291,8 +296,22 @@ fn handle(st: &Mutex<FakeState>, req: Request) -> Response {
                 ..Default::default()
             }
         }
-        Request::Clear { .. } => Response::ok(),
-        other => Response::error(format!("not supported by the stand-in tracker: {other:?}")),
+        Request::Dirty { disk } => match s.disks.get(&disk) {
+            Some(d) => Response {
+                ok: true,
+                extents: Some(d.marks.iter().map(|m| (m.1, m.2)).collect()),
+                ..Default::default()
+            },
+            None => Response::error(format!("no disk {disk}")),
+        },
+        // Marks made before seal `upto_seal` are covered by the point.
+        Request::Clear { disk, upto_seal } => match s.disks.get_mut(&disk) {
+            Some(d) => {
+                d.marks.retain(|m| m.0 >= upto_seal);
+                Response::ok()
+            }
+            None => Response::error(format!("no disk {disk}")),
+        },
     }
 }
 

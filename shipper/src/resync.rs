@@ -1,0 +1,549 @@
+//! Resync: brings a replica back in line with its source disk by comparing blake3 digests
+//! of fixed-size blocks, uploading only the blocks that differ, and committing a new base
+//! whose index is the replica's index with those blocks replaced.
+//!
+//! - The replica's digests as of its last point come from the base index with the later
+//!   shipped logs folded in: the blocks those logs touch are rebuilt (base chunk + the logs
+//!   replayed on a sparse scratch file) and hashed again ([`replica_index`]).
+//! - *Targeted*: when the dirty marks can be trusted (50% rule, unclean tracker stop) only
+//!   the blocks inside them are read. *Full*: every block holding data is read (chain break,
+//!   offline edit, operator request).
+//! - The work (blocks to compare, a cursor, the index so far, counters) is saved in the state
+//!   directory as it goes, so a resync stopped by kill -9, an outage or a pause continues
+//!   where it stopped.
+//!
+//! The copy is fuzzy like the initial copy: it starts after a seal, and the logs sealed after
+//! it (applied on top of the new base) make it consistent.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
+use hrl::log::{LogReader, Record};
+use hrl::store::{log_key, log_path, logs_dir, parse_log_name, DiskEntry};
+use hrl::Digest;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::initial::{data_segments, CopyStats};
+use crate::retry::Fatal;
+use crate::store_client::{compress, GroupStore, Put};
+
+/// Reads and uploads in flight at once.
+const IN_FLIGHT: usize = 16;
+
+/// How a resync chooses the blocks it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResyncKind {
+    /// Only blocks inside trusted dirty extents.
+    Targeted,
+    /// Every block that holds data in the source or in the replica.
+    Full,
+}
+
+/// Progress of a resync, kept in the state file and shown by `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResyncProgress {
+    pub kind: Option<ResyncKind>,
+    pub blocks_total: u64,
+    pub blocks_compared: u64,
+    pub blocks_differing: u64,
+    pub bytes_read: u64,
+    /// Compressed chunk bytes uploaded.
+    pub bytes_sent: u64,
+    /// Estimated seconds left at the rate so far.
+    pub eta_s: Option<u64>,
+    /// Times this resync was resumed after an interruption.
+    pub resumed: u32,
+}
+
+impl ResyncProgress {
+    /// One line for `status`.
+    pub fn render(&self) -> String {
+        let kind = match self.kind {
+            Some(ResyncKind::Targeted) => "targeted",
+            Some(ResyncKind::Full) => "full compare",
+            None => "",
+        };
+        let eta = self
+            .eta_s
+            .map_or_else(|| "?".to_string(), |s| format!("{}m{:02}s", s / 60, s % 60));
+        format!(
+            "resync ({kind}): {}/{} blocks compared, {} differ, {} read, {} sent, {eta} left{}",
+            self.blocks_compared,
+            self.blocks_total,
+            self.blocks_differing,
+            crate::status::human_bytes(self.bytes_read),
+            crate::status::human_bytes(self.bytes_sent),
+            if self.resumed > 0 {
+                format!(", resumed {}x", self.resumed)
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+/// A resync in progress, saved beside the state file (`resync-<disk id>.json`, with the
+/// index so far in `resync-<disk id>.idx`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResyncJob {
+    pub disk_id: String,
+    pub generation: u64,
+    /// The seal after which the copy started: the new base's `after_seq` and chain hash.
+    pub after_seq: u64,
+    pub after_chain_hash: String,
+    /// The replica point it started from (`last_seq` of that point's entry): a job made
+    /// against another replica state is stale.
+    pub replica_last_seq: u64,
+    pub index_key: String,
+    pub kind: ResyncKind,
+    /// Blocks to compare, ascending; `cursor` of them are done.
+    pub blocks: Vec<u64>,
+    pub cursor: usize,
+    pub progress: ResyncProgress,
+    /// Seconds spent in earlier runs (for the rate).
+    pub elapsed_s: f64,
+}
+
+fn job_paths(state_dir: &Path, disk_id: &str) -> (PathBuf, PathBuf) {
+    let d = state_dir.join("resync");
+    (
+        d.join(format!("resync-{disk_id}.json")),
+        d.join(format!("resync-{disk_id}.idx")),
+    )
+}
+
+/// Loads an interrupted resync of `disk_id`, with its index so far.
+pub fn load_job(state_dir: &Path, disk_id: &str) -> Option<(ResyncJob, ChunkIndex)> {
+    let (j, i) = job_paths(state_dir, disk_id);
+    let job: ResyncJob = serde_json::from_slice(&std::fs::read(&j).ok()?)
+        .map_err(|e| warn!(file = %j.display(), "interrupted resync state is not valid, starting over: {e}"))
+        .ok()?;
+    let idx = ChunkIndex::decode(&std::fs::read(&i).ok()?)
+        .map_err(|e| warn!(file = %i.display(), "interrupted resync index is not valid, starting over: {e}"))
+        .ok()?;
+    Some((job, idx))
+}
+
+/// Forgets an interrupted resync of `disk_id`.
+pub fn drop_job(state_dir: &Path, disk_id: &str) {
+    let (j, i) = job_paths(state_dir, disk_id);
+    let _ = std::fs::remove_file(j);
+    let _ = std::fs::remove_file(i);
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_data())
+        .with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename {}", path.display()))
+}
+
+/// Saves the job and its index so far (index first: a job never points past what is saved).
+pub fn save_job(state_dir: &Path, job: &ResyncJob, index: &ChunkIndex) -> Result<()> {
+    let (j, i) = job_paths(state_dir, &job.disk_id);
+    std::fs::create_dir_all(state_dir.join("resync"))
+        .with_context(|| format!("create {}", state_dir.join("resync").display()))?;
+    write_atomic(&i, &index.encode())?;
+    let json = serde_json::to_vec(job).context("encode resync state")?;
+    write_atomic(&j, &json)
+}
+
+/// Blocks of `block_size` overlapping the byte ranges `extents`, below `count`.
+pub fn blocks_of(extents: &[(u64, u64)], block_size: u32, count: u64) -> BTreeSet<u64> {
+    let bs = u64::from(block_size);
+    let mut out = BTreeSet::new();
+    for &(off, len) in extents {
+        if len == 0 {
+            continue;
+        }
+        let last = (off.saturating_add(len)).div_ceil(bs).min(count);
+        out.extend(off / bs..last);
+    }
+    out
+}
+
+/// Byte ranges the records of `logs` change, or `None` when a record changes the size or
+/// the identity of the disk (truncate, delete): then block positions cannot be folded and
+/// the caller compares every block.
+pub fn log_extents(logs: &[PathBuf]) -> Result<Option<Vec<(u64, u64)>>> {
+    let mut out = Vec::new();
+    for l in logs {
+        let reader = LogReader::open(l).with_context(|| format!("open log {}", l.display()))?;
+        for r in reader {
+            match r.with_context(|| format!("read log {}", l.display()))? {
+                Record::Write { offset, data } => out.push((offset, data.len() as u64)),
+                Record::Zero { offset, len } | Record::Punch { offset, len } => {
+                    out.push((offset, len))
+                }
+                Record::Truncate { .. } | Record::Delete => return Ok(None),
+                Record::Flush | Record::Rename { .. } | Record::Seal(_) => {}
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The digests of the replica of `entry` as of its point: the base index, with every block
+/// the later shipped logs touch rebuilt (base chunk, then the logs replayed) and hashed.
+/// `None` when the logs change the disk's size (the caller copies the disk as a new base).
+pub async fn replica_index(
+    store: &GroupStore,
+    entry: &DiskEntry,
+    work: &Path,
+) -> Result<Option<ChunkIndex>> {
+    let idx_bytes = store.get(&entry.base.index_key).await?;
+    let hash = hrl::to_hex(blake3::hash(&idx_bytes).as_bytes());
+    if !hash.eq_ignore_ascii_case(&entry.base.index_hash) {
+        return Err(Fatal(format!(
+            "chunk index {} is damaged; the store is corrupt",
+            store.path(&entry.base.index_key)
+        ))
+        .into());
+    }
+    let mut index = ChunkIndex::decode(&idx_bytes).with_context(|| {
+        format!(
+            "chunk index {} is damaged",
+            store.path(&entry.base.index_key)
+        )
+    })?;
+    if index.disk_size != entry.disk_size {
+        return Ok(None);
+    }
+    if entry.last_seq == entry.base.after_seq {
+        return Ok(Some(index));
+    }
+    // Fetch the logs after the base.
+    let names = store
+        .list_names(&logs_dir(&entry.disk_id, entry.generation))
+        .await?;
+    let ranges: Vec<(u64, u64)> = names.iter().filter_map(|n| parse_log_name(n)).collect();
+    let path = log_path(&ranges, entry.base.after_seq, entry.last_seq).ok_or_else(|| {
+        Fatal(format!(
+            "logs {}..={} of disk {} are not all in the store; the store is incomplete",
+            entry.base.after_seq + 1,
+            entry.last_seq,
+            entry.name
+        ))
+    })?;
+    let tmp = tempfile::Builder::new()
+        .prefix("replica-")
+        .tempdir_in(work)
+        .context("create a scratch directory for the replica's logs")?;
+    let mut local = Vec::new();
+    for (first, last) in path {
+        let lp = tmp.path().join(format!("{first}-{last}.hrl"));
+        store
+            .get_zstd_to_file(&log_key(&entry.disk_id, entry.generation, first, last), &lp)
+            .await?;
+        local.push(lp);
+    }
+    let l2 = local.clone();
+    let extents = tokio::task::spawn_blocking(move || log_extents(&l2))
+        .await
+        .context("log reader failed")??;
+    let Some(extents) = extents else {
+        return Ok(None);
+    };
+    let touched = blocks_of(&extents, index.block_size, index.digests.len() as u64);
+    // Scratch image: the touched blocks of the base, then the logs replayed on it.
+    let scratch = tmp.path().join("replica.img");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&scratch)
+        .with_context(|| format!("create {}", scratch.display()))?;
+    file.set_len(index.disk_size)
+        .with_context(|| format!("size {}", scratch.display()))?;
+    let bs = u64::from(index.block_size);
+    for &b in &touched {
+        let d = index.digests[b as usize];
+        if d == ZERO_DIGEST {
+            continue;
+        }
+        let data = fetch_chunk(store, &d).await?;
+        std::os::unix::fs::FileExt::write_all_at(&file, &data, b * bs)
+            .with_context(|| format!("write {}", scratch.display()))?;
+    }
+    drop(file);
+    let prev = hrl::from_hex::<32>(&entry.base.after_chain_hash)
+        .with_context(|| format!("manifest of disk {} has a bad chain hash", entry.name))?;
+    let sc = scratch.clone();
+    let summary =
+        tokio::task::spawn_blocking(move || hrl::log::apply_logs_after(&local, &sc, Some(&prev)))
+            .await
+            .context("apply worker failed")?
+            .map_err(|e| {
+                Fatal(format!(
+                    "shipped logs of disk {} do not verify: {e}",
+                    entry.name
+                ))
+            })?;
+    if summary.final_size != entry.disk_size {
+        return Ok(None);
+    }
+    let file = File::open(&scratch).with_context(|| format!("open {}", scratch.display()))?;
+    let mut buf = vec![0u8; bs as usize];
+    for &b in &touched {
+        let off = b * bs;
+        let len = bs.min(entry.disk_size - off) as usize;
+        crate::initial::read_full_at(&file, &mut buf[..len], off)
+            .with_context(|| format!("read {}", scratch.display()))?;
+        index.digests[b as usize] = hrl::chunk::block_digest(&buf[..len]);
+    }
+    info!(disk = %entry.name, rebuilt_blocks = touched.len(), "replica digests rebuilt from base and logs");
+    Ok(Some(index))
+}
+
+async fn fetch_chunk(store: &GroupStore, digest: &Digest) -> Result<Vec<u8>> {
+    let key = hrl::store::chunk_key(digest);
+    let raw = store.get(&key).await?;
+    let data = zstd::stream::decode_all(raw.as_slice())
+        .map_err(|e| Fatal(format!("chunk {} is damaged ({e})", store.path(&key))))?;
+    if hrl::chunk::block_digest(&data) != *digest {
+        return Err(Fatal(format!(
+            "chunk {} is damaged (content does not match its digest)",
+            store.path(&key)
+        ))
+        .into());
+    }
+    Ok(data)
+}
+
+/// Blocks a full compare reads: those holding data in the source, and those holding data
+/// in the replica (a hole in the source where the replica has data differs).
+pub fn full_compare_blocks(disk: &Path, replica: &ChunkIndex) -> Result<Vec<u64>> {
+    let file = File::open(disk).with_context(|| format!("open disk {}", disk.display()))?;
+    let segs = data_segments(&file, replica.disk_size);
+    let count = replica.digests.len() as u64;
+    let mut set = blocks_of(
+        &segs.iter().map(|(s, e)| (*s, e - s)).collect::<Vec<_>>(),
+        replica.block_size,
+        count,
+    );
+    set.extend(
+        replica
+            .digests
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d != ZERO_DIGEST)
+            .map(|(i, _)| i as u64),
+    );
+    Ok(set.into_iter().collect())
+}
+
+/// What the caller lets a running resync know.
+pub struct ResyncControl<'a> {
+    pub state_dir: &'a Path,
+    /// True when the operator paused resyncs: the job is saved and the resync stops.
+    pub paused: &'a (dyn Fn() -> bool + Sync),
+    /// Called with the progress as blocks complete (about every 2 s and at the end).
+    pub progress: &'a (dyn Fn(&ResyncProgress) + Sync),
+    /// Test hook: stop (wait to be killed) once this many blocks are done.
+    pub stop_after_blocks: Option<u64>,
+}
+
+/// A resync stopped because the operator paused it; its work is saved.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "resync of {0} paused by an operator (`hrl-shipper resync --dir DIR --resume` continues it)"
+)]
+pub struct ResyncPaused(pub String);
+
+/// Runs (or continues) `job`: reads its remaining blocks of `disk`, replaces the digests of
+/// those that differ in `index` (the replica's index, updated in place), uploads their
+/// chunks unless `known` holds them, then uploads the new index at `job.index_key`.
+pub async fn run_job(
+    store: &GroupStore,
+    disk: &Path,
+    job: &mut ResyncJob,
+    index: &mut ChunkIndex,
+    known: &HashSet<Digest>,
+    ctl: &ResyncControl<'_>,
+) -> Result<CopyStats> {
+    let file = Arc::new(
+        File::open(disk).with_context(|| format!("open disk {} for the resync", disk.display()))?,
+    );
+    let size = file
+        .metadata()
+        .with_context(|| format!("stat disk {}", disk.display()))?
+        .len();
+    let bs = u64::from(index.block_size);
+    let disk_size = index.disk_size;
+    if size != disk_size {
+        warn!(disk = %disk.display(), size, replica = disk_size, "disk size changed during the resync; bytes past the replica's size come with the logs");
+    }
+    let started = std::time::Instant::now();
+    let mut last_save = std::time::Instant::now();
+    let known = Arc::new(known.clone());
+    let todo: Vec<u64> = job.blocks[job.cursor..].to_vec();
+    let replica: Arc<Vec<Digest>> = Arc::new(index.digests.clone());
+    let mut results = futures::stream::iter(todo.into_iter().map(|b| {
+        let file = Arc::clone(&file);
+        let known = Arc::clone(&known);
+        let replica = Arc::clone(&replica);
+        let disk = disk.to_path_buf();
+        async move {
+            let off = b * bs;
+            let len = bs.min(disk_size - off) as usize;
+            let (digest, payload) =
+                tokio::task::spawn_blocking(move || -> Result<(Digest, Option<Vec<u8>>)> {
+                    let mut buf = vec![0u8; len];
+                    crate::initial::read_full_at(&file, &mut buf, off)
+                        .with_context(|| format!("read {} at {off}", disk.display()))?;
+                    let d = hrl::chunk::block_digest(&buf);
+                    if d == replica[b as usize] || d == ZERO_DIGEST || known.contains(&d) {
+                        return Ok((d, None));
+                    }
+                    Ok((d, Some(compress(&buf)?)))
+                })
+                .await
+                .context("resync worker failed")??;
+            let sent = match payload {
+                Some(bytes) => {
+                    let n = bytes.len() as u64;
+                    match store
+                        .put_immutable(&hrl::store::chunk_key(&digest), bytes)
+                        .await?
+                    {
+                        Put::Created => n,
+                        Put::Existed => 0,
+                    }
+                }
+                None => 0,
+            };
+            Ok::<_, anyhow::Error>((b, len as u64, digest, sent))
+        }
+    }))
+    .buffered(IN_FLIGHT);
+    let mut stats = CopyStats {
+        disk_size,
+        blocks: index.digests.len() as u64,
+        index_key: job.index_key.clone(),
+        ..Default::default()
+    };
+    let mut new_chunks = 0u64;
+    let total = job.blocks.len() as u64;
+    job.progress.blocks_total = total;
+    job.progress.kind = Some(job.kind);
+    while let Some(r) = results.next().await {
+        let (b, len, digest, sent) = r?;
+        let p = &mut job.progress;
+        p.blocks_compared += 1;
+        p.bytes_read += len;
+        if index.digests[b as usize] != digest {
+            p.blocks_differing += 1;
+            index.digests[b as usize] = digest;
+        }
+        if sent > 0 {
+            new_chunks += 1;
+            p.bytes_sent += sent;
+        }
+        job.cursor += 1;
+        let elapsed = job.elapsed_s + started.elapsed().as_secs_f64();
+        let done = job.cursor as u64;
+        if done > 0 && elapsed > 0.0 {
+            p.eta_s = Some(((total - done) as f64 * elapsed / done as f64) as u64);
+        }
+        let stop_here = ctl.stop_after_blocks.is_some_and(|n| done == n);
+        if last_save.elapsed().as_secs() >= 2 || done == total || stop_here || (ctl.paused)() {
+            last_save = std::time::Instant::now();
+            let mut saved = job.clone();
+            saved.elapsed_s = elapsed;
+            save_job(ctl.state_dir, &saved, index)?;
+            (ctl.progress)(&job.progress);
+            if stop_here {
+                warn!(
+                    blocks = done,
+                    "HRL_SHIPPER_STOP_AT=mid-resync: waiting to be killed"
+                );
+                let _ = std::fs::write(ctl.state_dir.join("stopped-at-mid-resync"), b"");
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
+            if done < total && (ctl.paused)() {
+                return Err(ResyncPaused(disk.display().to_string()).into());
+            }
+        }
+    }
+    drop(results);
+    stats.uploaded_chunks = new_chunks;
+    stats.uploaded_bytes = job.progress.bytes_sent;
+    stats.zero_blocks = index.digests.iter().filter(|d| **d == ZERO_DIGEST).count() as u64;
+    let encoded = index.encode();
+    stats.index_hash = hrl::to_hex(blake3::hash(&encoded).as_bytes());
+    store.put_immutable(&job.index_key, encoded).await?;
+    info!(
+        disk = %disk.display(),
+        kind = ?job.kind,
+        compared = job.progress.blocks_compared,
+        differing = job.progress.blocks_differing,
+        bytes_read = job.progress.bytes_read,
+        bytes_sent = job.progress.bytes_sent,
+        "resync done"
+    );
+    Ok(stats)
+}
+
+/// Marker file: resyncs of `dir` are paused by an operator.
+pub fn pause_marker(state_dir: &Path, dir: &Path) -> PathBuf {
+    let f = crate::status::state_file(state_dir, dir);
+    f.with_extension("resync-paused")
+}
+
+/// Whether an operator paused the resyncs of `dir`.
+pub fn is_paused(state_dir: &Path, dir: &Path) -> bool {
+    pause_marker(state_dir, dir).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_of_covers_partial_blocks_and_clamps() {
+        let b = blocks_of(&[(0, 1), (4096 * 3 - 1, 2), (4096 * 10, 4096)], 4096, 8);
+        assert_eq!(b.into_iter().collect::<Vec<_>>(), vec![0, 2, 3]);
+        assert!(blocks_of(&[(5, 0)], 4096, 8).is_empty());
+    }
+
+    #[test]
+    fn job_round_trips_through_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = ResyncJob {
+            disk_id: "ab".repeat(16),
+            generation: 1,
+            after_seq: 4,
+            after_chain_hash: "00".repeat(32),
+            replica_last_seq: 3,
+            index_key: "k".into(),
+            kind: ResyncKind::Targeted,
+            blocks: vec![1, 5, 9],
+            cursor: 2,
+            progress: ResyncProgress::default(),
+            elapsed_s: 1.5,
+        };
+        let idx = ChunkIndex {
+            block_size: 4096,
+            disk_size: 40960,
+            digests: vec![[7; 32]; 10],
+        };
+        save_job(dir.path(), &job, &idx).unwrap();
+        let (j, i) = load_job(dir.path(), &job.disk_id).unwrap();
+        assert_eq!((j.cursor, j.blocks), (2, vec![1, 5, 9]));
+        assert_eq!(i.digests, idx.digests);
+        drop_job(dir.path(), &job.disk_id);
+        assert!(load_job(dir.path(), &job.disk_id).is_none());
+    }
+}
