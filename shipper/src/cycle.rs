@@ -528,7 +528,9 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             d.resync_extents.clear();
             d.resync_full = false;
             d.resync_reason = None;
-            d.resync = None;
+            if let Some(r) = d.resync.take() {
+                d.last_resync = Some(r);
+            }
             d.image_stat = image_stat(&p.dir.join(&e.name));
             if let Some(ts) = tstatus
                 .as_ref()
@@ -698,22 +700,27 @@ fn image_stat(path: &Path) -> Option<(u64, i128)> {
     ))
 }
 
-/// When process `pid` started, ns since the Unix epoch (from /proc).
+/// When process `pid` started, ns since the Unix epoch: its start in clock ticks after boot
+/// (/proc) plus the current offset between the real-time and boot-time clocks (`btime` in
+/// /proc/stat is rounded to whole seconds, too coarse here).
 fn process_start_ns(pid: u32) -> Option<i128> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22 (starttime, clock ticks after boot) counts from after the ")" of the name.
+    // Field 22 (starttime) is the 20th after the ")" that ends the command name.
     let after = stat.rsplit_once(')')?.1;
     let ticks: i128 = after.split_whitespace().nth(19)?.parse().ok()?;
-    let btime: i128 = std::fs::read_to_string("/proc/stat")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+        (rc == 0).then(|| i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec))
+    };
+    let offset = now(libc::CLOCK_REALTIME)? - now(libc::CLOCK_BOOTTIME)?;
     // SAFETY: sysconf reads a constant.
     let hz = i128::from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1);
-    Some(btime * 1_000_000_000 + ticks * 1_000_000_000 / hz)
+    Some(offset + ticks * 1_000_000_000 / hz)
 }
 
 /// Disks whose image changed while no tracker ran: the tracker was restarted cleanly since

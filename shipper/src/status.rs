@@ -65,6 +65,9 @@ pub struct DiskStatus {
     /// Progress of the running (or interrupted) resync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<crate::resync::ResyncProgress>,
+    /// What the last finished resync did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resync: Option<crate::resync::ResyncProgress>,
     /// Size and mtime (ns) of the image when the last point was committed (offline edits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_stat: Option<(u64, i128)>,
@@ -145,6 +148,7 @@ impl DirStatus {
             resync_full: false,
             resync_reason: None,
             resync: None,
+            last_resync: None,
             image_stat: None,
         });
         self.disks.last_mut().expect("just pushed")

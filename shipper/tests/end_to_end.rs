@@ -646,8 +646,9 @@ fn tracker_crash_leads_to_resync_and_exact_point() {
 }
 
 /// The store goes away while writes pile up: past 50% of the disk the shipper switches it to
-/// bitmap tracking (logs released, resync required); when the store is back, a resync makes
-/// the replica exact again.
+/// bitmap tracking (logs released, resync required, the logs on the host stop growing, the
+/// writers never wait for the store); when the store is back, a targeted resync sends no
+/// more than 1.1x the bytes of the blocks that really differ, and the replica is exact.
 #[test]
 fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
     use std::os::unix::fs::FileExt;
@@ -721,17 +722,39 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
     assert_eq!(st["health"], "Warning");
     let ts = tracker_status(&s.dir, &s.run_dir);
     assert_eq!(ts["disks"][0]["mode"], "bitmap", "{ts:#}");
+    let on_host = |ts: &serde_json::Value| {
+        ts["disks"][0]["active_log_bytes"].as_u64().unwrap()
+            + ts["disks"][0]["pending_sealed_bytes"].as_u64().unwrap()
+    };
+    let logged_before = on_host(&ts);
     // Changes while in bitmap mode are only marked, not logged.
-    f.write_all_at(&file_data(99, 8192), 3 << 20).unwrap();
+    f.write_all_at(&file_data(99, 256 << 10), 3 << 20).unwrap();
     f.sync_all().unwrap();
     drop(f);
+    let logged_after = on_host(&tracker_status(&s.dir, &s.run_dir));
+    assert!(
+        logged_after < logged_before + (64 << 10),
+        "logs on the host grew in bitmap mode: {logged_before} -> {logged_after}"
+    );
+    let source = s.tmp.path().join("source-at-resync.img");
+    std::fs::copy(&disk, &source).unwrap();
     let before = st["last_point_id"].as_u64().unwrap();
     s.server.spawn();
-    wait("the resync point", &|st| {
+    let st = wait("the resync point", &|st| {
         st["health"] == "Normal"
             && st["disks"][0]["state"] == "replicating"
             && st["last_point_id"].as_u64().is_some_and(|p| p > before)
     });
+    let rs = &st["disks"][0]["last_resync"];
+    assert_eq!(rs["kind"], "targeted", "{st:#}");
+    let replica_before = s.restore(before);
+    let differing = differing_block_bytes(&replica_before.join("small.img"), &source);
+    let sent = rs["bytes_sent"].as_u64().unwrap();
+    assert!(differing > 0 && sent > 0, "{st:#}");
+    assert!(
+        sent * 10 <= differing * 11,
+        "the resync sent {sent} bytes for {differing} differing bytes: {st:#}"
+    );
     assert_eq!(
         tracker_status(&s.dir, &s.run_dir)["disks"][0]["mode"],
         "log"
@@ -839,4 +862,223 @@ fn shipper_kill9_at_upload_and_commit_with_real_tracker() {
     for (p, snap) in &snaps {
         same_dirs(&s.restore(*p), snap);
     }
+}
+
+/// Fills `path` (through whatever is mounted there) with `mib` MiB of incompressible data.
+fn fill(path: &Path, mib: u64, seed: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    for i in 0..mib {
+        f.write_all_at(&file_data(seed.wrapping_add(i as u8), 1 << 20), i << 20)
+            .unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+fn new_disk(path: &Path, size: u64) {
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+}
+
+const CHUNK: u64 = 256 * 1024;
+
+/// Bytes of the `CHUNK`-sized blocks in which two files differ.
+fn differing_block_bytes(a: &Path, b: &Path) -> u64 {
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert_eq!(a.len(), b.len());
+    a.chunks(CHUNK as usize)
+        .zip(b.chunks(CHUNK as usize))
+        .filter(|(x, y)| x != y)
+        .map(|(x, _)| x.len() as u64)
+        .sum()
+}
+
+impl Scene {
+    fn shipper_ok(&self, args: &[&str], extra_env: &[(String, String)]) -> serde_json::Value {
+        let mut env = self.server.env.clone();
+        env.extend_from_slice(extra_env);
+        let out = shipper(args, &env, &self.run_dir, &self.state);
+        serde_json::from_str(ok(&out).trim()).unwrap()
+    }
+    fn resync_now(&self, disk: &str) -> serde_json::Value {
+        self.shipper_ok(
+            &[
+                "resync",
+                "--dir",
+                self.dir.to_str().unwrap(),
+                "--target",
+                &self.server.url,
+                "--disk",
+                disk,
+                "--now",
+                "--json",
+            ],
+            &[],
+        )
+    }
+    fn status(&self) -> serde_json::Value {
+        let out = shipper(
+            &["status", "--dir", self.dir.to_str().unwrap(), "--json"],
+            &[],
+            &self.run_dir,
+            &self.state,
+        );
+        serde_json::from_str::<serde_json::Value>(&ok(&out)).unwrap()[0].clone()
+    }
+}
+
+/// kill -9 of the tracker during writes: after the remount the next cycle resyncs only the
+/// extents the tracker reports unclean (it reads nothing else), and the point is exact.
+#[test]
+fn tracker_kill9_targeted_resync_reads_only_reported_extents() {
+    use std::os::unix::fs::FileExt;
+    let s = Scene::new(ServerKind::Local);
+    let disk = s.dir.join("d.img");
+    new_disk(&disk, 64 << 20);
+    let mut tracker = Tracker::mount(&s.dir, &s.run_dir);
+    fill(&disk, 64, 1);
+    assert_eq!(s.sync()["point"], 1);
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    for i in 0..16u64 {
+        f.write_all_at(&file_data(i as u8 + 100, 65536), i * (512 << 10) + 4096)
+            .unwrap();
+    }
+    drop(f);
+    let mut c = tracker.child.take().unwrap();
+    c.kill().unwrap();
+    let _ = c.wait();
+    drop(tracker);
+    tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let st = tracker_status(&s.dir, &s.run_dir);
+    let reported: u64 = st["disks"][0]["unclean_extents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[1].as_u64().unwrap())
+        .sum();
+    assert!(
+        reported > 0,
+        "a kill -9 mid-writes leaves unclean extents: {st:#}"
+    );
+    assert!(reported < 64 << 20, "{st:#}");
+    let r = s.sync();
+    assert_eq!(r["point"], 2);
+    let rs = &r["base_copies"][0]["resync"];
+    assert_eq!(rs["kind"], "targeted", "{r}");
+    let read = rs["bytes_read"].as_u64().unwrap();
+    assert!(
+        read > 0 && read <= reported,
+        "read {read} bytes, reported {reported}: {r}"
+    );
+    // The 16 writes landed in 16 different 256 KiB blocks.
+    assert_eq!(rs["blocks_differing"], 16, "{r}");
+    let sent = rs["bytes_sent"].as_u64().unwrap();
+    assert!(sent <= 16 * CHUNK * 11 / 10, "sent {sent}: {r}");
+    let snap = s.snapshot(2);
+    drop(tracker);
+    same_dirs(&s.restore(2), &snap);
+}
+
+/// An image changed while no tracker was mounted is detected at the next cycle and
+/// resynced by comparing every block; the point is exact.
+#[test]
+fn offline_edit_is_detected_and_resynced() {
+    use std::os::unix::fs::FileExt;
+    let s = Scene::new(ServerKind::Local);
+    let disk = s.dir.join("d.img");
+    new_disk(&disk, 16 << 20);
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    fill(&disk, 16, 3);
+    assert_eq!(s.sync()["point"], 1);
+    drop(tracker);
+    assert!(!is_mounted(&s.dir));
+    // The edit no tracker sees.
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.write_all_at(&file_data(77, 4096), 5 << 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(50));
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let r = s.sync();
+    assert_eq!(r["point"], 2);
+    let rs = &r["base_copies"][0]["resync"];
+    assert_eq!(rs["kind"], "full", "the offline edit must be detected: {r}");
+    assert_eq!(rs["blocks_differing"], 1, "{r}");
+    assert_eq!(rs["bytes_read"], 16 << 20, "{r}");
+    let snap = s.snapshot(2);
+    drop(tracker);
+    same_dirs(&s.restore(2), &snap);
+}
+
+/// kill -9 of the shipper in the middle of a resync: the next run continues from the saved
+/// cursor (nothing read twice), writes made meanwhile ship after it, and the replica is exact.
+#[test]
+fn shipper_kill9_mid_resync_resumes_where_it_stopped() {
+    use std::os::unix::fs::FileExt;
+    let s = Scene::new(ServerKind::Local);
+    let disk = s.dir.join("d.img");
+    new_disk(&disk, 32 << 20);
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    fill(&disk, 32, 5);
+    assert_eq!(s.sync()["point"], 1);
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    for i in 0..8u64 {
+        f.write_all_at(&file_data(i as u8 + 50, 8192), i * (4 << 20) + 65536)
+            .unwrap();
+    }
+    f.sync_all().unwrap();
+    let mut env = s.server.env.clone();
+    env.push(("HRL_SHIPPER_STOP_AT".into(), "mid-resync".into()));
+    let child = Command::new(shipper_bin())
+        .args([
+            "resync",
+            "--dir",
+            s.dir.to_str().unwrap(),
+            "--target",
+            &s.server.url,
+            "--disk",
+            "d.img",
+            "--now",
+        ])
+        .envs(env)
+        .env("HRL_RUN_DIR", &s.run_dir)
+        .env("HRL_STATE_DIR", &s.state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let marker = s.state.join("stopped-at-mid-resync");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !marker.exists() {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "the shipper exited before the mid-resync stop"
+        );
+        assert!(Instant::now() < deadline, "no mid-resync stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.0.kill().unwrap();
+    let _ = child.0.wait();
+    let st = s.status();
+    let half = &st["disks"][0]["resync"];
+    assert_eq!(half["blocks_total"], 128, "{st:#}");
+    assert_eq!(half["blocks_compared"], 64, "{st:#}");
+    // Writes while the resync is interrupted: logged, shipped after it.
+    f.write_all_at(&file_data(90, 4096), 1 << 20).unwrap();
+    f.write_all_at(&file_data(91, 4096), 30 << 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let r = s.resync_now("d.img");
+    let rs = &r["base_copies"][0]["resync"];
+    assert_eq!(rs["resumed"], 1, "{r}");
+    assert_eq!(rs["blocks_compared"], 128, "{r}");
+    // Each block read once over both runs: the second run did not start over.
+    assert_eq!(rs["bytes_read"], 32 << 20, "{r}");
+    assert!(rs["blocks_differing"].as_u64().unwrap() >= 8, "{r}");
+    assert!(r["logs_shipped"].as_u64().unwrap() >= 1, "{r}");
+    let p = r["point"].as_u64().unwrap();
+    assert_eq!(p, 2);
+    let snap = s.snapshot(p);
+    drop(tracker);
+    same_dirs(&s.restore(p), &snap);
 }

@@ -807,7 +807,8 @@ fn sync_beside_the_running_service_does_not_race() {
 }
 
 /// Outside the resync window the service leaves a disk that needs a resync in bitmap mode
-/// (Warning, saying why); an operator's `sync` resyncs at once.
+/// (Warning, saying why) and nothing runs; `resync --now` runs it at once, beside the
+/// service, reading only the marked blocks.
 #[test]
 fn resync_waits_for_its_window_unless_requested() {
     let e = env(ServerKind::Local);
@@ -859,12 +860,19 @@ fn resync_waits_for_its_window_unless_requested() {
     assert_eq!(st["health"], "Warning");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(e.points(), 1, "no point while the resync waits");
-    drop(child);
     let mut a = e.sync_args();
-    a.push("--json".into());
+    a[0] = "resync".into();
+    a.extend(["--now".into(), "--json".into()]);
     let out = ok(&e.shipper_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+    drop(child);
     let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(r["base_copies"].as_array().unwrap().len(), 1, "{r}");
+    let rs = &r["base_copies"][0]["resync"];
+    assert_eq!(rs["kind"], "targeted", "{r}");
+    // One 256 KiB block holds the bitmap-mode write: only it is read and sent.
+    assert_eq!(rs["bytes_read"], 256 * 1024, "{r}");
+    assert_eq!(rs["blocks_differing"], 1, "{r}");
+    assert!(rs["bytes_sent"].as_u64().unwrap() > 0, "{r}");
     let snap = e.snapshot("s.img");
     let to = e.tmp.path().join("r");
     ok(&e.restore("latest", &to));
