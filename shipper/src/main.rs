@@ -113,7 +113,8 @@ struct SyncArgs {
     target: String,
     #[arg(long)]
     group: Option<String>,
-    /// Take a new base copy of every disk (after a broken chain; only changed blocks upload).
+    /// Resync every disk: compare every block with the replica and commit a new base (after a
+    /// broken chain; only blocks that differ upload).
     #[arg(long)]
     resync: bool,
     /// Print what the cycle did as JSON.

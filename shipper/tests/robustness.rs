@@ -890,3 +890,68 @@ fn resync_waits_for_its_window_unless_requested() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("HH:MM-HH:MM"), "{}", stderr(&bad));
 }
+
+/// `resync --pause` holds a resync back inside the window (Warning, saying so, no point);
+/// `resync --resume` lets the service run it, and the replica is exact.
+#[test]
+fn resync_pause_and_resume() {
+    let e = env(ServerKind::Local);
+    e.tracker.write("disk0.img", 0, &data(1, 100_000));
+    ok(&e.sync(&[]));
+    e.tracker
+        .set_mode("disk0.img", hrl::control::DiskMode::Bitmap);
+    e.tracker.write("disk0.img", 2 << 20, &data(4, 70_000));
+    let dir = e.dir.to_str().unwrap().to_string();
+    let out = ok(&e.shipper_env(&["resync", "--dir", &dir, "--pause"], &[]));
+    assert!(out.contains("paused"), "{out}");
+    let child = Command::new(shipper_bin())
+        .args(["run", "--dir", &dir, "--target", &e.server.url])
+        .args([
+            "--interval",
+            "1s",
+            "--retry-unit",
+            "1s",
+            "--resync-window",
+            "any",
+        ])
+        .env("HRL_RUN_DIR", &e.run)
+        .env("HRL_STATE_DIR", &e.state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = KillOnDrop(child);
+    let wait = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let st = e.status();
+            if f(&st) {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {st:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let st = wait("the paused resync", &|st| {
+        st["last_error"]
+            .as_str()
+            .is_some_and(|m| m.contains("an operator paused"))
+    });
+    assert_eq!(st["health"], "Warning");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(e.points(), 1, "no point while resyncs are paused");
+    let out = ok(&e.shipper_env(&["resync", "--dir", &dir, "--resume"], &[]));
+    assert!(out.contains("resumed"), "{out}");
+    let st = wait("the resync point", &|st| {
+        st["last_point_id"].as_u64().is_some_and(|p| p >= 2) && st["health"] == "Normal"
+    });
+    assert_eq!(st["disks"][0]["last_resync"]["kind"], "targeted", "{st:#}");
+    drop(_child);
+    let snap = e.snapshot("s.img");
+    let to = e.tmp.path().join("r");
+    ok(&e.restore("latest", &to));
+    assert_same_file(&to.join("disk0.img"), &snap);
+}
