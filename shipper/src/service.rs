@@ -107,7 +107,7 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
                     s.next_retry_ns = Some(hrl::now_ns() + job.interval.as_nanos() as u64);
                 }
                 // No point is made meanwhile, so the other disks' logs pile up too.
-                if let Err(e) = enforce_log_budget(&p.dir, &status).await {
+                if let Err(e) = enforce_log_budget(&p.dir, &p.state_dir, &status).await {
                     warn!(dir = %p.dir.display(), "cannot check the log budget: {e:#}");
                 }
                 save(p, &status);
@@ -125,7 +125,7 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
                         s.next_retry_ns = Some(hrl::now_ns() + d.as_nanos() as u64);
                     }
                     save(p, &status);
-                    if let Err(e) = enforce_log_budget(&p.dir, &status).await {
+                    if let Err(e) = enforce_log_budget(&p.dir, &p.state_dir, &status).await {
                         warn!(dir = %p.dir.display(), "cannot check the log budget: {e:#}");
                     }
                     save(p, &status);
@@ -169,7 +169,11 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
 /// The 50% rule: a disk whose unshipped logs exceed half its size goes to bitmap-only
 /// tracking and resync required; its logs are released (the resync copies the whole disk,
 /// and the bitmap keeps every change marked meanwhile).
-pub async fn enforce_log_budget(dir: &Path, status: &Mutex<DirStatus>) -> Result<()> {
+pub async fn enforce_log_budget(
+    dir: &Path,
+    state_dir: &Path,
+    status: &Mutex<DirStatus>,
+) -> Result<()> {
     let mut t = TrackerClient::connect(dir).await?;
     let st = t.status().await?;
     let pending = t.pending().await?;
@@ -210,6 +214,11 @@ pub async fn enforce_log_budget(dir: &Path, status: &Mutex<DirStatus>) -> Result
                     _ => entry.resync_full = true,
                 }
                 entry.resync_extents = merge_extents(std::mem::take(&mut entry.resync_extents));
+                // An interrupted resync counted on the logs after its seal: plan it again
+                // (the marks, unclean extents and the ranges kept here still cover it all).
+                if !id.is_empty() {
+                    crate::resync::drop_job(state_dir, &id);
+                }
                 entry.resync_reason = Some(
                     "unshipped logs exceeded 50% of the disk size (logs dropped, bitmap tracking)"
                         .into(),
