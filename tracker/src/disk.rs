@@ -429,7 +429,10 @@ impl Disk {
         // fail for lack of space (ENOSPC would leave a record the image does not have).
         reserve(fd, off, data.len() as u64)?;
         st.record(ChangeRef::Write { offset: off, data })?;
-        sys::pwrite_all(fd, data, off)?;
+        if let Err(e) = sys::pwrite_all(fd, data, off) {
+            self.compensate(&mut st, off, off + data.len() as u64);
+            return Err(e);
+        }
         st.size = st.size.max(off + data.len() as u64);
         Ok(())
     }
@@ -441,7 +444,10 @@ impl Disk {
         let (lo, hi) = (cur.min(size), cur.max(size));
         Self::mark(&mut st, lo, hi - lo)?;
         st.record(ChangeRef::Other(Change::Truncate { size }))?;
-        sys::ftruncate(fd, size)?;
+        if let Err(e) = sys::ftruncate(fd, size) {
+            self.compensate(&mut st, lo, lo);
+            return Err(e);
+        }
         st.size = size;
         Ok(())
     }
@@ -482,11 +488,57 @@ impl Disk {
                 }))?;
             }
         }
-        sys::fallocate(fd, mode, off, len)?;
+        if let Err(e) = sys::fallocate(fd, mode, off, len) {
+            self.compensate(&mut st, off, within.max(off));
+            return Err(e);
+        }
         if grows {
             st.size = end;
         }
         Ok(())
+    }
+
+    /// The image refused (or half did) a change whose record is already logged: log what
+    /// the image really holds over `[off, end)` and its real size, so that replaying the log
+    /// still gives exactly the image. Runs under the disk lock, so nothing else changes the
+    /// range meanwhile. If even that cannot be logged, the range is held for resync.
+    fn compensate(&self, st: &mut DiskState, off: u64, end: u64) {
+        const CHUNK: u64 = 1 << 20;
+        let image = self.image.as_raw_fd();
+        let result = (|| -> io::Result<u64> {
+            let size = sys::fstat(image)?.st_size as u64;
+            st.record(ChangeRef::Other(Change::Truncate { size }))?;
+            let end = end.min(size);
+            let mut pos = off;
+            while pos < end {
+                let n = (end - pos).min(CHUNK);
+                let data = sys::pread_full(image, n as usize, pos)?;
+                if data.len() as u64 != n {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                if hrl::chunk::is_zero(&data) {
+                    st.record(ChangeRef::Other(Change::Zero {
+                        offset: pos,
+                        len: n,
+                    }))?;
+                } else {
+                    st.record(ChangeRef::Write {
+                        offset: pos,
+                        data: &data,
+                    })?;
+                }
+                pos += n;
+            }
+            Ok(size)
+        })();
+        match result {
+            Ok(size) => st.size = size,
+            Err(e) => {
+                tracing::error!(disk = %st.name, offset = off, error = %e,
+                    "a refused change could not be compensated in the log; its range is held for resync");
+                st.hold_range(off, end.saturating_sub(off).max(1));
+            }
+        }
     }
 
     /// copy_file_range into this disk: read from the source, then a logged write.

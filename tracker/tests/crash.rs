@@ -156,6 +156,58 @@ fn enospc_refuses_the_write_and_replay_still_matches() {
     m.unmount();
 }
 
+/// fallocate calls the backing filesystem refuses after their record is logged (ZERO_RANGE is
+/// not supported on tmpfs; growing past the free space is ENOSPC): the writer gets the error
+/// and the log still replays to exactly the image.
+#[test]
+fn refused_fallocate_keeps_replay_exact() {
+    use std::os::fd::AsRawFd;
+    let tmp = scratch();
+    let small = tmp.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
+        .arg(&small));
+    let _g = TmpfsGuard(small.clone());
+    let dir = small.join("vms");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("d.raw"), pattern(7, 2 * MIB)).unwrap();
+    let base = tmp.path().join("base.raw");
+    std::fs::copy(dir.join("d.raw"), &base).unwrap();
+    let m = Mounted::in_place(&dir, &tmp.path().join("run"));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("d.raw"))
+        .unwrap();
+    let fallocate = |mode: i32, off: i64, len: i64| {
+        // SAFETY: plain syscall on an open descriptor.
+        let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) };
+        (rc == 0)
+            .then_some(())
+            .ok_or_else(std::io::Error::last_os_error)
+    };
+    let e = fallocate(libc::FALLOC_FL_ZERO_RANGE, 4096, 65536).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+    let e = fallocate(libc::FALLOC_FL_ZERO_RANGE, MIB as i64, 4 * MIB as i64).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+    let e = fallocate(0, 0, 64 * MIB as i64).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    // What the filesystem can do still works and is logged.
+    fallocate(
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        8192,
+        4096,
+    )
+    .unwrap();
+    drop(f);
+    m.seal();
+    let out = scratch();
+    let replayed = replay(&base, &sealed_logs(&dir, "d.raw"), out.path());
+    assert_files_equal(&replayed, &m.path("d.raw"));
+    m.unmount();
+}
+
 #[test]
 fn sigterm_unmounts_and_closes_logs_cleanly() {
     let tmp = scratch();
