@@ -160,6 +160,8 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             .filter(|d| needs_resync(d))
             .map(|d| d.disk.as_str())
             .collect();
+        mark_waiting(status, &tstatus, &waiting);
+        save_status();
         if !waiting.is_empty() {
             return Err(ResyncDeferred(format!(
                 "{} need(s) a resync, which an operator paused (`hrl-shipper resync --dir {} --resume` continues)",
@@ -177,9 +179,11 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             .filter(|d| needs_resync(d))
             .map(|d| d.disk.as_str())
             .collect();
+        mark_waiting(status, &tstatus, &waiting);
+        save_status();
         if !waiting.is_empty() {
             return Err(ResyncDeferred(format!(
-                "{} need(s) a resync, which waits for the resync window {w} (run `hrl-shipper sync --dir {}` to resync now)",
+                "{} need(s) a resync, which waits for the resync window {w} (run `hrl-shipper resync --dir {} --now` to resync now)",
                 waiting.join(", "),
                 p.dir.display()
             ))
@@ -902,5 +906,33 @@ async fn run_resync(
             Err(ResyncDeferred(format!("{e:#}")).into())
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Disks whose resync waits (window, pause): state "resync required", with the reason when
+/// none is recorded yet.
+fn mark_waiting(status: &Mutex<DirStatus>, t: &hrl::control::MountStatus, waiting: &[&str]) {
+    let Ok(mut s) = status.lock() else {
+        return;
+    };
+    for name in waiting {
+        let Some(d) = s.disks.iter_mut().find(|d| d.disk == *name) else {
+            continue;
+        };
+        if d.state != DiskState::Resyncing {
+            d.state = DiskState::ResyncRequired;
+        }
+        if d.resync_reason.is_none() {
+            let ts = t.disks.iter().find(|x| x.disk == *name);
+            d.resync_reason = Some(match ts {
+                Some(x) if !x.unclean_extents.is_empty() => {
+                    "the tracker stopped uncleanly; its reported extents are resynced".into()
+                }
+                Some(x) if x.mode == DiskMode::Bitmap => {
+                    "the disk is in bitmap-only tracking".into()
+                }
+                _ => "a resync was requested or interrupted".into(),
+            });
+        }
     }
 }

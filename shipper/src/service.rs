@@ -240,7 +240,7 @@ pub async fn enforce_log_budget(
                     .unwrap_or_default();
                 let entry = s.disk_mut(&d.disk, &id);
                 entry.state = DiskState::ResyncRequired;
-                entry.health = entry.health.max(Health::Warning);
+                entry.health = Health::Critical;
                 entry.last_error = Some("unshipped logs exceeded 50% of the disk size; a resync runs when the store is reachable".into());
             }
         }

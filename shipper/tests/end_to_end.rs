@@ -720,6 +720,13 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
         st["disks"][0]["state"] == "resync_required"
     });
     assert_eq!(st["health"], "Warning");
+    assert_eq!(st["disks"][0]["health"], "Critical", "{st:#}");
+    assert!(
+        st["disks"][0]["resync_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("50%")),
+        "{st:#}"
+    );
     let ts = tracker_status(&s.dir, &s.run_dir);
     assert_eq!(ts["disks"][0]["mode"], "bitmap", "{ts:#}");
     let on_host = |ts: &serde_json::Value| {

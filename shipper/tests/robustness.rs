@@ -858,6 +858,8 @@ fn resync_waits_for_its_window_unless_requested() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(st["health"], "Warning");
+    assert_eq!(st["disks"][0]["state"], "resync_required", "{st:#}");
+    assert!(st["disks"][0]["resync_reason"].is_string(), "{st:#}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(e.points(), 1, "no point while the resync waits");
     let mut a = e.sync_args();
