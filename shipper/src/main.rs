@@ -130,8 +130,10 @@ struct ResyncArgs {
     /// Protected directory (the tracker's mount).
     #[arg(long)]
     dir: PathBuf,
+    /// Store URL (as for `sync`).
     #[arg(long, default_value = target::DEFAULT_TARGET)]
     target: String,
+    /// Group name in the store (default: the directory's name).
     #[arg(long)]
     group: Option<String>,
     /// Resync this disk (a file name in DIR); a disk that needs no resync is compared block
