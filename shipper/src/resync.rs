@@ -519,6 +519,26 @@ mod tests {
     }
 
     #[test]
+    fn progress_line_names_counts_and_time_left() {
+        let p = ResyncProgress {
+            kind: Some(ResyncKind::Targeted),
+            blocks_total: 100,
+            blocks_compared: 40,
+            blocks_differing: 3,
+            bytes_read: 40 << 18,
+            bytes_sent: 3 << 18,
+            eta_s: Some(75),
+            resumed: 1,
+        };
+        let line = p.render();
+        assert!(line.contains("targeted"), "{line}");
+        assert!(line.contains("40/100 blocks compared"), "{line}");
+        assert!(line.contains("3 differ"), "{line}");
+        assert!(line.contains("1m15s left"), "{line}");
+        assert!(line.contains("resumed 1x"), "{line}");
+    }
+
+    #[test]
     fn job_round_trips_through_the_state_dir() {
         let dir = tempfile::tempdir().unwrap();
         let job = ResyncJob {
