@@ -787,7 +787,8 @@ async fn plan_resync(
     work: &Path,
 ) -> Result<Option<(crate::resync::ResyncJob, hrl::chunk::ChunkIndex)>> {
     use crate::resync::{blocks_of, full_compare_blocks, log_extents, ResyncJob, ResyncKind};
-    let Some(replica) = crate::resync::replica_index(&p.store, prev, work).await? else {
+    let Some((replica, rebuilt_sent)) = crate::resync::replica_index(&p.store, prev, work).await?
+    else {
         info!(disk = %sealed.disk, "the replica's size changed since its base: copying the disk");
         return Ok(None);
     };
@@ -860,7 +861,10 @@ async fn plan_resync(
         kind,
         blocks,
         cursor: 0,
-        progress: Default::default(),
+        progress: crate::resync::ResyncProgress {
+            rebuilt_bytes_sent: rebuilt_sent,
+            ..Default::default()
+        },
         elapsed_s: 0.0,
     };
     crate::resync::save_job(&p.state_dir, &job, &replica)?;

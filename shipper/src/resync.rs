@@ -56,6 +56,10 @@ pub struct ResyncProgress {
     pub bytes_read: u64,
     /// Compressed chunk bytes uploaded.
     pub bytes_sent: u64,
+    /// Compressed bytes of the replica's own blocks that only existed in shipped logs,
+    /// uploaded as chunks so that the new base holds them (not part of the difference).
+    #[serde(default)]
+    pub rebuilt_bytes_sent: u64,
     /// Estimated seconds left at the rate so far.
     pub eta_s: Option<u64>,
     /// Times this resync was resumed after an interruption.
@@ -74,12 +78,13 @@ impl ResyncProgress {
             .eta_s
             .map_or_else(|| "?".to_string(), |s| format!("{}m{:02}s", s / 60, s % 60));
         format!(
-            "resync ({kind}): {}/{} blocks compared, {} differ, {} read, {} sent, {eta} left{}",
+            "resync ({kind}): {}/{} blocks compared, {} differ, {} read, {} sent (+{} of blocks rebuilt from logs), {eta} left{}",
             self.blocks_compared,
             self.blocks_total,
             self.blocks_differing,
             crate::status::human_bytes(self.bytes_read),
             crate::status::human_bytes(self.bytes_sent),
+            crate::status::human_bytes(self.rebuilt_bytes_sent),
             if self.resumed > 0 {
                 format!(", resumed {}x", self.resumed)
             } else {
@@ -194,13 +199,15 @@ pub fn log_extents(logs: &[PathBuf]) -> Result<Option<Vec<(u64, u64)>>> {
 }
 
 /// The digests of the replica of `entry` as of its point: the base index, with every block
-/// the later shipped logs touch rebuilt (base chunk, then the logs replayed) and hashed.
-/// `None` when the logs change the disk's size (the caller copies the disk as a new base).
+/// the later shipped logs touch rebuilt (base chunk, then the logs replayed), hashed, and
+/// stored as a chunk (a new base refers to it, and until now it lived only in logs).
+/// Returns the index and the compressed bytes uploaded for those blocks; `None` when the
+/// logs change the disk's size (the caller copies the disk as a new base).
 pub async fn replica_index(
     store: &GroupStore,
     entry: &DiskEntry,
     work: &Path,
-) -> Result<Option<ChunkIndex>> {
+) -> Result<Option<(ChunkIndex, u64)>> {
     let idx_bytes = store.get(&entry.base.index_key).await?;
     let hash = hrl::to_hex(blake3::hash(&idx_bytes).as_bytes());
     if !hash.eq_ignore_ascii_case(&entry.base.index_hash) {
@@ -220,7 +227,7 @@ pub async fn replica_index(
         return Ok(None);
     }
     if entry.last_seq == entry.base.after_seq {
-        return Ok(Some(index));
+        return Ok(Some((index, 0)));
     }
     // Fetch the logs after the base.
     let names = store
@@ -294,15 +301,28 @@ pub async fn replica_index(
     }
     let file = File::open(&scratch).with_context(|| format!("open {}", scratch.display()))?;
     let mut buf = vec![0u8; bs as usize];
+    let mut sent = 0u64;
     for &b in &touched {
         let off = b * bs;
         let len = bs.min(entry.disk_size - off) as usize;
         crate::initial::read_full_at(&file, &mut buf[..len], off)
             .with_context(|| format!("read {}", scratch.display()))?;
-        index.digests[b as usize] = hrl::chunk::block_digest(&buf[..len]);
+        let digest = hrl::chunk::block_digest(&buf[..len]);
+        index.digests[b as usize] = digest;
+        if digest != ZERO_DIGEST {
+            let bytes = compress(&buf[..len])?;
+            let n = bytes.len() as u64;
+            if store
+                .put_immutable(&hrl::store::chunk_key(&digest), bytes)
+                .await?
+                == Put::Created
+            {
+                sent += n;
+            }
+        }
     }
-    info!(disk = %entry.name, rebuilt_blocks = touched.len(), "replica digests rebuilt from base and logs");
-    Ok(Some(index))
+    info!(disk = %entry.name, rebuilt_blocks = touched.len(), rebuilt_bytes_sent = sent, "replica digests rebuilt from base and logs");
+    Ok(Some((index, sent)))
 }
 
 async fn fetch_chunk(store: &GroupStore, digest: &Digest) -> Result<Vec<u8>> {
@@ -527,6 +547,7 @@ mod tests {
             blocks_differing: 3,
             bytes_read: 40 << 18,
             bytes_sent: 3 << 18,
+            rebuilt_bytes_sent: 0,
             eta_s: Some(75),
             resumed: 1,
         };

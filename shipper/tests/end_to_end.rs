@@ -944,7 +944,15 @@ fn tracker_kill9_targeted_resync_reads_only_reported_extents() {
     let mut tracker = Tracker::mount(&s.dir, &s.run_dir);
     fill(&disk, 64, 1);
     assert_eq!(s.sync()["point"], 1);
+    // A point with a log after the base: the replica of these blocks lives only in logs, and
+    // the resync's new base must still restore them.
     let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.write_all_at(&file_data(200, 8192), 40 << 20).unwrap();
+    f.write_all_at(&file_data(201, 8192), 2 << 20).unwrap();
+    f.sync_all().unwrap();
+    let r = s.sync();
+    assert_eq!(r["point"], 2);
+    assert!(r["logs_shipped"].as_u64().unwrap() >= 1, "{r}");
     for i in 0..16u64 {
         f.write_all_at(&file_data(i as u8 + 100, 65536), i * (512 << 10) + 4096)
             .unwrap();
@@ -968,9 +976,11 @@ fn tracker_kill9_targeted_resync_reads_only_reported_extents() {
     );
     assert!(reported < 64 << 20, "{st:#}");
     let r = s.sync();
-    assert_eq!(r["point"], 2);
+    assert_eq!(r["point"], 3);
     let rs = &r["base_copies"][0]["resync"];
     assert_eq!(rs["kind"], "targeted", "{r}");
+    // The two blocks the shipped log changed became chunks of the new base.
+    assert!(rs["rebuilt_bytes_sent"].as_u64().unwrap() > 0, "{r}");
     let read = rs["bytes_read"].as_u64().unwrap();
     assert!(
         read > 0 && read <= reported,
@@ -980,9 +990,9 @@ fn tracker_kill9_targeted_resync_reads_only_reported_extents() {
     assert_eq!(rs["blocks_differing"], 16, "{r}");
     let sent = rs["bytes_sent"].as_u64().unwrap();
     assert!(sent <= 16 * CHUNK * 11 / 10, "sent {sent}: {r}");
-    let snap = s.snapshot(2);
+    let snap = s.snapshot(3);
     drop(tracker);
-    same_dirs(&s.restore(2), &snap);
+    same_dirs(&s.restore(3), &snap);
 }
 
 /// An image changed while no tracker was mounted is detected at the next cycle and
