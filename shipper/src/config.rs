@@ -7,7 +7,8 @@
 //! retry_unit = "1m"                   # optional: back-off unit (tests use seconds)
 //! state_dir = "/var/lib/hrl/shipper"  # optional
 //! chunk_size = 262144                 # optional, bytes, power of two
-//! resync_window = "18:00-07:00"       # optional: local time in which resyncs may run
+//! resync_window = "18:00-08:00"       # optional: local time in which automatic resyncs
+//!                                     # run (default 18:00-08:00; "any": no limit)
 //!
 //! [[dir]]
 //! path = "/vms/vm1"

@@ -1,6 +1,7 @@
 //! The resync window: the daily span of local time in which the service may run the resyncs
-//! the 50% rule or an unclean tracker stop call for (they re-read whole disks). Outside it,
-//! the directory waits with its disks in bitmap tracking; `hrl-shipper sync` resyncs at once.
+//! the 50% rule, an unclean tracker stop or an offline edit call for (they read and upload
+//! much more than an interval). Outside it, the directory waits with its disks in bitmap
+//! tracking; `hrl-shipper resync --now` (or `sync`) resyncs at once.
 
 use anyhow::{bail, Result};
 
