@@ -91,6 +91,10 @@ mod tests {
 
     #[test]
     fn windows_parse_and_wrap_past_midnight() {
+        assert_eq!(parse_option("any").unwrap(), None);
+        let default = parse_option(DEFAULT_WINDOW).unwrap().unwrap();
+        assert!(default.contains_minute(20 * 60) && !default.contains_minute(10 * 60));
+        assert!(parse_option("sometimes").is_err());
         let night = Window::parse("18:00-07:30").unwrap();
         assert!(night.contains_minute(23 * 60));
         assert!(night.contains_minute(7 * 60 + 29));
