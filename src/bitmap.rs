@@ -4,7 +4,8 @@
 //! flag tells the next user whether the previous one stopped cleanly.
 //!
 //! File layout: a 4 KiB header (magic `hrl-bmp\0`, version u16, extent size u32 at 12,
-//! disk size u64 at 16, bit count u64 at 24, clean flag u8 at 32), then the bits, LSB first.
+//! disk size u64 at 16, bit count u64 at 24, clean flag u8 at 32, image stamp flag u8 at 33,
+//! image size / mtime ns / ctime ns u64 at 40 / 48 / 56), then the bits, LSB first.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,35 @@ const MAGIC: [u8; 8] = *b"hrl-bmp\0";
 const VERSION: u16 = 1;
 const HEADER_LEN: usize = 4096;
 const CLEAN_OFFSET: usize = 32;
+const STAMP_FLAG_OFFSET: usize = 33;
+const STAMP_OFFSET: usize = 40;
+
+/// What the image looked like when tracking stopped cleanly. A different stamp at the next
+/// start means the image was changed while nothing tracked it (ctime cannot be set back by
+/// tools that copy or touch files, so it catches edits that restore the mtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageStamp {
+    pub size: u64,
+    pub mtime_ns: u64,
+    pub ctime_ns: u64,
+}
+
+impl ImageStamp {
+    /// The stamp of an image from its metadata.
+    pub fn of(md: &std::fs::Metadata) -> ImageStamp {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| {
+            (s.max(0) as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(n.max(0) as u64)
+        };
+        ImageStamp {
+            size: md.size(),
+            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BitmapError {
@@ -38,6 +68,8 @@ pub struct DirtyBitmap {
     map: MmapMut,
     extent_size: u32,
     disk_size: u64,
+    /// The stamp recorded by the last clean close, if that close recorded one.
+    clean_stamp: Option<ImageStamp>,
 }
 
 fn bits_for(disk_size: u64, extent: u32) -> u64 {
@@ -76,10 +108,10 @@ impl DirtyBitmap {
             .open(path)
             .map_err(io("open bitmap"))?;
         let len = file.metadata().map_err(io("stat bitmap"))?.len();
-        let (extent_size, existing_size, was_clean) = if len == 0 {
+        let (extent_size, existing_size, was_clean, clean_stamp) = if len == 0 {
             file.set_len(file_len_for(bits_for(disk_size, extent_size)))
                 .map_err(io("size bitmap"))?;
-            (extent_size, disk_size, true)
+            (extent_size, disk_size, true, None)
         } else {
             let bad = |reason: String| BitmapError::Bad {
                 path: path.to_path_buf(),
@@ -88,7 +120,7 @@ impl DirtyBitmap {
             if len < HEADER_LEN as u64 {
                 return Err(bad(format!("file is {len} bytes, shorter than its header")));
             }
-            let mut h = [0u8; 40];
+            let mut h = [0u8; 64];
             std::os::unix::fs::FileExt::read_exact_at(&file, &mut h, 0)
                 .map_err(io("read bitmap header"))?;
             if h[0..8] != MAGIC || u16::from_le_bytes([h[8], h[9]]) != VERSION {
@@ -101,7 +133,14 @@ impl DirtyBitmap {
                     "extent size {es} / disk size {ds} do not fit a {len}-byte file"
                 )));
             }
-            (es, ds, h[CLEAN_OFFSET] == 1)
+            let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap_or_default());
+            let clean = h[CLEAN_OFFSET] == 1;
+            let stamp = (clean && h[STAMP_FLAG_OFFSET] == 1).then(|| ImageStamp {
+                size: word(STAMP_OFFSET),
+                mtime_ns: word(STAMP_OFFSET + 8),
+                ctime_ns: word(STAMP_OFFSET + 16),
+            });
+            (es, ds, clean, stamp)
         };
         // SAFETY: the file is hrl's own and only this process maps it for writing; the length
         // is fixed while the map lives (resize remaps).
@@ -112,8 +151,9 @@ impl DirtyBitmap {
             map,
             extent_size,
             disk_size: existing_size,
+            clean_stamp,
         };
-        bm.write_header(false);
+        bm.write_header(false, None);
         bm.flush()?;
         if disk_size > existing_size {
             bm.resize(disk_size)?;
@@ -121,7 +161,7 @@ impl DirtyBitmap {
         Ok((bm, was_clean))
     }
 
-    fn write_header(&mut self, clean: bool) {
+    fn write_header(&mut self, clean: bool, stamp: Option<ImageStamp>) {
         let h = &mut self.map[..HEADER_LEN];
         h[0..8].copy_from_slice(&MAGIC);
         h[8..10].copy_from_slice(&VERSION.to_le_bytes());
@@ -129,6 +169,21 @@ impl DirtyBitmap {
         h[16..24].copy_from_slice(&self.disk_size.to_le_bytes());
         h[24..32].copy_from_slice(&bits_for(self.disk_size, self.extent_size).to_le_bytes());
         h[CLEAN_OFFSET] = u8::from(clean);
+        h[STAMP_FLAG_OFFSET] = u8::from(stamp.is_some());
+        let st = stamp.unwrap_or(ImageStamp {
+            size: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+        });
+        h[STAMP_OFFSET..STAMP_OFFSET + 8].copy_from_slice(&st.size.to_le_bytes());
+        h[STAMP_OFFSET + 8..STAMP_OFFSET + 16].copy_from_slice(&st.mtime_ns.to_le_bytes());
+        h[STAMP_OFFSET + 16..STAMP_OFFSET + 24].copy_from_slice(&st.ctime_ns.to_le_bytes());
+    }
+
+    /// The image stamp the last clean close recorded (None after an unclean stop, for a new
+    /// bitmap, or when the close recorded none).
+    pub fn clean_stamp(&self) -> Option<ImageStamp> {
+        self.clean_stamp
     }
 
     fn bits(&self) -> &BitSlice<u8, Lsb0> {
@@ -245,7 +300,7 @@ impl DirtyBitmap {
             self.map = unsafe { MmapMut::map_mut(&self.file) }.map_err(io("remap bitmap"))?;
         }
         self.disk_size = disk_size;
-        self.write_header(false);
+        self.write_header(false, None);
         Ok(())
     }
 
@@ -259,8 +314,14 @@ impl DirtyBitmap {
     }
 
     /// Records a clean shutdown: the marks stay, and the next `open` reports a clean stop.
-    pub fn close_clean(mut self) -> Result<(), BitmapError> {
-        self.write_header(true);
+    pub fn close_clean(self) -> Result<(), BitmapError> {
+        self.close_clean_with(None)
+    }
+
+    /// Records a clean shutdown and what the image looks like now, so that the next user can
+    /// tell whether it was changed in between.
+    pub fn close_clean_with(mut self, stamp: Option<ImageStamp>) -> Result<(), BitmapError> {
+        self.write_header(true, stamp);
         self.flush()
     }
 }
@@ -295,6 +356,27 @@ mod tests {
         assert_eq!(bm.dirty_extents(), vec![(8192, 2 * 4096)]);
         bm.clear_all();
         assert!(bm.dirty_extents().is_empty());
+    }
+
+    #[test]
+    fn clean_close_keeps_the_image_stamp_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        let stamp = ImageStamp {
+            size: 5,
+            mtime_ns: 6,
+            ctime_ns: 7,
+        };
+        let (bm, _) = DirtyBitmap::open(&p, 4096, 1 << 20).unwrap();
+        assert_eq!(bm.clean_stamp(), None);
+        bm.close_clean_with(Some(stamp)).unwrap();
+        let (bm, clean) = DirtyBitmap::open(&p, 4096, 1 << 20).unwrap();
+        assert!(clean);
+        assert_eq!(bm.clean_stamp(), Some(stamp));
+        drop(bm); // a crash: the stamp no longer vouches for the image
+        let (bm, clean) = DirtyBitmap::open(&p, 4096, 1 << 20).unwrap();
+        assert!(!clean);
+        assert_eq!(bm.clean_stamp(), None);
     }
 
     #[test]

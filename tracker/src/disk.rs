@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use hrl::bitmap::{BitmapError, DirtyBitmap};
+use hrl::bitmap::{BitmapError, DirtyBitmap, ImageStamp};
 use hrl::control::{DiskMode, DiskStatus, SealedLog};
 use hrl::log::{LogError, LogHeader, LogWriter};
 use hrl::naming;
@@ -280,7 +280,7 @@ impl Disk {
                 source: e,
             })?
             .len();
-        let (bitmap, bitmap_clean) =
+        let (mut bitmap, bitmap_clean) =
             DirtyBitmap::open(&naming::bitmap_path(&disk_path), EXTENT_SIZE, size)?;
         let active = naming::active_log_path(&disk_path);
         let (log, log_clean, torn_at) = if active.exists() {
@@ -315,6 +315,23 @@ impl Disk {
             (LogWriter::create(&active, &h)?, true, None)
         };
         let recovered = !(bitmap_clean && log_clean) || torn_at.is_some();
+        // After a clean stop the bitmap holds the image's stamp from then: a different stamp
+        // now means the image was changed while nothing tracked it. Every block may differ.
+        let offline_change = match (recovered, bitmap.clean_stamp()) {
+            (false, Some(then)) => {
+                let now = image.metadata().map(|m| ImageStamp::of(&m)).ok();
+                if now != Some(then) {
+                    tracing::warn!(disk = name, ?then, ?now,
+                        "the image changed while it was not tracked; reporting the whole disk as unclean");
+                    bitmap.mark(0, size.max(then.size).max(1))?;
+                    bitmap.flush()?;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        };
         let mut held = HashSet::new();
         let es = u64::from(bitmap.extent_size());
         // Marks still set were not cleared by a clean stop (crash) or are bitmap-mode marks
@@ -325,7 +342,11 @@ impl Disk {
                 held.insert(e);
             }
         }
-        let unclean = if recovered { marked } else { Vec::new() };
+        let unclean = if recovered || offline_change {
+            marked
+        } else {
+            Vec::new()
+        };
         if recovered {
             tracing::warn!(
                 disk = name,
@@ -717,6 +738,7 @@ impl Disk {
             log.close_clean().map_err(log_err)?;
         }
         sys::fsync(self.image.as_raw_fd(), false)?;
+        let stamp = self.image.metadata().map(|m| ImageStamp::of(&m)).ok();
         if let Some(mut bm) = st.bitmap.take() {
             let es = u64::from(bm.extent_size());
             let logged: Vec<u64> = st
@@ -729,7 +751,7 @@ impl Disk {
                     bm.clear(e * es, es);
                 }
             }
-            bm.close_clean().map_err(bitmap_err)?;
+            bm.close_clean_with(stamp).map_err(bitmap_err)?;
         }
         Ok(())
     }

@@ -208,6 +208,63 @@ fn refused_fallocate_keeps_replay_exact() {
     m.unmount();
 }
 
+/// An image changed while no tracker was mounted — even with its mtime put back — is reported
+/// at the next mount: the whole disk is unclean (and marked) until a resync clears it. A clean
+/// unmount and remount without such a change reports nothing.
+#[test]
+fn offline_edit_is_reported_as_unclean_at_mount() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = scratch();
+    let dir = tmp.path().join("vms");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("d.img"), pattern(8, 3 * MIB)).unwrap();
+    let run_dir = tmp.path().join("run");
+    let m = Mounted::in_place(&dir, &run_dir);
+    std::fs::write(m.path("d.img"), pattern(9, 3 * MIB)).unwrap();
+    m.unmount();
+    let m = Mounted::in_place(&dir, &run_dir);
+    let st = m.request(&Request::Status).status.unwrap();
+    assert!(st.disks[0].unclean_extents.is_empty(), "{:?}", st.disks[0]);
+    m.unmount();
+
+    // The offline edit, with the mtime set back as `cp -p` or `touch -r` would.
+    let img = dir.join("d.img");
+    let before = std::fs::metadata(&img).unwrap();
+    let f = OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(b"offline", MIB as u64 + 5).unwrap();
+    drop(f);
+    let c = std::ffi::CString::new(img.to_str().unwrap()).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: before.atime(),
+            tv_nsec: before.atime_nsec(),
+        },
+        libc::timespec {
+            tv_sec: before.mtime(),
+            tv_nsec: before.mtime_nsec(),
+        },
+    ];
+    // SAFETY: valid C string and two timespecs.
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) },
+        0
+    );
+    assert_eq!(
+        std::fs::metadata(&img).unwrap().mtime_nsec(),
+        before.mtime_nsec()
+    );
+
+    let m = Mounted::in_place(&dir, &run_dir);
+    let st = m.request(&Request::Status).status.unwrap();
+    let unclean = &st.disks[0].unclean_extents;
+    let covered: u64 = unclean.iter().map(|&(_, len)| len).sum();
+    assert!(
+        unclean.iter().any(|&(off, _)| off == 0) && covered >= 3 * MIB as u64,
+        "the whole disk must be reported unclean: {unclean:?}"
+    );
+    m.unmount();
+}
+
 #[test]
 fn sigterm_unmounts_and_closes_logs_cleanly() {
     let tmp = scratch();
