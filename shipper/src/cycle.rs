@@ -151,9 +151,25 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     let needs_resync = |d: &hrl::control::DiskStatus| {
         d.mode == DiskMode::Bitmap || !d.unclean_extents.is_empty() || flagged.contains(&d.disk)
     };
-    // An operator paused resyncs: the disks wait in bitmap tracking.
+    // Resyncs wait while an operator paused them (the disks stay in bitmap tracking), and
+    // outside the resync window; initial copies and operator requests do not wait.
     let at_once = p.force_resync || p.resync_now;
-    if !at_once && crate::resync::is_paused(&p.state_dir, &p.dir) {
+    let deferral = if at_once {
+        None
+    } else if crate::resync::is_paused(&p.state_dir, &p.dir) {
+        Some(format!(
+            "which an operator paused (`hrl-shipper resync --dir {} --resume` continues)",
+            p.dir.display()
+        ))
+    } else {
+        p.resync_window.filter(|w| !w.contains_now()).map(|w| {
+            format!(
+                "which waits for the resync window {w} (run `hrl-shipper resync --dir {} --now` to resync now)",
+                p.dir.display()
+            )
+        })
+    };
+    if let Some(why) = deferral {
         let waiting: Vec<&str> = tstatus
             .disks
             .iter()
@@ -163,31 +179,9 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         mark_waiting(status, &tstatus, &waiting);
         save_status();
         if !waiting.is_empty() {
-            return Err(ResyncDeferred(format!(
-                "{} need(s) a resync, which an operator paused (`hrl-shipper resync --dir {} --resume` continues)",
-                waiting.join(", "),
-                p.dir.display()
-            ))
-            .into());
-        }
-    }
-    // Resyncs wait for the resync window (initial copies and operator requests do not).
-    if let Some(w) = p.resync_window.filter(|w| !at_once && !w.contains_now()) {
-        let waiting: Vec<&str> = tstatus
-            .disks
-            .iter()
-            .filter(|d| needs_resync(d))
-            .map(|d| d.disk.as_str())
-            .collect();
-        mark_waiting(status, &tstatus, &waiting);
-        save_status();
-        if !waiting.is_empty() {
-            return Err(ResyncDeferred(format!(
-                "{} need(s) a resync, which waits for the resync window {w} (run `hrl-shipper resync --dir {} --now` to resync now)",
-                waiting.join(", "),
-                p.dir.display()
-            ))
-            .into());
+            return Err(
+                ResyncDeferred(format!("{} need(s) a resync, {why}", waiting.join(", "))).into(),
+            );
         }
     }
     for d in &tstatus.disks {

@@ -108,17 +108,24 @@ impl Drop for TmpfsGuard {
     }
 }
 
+/// A tmpfs of `size` (e.g. "12m") mounted at `<tmp>/small`, holding an empty `vms` directory:
+/// a backing filesystem that runs out of space. Returns the `vms` path and the unmount guard.
+fn small_backing(tmp: &std::path::Path, size: &str) -> (std::path::PathBuf, TmpfsGuard) {
+    let small = tmp.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&small));
+    let guard = TmpfsGuard(small.clone());
+    let dir = small.join("vms");
+    std::fs::create_dir_all(&dir).unwrap();
+    (dir, guard)
+}
+
 #[test]
 fn enospc_refuses_the_write_and_replay_still_matches() {
     let tmp = scratch();
-    let small = tmp.path().join("small");
-    std::fs::create_dir_all(&small).unwrap();
-    run(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
-        .arg(&small));
-    let _g = TmpfsGuard(small.clone());
-    let dir = small.join("vms");
-    std::fs::create_dir_all(&dir).unwrap();
+    let (dir, _g) = small_backing(tmp.path(), "12m");
     std::fs::write(dir.join("d.raw"), pattern(3, 4 * MIB)).unwrap();
     let base = tmp.path().join("base.raw");
     std::fs::copy(dir.join("d.raw"), &base).unwrap();
@@ -163,14 +170,7 @@ fn enospc_refuses_the_write_and_replay_still_matches() {
 fn refused_fallocate_keeps_replay_exact() {
     use std::os::fd::AsRawFd;
     let tmp = scratch();
-    let small = tmp.path().join("small");
-    std::fs::create_dir_all(&small).unwrap();
-    run(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
-        .arg(&small));
-    let _g = TmpfsGuard(small.clone());
-    let dir = small.join("vms");
-    std::fs::create_dir_all(&dir).unwrap();
+    let (dir, _g) = small_backing(tmp.path(), "12m");
     std::fs::write(dir.join("d.raw"), pattern(7, 2 * MIB)).unwrap();
     let base = tmp.path().join("base.raw");
     std::fs::copy(dir.join("d.raw"), &base).unwrap();
@@ -304,21 +304,14 @@ fn free_bytes(p: &std::path::Path) -> u64 {
 #[test]
 fn acked_logs_read_through_the_mount_free_their_space() {
     let tmp = scratch();
-    let small = tmp.path().join("small");
-    std::fs::create_dir_all(&small).unwrap();
-    run(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
-        .arg(&small));
-    let _g = TmpfsGuard(small.clone());
-    let dir = small.join("vms");
-    std::fs::create_dir_all(&dir).unwrap();
+    let (dir, _g) = small_backing(tmp.path(), "48m");
     std::fs::write(dir.join("d.raw"), vec![0u8; MIB]).unwrap();
     let m = Mounted::in_place(&dir, &tmp.path().join("run"));
     let f = OpenOptions::new()
         .write(true)
         .open(m.path("d.raw"))
         .unwrap();
-    let start_free = free_bytes(&small);
+    let start_free = free_bytes(&dir);
     // 20 rounds of 8 MiB of logged writes: far more than the 48 MiB filesystem holds, unless
     // acked logs really go away (the shipper reads them through the mount).
     for round in 0..20u64 {
@@ -335,7 +328,7 @@ fn acked_logs_read_through_the_mount_free_their_space() {
             assert!(r.ok, "{:?}", r.error);
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while free_bytes(&small) + 4 * (MIB as u64) < start_free {
+        while free_bytes(&dir) + 4 * (MIB as u64) < start_free {
             assert!(
                 std::time::Instant::now() < deadline,
                 "round {round}: the space of acked logs was not freed"
