@@ -822,37 +822,17 @@ fn shipper_kill9_at_upload_and_commit_with_real_tracker() {
     for (i, at) in ["after-upload", "after-commit"].iter().enumerate() {
         write(i as u8 + 2, 4096);
         let marker = s.state.join(format!("stopped-at-{at}"));
-        let child = Command::new(shipper_bin())
-            .args([
-                "sync",
-                "--dir",
-                s.dir.to_str().unwrap(),
-                "--target",
-                &s.server.url,
-            ])
-            .env("HRL_SHIPPER_STOP_AT", at)
-            .env("HRL_RUN_DIR", &s.run_dir)
-            .env("HRL_STATE_DIR", &s.state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut child = KillOnDrop(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !marker.exists() {
-            assert!(
-                child.0.try_wait().unwrap().is_none(),
-                "sync exited before {at}"
-            );
-            assert!(Instant::now() < deadline, "sync did not reach {at}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(Command::new("kill")
-            .args(["-KILL", &child.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
-        let _ = child.0.wait();
+        let mut sync = Command::new(shipper_bin());
+        sync.args([
+            "sync",
+            "--dir",
+            s.dir.to_str().unwrap(),
+            "--target",
+            &s.server.url,
+        ])
+        .env("HRL_RUN_DIR", &s.run_dir)
+        .env("HRL_STATE_DIR", &s.state);
+        kill9_at_stop_point(sync, &marker, at);
         if *at == "after-commit" {
             snaps.push((2, s.snapshot(2)));
         }

@@ -121,33 +121,12 @@ fn stderr(o: &std::process::Output) -> String {
 /// Runs `sync` stopped at `at` (test hook) and kills it with SIGKILL there.
 fn sync_killed_at(e: &Env, at: &str) {
     let marker = e.state.join(format!("stopped-at-{at}"));
-    let _ = std::fs::remove_file(&marker);
-    let child = Command::new(shipper_bin())
-        .args(e.sync_args())
+    let mut sync = Command::new(shipper_bin());
+    sync.args(e.sync_args())
         .envs(e.server.env.clone())
-        .env("HRL_SHIPPER_STOP_AT", at)
         .env("HRL_RUN_DIR", &e.run)
-        .env("HRL_STATE_DIR", &e.state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "sync exited before reaching {at}"
-        );
-        assert!(Instant::now() < deadline, "sync did not reach {at}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(Command::new("kill")
-        .args(["-KILL", &child.0.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let st = child.0.wait().unwrap();
+        .env("HRL_STATE_DIR", &e.state);
+    let st = kill9_at_stop_point(sync, &marker, at);
     assert!(!st.success());
 }
 

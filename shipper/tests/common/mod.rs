@@ -325,6 +325,34 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Runs `sync` (a command with `HRL_SHIPPER_STOP_AT=at` set) until it reaches the stop point
+/// `at` — its `marker` file appears — and kills it there with SIGKILL. Returns its exit status.
+pub fn kill9_at_stop_point(mut sync: Command, marker: &Path, at: &str) -> std::process::ExitStatus {
+    let _ = std::fs::remove_file(marker);
+    let child = sync
+        .env("HRL_SHIPPER_STOP_AT", at)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "sync exited before reaching {at}"
+        );
+        assert!(Instant::now() < deadline, "sync did not reach {at}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(Command::new("kill")
+        .args(["-KILL", &child.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    child.0.wait().unwrap()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
