@@ -179,12 +179,12 @@ pub async fn enforce_log_budget(
     let pending = t.pending().await?;
     for d in &st.disks {
         let unshipped = crate::status::unshipped_bytes(d);
+        let id = pending
+            .iter()
+            .find(|l| l.disk == d.disk)
+            .map(|l| l.disk_id.clone())
+            .unwrap_or_default();
         if let Ok(mut s) = status.lock() {
-            let id = pending
-                .iter()
-                .find(|l| l.disk == d.disk)
-                .map(|l| l.disk_id.clone())
-                .unwrap_or_default();
             let entry = s.disk_mut(&d.disk, &id);
             entry.unshipped_bytes = unshipped;
             entry.disk_size = d.disk_size;
@@ -203,11 +203,6 @@ pub async fn enforce_log_budget(
                 .await
                 .map_err(|e| anyhow::anyhow!("log reader failed: {e}"))?;
             if let Ok(mut s) = status.lock() {
-                let id = pending
-                    .iter()
-                    .find(|l| l.disk == d.disk)
-                    .map(|l| l.disk_id.clone())
-                    .unwrap_or_default();
                 let entry = s.disk_mut(&d.disk, &id);
                 match dropped {
                     Ok(Some(e)) => entry.resync_extents.extend(merge_extents(e)),
@@ -233,11 +228,6 @@ pub async fn enforce_log_budget(
                 t.ack(&d.disk, max).await?;
             }
             if let Ok(mut s) = status.lock() {
-                let id = pending
-                    .iter()
-                    .find(|l| l.disk == d.disk)
-                    .map(|l| l.disk_id.clone())
-                    .unwrap_or_default();
                 let entry = s.disk_mut(&d.disk, &id);
                 entry.state = DiskState::ResyncRequired;
                 entry.health = Health::Critical;

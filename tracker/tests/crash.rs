@@ -157,9 +157,7 @@ fn enospc_refuses_the_write_and_replay_still_matches() {
     drop(f);
     std::fs::remove_file(m.path("filler")).unwrap();
     m.seal();
-    let out = scratch();
-    let replayed = replay(&base, &sealed_logs(&dir, "d.raw"), out.path());
-    assert_files_equal(&replayed, &m.path("d.raw"));
+    assert_replay_equals(&base, &dir, "d.raw", &m.path("d.raw"));
     m.unmount();
 }
 
@@ -202,9 +200,7 @@ fn refused_fallocate_keeps_replay_exact() {
     .unwrap();
     drop(f);
     m.seal();
-    let out = scratch();
-    let replayed = replay(&base, &sealed_logs(&dir, "d.raw"), out.path());
-    assert_files_equal(&replayed, &m.path("d.raw"));
+    assert_replay_equals(&base, &dir, "d.raw", &m.path("d.raw"));
     m.unmount();
 }
 

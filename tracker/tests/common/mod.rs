@@ -218,6 +218,14 @@ pub fn replay(base: &Path, logs: &[PathBuf], out_dir: &Path) -> PathBuf {
     lib
 }
 
+/// Replays the sealed logs of `disk` in `dir` onto a copy of `base` and asserts the result
+/// equals `live`, the image as the tracker left it.
+pub fn assert_replay_equals(base: &Path, dir: &Path, disk: &str, live: &Path) {
+    let out = scratch();
+    let replayed = replay(base, &sealed_logs(dir, disk), out.path());
+    assert_files_equal(&replayed, live);
+}
+
 /// Asserts two files have equal size and bytes, naming the first difference.
 pub fn assert_files_equal(a: &Path, b: &Path) {
     let x = std::fs::read(a).unwrap();
