@@ -438,6 +438,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             base: start.base,
             last_seq,
             last_chain_hash: last_hash,
+            file: hrl::store::FileAttrs::of_file(&p.dir.join(&sealed.disk)),
         });
         acks.push((sealed.disk.clone(), sealed.seq.max(last_seq)));
     }
