@@ -7,7 +7,6 @@
 //! disk size u64 at 16, bit count u64 at 24, clean flag u8 at 32, image stamp flag u8 at 33,
 //! image size / mtime ns / ctime ns u64 at 40 / 48 / 56), then the bits, LSB first.
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use bitvec::prelude::*;
@@ -100,13 +99,7 @@ impl DirtyBitmap {
                 source,
             }
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io("open bitmap"))?;
+        let file = crate::sidecar::open_or_create(path).map_err(io("open bitmap"))?;
         let len = file.metadata().map_err(io("stat bitmap"))?.len();
         let (extent_size, existing_size, was_clean, clean_stamp) = if len == 0 {
             file.set_len(file_len_for(bits_for(disk_size, extent_size)))
