@@ -195,6 +195,7 @@ fn start(
         0,
     )
     .with_context(|| format!("open backing directory {}", backing.display()))?;
+    let restrict = restrictive_options(root.as_raw_fd());
     let tracker = Arc::new(
         Tracker::open(root, mountpoint, include)
             .with_context(|| format!("start tracking the disks in {}", backing.display()))?,
@@ -207,9 +208,8 @@ fn start(
         fuser::MountOption::FSName(format!("hrl:{}", backing.display())),
         fuser::MountOption::Subtype("hrl".into()),
         fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::Dev,
-        fuser::MountOption::Suid,
     ];
+    config.mount_options.extend(restrict);
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(threads.max(1));
     config.clone_fd = true;
@@ -217,6 +217,19 @@ fn start(
         .with_context(|| format!("mount FUSE at {}", mountpoint.display()))?;
     forward_removals(&tracker, core_for_removals, session.notifier())?;
     Ok((session, control))
+}
+
+/// The mount is never more permissive than the backing mount: images need neither setuid
+/// programs nor device nodes, and with `allow_other` a setuid file or device node in the
+/// directory would otherwise work for every user (docs/SECURITY.md). `noexec` follows the
+/// backing mount.
+fn restrictive_options(backing: std::os::fd::RawFd) -> Vec<fuser::MountOption> {
+    let mut opts = vec![fuser::MountOption::NoSuid, fuser::MountOption::NoDev];
+    // Unknown counts as noexec: never more permissive than the backing mount.
+    if sys::fstatvfs(backing).map_or(true, |st| st.f_flag & libc::ST_NOEXEC != 0) {
+        opts.push(fuser::MountOption::NoExec);
+    }
+    opts
 }
 
 /// Every inode the kernel knows holds an `O_PATH` descriptor, and every open file one more:

@@ -43,6 +43,35 @@ pub struct Caller {
     pub gid: u32,
 }
 
+impl Caller {
+    /// Root: may change a setuid file and keep its bits (CAP_FSETID, approximated by uid 0).
+    pub fn privileged(&self) -> bool {
+        self.uid == 0
+    }
+}
+
+/// Clears setuid, and setgid on a group-executable file, as the kernel does when an
+/// unprivileged caller changes a file (truncate, write, fallocate, copy_file_range). The
+/// tracker makes the change as root, so the backing filesystem would keep the bits and a
+/// file rewritten by a group member would stay setuid (docs/SECURITY.md). fuser does not
+/// pass the kernel's kill flags of setattr and open, so every change by a non-root caller
+/// clears them.
+fn kill_suidgid(fd: RawFd) -> OpResult<()> {
+    let st = sys::fstat(fd).or_else(err)?;
+    let mut mode = st.st_mode & 0o7777;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    mode &= !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        mode &= !libc::S_ISGID;
+    }
+    if mode != st.st_mode & 0o7777 {
+        sys::chmod_fd(fd, mode).or_else(err)?;
+    }
+    Ok(())
+}
+
 /// An open file.
 struct OpenFile {
     file: File,
@@ -70,6 +99,8 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
+    /// A non-root caller: a size change clears setuid/setgid.
+    pub kill_suidgid: bool,
 }
 
 /// The filesystem core.
@@ -178,6 +209,9 @@ impl Core {
             sys::fchownat(i.raw(), a.uid, a.gid).or_else(err)?;
         }
         if let Some(size) = a.size {
+            if a.kill_suidgid {
+                kill_suidgid(i.raw())?;
+            }
             let handle = match fh {
                 Some(fh) => self.file(fh).ok(),
                 None => None,
@@ -381,13 +415,16 @@ impl Core {
         flags & libc::O_ACCMODE != libc::O_RDONLY
     }
 
-    pub fn open(&self, ino: u64, flags: i32) -> OpResult<u64> {
+    pub fn open(&self, ino: u64, flags: i32, who: Caller) -> OpResult<u64> {
         let i = self.inode(ino)?;
         if i.protected && (Self::writes(flags) || flags & libc::O_TRUNC != 0) {
             return Err(libc::EACCES);
         }
         let file = sys::reopen(i.raw(), Self::backing_flags(flags)).or_else(err)?;
         if flags & libc::O_TRUNC != 0 && Self::writes(flags) {
+            if !who.privileged() {
+                kill_suidgid(file.as_raw_fd())?;
+            }
             self.truncate_fd(i.key, file.as_raw_fd(), 0)?;
         }
         Ok(self.add_file(file, i.key))
@@ -437,6 +474,9 @@ impl Core {
             }
         }
         if flags & libc::O_TRUNC != 0 && st.st_size > 0 {
+            if !who.privileged() {
+                kill_suidgid(file.as_raw_fd())?;
+            }
             self.truncate_fd(key, file.as_raw_fd(), 0)?;
         }
         let fh = self.add_file(file, key);
@@ -454,14 +494,7 @@ impl Core {
         let f = self.file(fh)?;
         let fd = f.file.as_raw_fd();
         if kill_suidgid {
-            let st = sys::fstat(fd).or_else(err)?;
-            if st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
-                let mode = st.st_mode & 0o7777 & !(libc::S_ISUID | libc::S_ISGID);
-                // SAFETY: plain syscall on our open descriptor.
-                if unsafe { libc::fchmod(fd, mode) } != 0 {
-                    return err(io::Error::last_os_error());
-                }
-            }
+            self::kill_suidgid(fd)?;
         }
         match self.disk_of(f.key) {
             Some(d) => d.write(fd, off, data).or_else(err)?,
@@ -582,9 +615,12 @@ impl Core {
         sys::removexattr(i.raw(), name).or_else(err)
     }
 
-    pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> OpResult<()> {
+    pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32, who: Caller) -> OpResult<()> {
         let f = self.file(fh)?;
         let fd = f.file.as_raw_fd();
+        if !who.privileged() {
+            kill_suidgid(fd)?;
+        }
         match self.disk_of(f.key) {
             Some(d) => d.fallocate(fd, mode, off, len).or_else(err),
             None => sys::fallocate(fd, mode, off, len).or_else(err),
@@ -603,9 +639,13 @@ impl Core {
         fh_out: u64,
         off_out: u64,
         len: u64,
+        who: Caller,
     ) -> OpResult<usize> {
         let fi = self.file(fh_in)?;
         let fo = self.file(fh_out)?;
+        if !who.privileged() {
+            kill_suidgid(fo.file.as_raw_fd())?;
+        }
         // One request copies at most 1 GiB; callers loop on short copies.
         let len = len.min(1 << 30) as usize;
         match self.disk_of(fo.key) {
