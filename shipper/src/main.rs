@@ -7,6 +7,7 @@ mod initial;
 mod lock;
 mod log_cmd;
 mod points;
+mod private;
 mod restore;
 mod resync;
 mod retry;
@@ -220,6 +221,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    private::set_umask();
     let result = match cli.command {
         Command::Log(args) => log_cmd::run(args),
         other => runtime().and_then(|rt| rt.block_on(dispatch(other))),
@@ -227,7 +229,10 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("hrl-shipper: error: {err:#}");
+            eprintln!(
+                "hrl-shipper: error: {}",
+                hrl::display::escaped(&format!("{err:#}"))
+            );
             std::process::ExitCode::from(2)
         }
     }
@@ -302,7 +307,7 @@ async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
     let marker = resync::pause_marker(&a.common.state_dir, &a.dir);
     if a.pause || a.resume {
         if a.pause {
-            std::fs::create_dir_all(&a.common.state_dir).with_context(|| {
+            private::create_dir(&a.common.state_dir).with_context(|| {
                 format!("create state directory {}", a.common.state_dir.display())
             })?;
             std::fs::write(&marker, format!("{}\n", a.dir.display()))
@@ -509,7 +514,7 @@ fn cmd_pause(a: PauseArgs, pause: bool) -> Result<std::process::ExitCode> {
     check_dir(&a.dir)?;
     let marker = status::pause_marker(&a.state_dir, &a.dir);
     if pause {
-        std::fs::create_dir_all(&a.state_dir)
+        private::create_dir(&a.state_dir)
             .with_context(|| format!("create state directory {}", a.state_dir.display()))?;
         std::fs::write(&marker, format!("{}\n", a.dir.display()))
             .with_context(|| format!("write {}", marker.display()))?;
@@ -607,7 +612,7 @@ async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
             let disks: Vec<String> = m
                 .disks
                 .iter()
-                .map(|d| format!("{} ({} B)", d.name, d.disk_size))
+                .map(|d| format!("{} ({} B)", hrl::display::escaped(&d.name), d.disk_size))
                 .collect();
             println!(
                 "{:>6}  {:<26} {}",
@@ -636,7 +641,10 @@ async fn cmd_verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
     };
     let r = verify::verify_points(&store, &selected).await?;
     for p in &r.problems {
-        eprintln!("hrl-shipper: verify: {p}");
+        eprintln!(
+            "hrl-shipper: verify: {}",
+            hrl::display::escaped(&p.to_string())
+        );
     }
     println!(
         "{} point(s), {} disk entries, {} chunks, {} logs checked: {}",

@@ -205,7 +205,7 @@ pub fn is_paused(state_dir: &Path, dir: &Path) -> bool {
 
 /// Writes the state atomically (temporary file, then rename).
 pub fn save(state_dir: &Path, status: &DirStatus) -> Result<()> {
-    std::fs::create_dir_all(state_dir)
+    crate::private::create_dir(state_dir)
         .with_context(|| format!("create state directory {}", state_dir.display()))?;
     let path = state_file(state_dir, Path::new(&status.dir));
     let tmp = path.with_extension("json.tmp");
@@ -285,11 +285,18 @@ fn ago(ns: u64, now: u64) -> String {
 
 /// Renders the status for people.
 pub fn render(all: &[DirStatus]) -> String {
+    use hrl::display::escaped as esc;
     use std::fmt::Write;
     let now = hrl::now_ns();
     let mut out = String::new();
     for d in all {
-        let _ = writeln!(out, "{}  group {}  target {}", d.dir, d.group, d.target);
+        let _ = writeln!(
+            out,
+            "{}  group {}  target {}",
+            esc(&d.dir),
+            esc(&d.group),
+            esc(&d.target)
+        );
         let last = match (d.last_point_id, d.last_point_ns) {
             (Some(id), Some(ns)) => format!(
                 "point {id} sealed {}, RPO lag {}",
@@ -300,7 +307,7 @@ pub fn render(all: &[DirStatus]) -> String {
         };
         let _ = writeln!(out, "  health {:?}; last {last}", d.health);
         if let Some(e) = &d.last_error {
-            let _ = writeln!(out, "  last error: {e}");
+            let _ = writeln!(out, "  last error: {}", esc(e));
         }
         if let Some(t) = d.next_retry_ns {
             let _ = writeln!(
@@ -314,7 +321,7 @@ pub fn render(all: &[DirStatus]) -> String {
             let _ = writeln!(
                 out,
                 "  replication paused by an operator (hrl-shipper resume --dir {})",
-                d.dir
+                esc(&d.dir)
             );
         }
         for k in &d.disks {
@@ -326,7 +333,7 @@ pub fn render(all: &[DirStatus]) -> String {
             let _ = write!(
                 out,
                 "  {:<24} {:<20} {:<8?} unshipped {} ({share:.2}% of {})",
-                k.disk,
+                esc(&k.disk),
                 if d.paused {
                     DiskState::Paused.label()
                 } else {
@@ -344,10 +351,10 @@ pub fn render(all: &[DirStatus]) -> String {
                 let _ = writeln!(out, "    {}", r.render());
             }
             if let Some(why) = k.resync_reason.as_ref().filter(|_| k.resync.is_none()) {
-                let _ = writeln!(out, "    resync needed: {why}");
+                let _ = writeln!(out, "    resync needed: {}", esc(why));
             }
             if let Some(e) = &k.last_error {
-                let _ = writeln!(out, "    error: {e}");
+                let _ = writeln!(out, "    error: {}", esc(e));
             }
         }
     }

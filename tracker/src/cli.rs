@@ -82,7 +82,10 @@ pub fn main() -> ExitCode {
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hrl-tracker: error: {e:#}");
+            eprintln!(
+                "hrl-tracker: error: {}",
+                hrl::display::escaped(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }
@@ -124,8 +127,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&st)?);
                 return Ok(());
             }
-            println!("mount:   {}", st.mount);
-            println!("socket:  {}", st.socket);
+            let esc = hrl::display::escaped;
+            println!("mount:   {}", esc(&st.mount));
+            println!("socket:  {}", esc(&st.socket));
             println!("pid:     {}", st.pid);
             println!(
                 "{:<24} {:<6} {:>14} {:>8} {:>14} {:>8} {:>8}",
@@ -134,7 +138,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             for d in &st.disks {
                 println!(
                     "{:<24} {:<6} {:>14} {:>8} {:>14} {:>8} {:>8}",
-                    d.disk,
+                    esc(&d.disk),
                     format!("{:?}", d.mode).to_lowercase(),
                     d.disk_size,
                     d.active_seq,
