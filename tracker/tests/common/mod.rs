@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use hrl::control::{Request, Response, SealedLog};
 
+pub mod user;
+
 pub fn tracker_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hrl-tracker"))
 }
