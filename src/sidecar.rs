@@ -28,7 +28,15 @@ fn open_raw(path: &Path, flags: i32, mode: u32) -> io::Result<File> {
     // SAFETY: valid C string; the returned descriptor is owned by the File.
     let fd = unsafe { libc::open(c.as_ptr(), flags, mode as libc::c_uint) };
     if fd < 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            return Err(io::Error::other(format!(
+                "{} is a symbolic link; hrl never follows links for its own files beside a disk \
+                 (someone may have planted it): check it and remove it",
+                path.display()
+            )));
+        }
+        return Err(e);
     }
     // SAFETY: fd is a fresh descriptor we own.
     let file = unsafe { File::from_raw_fd(fd) };

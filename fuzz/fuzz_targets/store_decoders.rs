@@ -11,12 +11,10 @@ use hrl::store::PointManifest;
 use hrl::store_check::{check_disk_name, MAX_DISK_SIZE};
 use libfuzzer_sys::fuzz_target;
 
-fn u64_from(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    let n = b.len().min(8);
-    a[..n].copy_from_slice(&b[..n]);
-    u64::from_le_bytes(a)
-}
+#[path = "damage.rs"]
+mod damage;
+use damage::{damage, u64_from};
+
 
 /// A manifest whose first disk's name, index key and sizes come from the input.
 fn templated(data: &[u8]) -> Vec<u8> {
@@ -77,17 +75,7 @@ fn damaged_index(data: &[u8]) -> Vec<u8> {
             .collect(),
     };
     let mut bytes = idx.encode();
-    let c = u64_from(ctl);
-    match c % 3 {
-        0 => bytes.truncate((c >> 2) as usize % (bytes.len() + 1)),
-        1 => {
-            let bit = (c >> 2) as usize % (bytes.len() * 8).max(1);
-            if let Some(b) = bytes.get_mut(bit / 8) {
-                *b ^= 1 << (bit % 8);
-            }
-        }
-        _ => {}
-    }
+    damage(&mut bytes, ctl);
     bytes
 }
 

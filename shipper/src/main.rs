@@ -207,7 +207,8 @@ struct RestoreArgs {
     /// `latest`, a point id, or a time (RFC 3339): the last point sealed at or before it.
     #[arg(long, default_value = "latest")]
     point: String,
-    /// Directory to restore into (created if missing; existing disks are never overwritten).
+    /// Directory to restore into (created 0700 if missing; existing disks are never
+    /// overwritten). Disks get the mode and owner recorded at the seal (0600 root if unknown).
     #[arg(long)]
     to: PathBuf,
 }

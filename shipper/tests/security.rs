@@ -88,6 +88,9 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A change to one disk entry of a manifest.
+type Edit<'a> = dyn Fn(&mut serde_json::Value) + 'a;
+
 /// Copies manifest 1 to id 2 with `edit` applied to its first disk.
 fn forge(e: &Env, edit: impl Fn(&mut serde_json::Value)) {
     let mut v: serde_json::Value =
@@ -107,7 +110,7 @@ fn a_tampered_manifest_cannot_write_outside_the_restore_directory() {
     let traversal = format!("/../../../../../../../../../..{}", pwned.display());
     let to = e.tmp.path().join("R");
     let huge = serde_json::Value::from(u64::MAX / 2);
-    let forgeries: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    let forgeries: Vec<(&str, Box<Edit<'_>>)> = vec![
         (
             "traversal",
             Box::new(|d| d["name"] = traversal.clone().into()),

@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Mount over DIR (in place), or mount --backing SRC at MOUNTPOINT.
+    /// Mount over DIR (in place), or mount --backing SRC at MOUNTPOINT. The mount is always
+    /// nosuid,nodev (noexec like the backing mount) and honours POSIX ACLs.
     Mount {
         /// The directory to track (and mount over), or the mount point with --backing.
         dir: PathBuf,

@@ -24,11 +24,18 @@ fn chown(p: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
 }
 
-/// A scratch directory other users can traverse (tempdirs are 0700).
-fn open_scratch() -> tempfile::TempDir {
+/// A scratch directory other users can traverse (tempdirs are 0700) holding the image
+/// directory `vms` (with `mode`) and a run directory `run` (0755), and a fresh test user.
+fn setup(mode: u32) -> (tempfile::TempDir, PathBuf, PathBuf, TestUser) {
     let tmp = scratch();
     chmod(tmp.path(), 0o755);
-    tmp
+    let dir = tmp.path().join("vms");
+    std::fs::create_dir(&dir).unwrap();
+    chmod(&dir, mode);
+    let run = tmp.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    chmod(&run, 0o755);
+    (tmp, dir, run, TestUser::create())
 }
 
 fn text(o: &Output) -> String {
@@ -46,8 +53,7 @@ fn mount_options(dir: &Path) -> Vec<String> {
     let d = dir.to_string_lossy();
     let line = info
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(&*d))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(&*d))
         .unwrap_or_else(|| panic!("{d} is not mounted"));
     let f: Vec<&str> = line.split(' ').collect();
     f[5].split(',').map(String::from).collect()
@@ -77,12 +83,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn mount_is_nosuid_nodev_and_noexec_like_its_backing() {
-    let tmp = open_scratch();
-    let dir = tmp.path().join("vms");
-    std::fs::create_dir(&dir).unwrap();
-    chmod(&dir, 0o755);
-    let run = tmp.path().join("run");
-    let user = TestUser::create();
+    let (tmp, dir, run, user) = setup(0o755);
     // A setuid-root copy of `id` and a world-writable device node in the directory.
     std::fs::copy("/usr/bin/id", dir.join("id")).unwrap();
     chmod(&dir.join("id"), 0o4755);
@@ -132,12 +133,7 @@ fn mount_is_nosuid_nodev_and_noexec_like_its_backing() {
 
 #[test]
 fn sidecars_take_the_disks_owner_and_mode() {
-    let tmp = open_scratch();
-    let dir = tmp.path().join("vms");
-    std::fs::create_dir(&dir).unwrap();
-    chmod(&dir, 0o711);
-    let run = tmp.path().join("run");
-    let user = TestUser::create();
+    let (_tmp, dir, run, user) = setup(0o711);
     let secret = dir.join("secret.img");
     std::fs::write(&secret, vec![0u8; 1 << 20]).unwrap();
     chmod(&secret, 0o600);
@@ -205,10 +201,7 @@ fn sidecars_take_the_disks_owner_and_mode() {
 
 #[test]
 fn a_planted_bitmap_symlink_is_not_followed() {
-    let tmp = open_scratch();
-    let dir = tmp.path().join("vms");
-    std::fs::create_dir(&dir).unwrap();
-    let run = tmp.path().join("run");
+    let (tmp, dir, run, _user) = setup(0o755);
     let private = tmp.path().join("root-only");
     std::fs::create_dir(&private).unwrap();
     chmod(&private, 0o700);
@@ -257,12 +250,7 @@ fn a_planted_bitmap_symlink_is_not_followed() {
 /// setgid, as the kernel does on a plain filesystem.
 #[test]
 fn setuid_and_setgid_are_cleared_by_every_unprivileged_change() {
-    let tmp = open_scratch();
-    let dir = tmp.path().join("vms");
-    std::fs::create_dir(&dir).unwrap();
-    chmod(&dir, 0o755);
-    let run = tmp.path().join("run");
-    let user = TestUser::create();
+    let (_tmp, dir, run, user) = setup(0o755);
     std::fs::copy("/usr/bin/id", dir.join("idsrc")).unwrap();
     chmod(&dir.join("idsrc"), 0o755);
     let ops = [
@@ -350,12 +338,7 @@ fn posix_acls_are_honoured_through_the_mount() {
     const MASK: u16 = 0x10;
     const OTHER: u16 = 0x20;
     const NONE: u32 = u32::MAX;
-    let tmp = open_scratch();
-    let dir = tmp.path().join("vms");
-    std::fs::create_dir(&dir).unwrap();
-    chmod(&dir, 0o755);
-    let run = tmp.path().join("run");
-    let user = TestUser::create();
+    let (_tmp, dir, run, user) = setup(0o755);
     // Deny: the user's group may read, a named entry says the user may not.
     let deny = dir.join("deny.img");
     std::fs::write(&deny, b"DENIED-DATA").unwrap();
@@ -403,13 +386,7 @@ fn posix_acls_are_honoured_through_the_mount() {
 
 #[test]
 fn only_root_may_use_the_control_socket() {
-    let tmp = open_scratch();
-    let dir = tmp.path().join("vms");
-    std::fs::create_dir(&dir).unwrap();
-    let run = tmp.path().join("run");
-    std::fs::create_dir(&run).unwrap();
-    chmod(&run, 0o755);
-    let user = TestUser::create();
+    let (_tmp, dir, run, user) = setup(0o755);
     std::fs::write(dir.join("d.img"), vec![1u8; 1 << 20]).unwrap();
     let m = Mounted::in_place(&dir, &run);
     std::fs::write(m.path("d.img"), vec![2u8; 1 << 20]).unwrap();
