@@ -64,8 +64,14 @@ pub enum Request {
     Seal,
     /// List every sealed log not acked yet (after a crash or restart).
     Pending,
-    /// Delete `disk`'s sealed logs with sequence `<= seq` (they are safely shipped).
-    Ack { disk: String, seq: u64 },
+    /// Delete `disk`'s sealed logs with sequence `<= seq` (they are safely shipped); with
+    /// `disk_id`, only that disk id's logs (a name may have passed from one disk to another).
+    Ack {
+        disk: String,
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk_id: Option<String>,
+    },
     /// Per-disk state of the mount.
     Status,
     /// Switch a disk between full logging and bitmap-only tracking.
@@ -124,6 +130,13 @@ pub struct DiskStatus {
     pub unclean_extents: Vec<(u64, u64)>,
     /// Offset where a torn log tail was cut at startup, if one was.
     pub torn_log_tail_at: Option<u64>,
+    /// 32 hex digits: the disk's id (from its active log; empty from older trackers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub disk_id: String,
+    /// What the operator should know about this disk (a log set aside at startup, extra
+    /// hard links). Shown as Warning until the disk's replica is whole again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Mount-wide state, as returned by `status`.
@@ -195,7 +208,8 @@ mod tests {
             r,
             Request::Ack {
                 disk: "d.img".into(),
-                seq: 4
+                seq: 4,
+                disk_id: None
             }
         );
         let m: Request =

@@ -117,6 +117,8 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
                 .collect()
         })
         .unwrap_or_default();
+    // Flagged by disk id (by name only for entries without one): a disk renamed over
+    // another must not inherit the other's resync.
     let flagged: HashSet<String> = {
         let s = status
             .lock()
@@ -124,7 +126,10 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         s.disks
             .iter()
             .filter(|d| matches!(d.state, DiskState::ResyncRequired | DiskState::Resyncing))
-            .map(|d| d.disk.clone())
+            .map(|d| match d.disk_id.is_empty() {
+                false => d.disk_id.clone(),
+                true => d.disk.clone(),
+            })
             .collect()
     };
     // An image changed while no tracker ran must be compared block by block.
@@ -147,9 +152,12 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     if !offline.is_empty() {
         save_status();
     }
-    let flagged: HashSet<String> = flagged.into_iter().chain(offline.iter().cloned()).collect();
+    let is_flagged = |name: &str, id: &str| flagged.contains(id) || flagged.contains(name);
     let needs_resync = |d: &hrl::control::DiskStatus| {
-        d.mode == DiskMode::Bitmap || !d.unclean_extents.is_empty() || flagged.contains(&d.disk)
+        d.mode == DiskMode::Bitmap
+            || !d.unclean_extents.is_empty()
+            || is_flagged(&d.disk, &d.disk_id)
+            || offline.contains(&d.disk)
     };
     // Resyncs wait while an operator paused them (the disks stay in bitmap tracking), and
     // outside the resync window; initial copies and operator requests do not wait.
@@ -226,7 +234,8 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         let needs_base = p.force_resync
             || saved.is_some()
             || prev.is_none()
-            || flagged.contains(&sealed.disk)
+            || is_flagged(&sealed.disk, &sealed.disk_id)
+            || offline.contains(&sealed.disk)
             || bitmap_disks.contains(&sealed.disk)
             || unclean.contains(&sealed.disk);
         if !needs_base {
@@ -360,7 +369,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     }
 
     let mut entries = Vec::new();
-    let mut acks: Vec<(String, u64)> = Vec::new();
+    let mut acks: Vec<(String, String, u64)> = Vec::new();
     for sealed in &seal.disks {
         let start = match starts.remove(&sealed.disk_id) {
             Some(s) => s,
@@ -440,13 +449,17 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             last_chain_hash: last_hash,
             file: hrl::store::FileAttrs::of_file(&p.dir.join(&sealed.disk)),
         });
-        acks.push((sealed.disk.clone(), sealed.seq.max(last_seq)));
+        acks.push((
+            sealed.disk.clone(),
+            sealed.disk_id.clone(),
+            sealed.seq.max(last_seq),
+        ));
     }
     // Logs of disks that are gone (deleted): nothing to ship, release them after the commit.
     for (disk_id, logs) in &by_disk {
         if !seal.disks.iter().any(|d| &d.disk_id == disk_id) {
             if let Some(l) = logs.last() {
-                acks.push((l.disk.clone(), l.seq));
+                acks.push((l.disk.clone(), disk_id.clone(), l.seq));
             }
         }
     }
@@ -489,8 +502,8 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     }
 
     // 5. Ack.
-    for (disk, seq) in &acks {
-        if let Err(e) = tracker.ack(disk, *seq).await {
+    for (disk, disk_id, seq) in &acks {
+        if let Err(e) = tracker.ack(disk, Some(disk_id), *seq).await {
             warn!(%disk, seq, "ack failed (the logs are shipped again and skipped next time): {e:#}");
         }
     }
@@ -511,11 +524,12 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         s.last_point_id = Some(id);
         s.last_point_ns = Some(seal.time_ns);
         s.tracker_pid = tstatus.as_ref().map(|_| tracker_pid);
+        // Disks that are gone (deleted, renamed over) leave the status.
         s.disks.retain(|d| {
             manifest
                 .disks
                 .iter()
-                .any(|e| e.disk_id == d.disk_id || e.name == d.disk)
+                .any(|e| e.disk_id == d.disk_id || (d.disk_id.is_empty() && e.name == d.disk))
         });
         for e in &manifest.disks {
             let d = s.disk_mut(&e.name, &e.disk_id);
@@ -536,6 +550,10 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
                 .and_then(|t| t.disks.iter().find(|x| x.disk == e.name))
             {
                 d.unshipped_bytes = crate::status::unshipped_bytes(ts);
+                if !ts.warnings.is_empty() {
+                    d.health = Health::Warning;
+                    d.last_error = Some(ts.warnings.join("; "));
+                }
             }
         }
     }
@@ -744,7 +762,12 @@ fn offline_edits(
         let Some(recorded) = d.image_stat else {
             continue;
         };
-        let Some(ts) = t.disks.iter().find(|x| x.disk == d.disk) else {
+        // The same disk, not another that took its name since (rename over).
+        let same = |x: &&hrl::control::DiskStatus| {
+            x.disk == d.disk
+                && (x.disk_id.is_empty() || d.disk_id.is_empty() || x.disk_id == d.disk_id)
+        };
+        let Some(ts) = t.disks.iter().find(same) else {
             continue;
         };
         if !ts.unclean_extents.is_empty() {

@@ -123,11 +123,16 @@ impl DirStatus {
     }
 
     pub fn disk_mut(&mut self, name: &str, disk_id: &str) -> &mut DiskStatus {
-        if let Some(i) = self
-            .disks
-            .iter()
-            .position(|d| (!disk_id.is_empty() && d.disk_id == disk_id) || d.disk == name)
-        {
+        // By id first: a name may have passed from one disk to another (rename over).
+        let by_id = (!disk_id.is_empty())
+            .then(|| self.disks.iter().position(|d| d.disk_id == disk_id))
+            .flatten();
+        let by_name = || {
+            self.disks
+                .iter()
+                .position(|d| d.disk == name && (d.disk_id.is_empty() || disk_id.is_empty()))
+        };
+        if let Some(i) = by_id.or_else(by_name) {
             let d = &mut self.disks[i];
             d.disk = name.to_string();
             if !disk_id.is_empty() {

@@ -1084,3 +1084,50 @@ fn shipper_kill9_mid_resync_resumes_where_it_stopped() {
     drop(tracker);
     same_dirs(&s.restore(p), &snap);
 }
+
+/// `mv a.img b.img` while both are replicated (their logs have the same sequence numbers):
+/// the next syncs commit (before: every seal failed, "b.img.<n>.hrl already exists"), the
+/// status keeps one b.img (the renamed disk's id; before, the old b.img stayed as a phantom),
+/// no later cycle resyncs it, and every point restores.
+#[test]
+fn rename_over_a_replicated_disk_keeps_replicating() {
+    use std::os::unix::fs::FileExt;
+    let s = Scene::new(ServerKind::Local);
+    std::fs::write(s.dir.join("a.img"), file_data(11, 1 << 20)).unwrap();
+    std::fs::write(s.dir.join("b.img"), file_data(12, 1 << 20)).unwrap();
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    assert_eq!(s.sync()["point"], 1);
+    let id_a = s.status()["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["disk"] == "a.img")
+        .unwrap()["disk_id"]
+        .clone();
+
+    std::fs::rename(s.dir.join("a.img"), s.dir.join("b.img")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.dir.join("b.img"))
+        .unwrap();
+    f.write_all_at(&file_data(13, 5000), 100).unwrap();
+    drop(f);
+    assert_eq!(s.sync()["point"], 2);
+    let snap2 = s.snapshot(2);
+    let st = s.status();
+    let disks = st["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 1, "{st}");
+    assert_eq!(disks[0]["disk"], "b.img");
+    assert_eq!(disks[0]["disk_id"], id_a);
+
+    let r3 = s.sync();
+    assert_eq!(r3["point"], 3);
+    assert!(
+        r3["base_copies"].as_array().is_none_or(|c| c.is_empty()),
+        "no resync after the rename: {r3}"
+    );
+    let snap3 = s.snapshot(3);
+    drop(tracker);
+    same_dirs(&s.restore(2), &snap2);
+    same_dirs(&s.restore(3), &snap3);
+}

@@ -159,7 +159,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Ack { dir, disk, seq } => {
             let socket = mount::socket_for(&dir)?;
-            let r = request(&socket, &Request::Ack { disk, seq })?;
+            let r = request(
+                &socket,
+                &Request::Ack {
+                    disk,
+                    seq,
+                    disk_id: None,
+                },
+            )?;
             if !r.ok {
                 anyhow::bail!("{}", r.error.unwrap_or_default());
             }

@@ -45,7 +45,15 @@ impl ControlServer {
             .name("hrl-control".into())
             .spawn(move || {
                 for conn in listener.incoming() {
-                    let Ok(conn) = conn else { continue };
+                    let conn = match conn {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Out of descriptors (EMFILE): wait for some to close, do not spin.
+                            tracing::warn!(error = %e, "cannot accept a control connection");
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                            continue;
+                        }
+                    };
                     let t = tracker.clone();
                     let s = socket.clone();
                     let _ = std::thread::Builder::new()
@@ -160,7 +168,7 @@ pub fn handle(tracker: &Tracker, socket: &Path, req: Request) -> Response {
             disks: Some(tracker.pending()),
             ..Default::default()
         },
-        Request::Ack { disk, seq } => match tracker.ack(&disk, seq) {
+        Request::Ack { disk, seq, disk_id } => match tracker.ack(&disk, disk_id.as_deref(), seq) {
             Ok(_) => Response::ok(),
             Err(e) => Response::error(e.to_string()),
         },

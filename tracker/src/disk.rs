@@ -112,6 +112,11 @@ pub struct DiskState {
     swap_bytes: usize,
     /// The disk is gone (deleted or renamed away); its logs belong to the retired list.
     pub retired: bool,
+    /// For the operator (status), until the shipper has cleared the marks (`clear`): a log
+    /// set aside at startup.
+    warnings: Vec<String>,
+    /// For the operator, for as long as the mount lives: extra hard links.
+    lasting_warnings: Vec<String>,
 }
 
 impl DiskState {
@@ -376,6 +381,8 @@ impl Disk {
                     swap_buffer: None,
                     swap_bytes: 0,
                     retired: false,
+                    warnings: Vec::new(),
+                    lasting_warnings: Vec::new(),
                 }),
                 swapped: Condvar::new(),
             },
@@ -680,6 +687,7 @@ impl Disk {
         bm.flush().map_err(bitmap_err)?;
         st.held.retain(|e| keep.contains(e));
         st.unclean.clear();
+        st.warnings.clear();
         st.history.retain(|(start, _)| *start >= upto);
         Ok(())
     }
@@ -726,7 +734,38 @@ impl Disk {
                 .unwrap_or(0),
             unclean_extents: st.unclean.clone(),
             torn_log_tail_at: st.torn_at,
+            disk_id: st
+                .log
+                .as_ref()
+                .map(|l| hrl::to_hex(&l.header().disk_id))
+                .unwrap_or_default(),
+            warnings: st
+                .lasting_warnings
+                .iter()
+                .chain(&st.warnings)
+                .cloned()
+                .collect(),
         }
+    }
+
+    /// Adds a warning for the operator, shown in `status` while the mount lives.
+    pub fn warn(&self, warning: String) {
+        self.lock().lasting_warnings.push(warning);
+    }
+
+    /// Nothing vouches for this disk's changes any more (one of its logs was unreadable):
+    /// the whole disk is marked, held and reported unclean, so the shipper compares every
+    /// block, and `warnings` say why until that is done.
+    pub fn distrust(&self, warnings: Vec<String>) -> io::Result<()> {
+        let mut st = self.lock();
+        let size = st.size.max(1);
+        if let Some(bm) = st.bitmap.as_mut() {
+            bm.mark(0, size).map_err(bitmap_err)?;
+            bm.flush().map_err(bitmap_err)?;
+        }
+        st.hold_range(0, size);
+        st.warnings.extend(warnings);
+        Ok(())
     }
 
     /// Clean stop: log closed (state Closed), image durable, the marks the log covers

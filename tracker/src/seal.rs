@@ -89,9 +89,11 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
     let mut sealed = Vec::new();
     for mut c in cuts {
         let disk_path = root.join(&c.name);
-        let file = naming::sealed_log_path(Path::new(&c.name), c.old.header().sequence)
-            .to_string_lossy()
-            .into_owned();
+        let h = c.old.header();
+        let file =
+            naming::sealed_log_path(Path::new(&c.name), h.sequence, &hrl::to_hex(&h.disk_id))
+                .to_string_lossy()
+                .into_owned();
         let sealed_path = root.join(&file);
         let active = naming::active_log_path(&disk_path);
         let opened = if sealed_path.exists() {

@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use inodes::{BackingKey, Inode, Inodes, ROOT_INO};
+use inodes::{BackingKey, Inodes, Pinned, ROOT_INO};
 
 use crate::disk::Disk;
 use crate::tracking::Tracker;
@@ -123,14 +123,8 @@ impl Core {
             libc::O_PATH | libc::O_DIRECTORY,
             0,
         )?;
-        let root = Inode {
-            fd,
-            key: (st.st_dev, st.st_ino),
-            kind: libc::S_IFDIR,
-            protected: false,
-        };
         Ok(Core {
-            inodes: Inodes::new(root),
+            inodes: Inodes::new(fd, (st.st_dev, st.st_ino), inodes::descriptor_cap()),
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -142,8 +136,8 @@ impl Core {
         &self.tracker
     }
 
-    fn inode(&self, ino: u64) -> OpResult<Arc<Inode>> {
-        self.inodes.get(ino).ok_or(libc::ESTALE)
+    fn inode(&self, ino: u64) -> OpResult<Pinned> {
+        self.inodes.pin(ino).ok_or(libc::ESTALE)
     }
 
     fn file(&self, fh: u64) -> OpResult<Arc<OpenFile>> {
@@ -168,12 +162,12 @@ impl Core {
         let p = self.inode(parent)?;
         let st = sys::statat(p.raw(), name).or_else(err)?;
         let fd = sys::openat(p.raw(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).or_else(err)?;
-        let ino = self.inodes.remember(Inode {
+        let ino = self.inodes.remember(
             fd,
-            key: (st.st_dev, st.st_ino),
-            kind: st.st_mode & libc::S_IFMT,
-            protected: self.is_protected(parent, name),
-        });
+            (st.st_dev, st.st_ino),
+            st.st_mode & libc::S_IFMT,
+            self.is_protected(parent, name),
+        );
         Ok((ino, st))
     }
 
@@ -381,19 +375,21 @@ impl Core {
         if i.protected || self.is_protected(newparent, newname) {
             return Err(libc::EPERM);
         }
+        // A disk has exactly one name: a second name would be tracked under neither, or
+        // taken for another disk at the next mount. Refused, like a filesystem at its link
+        // limit (EMLINK), for a disk and for a file linked under a disk name.
+        let disk_name = newparent == ROOT_INO
+            && i.kind == libc::S_IFREG
+            && newname
+                .to_str()
+                .is_some_and(|n| self.tracker.is_disk_name(n));
+        if self.disk_of(i.key).is_some() || disk_name {
+            tracing::warn!(name = ?newname, "refused a hard link to a disk (a disk has one name only)");
+            return Err(libc::EMLINK);
+        }
         let np = self.inode(newparent)?;
         sys::linkat_fd(i.raw(), np.raw(), newname).or_else(err)?;
-        let (ino, st) = self.lookup(newparent, newname)?;
-        if newparent == ROOT_INO {
-            // A plain file linked under a disk name becomes a disk (writes through either
-            // name are tracked: tracking follows the backing file).
-            if let Err(e) = self.tracker.on_created(newname, i.key, st.st_mode) {
-                self.inodes.forget(ino, 1);
-                let _ = sys::unlinkat(np.raw(), newname, 0);
-                return err(e);
-            }
-        }
-        Ok((ino, st))
+        self.lookup(newparent, newname)
     }
 
     fn add_file(&self, file: File, key: BackingKey) -> u64 {

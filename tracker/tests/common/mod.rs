@@ -61,9 +61,33 @@ impl Mounted {
     }
 
     pub fn start(backing: &Path, mountpoint: &Path, run_dir: &Path, extra: &[&str]) -> Mounted {
+        Self::start_via(
+            Command::new(tracker_bin()),
+            backing,
+            mountpoint,
+            run_dir,
+            extra,
+        )
+    }
+
+    /// Mounts in place with the tracker's open file limit (soft and hard) set to `nofile`.
+    pub fn start_limited(dir: &Path, run_dir: &Path, nofile: u32) -> Mounted {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(tracker_bin());
+        Self::start_via(cmd, dir, dir, run_dir, &[])
+    }
+
+    fn start_via(
+        mut cmd: Command,
+        backing: &Path,
+        mountpoint: &Path,
+        run_dir: &Path,
+        extra: &[&str],
+    ) -> Mounted {
         let backing = std::fs::canonicalize(backing).unwrap();
         let mountpoint = std::fs::canonicalize(mountpoint).unwrap();
-        let mut cmd = Command::new(tracker_bin());
         cmd.arg("mount").arg(&mountpoint);
         if backing != mountpoint {
             cmd.arg("--backing").arg(&backing);
@@ -187,7 +211,7 @@ pub fn sealed_logs(dir: &Path, disk: &str) -> Vec<PathBuf> {
         .filter_map(|e| {
             let name = e.ok()?.file_name().into_string().ok()?;
             match hrl::naming::classify(&name)? {
-                hrl::naming::HrlFile::SealedLog { disk: d, seq } if d == disk => {
+                hrl::naming::HrlFile::SealedLog { disk: d, seq, .. } if d == disk => {
                     Some((seq, dir.join(name)))
                 }
                 _ => None,
