@@ -107,6 +107,10 @@ pub struct SealedLog {
     pub disk_size: u64,
     /// Tracking mode of the disk during this log.
     pub mode: DiskMode,
+    /// The image changed outside the tracker (a writer bypassing the mount) since the last
+    /// seal: this log misses changes, and the disk is reported unclean as a whole.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub changed_outside: bool,
 }
 
 /// Per-disk state, as returned by `status`.
@@ -137,6 +141,10 @@ pub struct DiskStatus {
     /// hard links). Shown as Warning until the disk's replica is whole again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Why the image is known to have changed outside the tracker (a writer bypassing the
+    /// mount); set until the shipper clears the disk's marks after resyncing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_outside: Option<String>,
 }
 
 /// Mount-wide state, as returned by `status`.
@@ -149,6 +157,11 @@ pub struct MountStatus {
     /// Process id of the tracker.
     pub pid: u32,
     pub disks: Vec<DiskStatus>,
+    /// Files that look like disks but are not tracked, each with why (a name that is not
+    /// valid UTF-8, a symlink to a file outside the directory): their changes are not
+    /// replicated until the operator fixes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untracked: Vec<String>,
 }
 
 /// One response line. `ok` tells success; the other fields are present when the request

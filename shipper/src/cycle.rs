@@ -106,6 +106,9 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     let last = crate::points::latest(&p.store).await?;
     let mut tracker = TrackerClient::connect(&p.dir).await?;
     let tstatus = tracker.status().await?;
+    if let Ok(mut s) = status.lock() {
+        s.untracked = tstatus.untracked.clone();
+    }
 
     // 1. Which disks need a base copy.
     let previous: BTreeMap<String, DiskEntry> = last
@@ -353,12 +356,19 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         report.base_copies.push(stats);
     }
 
+    // Disks changed outside the tracker before a seal of this cycle miss changes in their
+    // logs (unless rebased after that seal): the point carries their last good entry.
+    let mut outside: HashSet<String> = crate::bypass::changed_outside(&first_seal, &starts);
     // 2. The point's instant: after a base copy, a second seal makes the copies consistent.
     let seal = if starts.is_empty() {
         first_seal
     } else {
         tracker.seal().await?
     };
+    outside.extend(crate::bypass::changed_outside(
+        &seal,
+        &BTreeMap::<String, ()>::new(),
+    ));
     let pending = tracker.pending().await?;
     let mut by_disk: BTreeMap<String, Vec<SealedLog>> = BTreeMap::new();
     for l in pending {
@@ -371,6 +381,10 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     let mut entries = Vec::new();
     let mut acks: Vec<(String, String, u64)> = Vec::new();
     for sealed in &seal.disks {
+        if outside.contains(&sealed.disk_id) {
+            entries.extend(crate::bypass::carried(&previous, sealed));
+            continue;
+        }
         let start = match starts.remove(&sealed.disk_id) {
             Some(s) => s,
             None => {
@@ -508,7 +522,11 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         }
     }
     // The point covers every change marked before its seal: let the tracker clear those marks.
-    for e in &manifest.disks {
+    for e in manifest
+        .disks
+        .iter()
+        .filter(|e| !outside.contains(&e.disk_id))
+    {
         if let Err(err) = tracker.clear(&e.name, seal.seal_id).await {
             warn!(disk = %e.name, "clearing dirty marks failed: {err:#}");
         }
@@ -556,6 +574,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
                 }
             }
         }
+        crate::bypass::mark_carried(&mut s, &outside, tstatus.as_ref());
     }
     save_status();
     report.point_id = id;
@@ -947,6 +966,7 @@ fn mark_waiting(status: &Mutex<DirStatus>, t: &hrl::control::MountStatus, waitin
         if d.resync_reason.is_none() {
             let ts = t.disks.iter().find(|x| x.disk == *name);
             d.resync_reason = Some(match ts {
+                Some(x) if x.changed_outside.is_some() => crate::bypass::REASON.into(),
                 Some(x) if !x.unclean_extents.is_empty() => {
                     "the tracker stopped uncleanly; its reported extents are resynced".into()
                 }

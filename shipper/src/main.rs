@@ -1,6 +1,7 @@
 //! `hrl-shipper`: seals .hrl logs into recovery points, ships them to an object store,
 //! restores disks from it, and offers the log tools (`log inspect|verify|apply`).
 
+mod bypass;
 mod config;
 mod cycle;
 mod initial;

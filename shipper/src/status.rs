@@ -99,6 +99,11 @@ pub struct DirStatus {
     /// offline edits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracker_pid: Option<u32>,
+    /// Files of the directory that look like disks but the tracker cannot track (a name
+    /// that is not UTF-8, a symlink to outside), as the tracker reported them at the last
+    /// cycle: a Warning until fixed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untracked: Vec<String>,
     pub disks: Vec<DiskStatus>,
 }
 
@@ -118,6 +123,7 @@ impl DirStatus {
             paused: false,
             interval_ns: None,
             tracker_pid: None,
+            untracked: Vec::new(),
             disks: Vec::new(),
         }
     }
@@ -179,8 +185,12 @@ const RPO_WARN_INTERVALS: u64 = 3;
 
 impl DirStatus {
     /// Health as of `now`: a directory whose last point is older than three intervals (while
-    /// not paused) is in Warning even if no cycle failed — something is holding it up.
+    /// not paused) is in Warning even if no cycle failed — something is holding it up; so is
+    /// one with files the tracker cannot track.
     pub fn apply_rpo(&mut self, now: u64) {
+        if !self.untracked.is_empty() {
+            self.health = self.health.max(Health::Warning);
+        }
         let (Some(last), Some(interval)) = (self.last_point_ns, self.interval_ns) else {
             return;
         };
@@ -313,6 +323,9 @@ pub fn render(all: &[DirStatus]) -> String {
         let _ = writeln!(out, "  health {:?}; last {last}", d.health);
         if let Some(e) = &d.last_error {
             let _ = writeln!(out, "  last error: {}", esc(e));
+        }
+        for u in &d.untracked {
+            let _ = writeln!(out, "  warning: {u}");
         }
         if let Some(t) = d.next_retry_ns {
             let _ = writeln!(

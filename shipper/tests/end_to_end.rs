@@ -43,10 +43,15 @@ struct Tracker {
 
 impl Tracker {
     fn mount(dir: &Path, run_dir: &Path) -> Tracker {
+        Self::mount_with(dir, run_dir, &[])
+    }
+
+    fn mount_with(dir: &Path, run_dir: &Path, extra: &[&str]) -> Tracker {
         let child = Command::new(tracker_bin())
             .arg("mount")
             .arg(dir)
             .arg("--foreground")
+            .args(extra)
             .env("HRL_RUN_DIR", run_dir)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -1129,5 +1134,107 @@ fn rename_over_a_replicated_disk_keeps_replicating() {
     let snap3 = s.snapshot(3);
     drop(tracker);
     same_dirs(&s.restore(2), &snap2);
+    same_dirs(&s.restore(3), &snap3);
+}
+
+/// The bypass issue's reproduction: a process holds the disk open read-write before the
+/// mount. The mount is refused naming it; with --force the first point still equals the disk
+/// (its initial copy is read after the mount). A write through the old descriptor (1 MiB at
+/// 4 MiB, fsynced) is caught by the next seal: that point is committed for the other disk and
+/// keeps the held disk's last good state, which goes Warning; the next sync resyncs it by
+/// comparing every block, and its restore is byte-identical to the disk.
+#[test]
+fn writer_bypassing_the_mount_is_refused_then_detected_and_resynced() {
+    use std::io::{BufRead, BufReader, Write};
+    let s = Scene::new(ServerKind::Local);
+    let (disk, other) = (s.dir.join("d.img"), s.dir.join("e.img"));
+    new_disk(&disk, 16 << 20);
+    new_disk(&other, 4 << 20);
+    fill(&disk, 16, 1);
+    let src = s.tmp.path().join("mib");
+    std::fs::write(&src, file_data(99, 1 << 20)).unwrap();
+    // A VM already running: its descriptor was opened before the tracker.
+    let mut holder = KillOnDrop(
+        Command::new("bash")
+            .arg("-c")
+            .arg("exec 3<>\"$1\"; echo ready; read seek; dd if=\"$2\" bs=1M seek=\"$seek\" count=1 conv=notrunc,fsync status=none >&3; echo ok; exec sleep 600")
+            .args(["bash", disk.to_str().unwrap(), src.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut answers = BufReader::new(holder.0.stdout.take().unwrap());
+    let mut line = String::new();
+    answers.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    let refused = Command::new(tracker_bin())
+        .arg("mount")
+        .arg(&s.dir)
+        .env("HRL_RUN_DIR", &s.run_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && !is_mounted(&s.dir),
+        "not refused: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "pid {} (bash) has d.img open for writing",
+            holder.0.id()
+        )),
+        "{err}"
+    );
+
+    let tracker = Tracker::mount_with(&s.dir, &s.run_dir, &["--force"]);
+    fill(&other, 4, 7);
+    assert_eq!(s.sync()["point"], 1);
+    let snap1 = s.snapshot(1);
+    same_dirs(&s.restore(1), &snap1);
+
+    // The write the tracker never sees.
+    writeln!(holder.0.stdin.as_mut().unwrap(), "4").unwrap();
+    line.clear();
+    answers.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ok");
+    fill(&other, 1, 8);
+    let r = s.sync();
+    assert_eq!(
+        r["point"], 2,
+        "the point is committed for the other disk: {r}"
+    );
+    let st = s.status();
+    let d = st["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["disk"] == "d.img")
+        .unwrap()
+        .clone();
+    assert_eq!(d["health"], "Warning", "{st}");
+    assert_eq!(
+        d["resync_reason"], "changed outside the tracker; resync scheduled",
+        "{st}"
+    );
+    let restored2 = s.restore(2);
+    assert_same_file(&restored2.join("e.img"), &other);
+    assert_same_file(&restored2.join("d.img"), &snap1.join("d.img"));
+
+    let r = s.sync();
+    assert_eq!(r["point"], 3);
+    let rs = &r["base_copies"][0]["resync"];
+    assert_eq!(
+        rs["blocks_compared"], rs["blocks_total"],
+        "every block compared: {r}"
+    );
+    assert_eq!(
+        rs["blocks_differing"], 4,
+        "the 1 MiB the writer changed: {r}"
+    );
+    let snap3 = s.snapshot(3);
+    drop(holder);
+    drop(tracker);
     same_dirs(&s.restore(3), &snap3);
 }

@@ -42,6 +42,12 @@ enum Cmd {
         /// FUSE worker threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Mount even though a process, loop device or other mount can change the disks
+        /// without passing through the tracker (normally refused, naming them). The disks
+        /// they reach get a full compare at the next cycle, and every seal checks each disk
+        /// for changes the tracker did not make.
+        #[arg(long)]
+        force: bool,
     },
     /// Unmount DIR and wait until the tracker has closed its logs.
     Unmount {
@@ -100,6 +106,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             include,
             foreground,
             threads,
+            force,
         } => {
             let include = if include.is_empty() {
                 DEFAULT_INCLUDE.iter().map(|s| s.to_string()).collect()
@@ -112,6 +119,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 include,
                 foreground,
                 threads,
+                force,
             })
         }
         Cmd::Unmount { dir, timeout } => mount::unmount(&dir, Duration::from_secs(timeout)),
@@ -147,6 +155,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                     d.pending_logs,
                     d.dirty_extents
                 );
+                if let Some(why) = &d.changed_outside {
+                    println!("  warning: {why}");
+                }
                 if !d.unclean_extents.is_empty() {
                     println!(
                         "  unclean stop: {} extent(s) may differ from the logs: {:?}",
@@ -154,6 +165,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                         d.unclean_extents
                     );
                 }
+            }
+            for u in &st.untracked {
+                println!("warning: {u}");
             }
             Ok(())
         }

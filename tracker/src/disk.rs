@@ -117,6 +117,12 @@ pub struct DiskState {
     warnings: Vec<String>,
     /// For the operator, for as long as the mount lives: extra hard links.
     lasting_warnings: Vec<String>,
+    /// Size and mtime of the image after the tracker's own last change (bypass detection).
+    own_stamp: Option<(u64, u64)>,
+    /// Why the image is known to have changed outside the tracker (until `clear`).
+    pub changed_outside: Option<String>,
+    /// A change outside the tracker was found since the last seal (reported by the next).
+    outside_unsealed: bool,
 }
 
 impl DiskState {
@@ -319,6 +325,7 @@ impl Disk {
             h.block_size = EXTENT_SIZE;
             (LogWriter::create(&active, &h)?, true, None)
         };
+        let own_stamp = stamp_of(&image);
         let recovered = !(bitmap_clean && log_clean) || torn_at.is_some();
         // After a clean stop the bitmap holds the image's stamp from then: a different stamp
         // now means the image was changed while nothing tracked it. Every block may differ.
@@ -383,6 +390,9 @@ impl Disk {
                     retired: false,
                     warnings: Vec::new(),
                     lasting_warnings: Vec::new(),
+                    own_stamp,
+                    changed_outside: None,
+                    outside_unsealed: false,
                 }),
                 swapped: Condvar::new(),
             },
@@ -452,52 +462,67 @@ impl Disk {
     /// A write to the image: marked, logged, then written.
     pub fn write(&self, fd: RawFd, off: u64, data: &[u8]) -> io::Result<()> {
         let mut st = self.lock_for_change();
-        Self::mark(&mut st, off, data.len() as u64)?;
-        // Reserve the image blocks first: once the record is logged, the image write must not
-        // fail for lack of space (ENOSPC would leave a record the image does not have).
-        reserve(fd, off, data.len() as u64)?;
-        st.record(ChangeRef::Write { offset: off, data })?;
-        if let Err(e) = sys::pwrite_all(fd, data, off) {
-            self.compensate(&mut st, off, off + data.len() as u64);
-            return Err(e);
-        }
-        st.size = st.size.max(off + data.len() as u64);
-        Ok(())
+        self.own_change(&mut st, |st| {
+            Self::mark(st, off, data.len() as u64)?;
+            // Reserve the image blocks first: once the record is logged, the image write must
+            // not fail for lack of space (ENOSPC would leave a record the image does not have).
+            reserve(fd, off, data.len() as u64)?;
+            st.record(ChangeRef::Write { offset: off, data })?;
+            if let Err(e) = sys::pwrite_all(fd, data, off) {
+                self.compensate(st, off, off + data.len() as u64);
+                return Err(e);
+            }
+            st.size = st.size.max(off + data.len() as u64);
+            Ok(())
+        })
     }
 
     /// A size change (truncate, O_TRUNC): marked, logged, done.
     pub fn truncate(&self, fd: RawFd, size: u64) -> io::Result<()> {
         let mut st = self.lock_for_change();
-        let cur = sys::fstat(fd)?.st_size as u64;
-        let (lo, hi) = (cur.min(size), cur.max(size));
-        Self::mark(&mut st, lo, hi - lo)?;
-        st.record(ChangeRef::Other(Change::Truncate { size }))?;
-        if let Err(e) = sys::ftruncate(fd, size) {
-            self.compensate(&mut st, lo, lo);
-            return Err(e);
-        }
-        st.size = size;
-        Ok(())
+        self.own_change(&mut st, |st| {
+            let cur = sys::fstat(fd)?.st_size as u64;
+            let (lo, hi) = (cur.min(size), cur.max(size));
+            Self::mark(st, lo, hi - lo)?;
+            st.record(ChangeRef::Other(Change::Truncate { size }))?;
+            if let Err(e) = sys::ftruncate(fd, size) {
+                self.compensate(st, lo, lo);
+                return Err(e);
+            }
+            st.size = size;
+            Ok(())
+        })
     }
 
     /// fallocate: allocation (logged as a size change when it grows the file), punch hole
     /// and zero range (logged as such). Collapse/insert range cannot be described and are
     /// refused.
     pub fn fallocate(&self, fd: RawFd, mode: i32, off: u64, len: u64) -> io::Result<()> {
-        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
-        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
-        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
         let known =
             libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
         if mode & !known != 0 {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
         let mut st = self.lock_for_change();
+        self.own_change(&mut st, |st| self.fallocate_locked(st, fd, mode, off, len))
+    }
+
+    fn fallocate_locked(
+        &self,
+        st: &mut DiskState,
+        fd: RawFd,
+        mode: i32,
+        off: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
         let cur = sys::fstat(fd)?.st_size as u64;
         let end = off.saturating_add(len);
         let grows = !keep && end > cur;
         if punch || zero || grows {
-            Self::mark(&mut st, off, len)?;
+            Self::mark(st, off, len)?;
         }
         if grows {
             st.record(ChangeRef::Other(Change::Truncate { size: end }))?;
@@ -517,7 +542,7 @@ impl Disk {
             }
         }
         if let Err(e) = sys::fallocate(fd, mode, off, len) {
-            self.compensate(&mut st, off, within.max(off));
+            self.compensate(st, off, within.max(off));
             return Err(e);
         }
         if grows {
@@ -610,6 +635,95 @@ impl Disk {
         sys::fsync(fd, datasync)
     }
 
+    /// Runs one of the tracker's own changes of the image: first checks that nothing else
+    /// changed it since the tracker's last change, then records the image's stamp after it.
+    fn own_change<T>(
+        &self,
+        st: &mut DiskState,
+        change: impl FnOnce(&mut DiskState) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.check_outside(st);
+        let r = change(st);
+        st.own_stamp = self.stamp();
+        r
+    }
+
+    /// Size and mtime (ns) of the image now. A change through any descriptor moves the mtime;
+    /// since the tracker has just read it, the kernel gives the next change a fine-grained
+    /// timestamp (multigrain timestamps, Linux 6.13+), so it differs even within one tick.
+    fn stamp(&self) -> Option<(u64, u64)> {
+        stamp_of(&self.image)
+    }
+
+    /// Compares the image with its stamp after the tracker's own last change: a difference
+    /// is a change made outside the tracker (a descriptor, mapping or loop device that
+    /// bypasses the mount). The whole disk is then marked for a full compare.
+    fn check_outside(&self, st: &mut DiskState) {
+        let now = self.stamp();
+        match st.own_stamp {
+            Some(own) if now != Some(own) => {
+                let why = format!(
+                    "{} changed outside the tracker (size {} -> {}, mtime moved): a writer bypasses the mount; resync scheduled",
+                    st.name,
+                    own.0,
+                    now.map_or(0, |n| n.0)
+                );
+                self.mark_changed_outside(st, why);
+            }
+            _ => {}
+        }
+        st.own_stamp = now;
+    }
+
+    /// Marks the whole disk unclean and held (a full compare at the next cycle), for a change
+    /// made outside the tracker. The extents count as touched in the current interval, so a
+    /// `clear` up to a seal before this one keeps them.
+    pub fn mark_changed_outside(&self, st: &mut DiskState, why: String) {
+        if st.changed_outside.is_none() {
+            tracing::warn!(disk = %st.name, "{why}");
+        }
+        let size = self.image_size().unwrap_or(st.size).max(st.size).max(1);
+        if let Some(bm) = st.bitmap.as_mut() {
+            let es = u64::from(bm.extent_size());
+            let set = bm
+                .mark(0, size)
+                .and_then(|new| if new { bm.flush() } else { Ok(()) });
+            if let Err(e) = set {
+                tracing::error!(disk = %st.name, error = %e, "cannot mark the disk in its bitmap; the shipper still sees it unclean");
+            }
+            for e in 0..size.div_ceil(es) {
+                st.held.insert(e);
+                st.touched_all.insert(e);
+            }
+        }
+        if !st.unclean.contains(&(0, size)) {
+            st.unclean.push((0, size));
+        }
+        st.changed_outside.get_or_insert(why);
+        st.outside_unsealed = true;
+    }
+
+    /// [`Disk::mark_changed_outside`] under the disk's lock.
+    pub fn report_changed_outside(&self, why: String) {
+        let mut st = self.lock();
+        self.mark_changed_outside(&mut st, why);
+    }
+
+    /// At a seal, after the cut: checks for a change outside the tracker and returns whether
+    /// one was found since the last seal (its logs then miss changes of the disk).
+    pub fn take_changed_outside(&self) -> bool {
+        let mut st = self.lock();
+        self.check_outside(&mut st);
+        if !std::mem::take(&mut st.outside_unsealed) {
+            return false;
+        }
+        // Again in the interval this seal starts, so that the point's `clear` keeps them.
+        let why = st.changed_outside.clone().unwrap_or_default();
+        self.mark_changed_outside(&mut st, why);
+        st.outside_unsealed = false;
+        true
+    }
+
     /// Makes the image durable (used before clearing the marks a seal covers).
     pub fn sync_image(&self) -> io::Result<()> {
         sys::fsync(self.image.as_raw_fd(), true)
@@ -688,6 +802,7 @@ impl Disk {
         st.held.retain(|e| keep.contains(e));
         st.unclean.clear();
         st.warnings.clear();
+        st.changed_outside = None;
         st.history.retain(|(start, _)| *start >= upto);
         Ok(())
     }
@@ -745,6 +860,7 @@ impl Disk {
                 .chain(&st.warnings)
                 .cloned()
                 .collect(),
+            changed_outside: st.changed_outside.clone(),
         }
     }
 
@@ -794,6 +910,12 @@ impl Disk {
         }
         Ok(())
     }
+}
+
+/// Size and mtime (ns) of an image (see [`Disk::check_outside`]).
+fn stamp_of(image: &File) -> Option<(u64, u64)> {
+    let s = ImageStamp::of(&image.metadata().ok()?);
+    Some((s.size, s.mtime_ns))
 }
 
 /// Allocates the image blocks of `[off, off+len)` ahead of a write (no size change), so the

@@ -145,7 +145,9 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
     let mut out = Vec::new();
     for (disk, file, info, touched, mode, name) in sealed {
         match entry(&root, &disk, &file, &info, mode, &name) {
-            Ok(e) => {
+            Ok(mut e) => {
+                // After the cut: a change outside the tracker before it is seen here.
+                e.changed_outside = disk.take_changed_outside();
                 match disk.sync_image() {
                     Ok(()) => {
                         if let Err(err) = disk.clear_sealed(touched) {
@@ -193,5 +195,6 @@ fn entry(
         records: v.seal.records,
         disk_size: v.header.disk_size.max(disk.image_size().unwrap_or(0)),
         mode,
+        changed_outside: false,
     })
 }

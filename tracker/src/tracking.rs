@@ -112,6 +112,7 @@ fn sealed_entry(v: &hrl::log::VerifiedLog, disk: &str, log: &str, mode: DiskMode
         records: v.seal.records,
         disk_size: v.header.disk_size,
         mode,
+        changed_outside: false,
     }
 }
 
@@ -751,6 +752,7 @@ impl Tracker {
             socket: socket.display().to_string(),
             pid: std::process::id(),
             disks: self.disks().iter().map(|d| d.status()).collect(),
+            untracked: crate::bypass::untracked(self),
         }
     }
 

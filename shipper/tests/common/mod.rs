@@ -207,6 +207,7 @@ fn sealed_entry(
         records,
         disk_size: size,
         mode: d.mode,
+        changed_outside: false,
     }
 }
 
@@ -286,6 +287,7 @@ fn handle(st: &Mutex<FakeState>, req: Request) -> Response {
                     torn_log_tail_at: None,
                     disk_id: hrl::to_hex(&d.disk_id),
                     warnings: vec![],
+                    changed_outside: None,
                 })
                 .collect();
             Response {
@@ -295,6 +297,7 @@ fn handle(st: &Mutex<FakeState>, req: Request) -> Response {
                     socket: String::new(),
                     pid: std::process::id(),
                     disks,
+                    untracked: vec![],
                 }),
                 ..Default::default()
             }

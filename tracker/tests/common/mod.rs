@@ -108,6 +108,28 @@ impl Mounted {
         m
     }
 
+    /// Runs `hrl-tracker mount DIR EXTRA` (in the background, as an operator would)
+    /// expecting a refusal: returns its stderr. Panics if the mount comes up (after
+    /// unmounting it).
+    pub fn refused(dir: &Path, run_dir: &Path, extra: &[&str]) -> String {
+        let dir = std::fs::canonicalize(dir).unwrap();
+        let out = Command::new(tracker_bin())
+            .arg("mount")
+            .arg(&dir)
+            .args(extra)
+            .env("HRL_RUN_DIR", run_dir)
+            .env("RUST_LOG", "warn,fuser=error")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hrl-tracker");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() || is_mounted(&dir) {
+            force_unmount(&dir);
+            panic!("the mount of {} was not refused: {stderr}", dir.display());
+        }
+        stderr
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
