@@ -7,10 +7,13 @@
 //! reach for a full compare). What it finds is a snapshot: the per-seal stamp check in
 //! `disk.rs` catches what starts writing afterwards.
 
+use std::ffi::OsStr;
 use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::core::sys;
 use crate::tracking::Tracker;
 
 /// A disk of the directory, by backing identity.
@@ -114,54 +117,77 @@ pub fn find(dir: &Path, dir_id: (u64, u64), disks: &[Target], ignore: &[u32]) ->
     out
 }
 
-/// At mount, before the directory is covered: refuses if anything can change a disk without
-/// passing through the mount; with `force`, mounts anyway and marks every disk it can reach
-/// unclean as a whole (a full compare at the next cycle). The tracker itself and the
-/// `hrl-tracker mount` that started it in the background are not counted.
-pub fn guard_mount(tracker: &Tracker, dir: &Path, force: bool) -> anyhow::Result<()> {
-    let st = crate::core::sys::fstat(tracker.root_fd())?;
-    let disks: Vec<(Target, std::sync::Arc<crate::disk::Disk>)> = tracker
-        .disks()
-        .into_iter()
-        .map(|d| {
-            let t = Target {
-                name: d.name(),
-                dev: d.key.0,
-                ino: d.key.1,
-            };
-            (t, d)
-        })
-        .collect();
-    let targets: Vec<Target> = disks
-        .iter()
-        .map(|(t, _)| Target {
-            name: t.name.clone(),
-            dev: t.dev,
-            ino: t.ino,
-        })
-        .collect();
+/// At mount, before tracking starts (so that a refused mount leaves every disk's state as
+/// it was) and before the directory is covered: refuses if anything can change a disk of
+/// the backing directory `root` without passing through the mount. With `force` it returns
+/// what it found, for [`mark_found`]. The tracker itself and the `hrl-tracker mount` that
+/// started it in the background are not counted.
+pub fn guard_mount(
+    root: &OwnedFd,
+    dir: &Path,
+    include: &[String],
+    force: bool,
+) -> anyhow::Result<Vec<Bypass>> {
+    let st = sys::fstat(root.as_raw_fd())?;
+    let found = find(
+        dir,
+        (st.st_dev, st.st_ino),
+        &disks_in(root, include)?,
+        &own_pids(),
+    );
+    if !found.is_empty() && !force {
+        anyhow::bail!("{}", refusal(dir, &found));
+    }
+    Ok(found)
+}
+
+/// The disks of the backing directory, by identity (the names [`Tracker`] will track).
+fn disks_in(root: &OwnedFd, include: &[String]) -> anyhow::Result<Vec<Target>> {
+    let dirfd = sys::openat(
+        root.as_raw_fd(),
+        OsStr::new("."),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )?;
+    let mut out = Vec::new();
+    for (_, _, raw) in sys::read_dir_entries(dirfd.as_raw_fd())? {
+        let Ok(name) = String::from_utf8(raw) else {
+            continue;
+        };
+        if !crate::tracking::is_disk_name(include, &name) {
+            continue;
+        }
+        if let Ok(st) = sys::statat(root.as_raw_fd(), OsStr::new(&name)) {
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                out.push(Target {
+                    name,
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `--force`: marks every disk a bypass found at mount can reach as changed outside the
+/// tracker (unclean as a whole: a full compare at the next cycle), and logs the disk-looking
+/// files that cannot be tracked.
+pub fn mark_found(tracker: &Tracker, found: &[Bypass]) {
     for u in untracked(tracker) {
         tracing::warn!("{u}");
     }
-    let found = find(dir, (st.st_dev, st.st_ino), &targets, &own_pids());
-    if found.is_empty() {
-        return Ok(());
-    }
-    if !force {
-        anyhow::bail!("{}", refusal(dir, &found));
-    }
-    for b in &found {
+    for b in found {
         tracing::warn!("--force: {b}; marking what it reaches for a full compare");
-        for (t, d) in &disks {
-            if b.disk().is_none_or(|n| n == t.name) {
+        for d in tracker.disks() {
+            let name = d.name();
+            if b.disk().is_none_or(|n| n == name) {
                 d.report_changed_outside(format!(
-                    "{} may have changed outside the tracker ({b} at mount, --force); resync scheduled",
-                    t.name
+                    "{name} may have changed outside the tracker ({b} at mount, --force); resync scheduled"
                 ));
             }
         }
     }
-    Ok(())
 }
 
 /// Files in the root that look like disks but are not tracked, each with why and what to
@@ -170,11 +196,9 @@ pub fn guard_mount(tracker: &Tracker, dir: &Path, force: bool) -> anyhow::Result
 /// file the tracker does not log), or a disk file that could not be opened for tracking.
 /// Computed from the directory on every `status`, so the warning stays until it is fixed.
 pub fn untracked(tracker: &Tracker) -> Vec<String> {
-    use crate::core::sys;
-    use std::os::fd::AsRawFd;
     let Ok(dirfd) = sys::openat(
         tracker.root_fd(),
-        std::ffi::OsStr::new("."),
+        OsStr::new("."),
         libc::O_RDONLY | libc::O_DIRECTORY,
         0,
     ) else {
@@ -190,7 +214,7 @@ pub fn untracked(tracker: &Tracker) -> Vec<String> {
         if !tracker.is_disk_name(&lossy) {
             continue;
         }
-        let name = std::ffi::OsStr::from_bytes(&raw);
+        let name = OsStr::from_bytes(&raw);
         let Ok(st) = sys::statat(tracker.root_fd(), name) else {
             continue;
         };
@@ -201,18 +225,13 @@ pub fn untracked(tracker: &Tracker) -> Vec<String> {
             })
         } else if kind == libc::S_IFLNK {
             let target = tracker.root_path().join(name);
-            let reaches = std::fs::metadata(&target).ok().map(|m| {
-                (
-                    std::os::unix::fs::MetadataExt::dev(&m),
-                    std::os::unix::fs::MetadataExt::ino(&m),
-                )
-            });
+            let reaches = id_of(&target);
             (!reaches.is_some_and(|k| tracked.contains(&k))).then(|| {
                 let to = std::fs::read_link(&target).map(|p| p.display().to_string()).unwrap_or_default();
                 format!("{lossy} is not tracked: it is a symlink to {to}, outside the tracked disks of the directory; move the image into the directory instead of linking to it")
             })
         } else if kind == libc::S_IFREG && !tracked.contains(&(st.st_dev, st.st_ino)) {
-            Some(format!("{lossy} is not tracked (it could not be opened for tracking; see the tracker's log) and remount"))
+            Some(format!("{lossy} is not tracked: it could not be opened for tracking (see the tracker's log); fix that and remount"))
         } else {
             None
         };
@@ -248,9 +267,29 @@ fn comm(pid: u32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// Device and inode of what `p` names. `AT_STATX_DONT_SYNC`: cached attributes are enough
+/// for the identity, so a hung network or FUSE filesystem behind some descriptor of some
+/// process cannot stall the mount.
 fn id_of(p: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+    let c = sys::cstr(p.as_os_str()).ok()?;
+    // SAFETY: zeroed plain-old-data out-buffer.
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-buffer.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_STATX_DONT_SYNC,
+            libc::STATX_INO,
+            &mut sx,
+        )
+    };
+    (rc == 0).then(|| {
+        (
+            libc::makedev(sx.stx_dev_major, sx.stx_dev_minor),
+            sx.stx_ino,
+        )
+    })
 }
 
 fn disk_at<'a>(disks: &'a [Target], id: (u64, u64)) -> Option<&'a Target> {

@@ -889,10 +889,19 @@ impl Disk {
     pub fn close_clean(&self) -> io::Result<()> {
         let mut st = self.lock_settled();
         let st = &mut *st;
+        self.check_outside(st);
         if let Some(log) = st.log.take() {
             log.close_clean().map_err(log_err)?;
         }
         sys::fsync(self.image.as_raw_fd(), false)?;
+        if st.changed_outside.is_some() {
+            // Changed outside the tracker and not resynced yet: the bitmap stays marked and
+            // not clean, so the next start reports the whole disk unclean again.
+            if let Some(bm) = st.bitmap.take() {
+                bm.flush().map_err(bitmap_err)?;
+            }
+            return Ok(());
+        }
         let stamp = self.image.metadata().map(|m| ImageStamp::of(&m)).ok();
         if let Some(mut bm) = st.bitmap.take() {
             let es = u64::from(bm.extent_size());

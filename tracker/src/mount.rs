@@ -191,11 +191,12 @@ fn start(
     )
     .with_context(|| format!("open backing directory {}", backing.display()))?;
     let restrict = restrictive_options(root.as_raw_fd());
+    let bypasses = crate::bypass::guard_mount(&root, backing, &args.include, args.force)?;
     let tracker = Arc::new(
         Tracker::open(root, mountpoint, args.include.clone())
             .with_context(|| format!("start tracking the disks in {}", backing.display()))?,
     );
-    crate::bypass::guard_mount(&tracker, backing, args.force)?;
+    crate::bypass::mark_found(&tracker, &bypasses);
     let core = Arc::new(Core::new(tracker.clone()).context("set up the filesystem core")?);
     let control = ControlServer::start(socket, tracker.clone())?;
     let core_for_removals = core.clone();

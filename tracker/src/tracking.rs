@@ -36,6 +36,11 @@ pub enum TrackError {
 /// Default disk patterns.
 pub const DEFAULT_INCLUDE: &[&str] = &["*.vhd", "*.vhdx", "*.img", "*.raw", "*.qcow2"];
 
+/// True if a regular file called `name` in the root is a disk under the `include` patterns.
+pub fn is_disk_name(include: &[String], name: &str) -> bool {
+    naming::classify(name).is_none() && include.iter().any(|p| crate::glob::matches(p, name))
+}
+
 /// What a rename does to tracking, decided before the rename and carried out after it.
 #[derive(Default)]
 pub struct RenamePlan {
@@ -173,8 +178,7 @@ impl Tracker {
 
     /// True if a regular file called `name` in the root is a disk.
     pub fn is_disk_name(&self, name: &str) -> bool {
-        naming::classify(name).is_none()
-            && self.include.iter().any(|p| crate::glob::matches(p, name))
+        is_disk_name(&self.include, name)
     }
 
     pub fn disk(&self, key: BackingKey) -> Option<Arc<Disk>> {

@@ -192,6 +192,38 @@ fn writer_before_mount_is_refused_and_with_force_every_bypass_write_is_caught() 
     m.unmount();
 }
 
+/// A bypass write just before a clean unmount (no seal in between) is not lost with the
+/// tracker: the next mount reports the whole disk unclean.
+#[test]
+fn bypass_write_before_a_clean_unmount_is_reported_after_the_remount() {
+    let tmp = scratch();
+    let (dir, run_dir) = setup(tmp.path());
+    let src = tmp.path().join("src");
+    std::fs::write(&src, pattern(8, MIB)).unwrap();
+    let mut h = Holder::descriptor(&dir.join("d.img"), "<>");
+    let m = Mounted::start(&dir, &dir, &run_dir, &["--force"]);
+    let (id, _) = seal_flags(&m);
+    assert!(
+        m.request(&Request::Clear {
+            disk: "d.img".into(),
+            upto_seal: id
+        })
+        .ok
+    );
+    h.command(&format!("2 {}", src.display()));
+    m.unmount();
+    drop(h);
+    let m = Mounted::in_place(&dir, &run_dir);
+    let st = status(&m);
+    let d = st.disks.iter().find(|d| d.disk == "d.img").unwrap();
+    let covered: u64 = d.unclean_extents.iter().map(|&(_, len)| len).sum();
+    assert!(
+        covered >= 8 * MIB as u64,
+        "the whole disk must be unclean: {d:?}"
+    );
+    m.unmount();
+}
+
 /// A read-only opener before the mount is no bypass: the mount goes ahead, and writes
 /// through the mount raise no alarm at the seal.
 #[test]
