@@ -292,7 +292,7 @@ fn id_of(p: &Path) -> Option<(u64, u64)> {
     })
 }
 
-fn disk_at<'a>(disks: &'a [Target], id: (u64, u64)) -> Option<&'a Target> {
+fn disk_at(disks: &[Target], id: (u64, u64)) -> Option<&Target> {
     disks.iter().find(|d| (d.dev, d.ino) == id)
 }
 
