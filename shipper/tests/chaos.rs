@@ -45,15 +45,18 @@ const CI_KINDS: &[Kind] = &[
     Kind::OfflineEditMtime,
     Kind::LoseState,
     Kind::StoreOutage,
+    Kind::StoreFlap,
     Kind::KillShipper,
     Kind::SyncResync,
     Kind::SyncWhileWriting,
     Kind::Qcow2Grow,
 ];
-// Disabled in CI, with the item of issue 16 that fixes it:
-// shrink (1), qcow2_during_sync (2), lose_object (3), sigterm_busy (4), lose_bitmap (5),
-// lose_active_log (6), kill_tracker_offline_edit (8), rename_over (9), store_flap (12),
-// hardlink (13).
+// Disabled in CI until the fix of the issue 16 item named enables it (what each showed on
+// the code of 2026-12-01 is in docs/chaos.md):
+// shrink (1), sync_while_growing and qcow2_during_sync (2), lose_object (3),
+// sigterm_busy (4), lose_bitmap (5), lose_active_log (6), kill_tracker_offline_edit (8),
+// rename_over (9), hardlink (13). store_flap (12) passes:
+// these small disks never reach the 50% rule, so it checks outages mid-cycle only.
 
 /// Actions per seed in CI.
 const CI_STEPS: usize = 24;

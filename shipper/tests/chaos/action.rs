@@ -42,7 +42,8 @@ kinds! {
     LoseObject = "lose_object": "a chunk, log or index deleted from the store (item 3)",
     KillShipper = "kill_shipper": "kill -9 of a sync at a random moment or at a stop point",
     SyncResync = "sync_resync": "hrl-shipper sync --resync, or resync --now",
-    SyncWhileWriting = "sync_while_writing": "a sync while a writer pwrites and appends (point = a prefix of the writes)",
+    SyncWhileWriting = "sync_while_writing": "a sync while a writer pwrites inside the disks (point = a prefix of the writes)",
+    SyncWhileGrowing = "sync_while_growing": "as sync_while_writing, some writes past the end grow the disks (item 2)",
     Qcow2DuringSync = "qcow2_during_sync": "a sync while qemu-io grows a qcow2 (point restores; item 2)",
     Hardlink = "hardlink": "a second name (hard link) of a disk (item 13)",
 }

@@ -85,7 +85,7 @@ pub fn apply(w: &mut World, act: &Action) -> Result<String, Finding> {
         }
         Kind::StoreFlap => store_flap(w, act),
         Kind::LoseObject => lose_object(w, act),
-        Kind::SyncWhileWriting => sync_while_writing(w, act, &mut rng),
+        Kind::SyncWhileWriting | Kind::SyncWhileGrowing => sync_while_writing(w, act, &mut rng),
         Kind::Qcow2DuringSync => qcow2_during_sync(w, act, &mut rng),
     }
 }
@@ -479,8 +479,8 @@ fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// A sync while a writer pwrites (and appends to) the raw disks: the point must be the
-/// disks before plus a prefix of the writes.
+/// A sync while a writer pwrites the disks (through the mount; `sync_while_growing` also past
+/// their end): the point must be the disks before plus a prefix of the writes.
 fn sync_while_writing(w: &mut World, act: &Action, rng: &mut Rng) -> Result<String, Finding> {
     let before = guest_snapshot(w)?;
     let disks: Vec<String> = before
@@ -496,8 +496,13 @@ fn sync_while_writing(w: &mut World, act: &Action, rng: &mut Rng) -> Result<Stri
     let mut writes = Vec::new();
     for _ in 0..n {
         let i = rng.below(disks.len() as u64) as usize;
-        let len = 512 + rng.below(128 * 1024);
-        let off = rng.below(sizes[i] + 256 * 1024);
+        let mut len = 512 + rng.below(128 * 1024);
+        let off = if act.kind == Kind::SyncWhileGrowing {
+            rng.below(sizes[i] + 256 * 1024)
+        } else {
+            len = len.min(sizes[i]);
+            rng.below(sizes[i] - len + 1)
+        };
         sizes[i] = sizes[i].max(off + len);
         writes.push(Write {
             disk: disks[i].clone(),

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::oracle::{self, Disks, Reference};
-use crate::common::{shipper, shipper_bin, KillOnDrop};
+use crate::common::{shipper_bin, KillOnDrop};
 use crate::tracker_common::{force_unmount, is_mounted, Mounted};
 
 /// A broken promise the oracle found (or an action that could not run): the seed fails.
@@ -179,7 +179,7 @@ impl World {
     }
 
     fn tool(&self, args: &[&str]) -> Output {
-        shipper(args, &[], &self.run, &self.state)
+        self.cmd(args).output().expect("run hrl-shipper")
     }
 
     /// Runs one sync as `how` says; the outage counter ticks.
