@@ -163,9 +163,9 @@ fn matches_with_partial(state: &Disks, partial: Option<&Write>, got: &Disks) -> 
         if let Some(i) = first_diff(&s[..head.min(s.len())], &g[..head.min(s.len())]) {
             return Err(format!("{name}: differs at byte {i}"));
         }
-        for i in lo..hi.min(g.len()) {
-            let old = s.get(i).copied().unwrap_or(0);
-            if g[i] != old && g[i] != w.data[i - lo] {
+        let end = hi.min(g.len());
+        for (i, (&b, &new)) in (lo..end).zip(g[lo.min(end)..end].iter().zip(&w.data)) {
+            if b != s.get(i).copied().unwrap_or(0) && b != new {
                 return Err(format!("{name}: byte {i} is neither old nor new"));
             }
         }
