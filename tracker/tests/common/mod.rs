@@ -12,8 +12,25 @@ use hrl::control::{Request, Response, SealedLog};
 
 pub mod user;
 
+/// The tracker binary: Cargo's path in the tracker's own tests; beside the test binary's
+/// profile directory (`target/<profile>/hrl-tracker`) when another crate's tests include this
+/// module (the shipper's chaos test does).
 pub fn tracker_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hrl-tracker"))
+    if let Some(p) = option_env!("CARGO_BIN_EXE_hrl-tracker") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let p = profile.join("hrl-tracker");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build -p hrl-tracker; nextest --workspace does)",
+        p.display()
+    );
+    p
 }
 
 /// `target/<profile>/hrl-shipper`, when the workspace build made it.
