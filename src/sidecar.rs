@@ -87,6 +87,7 @@ fn disk_of(path: &Path) -> Option<std::fs::Metadata> {
         HrlFile::ActiveLog { disk }
         | HrlFile::SealedLog { disk, .. }
         | HrlFile::Bitmap { disk } => disk,
+        // A quarantined junk file belongs to no disk: it stays root's, 0600.
         HrlFile::Quarantined => return None,
     };
     let md = std::fs::symlink_metadata(path.parent()?.join(disk)).ok()?;

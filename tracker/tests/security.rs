@@ -148,7 +148,12 @@ fn sidecars_take_the_disks_owner_and_mode() {
         .open(m.path("secret.img"))
         .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, b"SECRET-PAYLOAD", 0))
         .unwrap();
-    m.seal();
+    let sealed = m.seal();
+    let sealed_name = sealed
+        .iter()
+        .find(|l| l.disk == "secret.img")
+        .map(|l| l.log.clone())
+        .unwrap();
     let read_as_user = |p: &Path| {
         user.python(&format!(
             "import sys\nd=open({:?},'rb').read()\nsys.exit(0 if b'SECRET-PAYLOAD' in d else 3)",
@@ -158,7 +163,7 @@ fn sidecars_take_the_disks_owner_and_mode() {
     let sidecars = |d: &Path| {
         [
             d.join("secret.img.hrl"),
-            d.join("secret.img.1.hrl"),
+            d.join(&sealed_name),
             d.join("secret.img.hrl-bitmap"),
         ]
     };
