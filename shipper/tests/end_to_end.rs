@@ -1323,6 +1323,6 @@ fn growing_qcow2_during_syncs_restores_at_every_point() {
     run(Command::new("qemu-img")
         .arg("compare")
         .arg(restored.join("fill.qcow2"))
-        .arg(&snap));
+        .arg(snap.join("fill.qcow2")));
     s.verify_all();
 }

@@ -26,11 +26,13 @@ pub struct Rule {
     pub times: usize,
 }
 
+/// (method, target, fault applied) of every request seen.
+pub type Seen = Arc<Mutex<Vec<(String, String, Option<Fault>)>>>;
+
 pub struct FaultyProxy {
     pub port: u16,
     rules: Arc<Mutex<Vec<Rule>>>,
-    /// (method, target, fault applied) of every request seen.
-    pub seen: Arc<Mutex<Vec<(String, String, Option<Fault>)>>>,
+    pub seen: Seen,
 }
 
 impl FaultyProxy {
@@ -39,7 +41,7 @@ impl FaultyProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let rules: Arc<Mutex<Vec<Rule>>> = Arc::default();
-        let seen: Arc<Mutex<Vec<(String, String, Option<Fault>)>>> = Arc::default();
+        let seen: Seen = Arc::default();
         let (r, s) = (Arc::clone(&rules), Arc::clone(&seen));
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
