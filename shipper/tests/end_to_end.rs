@@ -1251,6 +1251,8 @@ fn writer_bypassing_the_mount_is_refused_then_detected_and_resynced() {
     drop(holder);
     drop(tracker);
     same_dirs(&s.restore(3), &snap3);
+}
+
 impl Scene {
     /// `verify --point all` succeeds (every point restorable, sizes included).
     fn verify_all(&self) {

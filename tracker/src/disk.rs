@@ -729,6 +729,11 @@ impl Disk {
         sys::fsync(self.image.as_raw_fd(), true)
     }
 
+    /// Current size of the image.
+    pub fn image_size(&self) -> io::Result<u64> {
+        Ok(sys::fstat(self.image.as_raw_fd())?.st_size as u64)
+    }
+
     /// Starts a new seal interval: returns the extents whose marks may go once the sealed log
     /// and the image are durable: those touched two intervals ago (the closing interval's
     /// stay marked one more interval, as hot extents).
