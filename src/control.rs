@@ -103,7 +103,7 @@ pub struct SealedLog {
     pub prev_hash: String,
     /// Number of records before the seal record.
     pub records: u64,
-    /// Disk size when the log was sealed.
+    /// Disk size at the seal's cut: the size the log leaves the disk at.
     pub disk_size: u64,
     /// Tracking mode of the disk during this log.
     pub mode: DiskMode,

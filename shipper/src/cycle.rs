@@ -99,11 +99,10 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             }
         }
     };
-    let work = p.state_dir.join("work");
-    std::fs::create_dir_all(&work)
-        .with_context(|| format!("create work directory {}", work.display()))?;
+    let work = crate::workdir::fresh(&p.state_dir, &p.store.group)?;
 
     let last = crate::points::latest(&p.store).await?;
+    crate::owner::ensure(&p.store, &p.dir, last.as_ref()).await?;
     let mut tracker = TrackerClient::connect(&p.dir).await?;
     let tstatus = tracker.status().await?;
     if let Ok(mut s) = status.lock() {
@@ -258,19 +257,10 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             d.disk_size = sealed.disk_size;
         }
         save_status();
-        // Chunks the store holds for the bases of the last point (any disk: a renamed or
-        // copied disk, or a resync, finds most of its blocks there) are not sent again.
+        // Chunks the store holds (any disk's: a renamed or copied disk, or a resync, finds
+        // most of its blocks there) are not sent again; a lost one is.
         if known.is_none() {
-            let mut set = HashSet::new();
-            for e in previous.values() {
-                match known_chunks(&p.store, &e.base).await {
-                    Ok(k) => set.extend(k),
-                    Err(err) => {
-                        warn!(disk = %e.name, "cannot read its base index, its chunks may be sent again: {err:#}")
-                    }
-                }
-            }
-            known = Some(set);
+            known = Some(crate::presence::stored_chunks(&p.store).await?);
         }
         let known = known.as_ref().expect("just filled");
         if let Some(prev) = prev {
@@ -478,6 +468,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         }
     }
     stop_point(p, "after-upload");
+    crate::presence::guard_commit(p, status, &entries).await?;
 
     // 4. Commit: the manifest, written last.
     let id = last.as_ref().map_or(1, |m| m.id + 1);
@@ -487,7 +478,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         time_ns: seal.time_ns,
         seal_id: seal.seal_id,
         committed_ns: hrl::now_ns(),
-        host: hostname(),
+        host: crate::owner::host_name(),
         disks: entries,
     };
     match p
@@ -660,16 +651,6 @@ async fn ship_logs(
     let _ = std::fs::remove_file(&zst);
     result
 }
-async fn known_chunks(store: &GroupStore, base: &BaseRef) -> Result<HashSet<hrl::Digest>> {
-    let bytes = store.get(&base.index_key).await?;
-    let idx = hrl::chunk::ChunkIndex::decode(&bytes)?;
-    Ok(idx
-        .digests
-        .into_iter()
-        .filter(|d| *d != hrl::chunk::ZERO_DIGEST)
-        .collect())
-}
-
 async fn copy_with_progress(
     p: &Protected,
     status: &Mutex<DirStatus>,
@@ -718,12 +699,6 @@ async fn copy_with_progress(
         b.finish_and_clear();
     }
     r
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Size and mtime (ns) of an image.

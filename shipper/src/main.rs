@@ -7,7 +7,9 @@ mod cycle;
 mod initial;
 mod lock;
 mod log_cmd;
+mod owner;
 mod points;
+mod presence;
 mod private;
 mod restore;
 mod resync;
@@ -19,6 +21,7 @@ mod target;
 mod tracker_client;
 mod verify;
 mod window;
+mod workdir;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -89,7 +92,8 @@ struct RunArgs {
     /// Replication interval (30s, 5m, 15m, ...).
     #[arg(long, default_value = "5m")]
     interval: String,
-    /// Group name in the store (default: the directory's name).
+    /// Group name in the store (default: <host>-<directory path>, unique per host and
+    /// directory; a directory that shipped before keeps the group its state file records).
     #[arg(long)]
     group: Option<String>,
     /// Configuration file (TOML) with a target and protected directories.
@@ -113,6 +117,8 @@ struct SyncArgs {
     dir: PathBuf,
     #[arg(long, default_value = target::DEFAULT_TARGET)]
     target: String,
+    /// Group name in the store (default: <host>-<directory path>, unique per host and
+    /// directory; a directory that shipped before keeps the group its state file records).
     #[arg(long)]
     group: Option<String>,
     /// Resync every disk: compare every block with the replica and commit a new base (after a
@@ -135,7 +141,8 @@ struct ResyncArgs {
     /// Store URL (as for `sync`).
     #[arg(long, default_value = target::DEFAULT_TARGET)]
     target: String,
-    /// Group name in the store (default: the directory's name).
+    /// Group name in the store (default: <host>-<directory path>, unique per host and
+    /// directory; a directory that shipped before keeps the group its state file records).
     #[arg(long)]
     group: Option<String>,
     /// Resync this disk (a file name in DIR); a disk that needs no resync is compared block
@@ -266,11 +273,19 @@ fn unreachable_log() -> Result<std::process::ExitCode> {
     bail!("internal: the log subcommand is dispatched before the runtime starts")
 }
 
-fn group_for(dir: &Path, group: Option<String>) -> Result<String> {
-    match group {
-        Some(g) => Ok(g),
-        None => config::default_group(dir),
+/// The group of `dir`: the one given; else the one its state file recorded (installs from
+/// before the per-host default keep their group); else the default, unique per host and
+/// directory (`owner::default_group`).
+fn group_for(dir: &Path, group: Option<String>, state_dir: &Path) -> Result<String> {
+    if let Some(g) = group {
+        return Ok(g);
     }
+    if let Ok(Some(s)) = status::load(state_dir, dir) {
+        if !s.group.is_empty() {
+            return Ok(s.group);
+        }
+    }
+    owner::default_group(dir)
 }
 
 fn check_dir(dir: &Path) -> Result<()> {
@@ -329,7 +344,7 @@ async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
         }
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    let group = group_for(&a.dir, a.group.clone())?;
+    let group = group_for(&a.dir, a.group.clone(), &a.common.state_dir)?;
     if let Some(disk) = &a.disk {
         if !a.dir.join(disk).is_file() {
             bail!(
@@ -376,7 +391,7 @@ async fn run_sync(a: SyncArgs, resync_now: bool) -> Result<std::process::ExitCod
             a.dir.display()
         );
     }
-    let group = group_for(&a.dir, a.group)?;
+    let group = group_for(&a.dir, a.group, &a.common.state_dir)?;
     let mut p = protected(&a.dir, &a.target, &group, &a.common, a.resync)?;
     p.resync_now = resync_now;
     let initial = status::load(&p.state_dir, &p.dir)
@@ -470,7 +485,8 @@ async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         )?;
         for d in &cfg.dirs {
             check_dir(&d.path)?;
-            let mut pr = protected(&d.path, &cfg.target, &d.group, &common, false)?;
+            let group = group_for(&d.path, d.group.clone(), &common.state_dir)?;
+            let mut pr = protected(&d.path, &cfg.target, &group, &common, false)?;
             pr.resync_window = window;
             jobs.push(service::DirJob {
                 protected: pr,
@@ -480,7 +496,7 @@ async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         }
     } else if let Some(dir) = &a.dir {
         check_dir(dir)?;
-        let group = group_for(dir, a.group.clone())?;
+        let group = group_for(dir, a.group.clone(), &a.common.state_dir)?;
         let mut pr = protected(dir, &a.target, &group, &a.common, false)?;
         pr.resync_window =
             window::parse_option(a.resync_window.as_deref().unwrap_or(window::DEFAULT_WINDOW))?;
@@ -610,17 +626,23 @@ async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
         println!("group {:?} in {} has no recovery points", a.group, a.target);
     } else {
         println!("{:>6}  {:<26} disks", "point", "sealed at");
-        for m in &all {
+        let times: Vec<u64> = all.iter().map(|m| m.time_ns).collect();
+        for (m, back) in all.iter().zip(points::time_went_back(&times)) {
             let disks: Vec<String> = m
                 .disks
                 .iter()
                 .map(|d| format!("{} ({} B)", hrl::display::escaped(&d.name), d.disk_size))
                 .collect();
             println!(
-                "{:>6}  {:<26} {}",
+                "{:>6}  {:<26} {}{}",
                 m.id,
                 points::fmt_time(m.time_ns),
-                disks.join(", ")
+                disks.join(", "),
+                if back {
+                    "  [seal time went back (clock stepped back): restore it by id]"
+                } else {
+                    ""
+                }
             );
         }
     }

@@ -15,8 +15,14 @@ pub fn set_umask() {
     unsafe { libc::umask(0o077) };
 }
 
-/// Creates `dir` (and its parents) if needed and makes it 0700.
+/// Creates `dir` (and its parents) if needed and makes it 0700. A directory that is already
+/// 0700 is left untouched, so a read-only store (a replica site's mount, an outage) can still
+/// be listed and restored from.
 pub fn create_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    match std::fs::metadata(dir) {
+        Ok(md) if md.is_dir() && md.permissions().mode() & 0o7777 == DIR_MODE => return Ok(()),
+        Ok(md) if md.is_dir() => {}
+        _ => std::fs::create_dir_all(dir)?,
+    }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
 }

@@ -54,6 +54,8 @@ impl Env {
                 self.dir.to_str().unwrap(),
                 "--target",
                 &self.server.url,
+                "--group",
+                "vm1",
             ],
             &[],
         )
@@ -231,7 +233,16 @@ fn credentials_never_show(kind: ServerKind, secret_var: &str, secret: &str) {
         all.extend_from_slice(&o.stderr);
         (o, all)
     };
-    let (o, all) = run(&["sync", "--dir", dir, "--target", &server.url, "--json"]);
+    let (o, all) = run(&[
+        "sync",
+        "--dir",
+        dir,
+        "--target",
+        &server.url,
+        "--group",
+        "vm1",
+        "--json",
+    ]);
     ok(&o);
     outputs.push(all);
     for args in [
@@ -259,7 +270,15 @@ fn credentials_never_show(kind: ServerKind, secret_var: &str, secret: &str) {
         }
     }
     let o = shipper(
-        &["sync", "--dir", dir, "--target", &server.url],
+        &[
+            "sync",
+            "--dir",
+            dir,
+            "--target",
+            &server.url,
+            "--group",
+            "vm1",
+        ],
         &broken,
         &e.run,
         &e.state,

@@ -185,7 +185,14 @@ impl World {
     /// Runs one sync as `how` says; the outage counter ticks.
     pub fn run_sync(&mut self, how: SyncHow) -> SyncOutcome {
         let dir = self.dir.display().to_string();
-        let base = ["--dir", dir.as_str(), "--target", self.url.as_str()];
+        let base = [
+            "--dir",
+            dir.as_str(),
+            "--target",
+            self.url.as_str(),
+            "--group",
+            GROUP,
+        ];
         let mut args: Vec<&str> = match how {
             SyncHow::ResyncNow => vec!["resync", "--now"],
             _ => vec!["sync"],

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use hrl::control::{DiskMode, DiskStatus, MountStatus, Request, Response, SealedLog};
 use hrl::log::{LogHeader, LogWriter};
 
+pub mod proxy;
+
 pub fn shipper_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hrl-shipper"))
 }
