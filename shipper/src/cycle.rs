@@ -476,7 +476,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     // 4. Commit: the manifest, written last.
     let id = last.as_ref().map_or(1, |m| m.id + 1);
     if let Ok(mut s) = status.lock() {
-        s.committing_point = Some(id);
+        s.committing_point = Some((id, seal.seal_id));
     }
     save_status();
     let manifest = PointManifest {

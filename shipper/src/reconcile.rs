@@ -23,8 +23,10 @@ pub struct Distrust {
 /// Decides whether `s` is in step with the store. `forced`: the operator asked for a
 /// reconciliation (`sync --reconcile`).
 pub fn distrust(s: &DirStatus, last: Option<&PointManifest>, forced: bool) -> Option<Distrust> {
-    let latest = last.map(|m| m.id)?;
-    let in_step = s.last_point_id == Some(latest) || s.committing_point == Some(latest);
+    let last = last?;
+    let latest = last.id;
+    let in_step =
+        s.last_point_id == Some(latest) || s.committing_point == Some((latest, last.seal_id));
     if in_step && !forced {
         return None;
     }
@@ -33,7 +35,7 @@ pub fn distrust(s: &DirStatus, last: Option<&PointManifest>, forced: bool) -> Op
     let ahead = s
         .last_point_id
         .into_iter()
-        .chain(s.committing_point)
+        .chain(s.committing_point.map(|c| c.0))
         .any(|p| p > latest);
     let reason = if forced {
         format!("an operator asked to reconcile the shipper state with point {latest}")
@@ -44,7 +46,10 @@ pub fn distrust(s: &DirStatus, last: Option<&PointManifest>, forced: bool) -> Op
             Some(p) => format!("the shipper state names point {p} but the store's latest is {latest}; reconciling with it"),
         }
     };
-    Some(Distrust { reason, full: ahead })
+    Some(Distrust {
+        reason,
+        full: ahead,
+    })
 }
 
 /// Flags every disk of `last` for a resync against it (targeted over the tracker's marks, or
@@ -105,7 +110,11 @@ mod tests {
     #[test]
     fn a_state_out_of_step_with_the_store_is_not_trusted() {
         let fresh = DirStatus::new(Path::new("/v/a"), "a", "/s");
-        assert_eq!(distrust(&fresh, None, false), None, "no point: nothing to trust");
+        assert_eq!(
+            distrust(&fresh, None, false),
+            None,
+            "no point: nothing to trust"
+        );
         let d = distrust(&fresh, Some(&point(3)), false).unwrap();
         assert!(!d.full && d.reason.contains("no state"), "{d:?}");
         let mut s = fresh.clone();
@@ -114,8 +123,11 @@ mod tests {
         assert!(distrust(&s, Some(&point(3)), true).is_some());
         // Killed between commit and the state's save: still in step.
         s.last_point_id = Some(2);
-        s.committing_point = Some(3);
+        s.committing_point = Some((3, 1));
         assert_eq!(distrust(&s, Some(&point(3)), false), None);
+        // ... but not another shipper's point 3 (another seal).
+        s.committing_point = Some((3, 9));
+        assert!(distrust(&s, Some(&point(3)), false).is_some());
         // The state saw a point the store lacks: the marks cannot prove anything.
         s.last_point_id = Some(4);
         s.committing_point = None;

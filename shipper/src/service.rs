@@ -168,62 +168,9 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
         };
         let wait = match result {
             None => break,
-            Some(Ok(report)) => {
-                info!(dir = %p.dir.display(), point = report.point_id, log_bytes = report.log_bytes_uploaded, "cycle done");
-                if let Ok(mut s) = status.lock() {
-                    s.health = Health::Normal;
-                    s.last_error = None;
-                    s.attempt = 0;
-                    s.next_retry_ns = None;
-                    crate::budget::apply_space_warning(&mut s, &p.dir);
-                }
-                save(p, &status);
-                job.interval
-            }
-            Some(Err(e)) if e.downcast_ref::<crate::cycle::ResyncDeferred>().is_some() => {
-                info!(dir = %p.dir.display(), "{e:#}");
-                if let Ok(mut s) = status.lock() {
-                    s.health = s.health.max(Health::Warning);
-                    s.last_error = Some(format!("{e:#}"));
-                    s.attempt = 0;
-                    s.next_retry_ns = Some(hrl::now_ns() + job.interval.as_nanos() as u64);
-                }
-                // No point is made meanwhile, so the other disks' logs pile up too.
-                check_budget(p, &status).await;
-                save(p, &status);
-                job.interval
-            }
-            Some(Err(e)) => match classify(&e) {
-                ErrorClass::Recoverable => {
-                    let attempt = status.lock().map(|s| s.attempt + 1).unwrap_or(1);
-                    let d = delay(attempt, job.retry_unit);
-                    warn!(dir = %p.dir.display(), attempt, retry_in = ?d, "cycle failed, will retry: {e:#}");
-                    if let Ok(mut s) = status.lock() {
-                        s.health = s.health.max(Health::Warning);
-                        s.last_error = Some(format!("{e:#}"));
-                        s.attempt = attempt;
-                        s.next_retry_ns = Some(hrl::now_ns() + d.as_nanos() as u64);
-                    }
-                    save(p, &status);
-                    check_budget(p, &status).await;
-                    save(p, &status);
-                    d
-                }
-                ErrorClass::Fatal => {
-                    let e = crate::retry::with_hint(e);
-                    error!(dir = %p.dir.display(), "replication stopped (Critical): {e:#}");
-                    if let Ok(mut s) = status.lock() {
-                        s.health = Health::Critical;
-                        s.last_error = Some(format!("{e:#}"));
-                        s.next_retry_ns = None;
-                    }
-                    save(p, &status);
-                    // Wait for the operator: a successful `sync` rewrites the state file.
-                    if wait_for_operator(&job, &status, &mut stop, true).await {
-                        return;
-                    }
-                    Duration::ZERO
-                }
+            Some(r) => match after_cycle(&job, &status, &mut stop, r).await {
+                Some(wait) => wait,
+                None => return,
             },
         };
         if wait_watching(wait, &mut stop, p, &status, true).await {
@@ -231,6 +178,77 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
         }
     }
     info!(dir = %p.dir.display(), "stopped");
+}
+
+/// Health, status and back-off after a cycle: how long to wait before the next one (`None`:
+/// shutting down while waiting for an operator).
+async fn after_cycle(
+    job: &DirJob,
+    status: &Mutex<DirStatus>,
+    stop: &mut watch::Receiver<bool>,
+    result: anyhow::Result<crate::cycle::CycleReport>,
+) -> Option<Duration> {
+    let p = &job.protected;
+    let wait = match result {
+        Ok(report) => {
+            info!(dir = %p.dir.display(), point = report.point_id, log_bytes = report.log_bytes_uploaded, "cycle done");
+            if let Ok(mut s) = status.lock() {
+                s.health = Health::Normal;
+                s.last_error = None;
+                s.attempt = 0;
+                s.next_retry_ns = None;
+                crate::budget::apply_space_warning(&mut s, &p.dir);
+            }
+            save(p, status);
+            job.interval
+        }
+        Err(e) if e.downcast_ref::<crate::cycle::ResyncDeferred>().is_some() => {
+            info!(dir = %p.dir.display(), "{e:#}");
+            if let Ok(mut s) = status.lock() {
+                s.health = s.health.max(Health::Warning);
+                s.last_error = Some(format!("{e:#}"));
+                s.attempt = 0;
+                s.next_retry_ns = Some(hrl::now_ns() + job.interval.as_nanos() as u64);
+            }
+            // No point is made meanwhile, so the other disks' logs pile up too.
+            check_budget(p, status).await;
+            save(p, status);
+            job.interval
+        }
+        Err(e) => match classify(&e) {
+            ErrorClass::Recoverable => {
+                let attempt = status.lock().map(|s| s.attempt + 1).unwrap_or(1);
+                let d = delay(attempt, job.retry_unit);
+                warn!(dir = %p.dir.display(), attempt, retry_in = ?d, "cycle failed, will retry: {e:#}");
+                if let Ok(mut s) = status.lock() {
+                    s.health = s.health.max(Health::Warning);
+                    s.last_error = Some(format!("{e:#}"));
+                    s.attempt = attempt;
+                    s.next_retry_ns = Some(hrl::now_ns() + d.as_nanos() as u64);
+                }
+                save(p, status);
+                check_budget(p, status).await;
+                save(p, status);
+                d
+            }
+            ErrorClass::Fatal => {
+                let e = crate::retry::with_hint(e);
+                error!(dir = %p.dir.display(), "replication stopped (Critical): {e:#}");
+                if let Ok(mut s) = status.lock() {
+                    s.health = Health::Critical;
+                    s.last_error = Some(format!("{e:#}"));
+                    s.next_retry_ns = None;
+                }
+                save(p, status);
+                // Wait for the operator: a successful `sync` rewrites the state file.
+                if wait_for_operator(job, status, stop, true).await {
+                    return None;
+                }
+                Duration::ZERO
+            }
+        },
+    };
+    Some(wait)
 }
 
 /// One budget check right after a failed cycle.

@@ -99,10 +99,11 @@ pub struct DirStatus {
     /// offline edits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracker_pid: Option<u32>,
-    /// The point whose manifest this shipper is writing (set just before the commit): a state
-    /// saved then is still in step with a store whose latest point is this one.
+    /// The point whose manifest this shipper is writing, and its seal id (set just before
+    /// the commit): a state saved then is still in step with a store whose latest point is
+    /// that one (the seal id tells it from another shipper's point with the same id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub committing_point: Option<u64>,
+    pub committing_point: Option<(u64, u64)>,
     /// Free space on the image directory's filesystem is below the threshold (Warning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space_warning: Option<String>,
@@ -267,9 +268,8 @@ pub fn set_aside_if_damaged(state_dir: &Path, dir: &Path) -> Result<Option<PathB
         Err(e) if e.downcast_ref::<DamagedState>().is_some() => {
             let path = state_file(state_dir, dir);
             let aside = path.with_extension(format!("json.damaged-{}", hrl::now_ns()));
-            std::fs::rename(&path, &aside).with_context(|| {
-                format!("move {} aside to {}", path.display(), aside.display())
-            })?;
+            std::fs::rename(&path, &aside)
+                .with_context(|| format!("move {} aside to {}", path.display(), aside.display()))?;
             Ok(Some(aside))
         }
         Err(e) => Err(e),

@@ -659,54 +659,8 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
         .set_len(4 << 20)
         .unwrap();
     let tracker = Tracker::mount(&s.dir, &s.run_dir);
-    let child = Command::new(shipper_bin())
-        .args([
-            "run",
-            "--dir",
-            s.dir.to_str().unwrap(),
-            "--target",
-            &s.server.url,
-            "--interval",
-            "1s",
-            "--retry-unit",
-            "1s",
-            "--resync-window",
-            "any",
-        ])
-        .envs(s.server.env.clone())
-        .env("HRL_RUN_DIR", &s.run_dir)
-        .env("HRL_STATE_DIR", &s.state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let status = || -> serde_json::Value {
-        let out = shipper(
-            &["status", "--dir", s.dir.to_str().unwrap(), "--json"],
-            &[],
-            &s.run_dir,
-            &s.state,
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .map(|v| v[0].clone())
-            .unwrap_or_default()
-    };
-    let wait = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let st = status();
-            if f(&st) {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {st:#}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    wait("the first point", &|st| {
+    let child = s.service("1s");
+    s.wait_status("the first point", &|st| {
         st["last_point_id"].as_u64().is_some_and(|p| p >= 1)
     });
     s.server.stop();
@@ -716,7 +670,7 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
             .unwrap();
     }
     f.sync_all().unwrap();
-    let st = wait("resync required", &|st| {
+    let st = s.wait_status("resync required", &|st| {
         st["disks"][0]["state"] == "resync_required"
     });
     assert_eq!(st["health"], "Warning");
@@ -747,7 +701,7 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
     std::fs::copy(&disk, &source).unwrap();
     let before = st["last_point_id"].as_u64().unwrap();
     s.server.spawn();
-    let st = wait("the resync point", &|st| {
+    let st = s.wait_status("the resync point", &|st| {
         st["health"] == "Normal"
             && st["disks"][0]["state"] == "replicating"
             && st["last_point_id"].as_u64().is_some_and(|p| p > before)
@@ -766,19 +720,7 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
         tracker_status(&s.dir, &s.run_dir)["disks"][0]["mode"],
         "log"
     );
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the service did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    s.stop_service(child);
     let p = s.sync()["point"].as_u64().unwrap();
     let snap = s.snapshot(p);
     drop(tracker);
@@ -1205,8 +1147,11 @@ fn overwrite(path: &Path, off: u64, len: u64, seed: u8) {
     let mut pos = 0;
     while pos < len {
         let n = (len - pos).min(1 << 20);
-        f.write_all_at(&file_data(seed.wrapping_add((pos >> 20) as u8), n as usize), off + pos)
-            .unwrap();
+        f.write_all_at(
+            &file_data(seed.wrapping_add((pos >> 20) as u8), n as usize),
+            off + pos,
+        )
+        .unwrap();
         pos += n;
     }
     f.sync_all().unwrap();
@@ -1274,14 +1219,22 @@ impl Scene {
             if f(&st) {
                 return st;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {st:#}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {st:#}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
     fn sync_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(shipper_bin());
         c.args(args)
-            .args(["--dir", self.dir.to_str().unwrap(), "--target", &self.server.url])
+            .args([
+                "--dir",
+                self.dir.to_str().unwrap(),
+                "--target",
+                &self.server.url,
+            ])
             .envs(self.server.env.clone())
             .env("HRL_RUN_DIR", &self.run_dir)
             .env("HRL_STATE_DIR", &self.state);
@@ -1364,7 +1317,12 @@ fn lost_state_at_every_step_of_the_cycle_restores_the_disk() {
     let mut point = 1;
     for (i, step) in steps.iter().enumerate() {
         for k in 0..4u64 {
-            overwrite(&disk, k * (7 << 20) + (i as u64) * 65536, 65536, 10 * i as u8 + k as u8);
+            overwrite(
+                &disk,
+                k * (7 << 20) + (i as u64) * 65536,
+                65536,
+                10 * i as u8 + k as u8,
+            );
         }
         match *step {
             "before-seal" => {}
@@ -1519,7 +1477,9 @@ fn the_50_percent_rule_runs_while_paused_and_while_critical() {
     let tracker = Tracker::mount(&s.dir, &s.run_dir);
     fill(&disk, 8, 7);
     let svc = s.service("1s");
-    let first = s.wait_status("the first point", &|st| st["last_point_id"].as_u64().is_some());
+    let first = s.wait_status("the first point", &|st| {
+        st["last_point_id"].as_u64().is_some()
+    });
     let first = first["last_point_id"].as_u64().unwrap();
     ok(&shipper(
         &["pause", "--dir", s.dir.to_str().unwrap()],
@@ -1557,7 +1517,7 @@ fn low_free_space_is_a_warning() {
     let fs = Tmpfs::on(&s.dir, 32);
     let disk = s.dir.join("d.img");
     new_disk(&disk, 4 << 20);
-    std::fs::write(s.dir.join("other-data.bin"), vec![1u8; 26 << 20]).unwrap();
+    std::fs::write(s.dir.join("other-data.bin"), vec![1u8; 30 << 20]).unwrap();
     let tracker = Tracker::mount(&s.dir, &s.run_dir);
     let svc = s.service("1s");
     let st = s.wait_status("the space warning", &|st| {
