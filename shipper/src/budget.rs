@@ -172,6 +172,8 @@ async fn release(
         t.ack(&d.disk, (!id.is_empty()).then_some(id), max).await?;
     }
     if let Ok(mut s) = status.lock() {
+        // Released logs: the directory waits for a resync, whatever its last cycle did.
+        s.health = s.health.max(Health::Warning);
         let entry = s.disk_mut(&d.disk, id);
         entry.state = DiskState::ResyncRequired;
         entry.health = Health::Critical;
