@@ -87,6 +87,8 @@ fn disk_of(path: &Path) -> Option<std::fs::Metadata> {
         HrlFile::ActiveLog { disk }
         | HrlFile::SealedLog { disk, .. }
         | HrlFile::Bitmap { disk } => disk,
+        // A quarantined junk log belongs to no disk.
+        HrlFile::Quarantined => return None,
     };
     let md = std::fs::symlink_metadata(path.parent()?.join(disk)).ok()?;
     md.file_type().is_file().then_some(md)
