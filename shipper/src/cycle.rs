@@ -41,6 +41,9 @@ pub struct Protected {
     pub resync_window: Option<crate::window::Window>,
     /// Show a progress bar for copies (a terminal is attached).
     pub progress_bar: bool,
+    /// Trust nothing in the shipper's state: reconcile every disk with the store's latest
+    /// point and the tracker's marks (`sync --reconcile`).
+    pub reconcile: bool,
 }
 
 /// What a committed cycle did.
@@ -57,9 +60,9 @@ pub struct CycleReport {
     pub base_copies: Vec<CopyStats>,
 }
 
-/// Test hook: with `HRL_SHIPPER_STOP_AT=after-upload|after-commit` the process stops there —
-/// it writes `<state dir>/stopped-at-<point>` and waits forever — so a test can kill -9 it at
-/// exactly that instant and check what the next run does.
+/// Test hook: with `HRL_SHIPPER_STOP_AT=after-seal|after-upload|after-commit` the process
+/// stops there — it writes `<state dir>/stopped-at-<point>` and waits forever — so a test can
+/// kill -9 it at exactly that instant and check what the next run does.
 fn stop_point(p: &Protected, at: &str) {
     if std::env::var("HRL_SHIPPER_STOP_AT").as_deref() == Ok(at) {
         warn!("HRL_SHIPPER_STOP_AT={at}: waiting to be killed");
@@ -107,6 +110,10 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     let tstatus = tracker.status().await?;
     if let Ok(mut s) = status.lock() {
         s.untracked = tstatus.untracked.clone();
+    }
+    let reconciling = reconcile_state(p, status, last.as_ref());
+    if !reconciling.is_empty() {
+        save_status();
     }
 
     // 1. Which disks need a base copy.
@@ -183,7 +190,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         let waiting: Vec<&str> = tstatus
             .disks
             .iter()
-            .filter(|d| needs_resync(d))
+            .filter(|d| needs_resync(d) && !reconciling.contains(&d.disk))
             .map(|d| d.disk.as_str())
             .collect();
         mark_waiting(status, &tstatus, &waiting);
@@ -215,6 +222,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         .collect();
 
     let first_seal = tracker.seal().await?;
+    stop_point(p, "after-seal");
     let first_pending = tracker.pending().await?;
     let mut jobs_done: Vec<String> = Vec::new();
     let mut known: Option<HashSet<hrl::Digest>> = None;
@@ -472,6 +480,10 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
 
     // 4. Commit: the manifest, written last.
     let id = last.as_ref().map_or(1, |m| m.id + 1);
+    if let Ok(mut s) = status.lock() {
+        s.committing_point = Some((id, seal.seal_id));
+    }
+    save_status();
     let manifest = PointManifest {
         version: MANIFEST_VERSION,
         id,
@@ -531,6 +543,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             .lock()
             .map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
         s.last_point_id = Some(id);
+        s.committing_point = None;
         s.last_point_ns = Some(seal.time_ns);
         s.tracker_pid = tstatus.as_ref().map(|_| tracker_pid);
         // Disks that are gone (deleted, renamed over) leave the status.
@@ -572,6 +585,21 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     report.time_ns = seal.time_ns;
     report.disks = manifest.disks.len();
     Ok(report)
+}
+
+/// The shipper's state is a cache (reconcile.rs): out of step with the store's latest point,
+/// every disk of that point is flagged for a resync against it. Returns the disks flagged.
+fn reconcile_state(
+    p: &Protected,
+    status: &Mutex<DirStatus>,
+    last: Option<&PointManifest>,
+) -> HashSet<String> {
+    match status.lock() {
+        Ok(mut s) => crate::reconcile::reconcile(&mut s, last, p.reconcile)
+            .into_iter()
+            .collect(),
+        Err(_) => HashSet::new(),
+    }
 }
 
 /// The logs after `start` must be `start.after_seq + 1 ..= sealed_seq`, each naming the one

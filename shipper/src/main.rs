@@ -1,6 +1,7 @@
 //! `hrl-shipper`: seals .hrl logs into recovery points, ships them to an object store,
 //! restores disks from it, and offers the log tools (`log inspect|verify|apply`).
 
+mod budget;
 mod bypass;
 mod config;
 mod cycle;
@@ -11,6 +12,7 @@ mod owner;
 mod points;
 mod presence;
 mod private;
+mod reconcile;
 mod restore;
 mod resync;
 mod retry;
@@ -128,6 +130,12 @@ struct SyncArgs {
     /// Print what the cycle did as JSON.
     #[arg(long)]
     json: bool,
+    /// Trust nothing in the shipper's state for this directory (lost, damaged, restored from
+    /// a backup): a damaged state file is moved aside (`.damaged-<time>`), and every disk is
+    /// resynced against the store's latest point over the tracker's marks (every block where
+    /// they cannot prove what changed).
+    #[arg(long)]
+    reconcile: bool,
     #[command(flatten)]
     common: Common,
 }
@@ -316,6 +324,7 @@ fn protected(
         resync_now: false,
         resync_window: None,
         progress_bar: std::io::stderr().is_terminal(),
+        reconcile: false,
     })
 }
 
@@ -372,6 +381,7 @@ async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
         target: a.target,
         group: Some(group),
         resync: false,
+        reconcile: false,
         json: a.json,
         common: a.common,
     };
@@ -394,10 +404,13 @@ async fn run_sync(a: SyncArgs, resync_now: bool) -> Result<std::process::ExitCod
     let group = group_for(&a.dir, a.group, &a.common.state_dir)?;
     let mut p = protected(&a.dir, &a.target, &group, &a.common, a.resync)?;
     p.resync_now = resync_now;
-    let initial = status::load(&p.state_dir, &p.dir)
-        .ok()
-        .flatten()
-        .filter(|s| s.group == group);
+    p.reconcile = a.reconcile;
+    if a.reconcile {
+        if let Some(aside) = status::set_aside_if_damaged(&p.state_dir, &p.dir)? {
+            tracing::warn!("moved the damaged state file aside to {}", aside.display());
+        }
+    }
+    let initial = status::load(&p.state_dir, &p.dir)?.filter(|s| s.group == group);
     let st = Mutex::new(
         initial.unwrap_or_else(|| status::DirStatus::new(&p.dir, &group, &p.store.target.url)),
     );

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
-use hrl::log::{LogReader, Record};
 use hrl::store::{log_key, log_path, logs_dir, parse_log_name, DiskEntry};
 use hrl::Digest;
 use serde::{Deserialize, Serialize};
@@ -200,25 +199,13 @@ pub fn blocks_of(extents: &[(u64, u64)], block_size: u32, count: u64) -> BTreeSe
     out
 }
 
-/// Byte ranges the records of `logs` change, or `None` when a record changes the size or
-/// the identity of the disk (truncate, delete): then block positions cannot be folded and
-/// the caller compares every block.
+/// Byte ranges the records of `logs` change (`hrl::log::log_extents`), with the log named
+/// in the error.
 pub fn log_extents(logs: &[PathBuf]) -> Result<Option<Vec<(u64, u64)>>> {
-    let mut out = Vec::new();
-    for l in logs {
-        let reader = LogReader::open(l).with_context(|| format!("open log {}", l.display()))?;
-        for r in reader {
-            match r.with_context(|| format!("read log {}", l.display()))? {
-                Record::Write { offset, data } => out.push((offset, data.len() as u64)),
-                Record::Zero { offset, len } | Record::Punch { offset, len } => {
-                    out.push((offset, len))
-                }
-                Record::Truncate { .. } | Record::Delete => return Ok(None),
-                Record::Flush | Record::Rename { .. } | Record::Seal(_) => {}
-            }
-        }
-    }
-    Ok(Some(out))
+    hrl::log::log_extents(logs).with_context(|| {
+        let names: Vec<String> = logs.iter().map(|l| l.display().to_string()).collect();
+        format!("read logs {}", names.join(", "))
+    })
 }
 
 /// The digests of the replica of `entry` as of its point: the base index, with every block

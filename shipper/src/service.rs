@@ -2,21 +2,19 @@
 //! errors back off on schedule (Warning), non-recoverable ones stop the directory in
 //! Critical until an operator acts (a successful `hrl-shipper sync` clears it). While the
 //! store is unreachable, a disk whose unshipped logs pass half its size is switched to
-//! bitmap-only tracking (resync required), so logs stop eating the host's disk.
+//! bitmap-only tracking (resync required), so logs stop eating the host's disk — checked
+//! every second whatever the directory is doing (budget.rs). A damaged state file stops the
+//! directory in Critical (the 50% rule still runs) until `hrl-shipper sync --reconcile`.
 
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::Result;
-use hrl::control::DiskMode;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cycle::{run_cycle, Protected};
 use crate::retry::{classify, delay, ErrorClass};
-use crate::status::{self, DirStatus, DiskState, Health};
-use crate::tracker_client::TrackerClient;
+use crate::status::{self, DirStatus, Health};
 
 /// One directory's schedule.
 pub struct DirJob {
@@ -45,16 +43,94 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// Sleeps `d` (true: shutting down), checking the log budget every tick meanwhile; the
+/// status is saved when a check changed it and `persist` says so.
+async fn wait_watching(
+    d: Duration,
+    stop: &mut watch::Receiver<bool>,
+    p: &Protected,
+    status: &Mutex<DirStatus>,
+    persist: bool,
+) -> bool {
+    let until = tokio::time::Instant::now() + d;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        if sleep_or_stop(left.min(crate::budget::TICK), stop).await {
+            return true;
+        }
+        match crate::budget::enforce(&p.dir, &p.state_dir, status).await {
+            Ok(true) if persist => save(p, status),
+            Ok(_) => {}
+            Err(e) => debug!(dir = %p.dir.display(), "cannot check the log budget: {e:#}"),
+        }
+    }
+}
+
+/// The directory's state at start: the saved one, or a new one; a damaged file is an error
+/// (never replaced in silence).
+fn initial_status(p: &Protected) -> anyhow::Result<DirStatus> {
+    let saved = status::load(&p.state_dir, &p.dir)?.filter(|s| s.group == p.store.group);
+    Ok(saved.unwrap_or_else(|| DirStatus::new(&p.dir, &p.store.group, &p.store.target.url)))
+}
+
+/// Waits (Critical) until an operator acts: the state file loads and is no longer Critical
+/// (a successful `sync` rewrote it). The 50% rule keeps running meanwhile; the figures are
+/// saved only while the file is still this Critical state (`persist`), never over an
+/// operator's newer one or over a damaged file. Returns true when shutting down.
+async fn wait_for_operator(
+    job: &DirJob,
+    status: &Mutex<DirStatus>,
+    stop: &mut watch::Receiver<bool>,
+    persist: bool,
+) -> bool {
+    let p = &job.protected;
+    loop {
+        if wait_watching(job.interval, stop, p, status, false).await {
+            return true;
+        }
+        match status::load(&p.state_dir, &p.dir) {
+            Ok(Some(s)) if s.health != Health::Critical => {
+                info!(dir = %p.dir.display(), "operator cleared the Critical state; resuming");
+                if let Ok(mut cur) = status.lock() {
+                    *cur = s;
+                }
+                return false;
+            }
+            // The operator removed the state file: start from a fresh one (the next cycle
+            // reconciles it with the store and the tracker).
+            Ok(None) => {
+                info!(dir = %p.dir.display(), "the state file was removed; starting afresh");
+                if let Ok(mut cur) = status.lock() {
+                    *cur = DirStatus::new(&p.dir, &p.store.group, &p.store.target.url);
+                }
+                return false;
+            }
+            Ok(Some(_)) if persist => save(p, status),
+            _ => {}
+        }
+    }
+}
+
 /// Runs cycles for one directory until `stop` turns true.
 pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
     let p = &job.protected;
-    let initial = status::load(&p.state_dir, &p.dir)
-        .ok()
-        .flatten()
-        .filter(|s| s.group == p.store.group);
-    let status = Mutex::new(
-        initial.unwrap_or_else(|| DirStatus::new(&p.dir, &p.store.group, &p.store.target.url)),
-    );
+    let status = match initial_status(p) {
+        Ok(s) => Mutex::new(s),
+        Err(e) => {
+            error!(dir = %p.dir.display(), "replication stopped (Critical): {e:#}");
+            let mut s = DirStatus::new(&p.dir, &p.store.group, &p.store.target.url);
+            s.health = Health::Critical;
+            s.last_error = Some(format!("{e:#}"));
+            let status = Mutex::new(s);
+            if wait_for_operator(&job, &status, &mut stop, false).await {
+                return;
+            }
+            status
+        }
+    };
     if let Ok(mut s) = status.lock() {
         s.target = p.store.target.url.clone();
         s.interval_ns = Some(job.interval.as_nanos() as u64);
@@ -76,192 +152,108 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
         }
         if paused {
             save(p, &status);
-            if sleep_or_stop(job.interval, &mut stop).await {
+            if wait_watching(job.interval, &mut stop, p, &status, true).await {
                 break;
             }
             continue;
         }
+        // A cycle that runs while the logs pass their budget is cancelled (as a crash would
+        // stop it), so that the 50% rule can release them.
         let result = tokio::select! {
             r = run_cycle(p, &status) => Some(r),
+            _ = crate::budget::exceeded(&p.dir) => Some(Err(anyhow::anyhow!(
+                "cycle stopped: unshipped logs passed 50% of a disk while it ran"
+            ))),
             _ = stop.changed() => None,
         };
         let wait = match result {
             None => break,
-            Some(Ok(report)) => {
-                info!(dir = %p.dir.display(), point = report.point_id, log_bytes = report.log_bytes_uploaded, "cycle done");
-                if let Ok(mut s) = status.lock() {
-                    s.health = Health::Normal;
-                    s.last_error = None;
-                    s.attempt = 0;
-                    s.next_retry_ns = None;
-                }
-                save(p, &status);
-                job.interval
-            }
-            Some(Err(e)) if e.downcast_ref::<crate::cycle::ResyncDeferred>().is_some() => {
-                info!(dir = %p.dir.display(), "{e:#}");
-                if let Ok(mut s) = status.lock() {
-                    s.health = s.health.max(Health::Warning);
-                    s.last_error = Some(format!("{e:#}"));
-                    s.attempt = 0;
-                    s.next_retry_ns = Some(hrl::now_ns() + job.interval.as_nanos() as u64);
-                }
-                // No point is made meanwhile, so the other disks' logs pile up too.
-                if let Err(e) = enforce_log_budget(&p.dir, &p.state_dir, &status).await {
-                    warn!(dir = %p.dir.display(), "cannot check the log budget: {e:#}");
-                }
-                save(p, &status);
-                job.interval
-            }
-            Some(Err(e)) => match classify(&e) {
-                ErrorClass::Recoverable => {
-                    let attempt = status.lock().map(|s| s.attempt + 1).unwrap_or(1);
-                    let d = delay(attempt, job.retry_unit);
-                    warn!(dir = %p.dir.display(), attempt, retry_in = ?d, "cycle failed, will retry: {e:#}");
-                    if let Ok(mut s) = status.lock() {
-                        s.health = s.health.max(Health::Warning);
-                        s.last_error = Some(format!("{e:#}"));
-                        s.attempt = attempt;
-                        s.next_retry_ns = Some(hrl::now_ns() + d.as_nanos() as u64);
-                    }
-                    save(p, &status);
-                    if let Err(e) = enforce_log_budget(&p.dir, &p.state_dir, &status).await {
-                        warn!(dir = %p.dir.display(), "cannot check the log budget: {e:#}");
-                    }
-                    save(p, &status);
-                    d
-                }
-                ErrorClass::Fatal => {
-                    let e = crate::retry::with_hint(e);
-                    error!(dir = %p.dir.display(), "replication stopped (Critical): {e:#}");
-                    if let Ok(mut s) = status.lock() {
-                        s.health = Health::Critical;
-                        s.last_error = Some(format!("{e:#}"));
-                        s.next_retry_ns = None;
-                    }
-                    save(p, &status);
-                    // Wait for the operator: a successful `sync` rewrites the state file.
-                    loop {
-                        if sleep_or_stop(job.interval, &mut stop).await {
-                            return;
-                        }
-                        if let Ok(Some(s)) = status::load(&p.state_dir, &p.dir) {
-                            if s.health != Health::Critical {
-                                info!(dir = %p.dir.display(), "operator cleared the Critical state; resuming");
-                                if let Ok(mut cur) = status.lock() {
-                                    *cur = s;
-                                }
-                                break;
-                            }
-                        }
-                    }
-                    Duration::ZERO
-                }
+            Some(r) => match after_cycle(&job, &status, &mut stop, r).await {
+                Some(wait) => wait,
+                None => return,
             },
         };
-        if sleep_or_stop(wait, &mut stop).await {
+        if wait_watching(wait, &mut stop, p, &status, true).await {
             break;
         }
     }
     info!(dir = %p.dir.display(), "stopped");
 }
 
-/// The 50% rule: a disk whose unshipped logs exceed half its size goes to bitmap-only
-/// tracking and resync required; its logs are released (the resync copies the whole disk,
-/// and the bitmap keeps every change marked meanwhile).
-pub async fn enforce_log_budget(
-    dir: &Path,
-    state_dir: &Path,
+/// Health, status and back-off after a cycle: how long to wait before the next one (`None`:
+/// shutting down while waiting for an operator).
+async fn after_cycle(
+    job: &DirJob,
     status: &Mutex<DirStatus>,
-) -> Result<()> {
-    let mut t = TrackerClient::connect(dir).await?;
-    let st = t.status().await?;
-    let pending = t.pending().await?;
-    for d in &st.disks {
-        let unshipped = crate::status::unshipped_bytes(d);
-        let id = pending
-            .iter()
-            .find(|l| l.disk == d.disk)
-            .map(|l| l.disk_id.clone())
-            .unwrap_or_default();
-        if let Ok(mut s) = status.lock() {
-            let entry = s.disk_mut(&d.disk, &id);
-            entry.unshipped_bytes = unshipped;
-            entry.disk_size = d.disk_size;
-        }
-        if d.mode == DiskMode::Log && d.disk_size > 0 && unshipped > d.disk_size / 2 {
-            warn!(disk = %d.disk, unshipped, size = d.disk_size, "unshipped logs exceed 50% of the disk: switching to bitmap tracking, resync required");
-            t.set_mode(&d.disk, DiskMode::Bitmap).await?;
-            // The logs about to be released may hold changes whose marks are already
-            // cleared: keep their extents for the resync (or compare every block).
-            let logs: Vec<std::path::PathBuf> = pending
-                .iter()
-                .filter(|l| l.disk == d.disk)
-                .map(|l| dir.join(&l.log))
-                .collect();
-            let dropped = tokio::task::spawn_blocking(move || crate::resync::log_extents(&logs))
-                .await
-                .map_err(|e| anyhow::anyhow!("log reader failed: {e}"))?;
+    stop: &mut watch::Receiver<bool>,
+    result: anyhow::Result<crate::cycle::CycleReport>,
+) -> Option<Duration> {
+    let p = &job.protected;
+    let wait = match result {
+        Ok(report) => {
+            info!(dir = %p.dir.display(), point = report.point_id, log_bytes = report.log_bytes_uploaded, "cycle done");
             if let Ok(mut s) = status.lock() {
-                let entry = s.disk_mut(&d.disk, &id);
-                match dropped {
-                    Ok(Some(e)) => entry.resync_extents.extend(merge_extents(e)),
-                    _ => entry.resync_full = true,
-                }
-                entry.resync_extents = merge_extents(std::mem::take(&mut entry.resync_extents));
-                // An interrupted resync counted on the logs after its seal: plan it again
-                // (the marks, unclean extents and the ranges kept here still cover it all).
-                if !id.is_empty() {
-                    crate::resync::drop_job(state_dir, &id);
-                }
-                entry.resync_reason = Some(
-                    "unshipped logs exceeded 50% of the disk size (logs dropped, bitmap tracking)"
-                        .into(),
-                );
+                s.health = Health::Normal;
+                s.last_error = None;
+                s.attempt = 0;
+                s.next_retry_ns = None;
+                crate::budget::apply_space_warning(&mut s, &p.dir);
             }
-            if let Some(max) = pending
-                .iter()
-                .filter(|l| l.disk == d.disk)
-                .map(|l| l.seq)
-                .max()
-            {
-                t.ack(&d.disk, (!id.is_empty()).then_some(id.as_str()), max)
-                    .await?;
-            }
-            if let Ok(mut s) = status.lock() {
-                let entry = s.disk_mut(&d.disk, &id);
-                entry.state = DiskState::ResyncRequired;
-                entry.health = Health::Critical;
-                entry.last_error = Some("unshipped logs exceeded 50% of the disk size; a resync runs when the store is reachable".into());
-            }
+            save(p, status);
+            job.interval
         }
-    }
-    Ok(())
+        Err(e) if e.downcast_ref::<crate::cycle::ResyncDeferred>().is_some() => {
+            info!(dir = %p.dir.display(), "{e:#}");
+            if let Ok(mut s) = status.lock() {
+                s.health = s.health.max(Health::Warning);
+                s.last_error = Some(format!("{e:#}"));
+                s.attempt = 0;
+                s.next_retry_ns = Some(hrl::now_ns() + job.interval.as_nanos() as u64);
+            }
+            // No point is made meanwhile, so the other disks' logs pile up too.
+            check_budget(p, status).await;
+            save(p, status);
+            job.interval
+        }
+        Err(e) => match classify(&e) {
+            ErrorClass::Recoverable => {
+                let attempt = status.lock().map(|s| s.attempt + 1).unwrap_or(1);
+                let d = delay(attempt, job.retry_unit);
+                warn!(dir = %p.dir.display(), attempt, retry_in = ?d, "cycle failed, will retry: {e:#}");
+                if let Ok(mut s) = status.lock() {
+                    s.health = s.health.max(Health::Warning);
+                    s.last_error = Some(format!("{e:#}"));
+                    s.attempt = attempt;
+                    s.next_retry_ns = Some(hrl::now_ns() + d.as_nanos() as u64);
+                }
+                save(p, status);
+                check_budget(p, status).await;
+                save(p, status);
+                d
+            }
+            ErrorClass::Fatal => {
+                let e = crate::retry::with_hint(e);
+                error!(dir = %p.dir.display(), "replication stopped (Critical): {e:#}");
+                if let Ok(mut s) = status.lock() {
+                    s.health = Health::Critical;
+                    s.last_error = Some(format!("{e:#}"));
+                    s.next_retry_ns = None;
+                }
+                save(p, status);
+                // Wait for the operator: a successful `sync` rewrites the state file.
+                if wait_for_operator(job, status, stop, true).await {
+                    return None;
+                }
+                Duration::ZERO
+            }
+        },
+    };
+    Some(wait)
 }
 
-/// Sorts and merges byte ranges (keeps the state file small).
-fn merge_extents(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    v.retain(|e| e.1 > 0);
-    v.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for (off, len) in v {
-        match out.last_mut() {
-            Some(last) if off <= last.0 + last.1 => {
-                last.1 = last.1.max(off + len - last.0);
-            }
-            _ => out.push((off, len)),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn merge_extents_joins_overlaps_and_neighbours() {
-        assert_eq!(
-            super::merge_extents(vec![(10, 5), (0, 10), (30, 1), (12, 2), (40, 0)]),
-            vec![(0, 15), (30, 1)]
-        );
+/// One budget check right after a failed cycle.
+async fn check_budget(p: &Protected, status: &Mutex<DirStatus>) {
+    if let Err(e) = crate::budget::enforce(&p.dir, &p.state_dir, status).await {
+        warn!(dir = %p.dir.display(), "cannot check the log budget: {e:#}");
     }
 }

@@ -104,6 +104,14 @@ pub struct DirStatus {
     /// cycle: a Warning until fixed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub untracked: Vec<String>,
+    /// The point whose manifest this shipper is writing, and its seal id (set just before
+    /// the commit): a state saved then is still in step with a store whose latest point is
+    /// that one (the seal id tells it from another shipper's point with the same id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committing_point: Option<(u64, u64)>,
+    /// Free space on the image directory's filesystem is below the threshold (Warning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub space_warning: Option<String>,
     pub disks: Vec<DiskStatus>,
 }
 
@@ -124,6 +132,8 @@ impl DirStatus {
             interval_ns: None,
             tracker_pid: None,
             untracked: Vec::new(),
+            committing_point: None,
+            space_warning: None,
             disks: Vec::new(),
         }
     }
@@ -232,17 +242,47 @@ pub fn save(state_dir: &Path, status: &DirStatus) -> Result<()> {
     Ok(())
 }
 
+/// The state file of `dir` cannot be read back. It is only a cache of what the tracker and
+/// the store hold, but replacing it in silence would hide that: the operator is told which
+/// file and the safe way on (`sync --reconcile`).
+#[derive(Debug, thiserror::Error)]
+#[error("shipper state file {} is damaged ({reason}). It is a cache of what the tracker and the store hold: run `hrl-shipper sync --dir {} --reconcile` (with your --target) to set it aside and rebuild it; every disk's replica is then checked against the tracker's marks, and compared block by block where they cannot prove it", path.display(), dir.display())]
+pub struct DamagedState {
+    pub path: PathBuf,
+    pub dir: PathBuf,
+    pub reason: String,
+}
+
 pub fn load(state_dir: &Path, dir: &Path) -> Result<Option<DirStatus>> {
     let path = state_file(state_dir, dir);
     match std::fs::read(&path) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
-            format!(
-                "state file {} is damaged; delete it (the next cycle rewrites it)",
-                path.display()
-            )
-        })?)),
+        Ok(b) => match serde_json::from_slice(&b) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => Err(DamagedState {
+                path,
+                dir: dir.to_path_buf(),
+                reason: e.to_string(),
+            }
+            .into()),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+/// Moves a damaged state file aside (`.json.damaged-<ns>`, kept for a post-mortem); returns
+/// where it went, or `None` when there was none or it reads fine.
+pub fn set_aside_if_damaged(state_dir: &Path, dir: &Path) -> Result<Option<PathBuf>> {
+    match load(state_dir, dir) {
+        Ok(_) => Ok(None),
+        Err(e) if e.downcast_ref::<DamagedState>().is_some() => {
+            let path = state_file(state_dir, dir);
+            let aside = path.with_extension(format!("json.damaged-{}", hrl::now_ns()));
+            std::fs::rename(&path, &aside)
+                .with_context(|| format!("move {} aside to {}", path.display(), aside.display()))?;
+            Ok(Some(aside))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -264,10 +304,17 @@ pub fn load_all(state_dir: &Path) -> Result<Vec<DirStatus>> {
         if name.starts_with("dir-") && name.ends_with(".json") {
             let b = std::fs::read(entry.path())
                 .with_context(|| format!("read {}", entry.path().display()))?;
-            out.push(
-                serde_json::from_slice(&b)
-                    .with_context(|| format!("state file {} is damaged", entry.path().display()))?,
-            );
+            match serde_json::from_slice(&b) {
+                Ok(s) => out.push(s),
+                Err(e) => {
+                    return Err(DamagedState {
+                        path: entry.path(),
+                        dir: PathBuf::from("DIR"),
+                        reason: e.to_string(),
+                    }
+                    .into())
+                }
+            }
         }
     }
     out.sort_by(|a: &DirStatus, b| a.dir.cmp(&b.dir));
@@ -326,6 +373,9 @@ pub fn render(all: &[DirStatus]) -> String {
         }
         for u in &d.untracked {
             let _ = writeln!(out, "  warning: {u}");
+        }
+        if let Some(w) = &d.space_warning {
+            let _ = writeln!(out, "  warning: {w}");
         }
         if let Some(t) = d.next_retry_ns {
             let _ = writeln!(

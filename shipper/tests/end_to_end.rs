@@ -670,56 +670,8 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
         .set_len(4 << 20)
         .unwrap();
     let tracker = Tracker::mount(&s.dir, &s.run_dir);
-    let child = Command::new(shipper_bin())
-        .args([
-            "run",
-            "--dir",
-            s.dir.to_str().unwrap(),
-            "--group",
-            "vm3",
-            "--target",
-            &s.server.url,
-            "--interval",
-            "1s",
-            "--retry-unit",
-            "1s",
-            "--resync-window",
-            "any",
-        ])
-        .envs(s.server.env.clone())
-        .env("HRL_RUN_DIR", &s.run_dir)
-        .env("HRL_STATE_DIR", &s.state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let status = || -> serde_json::Value {
-        let out = shipper(
-            &["status", "--dir", s.dir.to_str().unwrap(), "--json"],
-            &[],
-            &s.run_dir,
-            &s.state,
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .map(|v| v[0].clone())
-            .unwrap_or_default()
-    };
-    let wait = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let st = status();
-            if f(&st) {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {st:#}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    wait("the first point", &|st| {
+    let child = s.service("1s");
+    s.wait_status("the first point", &|st| {
         st["last_point_id"].as_u64().is_some_and(|p| p >= 1)
     });
     s.server.stop();
@@ -729,7 +681,7 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
             .unwrap();
     }
     f.sync_all().unwrap();
-    let st = wait("resync required", &|st| {
+    let st = s.wait_status("resync required", &|st| {
         st["disks"][0]["state"] == "resync_required"
     });
     assert_eq!(st["health"], "Warning");
@@ -760,7 +712,7 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
     std::fs::copy(&disk, &source).unwrap();
     let before = st["last_point_id"].as_u64().unwrap();
     s.server.spawn();
-    let st = wait("the resync point", &|st| {
+    let st = s.wait_status("the resync point", &|st| {
         st["health"] == "Normal"
             && st["disks"][0]["state"] == "replicating"
             && st["last_point_id"].as_u64().is_some_and(|p| p > before)
@@ -779,19 +731,7 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
         tracker_status(&s.dir, &s.run_dir)["disks"][0]["mode"],
         "log"
     );
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the service did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    s.stop_service(child);
     let p = s.sync()["point"].as_u64().unwrap();
     let snap = s.snapshot(p);
     drop(tracker);
@@ -1479,4 +1419,468 @@ fn growing_qcow2_during_syncs_restores_at_every_point() {
         .arg(restored.join("fill.qcow2"))
         .arg(snap.join("fill.qcow2")));
     s.verify_all();
+}
+
+/// A directory bind-mounted read-only over itself: a local store that answers reads and
+/// refuses writes (as in the lost-state reproduction: seals go on, nothing ships); undone on
+/// Drop.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn over(dir: &Path) -> ReadOnly {
+        run(Command::new("mount").arg("--bind").arg(dir).arg(dir));
+        let guard = ReadOnly(dir.to_path_buf());
+        run(Command::new("mount")
+            .args(["-o", "remount,ro,bind"])
+            .arg(dir));
+        guard
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A tmpfs of `mib` MiB mounted on a directory; unmounted on Drop (after the tracker's).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn on(dir: &Path, mib: u64) -> Tmpfs {
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir));
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// How the tracker is restarted between losing the shipper's state and the next sync.
+#[derive(Clone, Copy, Debug)]
+enum Restart {
+    None,
+    Clean,
+    Kill9,
+}
+
+impl Tracker {
+    /// Restarts the tracker as `how` says (a kill -9 leaves its marks as unclean extents).
+    fn restart(mut self, how: Restart, dir: &Path, run_dir: &Path) -> Tracker {
+        match how {
+            Restart::None => return self,
+            Restart::Clean => drop(self),
+            Restart::Kill9 => {
+                let mut c = self.child.take().unwrap();
+                c.kill().unwrap();
+                let _ = c.wait();
+                drop(self);
+            }
+        }
+        Tracker::mount(dir, run_dir)
+    }
+}
+
+/// Overwrites `[off, off + len)` of `path` (through the mount) with incompressible data, in
+/// 1 MiB writes.
+fn overwrite(path: &Path, off: u64, len: u64, seed: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let mut pos = 0;
+    while pos < len {
+        let n = (len - pos).min(1 << 20);
+        f.write_all_at(
+            &file_data(seed.wrapping_add((pos >> 20) as u8), n as usize),
+            off + pos,
+        )
+        .unwrap();
+        pos += n;
+    }
+    f.sync_all().unwrap();
+}
+
+/// Log bytes of the first disk on the host (active + sealed), as the tracker counts them.
+fn logs_on_host(dir: &Path, run_dir: &Path) -> u64 {
+    let ts = tracker_status(dir, run_dir);
+    ts["disks"][0]["active_log_bytes"].as_u64().unwrap()
+        + ts["disks"][0]["pending_sealed_bytes"].as_u64().unwrap()
+}
+
+impl Scene {
+    /// The local store's directory.
+    fn store_path(&self) -> PathBuf {
+        PathBuf::from(self.server.url.strip_prefix("file://").unwrap())
+    }
+    /// `hrl-shipper run` for the directory (any resync window, 1 s retry unit).
+    fn service(&self, interval: &str) -> KillOnDrop {
+        let child = Command::new(shipper_bin())
+            .args([
+                "run",
+                "--dir",
+                self.dir.to_str().unwrap(),
+                "--group",
+                "vm3",
+                "--target",
+                &self.server.url,
+                "--interval",
+                interval,
+                "--retry-unit",
+                "1s",
+                "--resync-window",
+                "any",
+            ])
+            .envs(self.server.env.clone())
+            .env("HRL_RUN_DIR", &self.run_dir)
+            .env("HRL_STATE_DIR", &self.state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        KillOnDrop(child)
+    }
+    /// SIGTERM to the service, then waits for it to stop.
+    fn stop_service(&self, mut svc: KillOnDrop) {
+        run(Command::new("kill").args(["-TERM", &svc.0.id().to_string()]));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while svc.0.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the service ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    /// Polls `status --json` until `f` holds (90 s at most).
+    fn wait_status(&self, what: &str, f: &dyn Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = shipper(
+                &["status", "--dir", self.dir.to_str().unwrap(), "--json"],
+                &[],
+                &self.run_dir,
+                &self.state,
+            );
+            let st = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .map(|v| v[0].clone())
+                .unwrap_or_default();
+            if f(&st) {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {st:#}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    fn sync_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(shipper_bin());
+        c.args(args)
+            .args([
+                "--dir",
+                self.dir.to_str().unwrap(),
+                "--group",
+                "vm3",
+                "--target",
+                &self.server.url,
+            ])
+            .envs(self.server.env.clone())
+            .env("HRL_RUN_DIR", &self.run_dir)
+            .env("HRL_STATE_DIR", &self.state);
+        c
+    }
+}
+
+/// Issue 14's reproduction: the store refuses writes (reads work, so seals go on) while
+/// 8 MiB, then 32 MiB are overwritten over several intervals; the 50% rule releases the logs;
+/// then the shipper's state directory is lost (and the tracker restarted as `restart` says).
+/// The next `sync` must reconcile with the store's latest point and the tracker's marks, and
+/// the point must restore to exactly the disk — before, the first 8 MiB written were lost.
+fn lost_state_after_the_50_percent_rule(restart: Restart) {
+    let s = Scene::new(ServerKind::Local);
+    let disk = s.dir.join("d.img");
+    new_disk(&disk, 64 << 20);
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    fill(&disk, 64, 1);
+    assert_eq!(s.sync()["point"], 1);
+    let ro = ReadOnly::over(&s.store_path());
+    let svc = s.service("2s");
+    overwrite(&disk, 8 << 20, 8 << 20, 50);
+    std::thread::sleep(Duration::from_secs(7));
+    overwrite(&disk, 16 << 20, 32 << 20, 90);
+    s.wait_status("the 50% rule", &|st| {
+        st["disks"][0]["state"] == "resync_required"
+            && st["disks"][0]["resync_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("50%"))
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    s.stop_service(svc);
+    drop(ro);
+    let tracker = tracker.restart(restart, &s.dir, &s.run_dir);
+    std::fs::remove_dir_all(&s.state).unwrap();
+    let r = s.sync();
+    let p = r["point"].as_u64().unwrap();
+    assert_eq!(p, 2, "{r}");
+    assert_eq!(r["base_copies"][0]["resync"]["kind"], "targeted", "{r}");
+    let snap = s.snapshot(p);
+    drop(tracker);
+    same_dirs(&s.restore(p), &snap);
+}
+
+#[test]
+fn lost_state_after_the_50_percent_rule_is_reconciled() {
+    lost_state_after_the_50_percent_rule(Restart::None);
+}
+
+#[test]
+fn lost_state_after_the_50_percent_rule_and_a_clean_tracker_restart() {
+    lost_state_after_the_50_percent_rule(Restart::Clean);
+}
+
+#[test]
+fn lost_state_after_the_50_percent_rule_and_a_tracker_kill9() {
+    lost_state_after_the_50_percent_rule(Restart::Kill9);
+}
+
+/// The shipper's state directory lost at each step of the cycle (before the seal, after it,
+/// after the upload, in the middle of a resync, after the commit before the ack), with the
+/// tracker kept, restarted cleanly or killed in between: the next sync reconciles, and its
+/// point restores to exactly the disk, every time.
+#[test]
+fn lost_state_at_every_step_of_the_cycle_restores_the_disk() {
+    let s = Scene::new(ServerKind::Local);
+    let disk = s.dir.join("d.img");
+    new_disk(&disk, 32 << 20);
+    let mut tracker = Tracker::mount(&s.dir, &s.run_dir);
+    fill(&disk, 32, 3);
+    assert_eq!(s.sync()["point"], 1);
+    let steps = [
+        "before-seal",
+        "after-seal",
+        "after-upload",
+        "mid-resync",
+        "after-commit",
+    ];
+    let restarts = [Restart::None, Restart::Clean, Restart::Kill9];
+    let mut point = 1;
+    for (i, step) in steps.iter().enumerate() {
+        for k in 0..4u64 {
+            overwrite(
+                &disk,
+                k * (7 << 20) + (i as u64) * 65536,
+                65536,
+                10 * i as u8 + k as u8,
+            );
+        }
+        match *step {
+            "before-seal" => {}
+            "mid-resync" => {
+                let c = s.sync_cmd(&["resync", "--disk", "d.img", "--now"]);
+                kill9_at_stop_point(c, &s.state.join("stopped-at-mid-resync"), step);
+            }
+            _ => {
+                let c = s.sync_cmd(&["sync"]);
+                kill9_at_stop_point(c, &s.state.join(format!("stopped-at-{step}")), step);
+            }
+        }
+        // Written after the kill: only in the active log and the marks.
+        overwrite(&disk, 30 << 20, 4096, 200 + i as u8);
+        let how = restarts[i % restarts.len()];
+        tracker = tracker.restart(how, &s.dir, &s.run_dir);
+        std::fs::remove_dir_all(&s.state).unwrap();
+        let r = s.sync();
+        let p = r["point"].as_u64().unwrap();
+        assert!(p > point, "{step} {how:?}: {r}");
+        point = p;
+        let snap = s.snapshot(p);
+        same_dirs(&s.restore(p), &snap);
+        std::fs::remove_dir_all(s.tmp.path().join(format!("restore-{p}"))).unwrap();
+        std::fs::remove_dir_all(s.tmp.path().join(format!("snap-{p}"))).unwrap();
+    }
+    drop(tracker);
+}
+
+/// A damaged state file (cut short, garbage) is a clear error naming the file and offering
+/// `sync --reconcile`, never a silent replacement (the service stops in Critical and leaves
+/// the file alone); `sync --reconcile` moves it aside and its point restores exactly.
+#[test]
+fn damaged_state_file_is_a_clear_error_then_reconcile_restores() {
+    let s = Scene::new(ServerKind::Local);
+    let disk = s.dir.join("d.img");
+    new_disk(&disk, 16 << 20);
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    fill(&disk, 16, 4);
+    assert_eq!(s.sync()["point"], 1);
+    let state_file = std::fs::read_dir(&s.state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    for (i, damage) in ["truncate", "garbage"].iter().enumerate() {
+        overwrite(&disk, (i as u64 + 1) << 20, 65536, 40 + i as u8);
+        let good = std::fs::read(&state_file).unwrap();
+        let bad = match *damage {
+            "truncate" => good[..good.len() / 2].to_vec(),
+            _ => b"\x00\xffnot json at all".to_vec(),
+        };
+        std::fs::write(&state_file, &bad).unwrap();
+        let out = s.sync_cmd(&["sync"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{damage}: {err}");
+        assert!(
+            err.contains(&state_file.display().to_string()) && err.contains("--reconcile"),
+            "{damage}: the error must name the file and the safe path: {err}"
+        );
+        assert_eq!(std::fs::read(&state_file).unwrap(), bad, "{damage}");
+        // The service does not replace it either.
+        let svc = s.service("1s");
+        std::thread::sleep(Duration::from_secs(3));
+        s.stop_service(svc);
+        assert_eq!(std::fs::read(&state_file).unwrap(), bad, "{damage}");
+        let r = s.shipper_ok(
+            &[
+                "sync",
+                "--dir",
+                s.dir.to_str().unwrap(),
+                "--group",
+                "vm3",
+                "--target",
+                &s.server.url,
+                "--reconcile",
+                "--json",
+            ],
+            &[],
+        );
+        let p = r["point"].as_u64().unwrap();
+        assert_eq!(r["base_copies"][0]["resync"]["kind"], "targeted", "{r}");
+        let aside = std::fs::read_dir(&s.state)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".damaged-")
+            })
+            .count();
+        assert_eq!(aside, i + 1, "the damaged file is kept aside");
+        let snap = s.snapshot(p);
+        same_dirs(&s.restore(p), &snap);
+    }
+    drop(tracker);
+}
+
+/// Issue 16 item 12: a store that answers reads but refuses writes (each retry switched the
+/// disk back to log mode, and the logs grew unchecked for a whole back-off delay: 431% of the
+/// disk). The 50% rule is checked every second, during cycles and delays alike: the logs on
+/// the host never pass 75% of the disk while 1 MiB/s is written for 30 s.
+#[test]
+fn logs_stay_within_budget_while_the_store_refuses_writes() {
+    let s = Scene::new(ServerKind::Local);
+    let disk = s.dir.join("d.img");
+    new_disk(&disk, 16 << 20);
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    fill(&disk, 16, 6);
+    assert_eq!(s.sync()["point"], 1);
+    let ro = ReadOnly::over(&s.store_path());
+    let svc = s.service("1s");
+    let mut peak = 0;
+    for i in 0..30u64 {
+        overwrite(&disk, (i % 16) << 20, 1 << 20, i as u8);
+        std::thread::sleep(Duration::from_millis(900));
+        peak = peak.max(logs_on_host(&s.dir, &s.run_dir));
+    }
+    assert!(
+        peak <= 12 << 20,
+        "unshipped logs reached {peak} bytes on a 16 MiB disk"
+    );
+    s.stop_service(svc);
+    drop(ro);
+    let p = s.sync()["point"].as_u64().unwrap();
+    let snap = s.snapshot(p);
+    drop(tracker);
+    same_dirs(&s.restore(p), &snap);
+}
+
+/// Writes 3 MiB of an 8 MiB disk (the status must count them), then 2 MiB more: the 50%
+/// rule must switch the disk to bitmap tracking.
+fn over_half(s: &Scene, disk: &Path, what: &str) {
+    overwrite(disk, 0, 3 << 20, 20);
+    s.wait_status(&format!("unshipped bytes counted while {what}"), &|st| {
+        st["disks"][0]["unshipped_bytes"].as_u64().unwrap_or(0) >= 3 << 20
+    });
+    overwrite(disk, 3 << 20, 2 << 20, 30);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tracker_status(&s.dir, &s.run_dir)["disks"][0]["mode"] != "bitmap" {
+        assert!(Instant::now() < deadline, "no 50% rule while {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 18 item 6: the 50% rule and the unshipped-bytes figure hold while replication is
+/// paused and while the directory is Critical (moto restarted: the bucket is gone).
+#[test]
+fn the_50_percent_rule_runs_while_paused_and_while_critical() {
+    let mut s = Scene::new(ServerKind::Moto);
+    let disk = s.dir.join("d.img");
+    new_disk(&disk, 8 << 20);
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    fill(&disk, 8, 7);
+    let svc = s.service("1s");
+    let first = s.wait_status("the first point", &|st| {
+        st["last_point_id"].as_u64().is_some()
+    });
+    let first = first["last_point_id"].as_u64().unwrap();
+    ok(&shipper(
+        &["pause", "--dir", s.dir.to_str().unwrap()],
+        &[],
+        &s.run_dir,
+        &s.state,
+    ));
+    over_half(&s, &disk, "paused");
+    ok(&shipper(
+        &["resume", "--dir", s.dir.to_str().unwrap()],
+        &[],
+        &s.run_dir,
+        &s.state,
+    ));
+    s.wait_status("the resync point", &|st| {
+        st["health"] == "Normal" && st["last_point_id"].as_u64().is_some_and(|p| p > first)
+    });
+    s.server.stop();
+    s.server.spawn();
+    s.wait_status("Critical (bucket gone)", &|st| st["health"] == "Critical");
+    over_half(&s, &disk, "Critical");
+    s.server.create_bucket("hrle2e");
+    let p = s.sync()["point"].as_u64().unwrap();
+    s.stop_service(svc);
+    let snap = s.snapshot(p);
+    drop(tracker);
+    same_dirs(&s.restore(p), &snap);
+}
+
+/// Issue 18 item 6: free space on the images' filesystem below 10% is a Warning naming it,
+/// before a VM gets ENOSPC.
+#[test]
+fn low_free_space_is_a_warning() {
+    let s = Scene::new(ServerKind::Local);
+    let fs = Tmpfs::on(&s.dir, 32);
+    let disk = s.dir.join("d.img");
+    new_disk(&disk, 4 << 20);
+    std::fs::write(s.dir.join("other-data.bin"), vec![1u8; 30 << 20]).unwrap();
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let svc = s.service("1s");
+    let st = s.wait_status("the space warning", &|st| {
+        st["space_warning"].as_str().is_some() && st["health"] == "Warning"
+    });
+    assert!(
+        st["space_warning"].as_str().unwrap().contains("free"),
+        "{st:#}"
+    );
+    s.stop_service(svc);
+    drop(tracker);
+    drop(fs);
 }

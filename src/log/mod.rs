@@ -10,6 +10,7 @@
 mod apply;
 mod coalesce;
 mod error;
+mod extents;
 pub mod format;
 mod reader;
 mod writer;
@@ -17,6 +18,7 @@ mod writer;
 pub use apply::{apply_logs, apply_logs_after, verify_chain, ApplySummary, SizeEffect};
 pub use coalesce::coalesce;
 pub use error::LogError;
+pub use extents::log_extents;
 pub use format::{LogHeader, LogState, HEADER_LEN, RECORD_HEADER_LEN};
 pub use reader::{verify_sealed, LogEnd, LogReader, RecordMeta, VerifiedLog};
 pub use writer::{LogWriter, Recovered};

@@ -354,6 +354,8 @@ impl Disk {
                 held.insert(e);
             }
         }
+        // Seal ids are wall-clock microseconds, so intervals of this process start after it.
+        let opened_at = hrl::now_ns() / 1000;
         let unclean = if recovered || offline_change {
             marked
         } else {
@@ -379,8 +381,11 @@ impl Disk {
                     touched_log: HashSet::new(),
                     prev_touched_log: HashSet::new(),
                     touched_all: HashSet::new(),
-                    interval_start: 0,
-                    history: Vec::new(),
+                    interval_start: opened_at,
+                    // The marks found at open were made before this process: kept through a
+                    // `clear` up to a seal older than it (only the point of a later seal
+                    // covers them).
+                    history: vec![(opened_at.saturating_sub(1), held.clone())],
                     held,
                     unclean,
                     torn_at,
@@ -734,10 +739,10 @@ impl Disk {
         Ok(sys::fstat(self.image.as_raw_fd())?.st_size as u64)
     }
 
-    /// Starts a new seal interval: returns the extents whose marks may go once the sealed log
-    /// and the image are durable: those touched two intervals ago (the closing interval's
-    /// stay marked one more interval, as hot extents).
-    pub fn begin_interval(st: &mut DiskState, seal_id: u64) -> HashSet<u64> {
+    /// Starts a new seal interval. Marks are not cleared at a seal: a sealed log is not in a
+    /// committed point yet (the shipper may even have to release it under the 50% rule), so
+    /// its ranges stay marked until `clear` after the point that holds it.
+    pub fn begin_interval(st: &mut DiskState, seal_id: u64) {
         let all = std::mem::take(&mut st.touched_all);
         let start = st.interval_start;
         st.history.push((start, all));
@@ -746,32 +751,7 @@ impl Disk {
         }
         st.interval_start = seal_id;
         let closing = std::mem::take(&mut st.touched_log);
-        std::mem::replace(&mut st.prev_touched_log, closing)
-    }
-
-    /// Clears marks of a sealed interval, except where the new interval or a held mark
-    /// still needs them.
-    pub fn clear_sealed(&self, sealed: HashSet<u64>) -> io::Result<()> {
-        let mut st = self.lock();
-        let st = &mut *st;
-        let Some(bm) = st.bitmap.as_mut() else {
-            return Ok(());
-        };
-        let es = u64::from(bm.extent_size());
-        let mut changed = false;
-        for e in sealed {
-            if !st.touched_log.contains(&e)
-                && !st.prev_touched_log.contains(&e)
-                && !st.held.contains(&e)
-            {
-                bm.clear(e * es, es);
-                changed = true;
-            }
-        }
-        if changed {
-            bm.flush().map_err(bitmap_err)?;
-        }
-        Ok(())
+        st.prev_touched_log = closing;
     }
 
     /// `clear upto_seal`: drops every mark not touched since seal `upto`.
@@ -805,6 +785,42 @@ impl Disk {
         st.changed_outside = None;
         st.history.retain(|(start, _)| *start >= upto);
         Ok(())
+    }
+
+    /// Before sealed logs that will never ship are deleted (the shipper releases them under
+    /// the 50% rule): marks every range they change and makes the marks durable, so that the
+    /// bitmap alone still covers those changes. The whole disk is marked when a log resizes
+    /// the disk or cannot be read.
+    pub fn mark_released(&self, logs: &[std::path::PathBuf]) -> io::Result<()> {
+        let ranges = match hrl::log::log_extents(logs) {
+            Ok(Some(r)) => Some(r),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read logs being released; marking the whole disk");
+                None
+            }
+        };
+        let mut st = self.lock();
+        let st = &mut *st;
+        let limit = st.size.max(1);
+        let Some(bm) = st.bitmap.as_mut() else {
+            return Ok(());
+        };
+        let es = u64::from(bm.extent_size());
+        let whole = [(0, limit)];
+        let ranges: &[(u64, u64)] = ranges.as_deref().unwrap_or(&whole);
+        for &(off, len) in ranges {
+            let len = len.min(limit.saturating_sub(off));
+            if len == 0 {
+                continue;
+            }
+            bm.mark(off, len).map_err(bitmap_err)?;
+            for e in off / es..(off + len).div_ceil(es) {
+                st.held.insert(e);
+                st.touched_all.insert(e);
+            }
+        }
+        bm.flush().map_err(bitmap_err)
     }
 
     /// Switches between full logging and bitmap-only tracking.
@@ -884,8 +900,8 @@ impl Disk {
         Ok(())
     }
 
-    /// Clean stop: log closed (state Closed), image durable, the marks the log covers
-    /// cleared, bitmap flagged clean.
+    /// Clean stop: log closed (state Closed), image durable, bitmap flagged clean. The marks
+    /// stay: what the closed log holds is not in a committed point yet.
     pub fn close_clean(&self) -> io::Result<()> {
         let mut st = self.lock_settled();
         let st = &mut *st;
@@ -903,18 +919,7 @@ impl Disk {
             return Ok(());
         }
         let stamp = self.image.metadata().map(|m| ImageStamp::of(&m)).ok();
-        if let Some(mut bm) = st.bitmap.take() {
-            let es = u64::from(bm.extent_size());
-            let logged: Vec<u64> = st
-                .touched_log
-                .drain()
-                .chain(st.prev_touched_log.drain())
-                .collect();
-            for e in logged {
-                if !st.held.contains(&e) {
-                    bm.clear(e * es, es);
-                }
-            }
+        if let Some(bm) = st.bitmap.take() {
             bm.close_clean_with(stamp).map_err(bitmap_err)?;
         }
         Ok(())
@@ -1032,7 +1037,7 @@ mod tests {
     }
 
     #[test]
-    fn marks_precede_changes_and_a_clean_close_clears_logged_ones() {
+    fn marks_stay_until_clear_through_a_clean_close_and_a_restart() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         let es = u64::from(EXTENT_SIZE);
@@ -1040,21 +1045,51 @@ mod tests {
         let (disk, f) = open_disk(dir, "d.raw");
         disk.write(f.as_raw_fd(), es + 1, b"x").unwrap();
         assert_eq!(disk.dirty(), vec![(es, es)]);
-        // A clean close clears what the (closed, durable) log covers.
+        // A seal does not clear: the sealed log is in no committed point yet.
+        Disk::begin_interval(&mut disk.lock(), hrl::now_ns() / 1000);
+        assert_eq!(disk.dirty(), vec![(es, es)]);
+        // Nor does a clean close: the closed log is not shipped either.
         disk.close_clean().unwrap();
         drop(disk);
         let (disk, f) = open_disk(dir, "d.raw");
-        assert_eq!(disk.dirty(), vec![]);
-        // Bitmap-mode marks are held through a clean close.
-        disk.set_mode(DiskMode::Bitmap);
-        disk.write(f.as_raw_fd(), 5, b"y").unwrap();
-        disk.close_clean().unwrap();
-        drop(disk);
-        let (again, _f) = open_disk(dir, "d.raw");
-        assert_eq!(again.dirty(), vec![(0, es)]);
+        assert_eq!(disk.dirty(), vec![(es, es)]);
         assert!(
-            again.status().unclean_extents.is_empty(),
+            disk.status().unclean_extents.is_empty(),
             "a clean stop reports nothing unclean"
         );
+        // A clear up to a seal older than this process keeps what it found at open (made
+        // after that seal, maybe); a clear up to a seal of this process drops it.
+        disk.clear_upto(1).unwrap();
+        assert_eq!(disk.dirty(), vec![(es, es)]);
+        disk.write(f.as_raw_fd(), 2 * es, b"y").unwrap();
+        let seal = hrl::now_ns() / 1000 + 1;
+        Disk::begin_interval(&mut disk.lock(), seal);
+        disk.write(f.as_raw_fd(), 5, b"z").unwrap();
+        disk.clear_upto(seal).unwrap();
+        // The interval the seal closed stays one more (hot), the new one stays.
+        assert_eq!(disk.dirty(), vec![(0, es), (2 * es, es)]);
+    }
+
+    #[test]
+    fn releasing_logs_marks_every_range_they_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let es = u64::from(EXTENT_SIZE);
+        std::fs::write(dir.join("d.raw"), vec![0u8; 4 * es as usize]).unwrap();
+        let (disk, _f) = open_disk(dir, "d.raw");
+        let log = dir.join("other.hrl");
+        let h = LogHeader::new([1; 16], 1, 1, 4 * es, [0; 32]);
+        let mut w = LogWriter::create(&log, &h).unwrap();
+        w.append_write(3 * es + 7, b"released").unwrap();
+        w.append_zero(es, 10).unwrap();
+        w.seal().unwrap();
+        disk.mark_released(std::slice::from_ref(&log)).unwrap();
+        assert_eq!(disk.dirty(), vec![(es, es), (3 * es, es)]);
+        // A log that resizes the disk (or cannot be read): the whole disk.
+        let mut w = LogWriter::create(&dir.join("t.hrl"), &h).unwrap();
+        w.append_truncate(es).unwrap();
+        w.seal().unwrap();
+        disk.mark_released(&[dir.join("t.hrl")]).unwrap();
+        assert_eq!(disk.dirty(), vec![(0, 4 * es)]);
     }
 }

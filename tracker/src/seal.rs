@@ -5,7 +5,6 @@
 //! sealed and the next log is created and made durable, without any lock. The buffered
 //! changes are then appended to the next log, which becomes active.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,7 +31,6 @@ struct Cut {
     disk: Arc<Disk>,
     old: LogWriter,
     name: String,
-    touched: HashSet<u64>,
     mode: DiskMode,
     next: LogHeader,
     /// The image's size at the cut (what the sealed log leaves the disk at): the size
@@ -68,6 +66,7 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
         for (d, st) in disks.iter().zip(guards.iter_mut()) {
             let Some(old) = st.start_swap() else { continue };
             let h = old.header().clone();
+            Disk::begin_interval(st, seal_id);
             let mut next = LogHeader::new(
                 h.disk_id,
                 h.generation,
@@ -80,7 +79,6 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
                 disk: d.clone(),
                 old,
                 name: st.name.clone(),
-                touched: Disk::begin_interval(st, seal_id),
                 mode: st.mode,
                 next,
                 size: st.size,
@@ -139,7 +137,7 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
         }
         c.disk.notify_swapped();
         match seal {
-            Ok(info) => sealed.push((c.disk, file, info, c.touched, c.mode, c.name, c.size)),
+            Ok(info) => sealed.push((c.disk, file, info, c.mode, c.name, c.size)),
             Err(e) => errors.push(TrackError::SealFailed {
                 disk: c.name,
                 reason: format!("{e} (the log is sealed at the next start)"),
@@ -147,22 +145,16 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
         }
     }
 
-    // 3. Report, make the images durable, clear the marks the sealed logs cover.
+    // 3. Report and make the images durable. The marks stay until the shipper's `clear`
+    //    after the point holding these logs: until then the bitmap alone covers them.
     let mut out = Vec::new();
-    for (disk, file, info, touched, mode, name, size) in sealed {
+    for (disk, file, info, mode, name, size) in sealed {
         match entry(&root, &file, &info, mode, &name, size) {
             Ok(mut e) => {
                 // After the cut: a change outside the tracker before it is seen here.
                 e.changed_outside = disk.take_changed_outside();
-                match disk.sync_image() {
-                    Ok(()) => {
-                        if let Err(err) = disk.clear_sealed(touched) {
-                            tracing::warn!(disk = %name, error = %err, "cannot clear sealed marks");
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!(disk = %name, error = %err, "cannot sync image after seal")
-                    }
+                if let Err(err) = disk.sync_image() {
+                    tracing::warn!(disk = %name, error = %err, "cannot sync image after seal")
                 }
                 tracker.add_pending(&disk, e.clone());
                 out.push(e);

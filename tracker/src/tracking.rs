@@ -717,6 +717,7 @@ impl Tracker {
         let of_id = |p: &SealedLog| disk_id.is_none_or(|id| p.disk_id.eq_ignore_ascii_case(id));
         if let Some(d) = self.disk_by_name(disk) {
             found = true;
+            self.mark_if_released(&d, seq)?;
             let mut st = d.lock();
             let (drop_, keep): (Vec<_>, Vec<_>) =
                 st.pending.drain(..).partition(|p| p.seq <= seq && of_id(p));
@@ -748,6 +749,27 @@ impl Tracker {
             }
         }
         Ok(gone.len())
+    }
+
+    /// An ack in bitmap mode releases logs that are in no committed point (the 50% rule):
+    /// their ranges are marked, durably, before they are deleted. (After a commit the shipper
+    /// acks in log mode; those logs' marks go at its `clear`.)
+    fn mark_if_released(&self, d: &Disk, seq: u64) -> Result<(), TrackError> {
+        let (mode, logs) = {
+            let st = d.lock();
+            let logs: Vec<PathBuf> = st
+                .pending
+                .iter()
+                .filter(|p| p.seq <= seq)
+                .map(|p| self.root_path().join(&p.log))
+                .collect();
+            (st.mode, logs)
+        };
+        if mode != DiskMode::Bitmap || logs.is_empty() {
+            return Ok(());
+        }
+        d.mark_released(&logs)
+            .map_err(io_err("mark the ranges of released logs"))
     }
 
     pub fn status(&self, socket: &Path) -> MountStatus {

@@ -520,7 +520,7 @@ impl Server {
         self.child = None;
     }
 
-    fn create_bucket(&self, bucket: &str) {
+    pub fn create_bucket(&self, bucket: &str) {
         let script = match self.kind {
             ServerKind::Moto => format!(
                 "import urllib.request\nr=urllib.request.Request('http://127.0.0.1:{}/{bucket}',method='PUT')\nurllib.request.urlopen(r).read()\n",
