@@ -18,5 +18,10 @@ pub fn set_umask() {
 /// Creates `dir` (and its parents) if needed and makes it 0700.
 pub fn create_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+    match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)) {
+        // A store on a read-only filesystem can still be read (restore, verify; a store
+        // refusing writes is an outage the service retries, not a reason to stop).
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => Ok(()),
+        r => r,
+    }
 }
