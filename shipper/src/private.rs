@@ -24,5 +24,9 @@ pub fn create_dir(dir: &Path) -> std::io::Result<()> {
         Ok(md) if md.is_dir() => {}
         _ => std::fs::create_dir_all(dir)?,
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+    match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)) {
+        // A read-only filesystem cannot be tightened, and nothing is written to it either.
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => Ok(()),
+        r => r,
+    }
 }
