@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use hrl::bitmap::{BitmapError, DirtyBitmap, ImageStamp};
+use hrl::bitmap::{BitmapError, CleanClose, ClosedLog, DirtyBitmap, ImageStamp};
 use hrl::control::{DiskMode, DiskStatus, SealedLog};
 use hrl::log::{LogError, LogHeader, LogWriter};
 use hrl::naming;
@@ -182,6 +182,21 @@ impl DiskState {
         self.log = Some(next);
     }
 
+    /// Nothing vouches for the image any more (changed behind the tracker's back, bitmap or
+    /// log lost): marks the whole disk, holds it and reports it unclean, so the shipper
+    /// compares every block.
+    fn distrust_all(&mut self, why: &str) -> io::Result<()> {
+        tracing::warn!(disk = %self.name, "{why}; reporting the whole disk as unclean");
+        let size = self.size.max(1);
+        if let Some(bm) = self.bitmap.as_mut() {
+            let size = size.max(bm.disk_size());
+            bm.mark(0, size).map_err(bitmap_err)?;
+            bm.flush().map_err(bitmap_err)?;
+        }
+        self.hold_range(0, size);
+        Ok(())
+    }
+
     fn hold_range(&mut self, off: u64, len: u64) {
         let Some(bm) = self.bitmap.as_ref() else {
             return;
@@ -240,6 +255,103 @@ pub enum Start {
     Fresh { first_seq: u64 },
 }
 
+/// Reopens the active log (cutting a torn tail), or starts it where `start` says. Returns
+/// the log, whether it was closed cleanly, and where a torn tail was cut.
+fn open_active_log(
+    active: &Path,
+    exists: bool,
+    start: Start,
+    size: u64,
+    name: &str,
+) -> Result<(LogWriter, bool, Option<u64>), crate::tracking::TrackError> {
+    use crate::tracking::TrackError;
+    Ok(if exists {
+        let (w, rec) = LogWriter::open_append(active)?;
+        if let Some(at) = rec.torn_at {
+            tracing::warn!(
+                disk = name,
+                offset = at,
+                "cut a torn tail off the active log"
+            );
+        }
+        (w, rec.was_clean, rec.torn_at)
+    } else {
+        let (seq, prev, id, generation) = match start {
+            Start::Continue {
+                last_seq,
+                prev,
+                id,
+                generation,
+            } => (last_seq + 1, prev, id, generation),
+            Start::Fresh { first_seq } => {
+                let mut id = [0u8; 16];
+                getrandom::fill(&mut id).map_err(|e| TrackError::Io {
+                    what: "draw a disk id".into(),
+                    source: io::Error::other(e.to_string()),
+                })?;
+                (first_seq, [0u8; 32], id, 1)
+            }
+        };
+        let mut h = LogHeader::new(id, generation, seq, size, prev);
+        h.block_size = EXTENT_SIZE;
+        (LogWriter::create(active, &h)?, true, None)
+    })
+}
+
+/// What a disk's files say at startup about changes nobody tracked.
+struct Vouch<'a> {
+    bitmap: &'a DirtyBitmap,
+    /// The disk has a chain (an active log or sealed logs): it was tracked before.
+    chain_exists: bool,
+    /// The active log found (None: it was missing).
+    log: Option<&'a LogWriter>,
+    now: ImageStamp,
+}
+
+impl Vouch<'_> {
+    /// Why nothing vouches for the image (every block may differ), or None.
+    fn distrust(&self) -> Option<String> {
+        let bm = self.bitmap;
+        if bm.created() {
+            // A disk that never had a chain gets a new id: the shipper copies it whole.
+            return self.chain_exists.then(|| {
+                "its dirty bitmap is missing, so nothing vouches for the changes since the last point".to_string()
+            });
+        }
+        match bm.found_stamp() {
+            None => return Some("its dirty bitmap holds no image stamp (written by a tracker that stopped before recording one)".into()),
+            Some(then) if then != self.now => {
+                return Some(format!(
+                    "the image changed while it was not tracked (then {then:?}, now {:?})",
+                    self.now
+                ))
+            }
+            Some(_) => {}
+        }
+        let closed = bm.found_log()?;
+        match self.log {
+            None => Some(format!(
+                "its active log (sequence {}) is gone; the changes it held are unknown",
+                closed.seq
+            )),
+            Some(l)
+                if l.header().sequence != closed.seq
+                    || l.len() != closed.len
+                    || l.seal_hash() != closed.hash =>
+            {
+                Some(format!(
+                    "its active log is not the one the clean stop left (sequence {} of {} bytes, found sequence {} of {} bytes); the changes it held are unknown",
+                    closed.seq,
+                    closed.len,
+                    l.header().sequence,
+                    l.len()
+                ))
+            }
+            Some(_) => None,
+        }
+    }
+}
+
 /// One tracked disk.
 pub struct Disk {
     pub key: BackingKey,
@@ -283,55 +395,34 @@ impl Disk {
         let (mut bitmap, bitmap_clean) =
             DirtyBitmap::open(&naming::bitmap_path(&disk_path), EXTENT_SIZE, size)?;
         let active = naming::active_log_path(&disk_path);
-        let (log, log_clean, torn_at) = if active.exists() {
-            let (w, rec) = LogWriter::open_append(&active)?;
-            if let Some(at) = rec.torn_at {
-                tracing::warn!(
-                    disk = name,
-                    offset = at,
-                    "cut a torn tail off the active log"
-                );
-            }
-            (w, rec.was_clean, rec.torn_at)
-        } else {
-            let (seq, prev, id, generation) = match start {
-                Start::Continue {
-                    last_seq,
-                    prev,
-                    id,
-                    generation,
-                } => (last_seq + 1, prev, id, generation),
-                Start::Fresh { first_seq } => {
-                    let mut id = [0u8; 16];
-                    getrandom::fill(&mut id).map_err(|e| TrackError::Io {
-                        what: "draw a disk id".into(),
-                        source: io::Error::other(e.to_string()),
-                    })?;
-                    (first_seq, [0u8; 32], id, 1)
-                }
-            };
-            let mut h = LogHeader::new(id, generation, seq, size, prev);
-            h.block_size = EXTENT_SIZE;
-            (LogWriter::create(&active, &h)?, true, None)
-        };
+        let active_existed = active.exists();
+        let continuing = matches!(start, Start::Continue { .. });
+        let (log, log_clean, torn_at) =
+            open_active_log(&active, active_existed, start, size, name)?;
         let recovered = !(bitmap_clean && log_clean) || torn_at.is_some();
-        // After a clean stop the bitmap holds the image's stamp from then: a different stamp
-        // now means the image was changed while nothing tracked it. Every block may differ.
-        let offline_change = match (recovered, bitmap.clean_stamp()) {
-            (false, Some(then)) => {
-                let now = image.metadata().map(|m| ImageStamp::of(&m)).ok();
-                if now != Some(then) {
-                    tracing::warn!(disk = name, ?then, ?now,
-                        "the image changed while it was not tracked; reporting the whole disk as unclean");
-                    bitmap.mark(0, size.max(then.size).max(1))?;
-                    bitmap.flush()?;
-                    true
-                } else {
-                    false
-                }
-            }
-            _ => false,
+        let now = image
+            .metadata()
+            .map(|m| ImageStamp::of(&m))
+            .map_err(|e| TrackError::Io {
+                what: format!("stat disk {name}"),
+                source: e,
+            })?;
+        let vouch = Vouch {
+            bitmap: &bitmap,
+            chain_exists: active_existed || continuing,
+            log: active_existed.then_some(&log),
+            now,
         };
+        let distrust = vouch.distrust();
+        if let Some(why) = &distrust {
+            tracing::warn!(disk = name, "{why}; reporting the whole disk as unclean");
+            bitmap.mark(0, size.max(bitmap.disk_size()).max(1))?;
+        }
+        // From here on the stamp vouches for the image as it is now; every tracked change
+        // keeps it current.
+        bitmap.set_stamp(now);
+        bitmap.flush()?;
+        let offline_change = distrust.is_some() || bitmap.report_stands();
         let mut held = HashSet::new();
         let es = u64::from(bitmap.extent_size());
         // Marks still set were not cleared by a clean stop (crash) or are bitmap-mode marks
@@ -444,33 +535,35 @@ impl Disk {
 
     /// A write to the image: marked, logged, then written.
     pub fn write(&self, fd: RawFd, off: u64, data: &[u8]) -> io::Result<()> {
-        let mut st = self.lock_for_change();
-        Self::mark(&mut st, off, data.len() as u64)?;
-        // Reserve the image blocks first: once the record is logged, the image write must not
-        // fail for lack of space (ENOSPC would leave a record the image does not have).
-        reserve(fd, off, data.len() as u64)?;
-        st.record(ChangeRef::Write { offset: off, data })?;
-        if let Err(e) = sys::pwrite_all(fd, data, off) {
-            self.compensate(&mut st, off, off + data.len() as u64);
-            return Err(e);
-        }
-        st.size = st.size.max(off + data.len() as u64);
-        Ok(())
+        self.change(|st| {
+            Self::mark(st, off, data.len() as u64)?;
+            // Reserve the image blocks first: once the record is logged, the image write must not
+            // fail for lack of space (ENOSPC would leave a record the image does not have).
+            reserve(fd, off, data.len() as u64)?;
+            st.record(ChangeRef::Write { offset: off, data })?;
+            if let Err(e) = sys::pwrite_all(fd, data, off) {
+                self.compensate(st, off, off + data.len() as u64);
+                return Err(e);
+            }
+            st.size = st.size.max(off + data.len() as u64);
+            Ok(())
+        })
     }
 
     /// A size change (truncate, O_TRUNC): marked, logged, done.
     pub fn truncate(&self, fd: RawFd, size: u64) -> io::Result<()> {
-        let mut st = self.lock_for_change();
-        let cur = sys::fstat(fd)?.st_size as u64;
-        let (lo, hi) = (cur.min(size), cur.max(size));
-        Self::mark(&mut st, lo, hi - lo)?;
-        st.record(ChangeRef::Other(Change::Truncate { size }))?;
-        if let Err(e) = sys::ftruncate(fd, size) {
-            self.compensate(&mut st, lo, lo);
-            return Err(e);
-        }
-        st.size = size;
-        Ok(())
+        self.change(|st| {
+            let cur = sys::fstat(fd)?.st_size as u64;
+            let (lo, hi) = (cur.min(size), cur.max(size));
+            Self::mark(st, lo, hi - lo)?;
+            st.record(ChangeRef::Other(Change::Truncate { size }))?;
+            if let Err(e) = sys::ftruncate(fd, size) {
+                self.compensate(st, lo, lo);
+                return Err(e);
+            }
+            st.size = size;
+            Ok(())
+        })
     }
 
     /// fallocate: allocation (logged as a size change when it grows the file), punch hole
@@ -485,38 +578,39 @@ impl Disk {
         if mode & !known != 0 {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
-        let mut st = self.lock_for_change();
-        let cur = sys::fstat(fd)?.st_size as u64;
-        let end = off.saturating_add(len);
-        let grows = !keep && end > cur;
-        if punch || zero || grows {
-            Self::mark(&mut st, off, len)?;
-        }
-        if grows {
-            st.record(ChangeRef::Other(Change::Truncate { size: end }))?;
-        }
-        let within = if grows { end } else { end.min(cur) };
-        if within > off {
-            if punch {
-                st.record(ChangeRef::Other(Change::Punch {
-                    offset: off,
-                    len: within - off,
-                }))?;
-            } else if zero {
-                st.record(ChangeRef::Other(Change::Zero {
-                    offset: off,
-                    len: within - off,
-                }))?;
+        self.change(|st| {
+            let cur = sys::fstat(fd)?.st_size as u64;
+            let end = off.saturating_add(len);
+            let grows = !keep && end > cur;
+            if punch || zero || grows {
+                Self::mark(st, off, len)?;
             }
-        }
-        if let Err(e) = sys::fallocate(fd, mode, off, len) {
-            self.compensate(&mut st, off, within.max(off));
-            return Err(e);
-        }
-        if grows {
-            st.size = end;
-        }
-        Ok(())
+            if grows {
+                st.record(ChangeRef::Other(Change::Truncate { size: end }))?;
+            }
+            let within = if grows { end } else { end.min(cur) };
+            if within > off {
+                if punch {
+                    st.record(ChangeRef::Other(Change::Punch {
+                        offset: off,
+                        len: within - off,
+                    }))?;
+                } else if zero {
+                    st.record(ChangeRef::Other(Change::Zero {
+                        offset: off,
+                        len: within - off,
+                    }))?;
+                }
+            }
+            if let Err(e) = sys::fallocate(fd, mode, off, len) {
+                self.compensate(st, off, within.max(off));
+                return Err(e);
+            }
+            if grows {
+                st.size = end;
+            }
+            Ok(())
+        })
     }
 
     /// The image refused (or half did) a change whose record is already logged: log what
@@ -730,15 +824,30 @@ impl Disk {
     }
 
     /// Clean stop: log closed (state Closed), image durable, the marks the log covers
-    /// cleared, bitmap flagged clean.
+    /// cleared, bitmap flagged clean with where the log ended. The image's stamp is renewed
+    /// only if nothing changed it since the last tracked change (else the old stamp stays
+    /// and the next start distrusts the image); an unclean report not resynced yet stands.
     pub fn close_clean(&self) -> io::Result<()> {
         let mut st = self.lock_settled();
         let st = &mut *st;
+        let closed = st.log.as_ref().map(|l| ClosedLog {
+            seq: l.header().sequence,
+            len: l.len(),
+            hash: l.seal_hash(),
+        });
         if let Some(log) = st.log.take() {
             log.close_clean().map_err(log_err)?;
         }
         sys::fsync(self.image.as_raw_fd(), false)?;
-        let stamp = self.image.metadata().map(|m| ImageStamp::of(&m)).ok();
+        let now = self.stamp_now()?;
+        let kept = st.bitmap.as_ref().and_then(|b| b.stamp());
+        let stamp = if kept == Some(now) {
+            Some(now)
+        } else {
+            tracing::warn!(disk = %st.name, ?kept, ?now,
+                "the image changed since the tracker's last change to it; the next start compares every block");
+            None
+        };
         if let Some(mut bm) = st.bitmap.take() {
             let es = u64::from(bm.extent_size());
             let logged: Vec<u64> = st
@@ -751,9 +860,66 @@ impl Disk {
                     bm.clear(e * es, es);
                 }
             }
-            bm.close_clean_with(stamp).map_err(bitmap_err)?;
+            bm.close_clean_with(CleanClose {
+                stamp,
+                log: closed,
+                report_stands: !st.unclean.is_empty(),
+            })
+            .map_err(bitmap_err)?;
         }
         Ok(())
+    }
+
+    /// The image's stamp now.
+    fn stamp_now(&self) -> io::Result<ImageStamp> {
+        Ok(ImageStamp::of(&self.image.metadata()?))
+    }
+
+    /// Runs a change to the image under the disk's lock, between two looks at its stamp:
+    /// before, it must still be the stamp the last tracked change left (else something changed
+    /// the image behind the tracker's back, and the whole disk is distrusted); after, the new
+    /// stamp is kept in the bitmap header, where it vouches for the image even if the tracker
+    /// is killed next.
+    fn change<T>(&self, f: impl FnOnce(&mut DiskState) -> io::Result<T>) -> io::Result<T> {
+        let mut st = self.lock_for_change();
+        self.check_custody(&mut st, true)?;
+        let r = f(&mut st);
+        self.keep_stamp(&mut st);
+        r
+    }
+
+    /// Distrusts the whole disk if its image differs from the kept stamp (size only, when
+    /// `full` is false: a metadata change through the mount has just changed the times).
+    fn check_custody(&self, st: &mut DiskState, full: bool) -> io::Result<()> {
+        let now = self.stamp_now()?;
+        let kept = st.bitmap.as_ref().and_then(|b| b.stamp());
+        let same = kept.is_some_and(|k| if full { k == now } else { k.size == now.size });
+        if !same && kept.is_some() {
+            st.distrust_all("the image changed behind the tracker's back")?;
+        }
+        Ok(())
+    }
+
+    fn keep_stamp(&self, st: &mut DiskState) {
+        match self.stamp_now() {
+            Ok(now) => {
+                if let Some(bm) = st.bitmap.as_mut() {
+                    bm.set_stamp(now);
+                }
+            }
+            Err(e) => tracing::warn!(disk = %st.name, error = %e, "cannot stat the image"),
+        }
+    }
+
+    /// After a metadata change made through the mount (mode, owner, times, xattrs, links,
+    /// renames): the image's ctime moved legitimately, so the stamp is renewed (its size must
+    /// not have changed meanwhile).
+    pub fn after_metadata_change(&self) {
+        let mut st = self.lock_settled();
+        if let Err(e) = self.check_custody(&mut st, false) {
+            tracing::warn!(disk = %st.name, error = %e, "cannot check the image's stamp");
+        }
+        self.keep_stamp(&mut st);
     }
 }
 

@@ -132,6 +132,14 @@ impl Core {
         self.tracker.disk(key)
     }
 
+    /// A disk's ctime moved through the mount (mode, owner, times, xattrs, links): its
+    /// stamp is renewed so that it keeps vouching for the image.
+    fn after_metadata_change(&self, key: BackingKey) {
+        if let Some(d) = self.disk_of(key) {
+            d.after_metadata_change();
+        }
+    }
+
     /// Looks `name` up in `parent` and records the kernel's reference.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> OpResult<(u64, libc::stat)> {
         let p = self.inode(parent)?;
@@ -177,6 +185,9 @@ impl Core {
         if a.uid.is_some() || a.gid.is_some() {
             sys::fchownat(i.raw(), a.uid, a.gid).or_else(err)?;
         }
+        if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() {
+            self.after_metadata_change(i.key);
+        }
         if let Some(size) = a.size {
             let handle = match fh {
                 Some(fh) => self.file(fh).ok(),
@@ -206,6 +217,7 @@ impl Core {
                 })
             };
             sys::utimens_fd(i.raw(), i.is_symlink(), conv(a.atime), conv(a.mtime)).or_else(err)?;
+            self.after_metadata_change(i.key);
         }
         sys::fstat(i.raw()).or_else(err)
     }
@@ -297,6 +309,8 @@ impl Core {
         };
         sys::unlinkat(p.raw(), name, 0).or_else(err)?;
         self.tracker.after_unlink(plan);
+        // Another link of a disk that stays: its link count, and ctime, changed.
+        self.after_metadata_change((st.st_dev, st.st_ino));
         Ok(())
     }
 
@@ -339,6 +353,7 @@ impl Core {
             .or_else(err)?;
         sys::renameat2(p.raw(), name, np.raw(), newname, flags).or_else(err)?;
         self.tracker.after_rename(plan);
+        self.after_metadata_change(key);
         Ok(())
     }
 
@@ -349,6 +364,7 @@ impl Core {
         }
         let np = self.inode(newparent)?;
         sys::linkat_fd(i.raw(), np.raw(), newname).or_else(err)?;
+        self.after_metadata_change(i.key);
         let (ino, st) = self.lookup(newparent, newname)?;
         if newparent == ROOT_INO {
             // A plain file linked under a disk name becomes a disk (writes through either
@@ -461,6 +477,7 @@ impl Core {
                 if unsafe { libc::fchmod(fd, mode) } != 0 {
                     return err(io::Error::last_os_error());
                 }
+                self.after_metadata_change(f.key);
             }
         }
         match self.disk_of(f.key) {
@@ -563,7 +580,9 @@ impl Core {
         if i.is_symlink() {
             return Err(libc::EPERM);
         }
-        sys::setxattr(i.raw(), name, value, flags).or_else(err)
+        sys::setxattr(i.raw(), name, value, flags).or_else(err)?;
+        self.after_metadata_change(i.key);
+        Ok(())
     }
 
     pub fn listxattr(&self, ino: u64, size: u32) -> OpResult<Vec<u8>> {
@@ -579,7 +598,9 @@ impl Core {
         if i.protected || i.is_symlink() {
             return Err(libc::EPERM);
         }
-        sys::removexattr(i.raw(), name).or_else(err)
+        sys::removexattr(i.raw(), name).or_else(err)?;
+        self.after_metadata_change(i.key);
+        Ok(())
     }
 
     pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> OpResult<()> {

@@ -59,8 +59,10 @@ impl Mounted {
     }
 
     pub fn start(backing: &Path, mountpoint: &Path, run_dir: &Path, extra: &[&str]) -> Mounted {
-        let backing = std::fs::canonicalize(backing).unwrap();
-        let mountpoint = std::fs::canonicalize(mountpoint).unwrap();
+        let backing = std::fs::canonicalize(backing).unwrap_or_else(|_| backing.to_path_buf());
+        // A dead mount there (a killed tracker's) refuses the stat: the path stays as given.
+        let mountpoint =
+            std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
         let mut cmd = Command::new(tracker_bin());
         cmd.arg("mount").arg(&mountpoint);
         if backing != mountpoint {
