@@ -14,7 +14,6 @@
 //! log sequence / length u64 at 64 / 72 and its running hash at 80..112), then the bits,
 //! LSB first.
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use bitvec::prelude::*;
@@ -115,6 +114,42 @@ fn bits_for(disk_size: u64, extent: u32) -> u64 {
     disk_size.div_ceil(u64::from(extent))
 }
 
+/// Gives `file` the blocks of `[from, to)` and the length `to`, before anything maps them:
+/// a mapped page the filesystem cannot back kills the process with SIGBUS at the first
+/// store, while a reservation that does not fit fails here with ENOSPC. Filesystems without
+/// fallocate get the range past the old end written with zeros (which fails the same way).
+fn reserve(file: &std::fs::File, from: u64, to: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    if to <= from {
+        return Ok(());
+    }
+    let old_len = file.metadata()?.len();
+    // SAFETY: plain syscall on a descriptor we own.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, from as i64, (to - from) as i64) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        // Whatever was allocated beyond the old end goes again; the length stays.
+        let _ = file.set_len(old_len);
+        return Err(e);
+    }
+    // Zeros only past the old end: what is there already is the bitmap.
+    let zeros = vec![0u8; 1 << 16];
+    let mut at = from.max(old_len);
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        if let Err(e) = file.write_all_at(&zeros[..n], at) {
+            let _ = file.set_len(old_len);
+            return Err(e);
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
 fn file_len_for(bits: u64) -> u64 {
     // Room for at least one more byte of bits, rounded up to whole pages.
     (HEADER_LEN as u64 + bits.div_ceil(8).max(1)).div_ceil(4096) * 4096
@@ -139,20 +174,31 @@ impl DirtyBitmap {
                 source,
             }
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io("open bitmap"))?;
+        let file = crate::sidecar::open_or_create(path).map_err(io("open bitmap"))?;
         let len = file.metadata().map_err(io("stat bitmap"))?.len();
+        let mut header = [0u8; 112];
+        if len >= HEADER_LEN as u64 {
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, 0)
+                .map_err(io("read bitmap header"))?;
+        }
+        // A header of zeros: the bitmap was being created when its filesystem ran out of
+        // space (or the process died). It vouches for nothing: start over, every extent
+        // marked, reported as an unclean stop (the whole disk is compared).
+        let untrusted = len > 0 && header.iter().all(|b| *b == 0);
+        if untrusted {
+            tracing::warn!(path = %path.display(), "the dirty bitmap has an empty header; it vouches for nothing, the whole disk is marked");
+        }
         let (extent_size, existing_size, was_clean, found_stamp, found_log, report_stands) = if len
             == 0
+            || untrusted
         {
-            file.set_len(file_len_for(bits_for(disk_size, extent_size)))
-                .map_err(io("size bitmap"))?;
-            (extent_size, disk_size, true, None, None, false)
+            if let Err(e) = reserve(&file, 0, file_len_for(bits_for(disk_size, extent_size))) {
+                if len == 0 {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(io("reserve bitmap")(e));
+            }
+            (extent_size, disk_size, !untrusted, None, None, false)
         } else {
             let bad = |reason: String| BitmapError::Bad {
                 path: path.to_path_buf(),
@@ -161,9 +207,7 @@ impl DirtyBitmap {
             if len < HEADER_LEN as u64 {
                 return Err(bad(format!("file is {len} bytes, shorter than its header")));
             }
-            let mut h = [0u8; 112];
-            std::os::unix::fs::FileExt::read_exact_at(&file, &mut h, 0)
-                .map_err(io("read bitmap header"))?;
+            let h = header;
             if h[0..8] != MAGIC || u16::from_le_bytes([h[8], h[9]]) != VERSION {
                 return Err(bad("bad magic or version".into()));
             }
@@ -189,6 +233,10 @@ impl DirtyBitmap {
                     .unwrap_or_default(),
             });
             let stands = clean && h[REPORT_FLAG_OFFSET] == 1;
+            // Bitmaps written sparse (by older versions) get their holes filled now.
+            if let Err(e) = reserve(&file, 0, len) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot reserve the dirty bitmap's blocks");
+            }
             (es, ds, clean, stamp, log, stands)
         };
         // SAFETY: the file is hrl's own and only this process maps it for writing; the length
@@ -206,6 +254,9 @@ impl DirtyBitmap {
             stamp: None,
             created: len == 0,
         };
+        if untrusted {
+            bm.bits_mut().fill(true);
+        }
         bm.write_header(false, None);
         bm.flush()?;
         if disk_size > existing_size {
@@ -390,10 +441,11 @@ impl DirtyBitmap {
         let have = self.file.metadata().map_err(io("stat bitmap"))?.len();
         if need > have {
             self.map.flush().map_err(io("flush bitmap"))?;
-            // Grow in steps so a disk that grows write by write does not remap every time.
-            self.file
-                .set_len(need.max(have * 2))
-                .map_err(io("grow bitmap"))?;
+            // Grow in steps so a disk that grows write by write does not remap every time;
+            // the blocks are reserved before they are mapped (ENOSPC here, never SIGBUS).
+            if reserve(&self.file, have, need.max(have * 2)).is_err() {
+                reserve(&self.file, have, need).map_err(io("grow bitmap"))?;
+            }
             // SAFETY: as in `open`; the old map is dropped on assignment.
             self.map = unsafe { MmapMut::map_mut(&self.file) }.map_err(io("remap bitmap"))?;
         }
@@ -497,6 +549,23 @@ mod tests {
         drop(bm); // killed before anything set a stamp: none is found
         let (bm, _) = DirtyBitmap::open(&p, 4096, 1 << 20).unwrap();
         assert_eq!(bm.found_stamp(), None);
+    }
+
+    #[test]
+    fn a_zero_header_is_untrusted_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("z");
+        std::fs::write(&p, vec![0u8; 8192]).unwrap();
+        let (bm, clean) = DirtyBitmap::open(&p, 4096, 5 * 4096 + 1).unwrap();
+        assert!(!clean, "a zero header is not a clean stop");
+        assert_eq!(bm.dirty_extents(), vec![(0, 5 * 4096 + 1)]);
+        drop(bm);
+        // Any other bad header is still refused.
+        std::fs::write(&p, vec![1u8; 8192]).unwrap();
+        assert!(matches!(
+            DirtyBitmap::open(&p, 4096, 4096),
+            Err(BitmapError::Bad { .. })
+        ));
     }
 
     #[test]

@@ -103,8 +103,17 @@ impl ChunkIndex {
 
     pub fn decode(bytes: &[u8]) -> Result<ChunkIndex, ChunkError> {
         let corrupt = |s: &str| ChunkError::Corrupt(s.to_string());
-        let raw = zstd::stream::decode_all(bytes)
+        // The store is untrusted: a few bytes of zstd can expand to any size, so stop
+        // reading past the largest index a valid disk can have.
+        let limit = FIXED_LEN as u64 + crate::store_check::MAX_INDEX_BLOCKS * 32 + 32;
+        let mut raw = Vec::new();
+        let decoder = zstd::stream::read::Decoder::new(bytes)
             .map_err(|e| ChunkError::Corrupt(format!("not zstd: {e}")))?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(decoder, limit + 1), &mut raw)
+            .map_err(|e| ChunkError::Corrupt(format!("not zstd: {e}")))?;
+        if raw.len() as u64 > limit {
+            return Err(corrupt("larger than any index can be"));
+        }
         if raw.len() < FIXED_LEN + 32 || raw[0..8] != MAGIC {
             return Err(corrupt("bad magic or too short"));
         }
@@ -119,8 +128,9 @@ impl ChunkIndex {
         let disk_size = u64::from_le_bytes(body[16..24].try_into().map_err(|_| corrupt("short"))?);
         let count = u64::from_le_bytes(body[24..32].try_into().map_err(|_| corrupt("short"))?);
         check_block_size(block_size).map_err(|e| ChunkError::Corrupt(e.to_string()))?;
-        if count != Self::block_count(disk_size, block_size)
-            || (body.len() - FIXED_LEN) as u64 != count * 32
+        if disk_size > crate::store_check::MAX_DISK_SIZE
+            || count != Self::block_count(disk_size, block_size)
+            || (body.len() - FIXED_LEN) as u64 != count.saturating_mul(32)
         {
             return Err(corrupt("digest count does not match the disk size"));
         }

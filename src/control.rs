@@ -64,8 +64,14 @@ pub enum Request {
     Seal,
     /// List every sealed log not acked yet (after a crash or restart).
     Pending,
-    /// Delete `disk`'s sealed logs with sequence `<= seq` (they are safely shipped).
-    Ack { disk: String, seq: u64 },
+    /// Delete `disk`'s sealed logs with sequence `<= seq` (they are safely shipped); with
+    /// `disk_id`, only that disk id's logs (a name may have passed from one disk to another).
+    Ack {
+        disk: String,
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk_id: Option<String>,
+    },
     /// Per-disk state of the mount.
     Status,
     /// Switch a disk between full logging and bitmap-only tracking.
@@ -97,10 +103,14 @@ pub struct SealedLog {
     pub prev_hash: String,
     /// Number of records before the seal record.
     pub records: u64,
-    /// Disk size when the log was sealed.
+    /// Disk size at the seal's cut: the size the log leaves the disk at.
     pub disk_size: u64,
     /// Tracking mode of the disk during this log.
     pub mode: DiskMode,
+    /// The image changed outside the tracker (a writer bypassing the mount) since the last
+    /// seal: this log misses changes, and the disk is reported unclean as a whole.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub changed_outside: bool,
 }
 
 /// Per-disk state, as returned by `status`.
@@ -124,6 +134,17 @@ pub struct DiskStatus {
     pub unclean_extents: Vec<(u64, u64)>,
     /// Offset where a torn log tail was cut at startup, if one was.
     pub torn_log_tail_at: Option<u64>,
+    /// 32 hex digits: the disk's id (from its active log; empty from older trackers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub disk_id: String,
+    /// What the operator should know about this disk (a log set aside at startup, extra
+    /// hard links). Shown as Warning until the disk's replica is whole again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Why the image is known to have changed outside the tracker (a writer bypassing the
+    /// mount); set until the shipper clears the disk's marks after resyncing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_outside: Option<String>,
 }
 
 /// Mount-wide state, as returned by `status`.
@@ -136,6 +157,11 @@ pub struct MountStatus {
     /// Process id of the tracker.
     pub pid: u32,
     pub disks: Vec<DiskStatus>,
+    /// Files that look like disks but are not tracked, each with why (a name that is not
+    /// valid UTF-8, a symlink to a file outside the directory): their changes are not
+    /// replicated until the operator fixes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untracked: Vec<String>,
 }
 
 /// One response line. `ok` tells success; the other fields are present when the request
@@ -195,7 +221,8 @@ mod tests {
             r,
             Request::Ack {
                 disk: "d.img".into(),
-                seq: 4
+                seq: 4,
+                disk_id: None
             }
         );
         let m: Request =

@@ -10,9 +10,12 @@
 pub mod bitmap;
 pub mod chunk;
 pub mod control;
+pub mod display;
 pub mod log;
 pub mod naming;
+pub mod sidecar;
 pub mod store;
+pub mod store_check;
 
 /// A blake3 digest.
 pub type Digest = [u8; 32];

@@ -1,7 +1,13 @@
 //! The files hrl keeps beside a disk image `d`:
-//! the active log `d.hrl`, sealed logs `d.<seq>.hrl`, and the dirty bitmap `d.hrl-bitmap`.
-//! None of these match the default disk patterns (`*.img`, `*.vhdx`, …), so a disk's own
-//! files are never taken for disks.
+//! the active log `d.hrl`, sealed logs `d.<seq>.<id16>.hrl`, and the dirty bitmap
+//! `d.hrl-bitmap`. None of these match the default disk patterns (`*.img`, `*.vhdx`, …), so a
+//! disk's own files are never taken for disks.
+//!
+//! A sealed log's name carries the first 16 hex digits of its disk's id: two disks that held
+//! the same name one after the other (a rename over a disk, a new disk under the old name of
+//! a renamed one) never want the same sealed name. Older trackers wrote `d.<seq>.hrl`; those
+//! names are still read. Files the tracker could not read at startup are renamed aside to
+//! `<file>.quarantined-<unix seconds>` and left for the operator.
 
 use std::path::{Path, PathBuf};
 
@@ -13,10 +19,27 @@ pub const BITMAP_SUFFIX: &str = ".hrl-bitmap";
 /// What an hrl-owned file name is, and which disk it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HrlFile {
-    ActiveLog { disk: String },
-    SealedLog { disk: String, seq: u64 },
-    Bitmap { disk: String },
+    ActiveLog {
+        disk: String,
+    },
+    /// `id` is the 16 hex digits in the name (None for the older `d.<seq>.hrl` form).
+    SealedLog {
+        disk: String,
+        seq: u64,
+        id: Option<String>,
+    },
+    Bitmap {
+        disk: String,
+    },
+    /// An hrl file set aside at startup because it could not be read.
+    Quarantined,
 }
+
+/// Suffix marker of a quarantined file.
+pub const QUARANTINE_MARK: &str = ".quarantined-";
+
+/// Hex digits of the disk id in a sealed log's name.
+const ID_DIGITS: usize = 16;
 
 fn with_suffix(disk: &Path, suffix: &str) -> PathBuf {
     let mut s = disk.as_os_str().to_owned();
@@ -29,9 +52,16 @@ pub fn active_log_path(disk: &Path) -> PathBuf {
     with_suffix(disk, LOG_SUFFIX)
 }
 
-/// `d.<seq>.hrl`: a sealed log waiting to be shipped.
-pub fn sealed_log_path(disk: &Path, seq: u64) -> PathBuf {
-    with_suffix(disk, &format!(".{seq}{LOG_SUFFIX}"))
+/// `d.<seq>.<id16>.hrl`: a sealed log of the disk with id `disk_id` (hex) waiting to be
+/// shipped.
+pub fn sealed_log_path(disk: &Path, seq: u64, disk_id: &str) -> PathBuf {
+    let id = disk_id.get(..ID_DIGITS).unwrap_or(disk_id);
+    with_suffix(disk, &format!(".{seq}.{id}{LOG_SUFFIX}"))
+}
+
+/// Where an unreadable hrl file is set aside: `<file>.quarantined-<unix seconds>`.
+pub fn quarantine_path(file: &Path, unix_secs: u64) -> PathBuf {
+    with_suffix(file, &format!("{QUARANTINE_MARK}{unix_secs}"))
 }
 
 /// `d.hrl-bitmap`: the persistent dirty bitmap.
@@ -41,6 +71,11 @@ pub fn bitmap_path(disk: &Path) -> PathBuf {
 
 /// Tells whether a file name is one of hrl's own files, and whose.
 pub fn classify(file_name: &str) -> Option<HrlFile> {
+    if let Some((_, secs)) = file_name.rsplit_once(QUARANTINE_MARK) {
+        if !secs.is_empty() && secs.bytes().all(|b| b.is_ascii_digit()) {
+            return Some(HrlFile::Quarantined);
+        }
+    }
     if let Some(disk) = file_name.strip_suffix(BITMAP_SUFFIX) {
         return (!disk.is_empty()).then(|| HrlFile::Bitmap {
             disk: disk.to_string(),
@@ -50,14 +85,28 @@ pub fn classify(file_name: &str) -> Option<HrlFile> {
     if stem.is_empty() {
         return None;
     }
-    if let Some((disk, seq)) = stem.rsplit_once('.') {
-        if !disk.is_empty() && !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(seq) = seq.parse() {
+    let seq_of = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    if let Some((rest, id)) = stem.rsplit_once('.') {
+        let is_id = id.len() == ID_DIGITS && id.bytes().all(|b| b.is_ascii_hexdigit());
+        if let Some((disk, seq)) = rest.rsplit_once('.').filter(|_| is_id) {
+            if let (false, Some(seq)) = (disk.is_empty(), seq_of(seq)) {
                 return Some(HrlFile::SealedLog {
                     disk: disk.to_string(),
                     seq,
+                    id: Some(id.to_ascii_lowercase()),
                 });
             }
+        }
+        if let (false, Some(seq)) = (rest.is_empty(), seq_of(id)) {
+            return Some(HrlFile::SealedLog {
+                disk: rest.to_string(),
+                seq,
+                id: None,
+            });
         }
     }
     Some(HrlFile::ActiveLog {
@@ -73,7 +122,36 @@ mod tests {
     fn names_round_trip() {
         let d = Path::new("/vms/disk0.vhdx");
         assert_eq!(active_log_path(d), Path::new("/vms/disk0.vhdx.hrl"));
-        assert_eq!(sealed_log_path(d, 42), Path::new("/vms/disk0.vhdx.42.hrl"));
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            sealed_log_path(d, 42, id),
+            Path::new("/vms/disk0.vhdx.42.0123456789abcdef.hrl")
+        );
+        assert_eq!(
+            classify("disk0.vhdx.42.0123456789abcdef.hrl"),
+            Some(HrlFile::SealedLog {
+                disk: "disk0.vhdx".into(),
+                seq: 42,
+                id: Some("0123456789abcdef".into())
+            })
+        );
+        // An id of digits only is still an id.
+        assert_eq!(
+            classify("d.img.3.1234567890123456.hrl"),
+            Some(HrlFile::SealedLog {
+                disk: "d.img".into(),
+                seq: 3,
+                id: Some("1234567890123456".into())
+            })
+        );
+        assert_eq!(
+            classify("d.img.3.hrl.quarantined-1700000000"),
+            Some(HrlFile::Quarantined)
+        );
+        assert_eq!(
+            quarantine_path(Path::new("d.img.3.hrl"), 17),
+            Path::new("d.img.3.hrl.quarantined-17")
+        );
         assert_eq!(bitmap_path(d), Path::new("/vms/disk0.vhdx.hrl-bitmap"));
         assert_eq!(
             classify("disk0.vhdx.hrl"),
@@ -85,7 +163,8 @@ mod tests {
             classify("disk0.vhdx.42.hrl"),
             Some(HrlFile::SealedLog {
                 disk: "disk0.vhdx".into(),
-                seq: 42
+                seq: 42,
+                id: None
             })
         );
         assert_eq!(
@@ -101,7 +180,8 @@ mod tests {
             classify("a.1.hrl"),
             Some(HrlFile::SealedLog {
                 disk: "a".into(),
-                seq: 1
+                seq: 1,
+                id: None
             })
         );
     }

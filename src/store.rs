@@ -109,6 +109,20 @@ pub struct DiskEntry {
     pub last_seq: u64,
     /// 64 hex digits: chain hash after the last log (what the next log must name).
     pub last_chain_hash: String,
+    /// Mode, owner and group of the disk file at the seal; restore applies them (absent in
+    /// points written before hrl recorded them: restore then makes the disk 0600 root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileAttrs>,
+}
+
+/// Permission bits and ownership of a disk file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAttrs {
+    /// Permission bits (`0o7777` at most; restore drops setuid, setgid and sticky).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// A base copy of a disk: its chunk index, and where in the log chain it starts.
@@ -127,6 +141,22 @@ pub struct BaseRef {
     pub after_chain_hash: String,
 }
 
+impl FileAttrs {
+    /// Mode bits restore may give a disk: setuid, setgid and sticky never come from a store.
+    pub const RESTORE_MASK: u32 = 0o777;
+
+    /// The attributes of the regular file at `path` (not followed if a symlink), if any.
+    pub fn of_file(path: &std::path::Path) -> Option<FileAttrs> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::symlink_metadata(path).ok()?;
+        md.file_type().is_file().then(|| FileAttrs {
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+        })
+    }
+}
+
 impl PointManifest {
     /// Encodes the manifest as pretty JSON (small, read by people too).
     pub fn to_json(&self) -> Vec<u8> {
@@ -142,6 +172,7 @@ impl PointManifest {
         if m.version != MANIFEST_VERSION {
             return Err(StoreFormatError::UnsupportedVersion(m.version));
         }
+        crate::store_check::check_manifest(&m)?;
         Ok(m)
     }
 }
@@ -153,6 +184,11 @@ pub enum StoreFormatError {
     BadManifest(String),
     #[error("recovery-point manifest version {0} is not supported by this hrl (expected {MANIFEST_VERSION}); upgrade hrl")]
     UnsupportedVersion(u32),
+    /// A field that would be unsafe to act on (a disk name that is not one plain file name,
+    /// a key outside the disk's folder, a size beyond the limits): the store was tampered
+    /// with or damaged, so nothing of it is used.
+    #[error("recovery-point manifest is refused: {0}; the store was damaged or tampered with (nothing was used from it)")]
+    Unsafe(String),
 }
 
 /// Finds the fewest shipped logs that lead from sequence `after` (exclusive) to `last`
@@ -235,7 +271,7 @@ mod tests {
                 generation: 1,
                 disk_size: 4096,
                 base: BaseRef {
-                    index_key: base_key("x", 1, 0),
+                    index_key: base_key(&"00".repeat(16), 1, 0),
                     index_hash: "00".repeat(32),
                     block_size: 65536,
                     after_seq: 0,
@@ -243,6 +279,7 @@ mod tests {
                 },
                 last_seq: 0,
                 last_chain_hash: "00".repeat(32),
+                file: None,
             }],
         };
         assert_eq!(PointManifest::from_json(&m.to_json()).unwrap(), m);

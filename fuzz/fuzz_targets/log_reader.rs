@@ -8,6 +8,10 @@
 use hrl::log::{apply_logs, coalesce, verify_sealed, LogHeader, LogReader, LogWriter};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "damage.rs"]
+mod damage;
+use damage::{damage, u64_from};
+
 fn scratch() -> std::path::PathBuf {
     let base = if std::path::Path::new("/dev/shm").is_dir() {
         "/dev/shm"
@@ -17,12 +21,6 @@ fn scratch() -> std::path::PathBuf {
     std::path::PathBuf::from(format!("{base}/hrl-fuzz-{}", std::process::id()))
 }
 
-fn u64_from(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    let n = b.len().min(8);
-    a[..n].copy_from_slice(&b[..n]);
-    u64::from_le_bytes(a)
-}
 
 /// Builds a sealed log from the input: each 8-byte group is one op.
 fn build(path: &std::path::Path, ops: &[u8]) {
@@ -61,17 +59,7 @@ fuzz_target!(|data: &[u8]| {
         let (ctl, ops) = data[1..].split_at(data.len().saturating_sub(1).min(8));
         build(&log, ops);
         if let Ok(mut bytes) = std::fs::read(&log) {
-            let c = u64_from(ctl);
-            match c % 3 {
-                0 => bytes.truncate((c >> 2) as usize % (bytes.len() + 1)),
-                1 => {
-                    let bit = (c >> 2) as usize % (bytes.len() * 8).max(1);
-                    if let Some(b) = bytes.get_mut(bit / 8) {
-                        *b ^= 1 << (bit % 8);
-                    }
-                }
-                _ => {}
-            }
+            damage(&mut bytes, ctl);
             let _ = std::fs::write(&log, &bytes);
         }
     }

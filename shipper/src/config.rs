@@ -13,7 +13,7 @@
 //! [[dir]]
 //! path = "/vms/vm1"
 //! interval = "5m"                     # 30s, 5m or 15m (any duration works)
-//! group = "vm1"                       # optional: defaults to the directory's name
+//! group = "vm1"                       # optional: default unique per host and directory
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -60,26 +60,13 @@ pub struct Config {
 pub struct DirConfig {
     pub path: PathBuf,
     pub interval: Duration,
-    pub group: String,
+    /// The group given; `None`: the default (`crate::owner::default_group`, or the group
+    /// the state file recorded).
+    pub group: Option<String>,
 }
 
 /// Default replication interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
-
-/// The group of a directory when none is given: its file name.
-pub fn default_group(dir: &Path) -> Result<String> {
-    let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    canonical
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_string)
-        .with_context(|| {
-            format!(
-                "cannot derive a group name from {}; pass --group NAME",
-                dir.display()
-            )
-        })
-}
 
 pub fn load(path: &Path) -> Result<Config> {
     let text = std::fs::read_to_string(path)
@@ -106,12 +93,11 @@ pub fn parse(text: &str) -> Result<Config> {
                 d.path.display()
             );
         }
-        let group = match d.group {
-            Some(g) => g,
-            None => default_group(&d.path)?,
-        };
-        if dirs.iter().any(|x: &DirConfig| x.group == group) {
-            bail!("group {group:?} is used by two directories; give each [[dir]] its own group");
+        let group = d.group;
+        if let Some(g) = group.as_ref() {
+            if dirs.iter().any(|x: &DirConfig| x.group.as_ref() == Some(g)) {
+                bail!("group {g:?} is used by two directories; give each [[dir]] its own group");
+            }
         }
         dirs.push(DirConfig {
             path: d.path,
@@ -157,8 +143,8 @@ mod tests {
     fn directories_get_intervals_and_groups() {
         let c = parse("target = \"/s\"\nretry_unit = \"1s\"\n[[dir]]\npath = \"/v/a\"\ninterval = \"30s\"\n[[dir]]\npath = \"/v/b\"\ngroup = \"g\"\n").unwrap();
         assert_eq!(c.dirs[0].interval, Duration::from_secs(30));
-        assert_eq!(c.dirs[0].group, "a");
-        assert_eq!(c.dirs[1].group, "g");
+        assert_eq!(c.dirs[0].group, None);
+        assert_eq!(c.dirs[1].group.as_deref(), Some("g"));
         assert_eq!(c.dirs[1].interval, DEFAULT_INTERVAL);
         assert_eq!(c.retry_unit, Some(Duration::from_secs(1)));
         assert!(parse("target = \"/s\"\n").is_err());

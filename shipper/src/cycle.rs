@@ -99,13 +99,15 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             }
         }
     };
-    let work = p.state_dir.join("work");
-    std::fs::create_dir_all(&work)
-        .with_context(|| format!("create work directory {}", work.display()))?;
+    let work = crate::workdir::fresh(&p.state_dir, &p.store.group)?;
 
     let last = crate::points::latest(&p.store).await?;
+    crate::owner::ensure(&p.store, &p.dir, last.as_ref()).await?;
     let mut tracker = TrackerClient::connect(&p.dir).await?;
     let tstatus = tracker.status().await?;
+    if let Ok(mut s) = status.lock() {
+        s.untracked = tstatus.untracked.clone();
+    }
 
     // 1. Which disks need a base copy.
     let previous: BTreeMap<String, DiskEntry> = last
@@ -117,6 +119,8 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
                 .collect()
         })
         .unwrap_or_default();
+    // Flagged by disk id (by name only for entries without one): a disk renamed over
+    // another must not inherit the other's resync.
     let flagged: HashSet<String> = {
         let s = status
             .lock()
@@ -124,7 +128,10 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         s.disks
             .iter()
             .filter(|d| matches!(d.state, DiskState::ResyncRequired | DiskState::Resyncing))
-            .map(|d| d.disk.clone())
+            .map(|d| match d.disk_id.is_empty() {
+                false => d.disk_id.clone(),
+                true => d.disk.clone(),
+            })
             .collect()
     };
     // An image changed while no tracker ran must be compared block by block.
@@ -147,9 +154,12 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     if !offline.is_empty() {
         save_status();
     }
-    let flagged: HashSet<String> = flagged.into_iter().chain(offline.iter().cloned()).collect();
+    let is_flagged = |name: &str, id: &str| flagged.contains(id) || flagged.contains(name);
     let needs_resync = |d: &hrl::control::DiskStatus| {
-        d.mode == DiskMode::Bitmap || !d.unclean_extents.is_empty() || flagged.contains(&d.disk)
+        d.mode == DiskMode::Bitmap
+            || !d.unclean_extents.is_empty()
+            || is_flagged(&d.disk, &d.disk_id)
+            || offline.contains(&d.disk)
     };
     // Resyncs wait while an operator paused them (the disks stay in bitmap tracking), and
     // outside the resync window; initial copies and operator requests do not wait.
@@ -233,7 +243,8 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         let needs_base = p.force_resync
             || saved.is_some()
             || prev.is_none()
-            || flagged.contains(&sealed.disk)
+            || is_flagged(&sealed.disk, &sealed.disk_id)
+            || offline.contains(&sealed.disk)
             || bitmap_disks.contains(&sealed.disk)
             || unclean.contains(&sealed.disk);
         if !needs_base {
@@ -253,19 +264,10 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             d.disk_size = sealed.disk_size;
         }
         save_status();
-        // Chunks the store holds for the bases of the last point (any disk: a renamed or
-        // copied disk, or a resync, finds most of its blocks there) are not sent again.
+        // Chunks the store holds (any disk's: a renamed or copied disk, or a resync, finds
+        // most of its blocks there) are not sent again; a lost one is.
         if known.is_none() {
-            let mut set = HashSet::new();
-            for e in previous.values() {
-                match known_chunks(&p.store, &e.base).await {
-                    Ok(k) => set.extend(k),
-                    Err(err) => {
-                        warn!(disk = %e.name, "cannot read its base index, its chunks may be sent again: {err:#}")
-                    }
-                }
-            }
-            known = Some(set);
+            known = Some(crate::presence::stored_chunks(&p.store).await?);
         }
         let known = known.as_ref().expect("just filled");
         if let Some(prev) = prev {
@@ -351,12 +353,19 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         report.base_copies.push(stats);
     }
 
+    // Disks changed outside the tracker before a seal of this cycle miss changes in their
+    // logs (unless rebased after that seal): the point carries their last good entry.
+    let mut outside: HashSet<String> = crate::bypass::changed_outside(&first_seal, &starts);
     // 2. The point's instant: after a base copy, a second seal makes the copies consistent.
     let seal = if starts.is_empty() {
         first_seal
     } else {
         tracker.seal().await?
     };
+    outside.extend(crate::bypass::changed_outside(
+        &seal,
+        &BTreeMap::<String, ()>::new(),
+    ));
     let pending = tracker.pending().await?;
     let mut by_disk: BTreeMap<String, Vec<SealedLog>> = BTreeMap::new();
     for l in pending {
@@ -367,8 +376,12 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     }
 
     let mut entries = Vec::new();
-    let mut acks: Vec<(String, u64)> = Vec::new();
+    let mut acks: Vec<(String, String, u64)> = Vec::new();
     for sealed in &seal.disks {
+        if outside.contains(&sealed.disk_id) {
+            entries.extend(crate::bypass::carried(&previous, sealed));
+            continue;
+        }
         let start = match starts.remove(&sealed.disk_id) {
             Some(s) => s,
             None => {
@@ -445,18 +458,24 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             base: start.base,
             last_seq,
             last_chain_hash: last_hash,
+            file: hrl::store::FileAttrs::of_file(&p.dir.join(&sealed.disk)),
         });
-        acks.push((sealed.disk.clone(), sealed.seq.max(last_seq)));
+        acks.push((
+            sealed.disk.clone(),
+            sealed.disk_id.clone(),
+            sealed.seq.max(last_seq),
+        ));
     }
     // Logs of disks that are gone (deleted): nothing to ship, release them after the commit.
     for (disk_id, logs) in &by_disk {
         if !seal.disks.iter().any(|d| &d.disk_id == disk_id) {
             if let Some(l) = logs.last() {
-                acks.push((l.disk.clone(), l.seq));
+                acks.push((l.disk.clone(), disk_id.clone(), l.seq));
             }
         }
     }
     stop_point(p, "after-upload");
+    crate::presence::guard_commit(p, status, &entries).await?;
 
     // 4. Commit: the manifest, written last.
     let id = last.as_ref().map_or(1, |m| m.id + 1);
@@ -466,7 +485,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         time_ns: seal.time_ns,
         seal_id: seal.seal_id,
         committed_ns: hrl::now_ns(),
-        host: hostname(),
+        host: crate::owner::host_name(),
         disks: entries,
     };
     match p
@@ -495,13 +514,17 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     }
 
     // 5. Ack.
-    for (disk, seq) in &acks {
-        if let Err(e) = tracker.ack(disk, *seq).await {
+    for (disk, disk_id, seq) in &acks {
+        if let Err(e) = tracker.ack(disk, Some(disk_id), *seq).await {
             warn!(%disk, seq, "ack failed (the logs are shipped again and skipped next time): {e:#}");
         }
     }
     // The point covers every change marked before its seal: let the tracker clear those marks.
-    for e in &manifest.disks {
+    for e in manifest
+        .disks
+        .iter()
+        .filter(|e| !outside.contains(&e.disk_id))
+    {
         if let Err(err) = tracker.clear(&e.name, seal.seal_id).await {
             warn!(disk = %e.name, "clearing dirty marks failed: {err:#}");
         }
@@ -517,11 +540,12 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         s.last_point_id = Some(id);
         s.last_point_ns = Some(seal.time_ns);
         s.tracker_pid = tstatus.as_ref().map(|_| tracker_pid);
+        // Disks that are gone (deleted, renamed over) leave the status.
         s.disks.retain(|d| {
             manifest
                 .disks
                 .iter()
-                .any(|e| e.disk_id == d.disk_id || e.name == d.disk)
+                .any(|e| e.disk_id == d.disk_id || (d.disk_id.is_empty() && e.name == d.disk))
         });
         for e in &manifest.disks {
             let d = s.disk_mut(&e.name, &e.disk_id);
@@ -542,8 +566,13 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
                 .and_then(|t| t.disks.iter().find(|x| x.disk == e.name))
             {
                 d.unshipped_bytes = crate::status::unshipped_bytes(ts);
+                if !ts.warnings.is_empty() {
+                    d.health = Health::Warning;
+                    d.last_error = Some(ts.warnings.join("; "));
+                }
             }
         }
+        crate::bypass::mark_carried(&mut s, &outside, tstatus.as_ref());
     }
     save_status();
     report.point_id = id;
@@ -629,16 +658,6 @@ async fn ship_logs(
     let _ = std::fs::remove_file(&zst);
     result
 }
-async fn known_chunks(store: &GroupStore, base: &BaseRef) -> Result<HashSet<hrl::Digest>> {
-    let bytes = store.get(&base.index_key).await?;
-    let idx = hrl::chunk::ChunkIndex::decode(&bytes)?;
-    Ok(idx
-        .digests
-        .into_iter()
-        .filter(|d| *d != hrl::chunk::ZERO_DIGEST)
-        .collect())
-}
-
 async fn copy_with_progress(
     p: &Protected,
     status: &Mutex<DirStatus>,
@@ -687,12 +706,6 @@ async fn copy_with_progress(
         b.finish_and_clear();
     }
     r
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Size and mtime (ns) of an image.
@@ -747,7 +760,12 @@ fn offline_edits(
         let Some(recorded) = d.image_stat else {
             continue;
         };
-        let Some(ts) = t.disks.iter().find(|x| x.disk == d.disk) else {
+        // The same disk, not another that took its name since (rename over).
+        let same = |x: &&hrl::control::DiskStatus| {
+            x.disk == d.disk
+                && (x.disk_id.is_empty() || d.disk_id.is_empty() || x.disk_id == d.disk_id)
+        };
+        let Some(ts) = t.disks.iter().find(same) else {
             continue;
         };
         if !ts.unclean_extents.is_empty() {
@@ -928,6 +946,7 @@ fn mark_waiting(status: &Mutex<DirStatus>, t: &hrl::control::MountStatus, waitin
         if d.resync_reason.is_none() {
             let ts = t.disks.iter().find(|x| x.disk == *name);
             d.resync_reason = Some(match ts {
+                Some(x) if x.changed_outside.is_some() => crate::bypass::REASON.into(),
                 Some(x) if !x.unclean_extents.is_empty() => {
                     "the tracker stopped uncleanly; its reported extents are resynced".into()
                 }

@@ -16,7 +16,7 @@ pub struct CycleLock {
 impl CycleLock {
     pub async fn acquire(state_dir: &Path, dir: &Path) -> Result<CycleLock> {
         use std::os::fd::AsRawFd;
-        std::fs::create_dir_all(state_dir)
+        crate::private::create_dir(state_dir)
             .with_context(|| format!("create state directory {}", state_dir.display()))?;
         let path = crate::status::state_file(state_dir, dir).with_extension("lock");
         let file = std::fs::OpenOptions::new()

@@ -1,12 +1,16 @@
 //! `hrl-shipper`: seals .hrl logs into recovery points, ships them to an object store,
 //! restores disks from it, and offers the log tools (`log inspect|verify|apply`).
 
+mod bypass;
 mod config;
 mod cycle;
 mod initial;
 mod lock;
 mod log_cmd;
+mod owner;
 mod points;
+mod presence;
+mod private;
 mod restore;
 mod resync;
 mod retry;
@@ -17,6 +21,7 @@ mod target;
 mod tracker_client;
 mod verify;
 mod window;
+mod workdir;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -87,7 +92,8 @@ struct RunArgs {
     /// Replication interval (30s, 5m, 15m, ...).
     #[arg(long, default_value = "5m")]
     interval: String,
-    /// Group name in the store (default: the directory's name).
+    /// Group name in the store (default: <host>-<directory path>, unique per host and
+    /// directory; a directory that shipped before keeps the group its state file records).
     #[arg(long)]
     group: Option<String>,
     /// Configuration file (TOML) with a target and protected directories.
@@ -111,6 +117,8 @@ struct SyncArgs {
     dir: PathBuf,
     #[arg(long, default_value = target::DEFAULT_TARGET)]
     target: String,
+    /// Group name in the store (default: <host>-<directory path>, unique per host and
+    /// directory; a directory that shipped before keeps the group its state file records).
     #[arg(long)]
     group: Option<String>,
     /// Resync every disk: compare every block with the replica and commit a new base (after a
@@ -133,7 +141,8 @@ struct ResyncArgs {
     /// Store URL (as for `sync`).
     #[arg(long, default_value = target::DEFAULT_TARGET)]
     target: String,
-    /// Group name in the store (default: the directory's name).
+    /// Group name in the store (default: <host>-<directory path>, unique per host and
+    /// directory; a directory that shipped before keeps the group its state file records).
     #[arg(long)]
     group: Option<String>,
     /// Resync this disk (a file name in DIR); a disk that needs no resync is compared block
@@ -206,7 +215,8 @@ struct RestoreArgs {
     /// `latest`, a point id, or a time (RFC 3339): the last point sealed at or before it.
     #[arg(long, default_value = "latest")]
     point: String,
-    /// Directory to restore into (created if missing; existing disks are never overwritten).
+    /// Directory to restore into (created 0700 if missing; existing disks are never
+    /// overwritten). Disks get the mode and owner recorded at the seal (0600 root if unknown).
     #[arg(long)]
     to: PathBuf,
 }
@@ -220,6 +230,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    private::set_umask();
     let result = match cli.command {
         Command::Log(args) => log_cmd::run(args),
         other => runtime().and_then(|rt| rt.block_on(dispatch(other))),
@@ -227,7 +238,10 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("hrl-shipper: error: {err:#}");
+            eprintln!(
+                "hrl-shipper: error: {}",
+                hrl::display::escaped(&format!("{err:#}"))
+            );
             std::process::ExitCode::from(2)
         }
     }
@@ -259,11 +273,19 @@ fn unreachable_log() -> Result<std::process::ExitCode> {
     bail!("internal: the log subcommand is dispatched before the runtime starts")
 }
 
-fn group_for(dir: &Path, group: Option<String>) -> Result<String> {
-    match group {
-        Some(g) => Ok(g),
-        None => config::default_group(dir),
+/// The group of `dir`: the one given; else the one its state file recorded (installs from
+/// before the per-host default keep their group); else the default, unique per host and
+/// directory (`owner::default_group`).
+fn group_for(dir: &Path, group: Option<String>, state_dir: &Path) -> Result<String> {
+    if let Some(g) = group {
+        return Ok(g);
     }
+    if let Ok(Some(s)) = status::load(state_dir, dir) {
+        if !s.group.is_empty() {
+            return Ok(s.group);
+        }
+    }
+    owner::default_group(dir)
 }
 
 fn check_dir(dir: &Path) -> Result<()> {
@@ -302,7 +324,7 @@ async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
     let marker = resync::pause_marker(&a.common.state_dir, &a.dir);
     if a.pause || a.resume {
         if a.pause {
-            std::fs::create_dir_all(&a.common.state_dir).with_context(|| {
+            private::create_dir(&a.common.state_dir).with_context(|| {
                 format!("create state directory {}", a.common.state_dir.display())
             })?;
             std::fs::write(&marker, format!("{}\n", a.dir.display()))
@@ -322,7 +344,7 @@ async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
         }
         return Ok(std::process::ExitCode::SUCCESS);
     }
-    let group = group_for(&a.dir, a.group.clone())?;
+    let group = group_for(&a.dir, a.group.clone(), &a.common.state_dir)?;
     if let Some(disk) = &a.disk {
         if !a.dir.join(disk).is_file() {
             bail!(
@@ -369,7 +391,7 @@ async fn run_sync(a: SyncArgs, resync_now: bool) -> Result<std::process::ExitCod
             a.dir.display()
         );
     }
-    let group = group_for(&a.dir, a.group)?;
+    let group = group_for(&a.dir, a.group, &a.common.state_dir)?;
     let mut p = protected(&a.dir, &a.target, &group, &a.common, a.resync)?;
     p.resync_now = resync_now;
     let initial = status::load(&p.state_dir, &p.dir)
@@ -463,7 +485,8 @@ async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         )?;
         for d in &cfg.dirs {
             check_dir(&d.path)?;
-            let mut pr = protected(&d.path, &cfg.target, &d.group, &common, false)?;
+            let group = group_for(&d.path, d.group.clone(), &common.state_dir)?;
+            let mut pr = protected(&d.path, &cfg.target, &group, &common, false)?;
             pr.resync_window = window;
             jobs.push(service::DirJob {
                 protected: pr,
@@ -473,7 +496,7 @@ async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         }
     } else if let Some(dir) = &a.dir {
         check_dir(dir)?;
-        let group = group_for(dir, a.group.clone())?;
+        let group = group_for(dir, a.group.clone(), &a.common.state_dir)?;
         let mut pr = protected(dir, &a.target, &group, &a.common, false)?;
         pr.resync_window =
             window::parse_option(a.resync_window.as_deref().unwrap_or(window::DEFAULT_WINDOW))?;
@@ -509,7 +532,7 @@ fn cmd_pause(a: PauseArgs, pause: bool) -> Result<std::process::ExitCode> {
     check_dir(&a.dir)?;
     let marker = status::pause_marker(&a.state_dir, &a.dir);
     if pause {
-        std::fs::create_dir_all(&a.state_dir)
+        private::create_dir(&a.state_dir)
             .with_context(|| format!("create state directory {}", a.state_dir.display()))?;
         std::fs::write(&marker, format!("{}\n", a.dir.display()))
             .with_context(|| format!("write {}", marker.display()))?;
@@ -603,17 +626,23 @@ async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
         println!("group {:?} in {} has no recovery points", a.group, a.target);
     } else {
         println!("{:>6}  {:<26} disks", "point", "sealed at");
-        for m in &all {
+        let times: Vec<u64> = all.iter().map(|m| m.time_ns).collect();
+        for (m, back) in all.iter().zip(points::time_went_back(&times)) {
             let disks: Vec<String> = m
                 .disks
                 .iter()
-                .map(|d| format!("{} ({} B)", d.name, d.disk_size))
+                .map(|d| format!("{} ({} B)", hrl::display::escaped(&d.name), d.disk_size))
                 .collect();
             println!(
-                "{:>6}  {:<26} {}",
+                "{:>6}  {:<26} {}{}",
                 m.id,
                 points::fmt_time(m.time_ns),
-                disks.join(", ")
+                disks.join(", "),
+                if back {
+                    "  [seal time went back (clock stepped back): restore it by id]"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -636,7 +665,10 @@ async fn cmd_verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
     };
     let r = verify::verify_points(&store, &selected).await?;
     for p in &r.problems {
-        eprintln!("hrl-shipper: verify: {p}");
+        eprintln!(
+            "hrl-shipper: verify: {}",
+            hrl::display::escaped(&p.to_string())
+        );
     }
     println!(
         "{} point(s), {} disk entries, {} chunks, {} logs checked: {}",

@@ -46,7 +46,8 @@ pub async fn latest(store: &GroupStore) -> Result<Option<PointManifest>> {
 }
 
 /// Picks a point: `latest`, a numeric id, or a time (RFC 3339, e.g. `2026-11-23T15:00:00Z`:
-/// the last point sealed at or before it).
+/// the last point sealed at or before it, among points whose seal time did not go
+/// backwards — see [`at_time`]).
 pub async fn select(store: &GroupStore, which: &str) -> Result<PointManifest> {
     let ids = list_ids(store).await?;
     if ids.is_empty() {
@@ -73,20 +74,43 @@ pub async fn select(store: &GroupStore, which: &str) -> Result<PointManifest> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let mut best: Option<PointManifest> = None;
-    for &id in ids.iter().rev() {
-        let m = load(store, id).await?;
-        if m.time_ns <= t_ns {
-            best = Some(m);
-            break;
-        }
+    let mut all = Vec::with_capacity(ids.len());
+    for &id in &ids {
+        all.push(load(store, id).await?);
     }
-    best.with_context(|| {
-        format!(
-            "no recovery point of group {:?} was sealed at or before {which}",
-            store.group
-        )
-    })
+    let times: Vec<u64> = all.iter().map(|m| m.time_ns).collect();
+    at_time(&times, t_ns)
+        .map(|i| all.swap_remove(i))
+        .with_context(|| {
+            format!(
+                "no recovery point of group {:?} was sealed at or before {which} (points sealed after a clock step back are reached by id only: see `hrl-shipper points`)",
+                store.group
+            )
+        })
+}
+
+/// Points are ordered by id (commit order), not by their seal times, which come from the
+/// wall clock and go backwards when it is stepped back. For each point (times in id order):
+/// its seal time is earlier than that of a point committed before it.
+pub fn time_went_back(times: &[u64]) -> Vec<bool> {
+    let mut latest = 0u64;
+    times
+        .iter()
+        .map(|&t| {
+            let back = t < latest;
+            latest = latest.max(t);
+            back
+        })
+        .collect()
+}
+
+/// The point (index into `times`, in id order) a lookup by time `t` returns: the last point
+/// sealed at or before `t` whose seal time did not go backwards. A point committed after a
+/// later-timed one (the clock was stepped back) is never the answer to a time: its time
+/// does not say where it is in the sequence; it is reached by its id.
+pub fn at_time(times: &[u64], t: u64) -> Option<usize> {
+    let back = time_went_back(times);
+    (0..times.len()).rev().find(|&i| !back[i] && times[i] <= t)
 }
 
 fn summary(ids: &[u64]) -> String {
@@ -101,4 +125,23 @@ fn summary(ids: &[u64]) -> String {
 pub fn fmt_time(ns: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_lookup_skips_points_whose_time_went_back() {
+        // Point 3 (index 2) was sealed after the clock was stepped back an hour.
+        let h = 3_600_000_000_000u64;
+        let times = [10 * h, 11 * h, 10 * h + 5, 12 * h];
+        assert_eq!(time_went_back(&times), vec![false, false, true, false]);
+        assert_eq!(at_time(&times, 11 * h), Some(1), "not the later point 3");
+        assert_eq!(at_time(&times, 10 * h + 10), Some(0));
+        assert_eq!(at_time(&times, 12 * h), Some(3));
+        assert_eq!(at_time(&times, h), None);
+        // Equal times are not a step back.
+        assert_eq!(at_time(&[5, 5], 5), Some(1));
+    }
 }

@@ -3,14 +3,17 @@
 //! hash, log chain up to the point's chain hash) before a disk gets its final name, so a
 //! damaged store never yields a silently wrong disk.
 
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
-use hrl::store::{log_key, log_path, logs_dir, parse_log_name, DiskEntry, PointManifest};
+use hrl::store::{
+    log_key, log_path, logs_dir, parse_log_name, DiskEntry, FileAttrs, PointManifest,
+};
 use tracing::info;
 
 use crate::retry::Fatal;
@@ -27,6 +30,9 @@ pub struct RestoreReport {
 }
 
 /// Restores every disk of `point` into `to` (which must not already hold those names).
+/// Names come from the store, which is not trusted: each is one checked path component, and
+/// every file is created with `O_EXCL | O_NOFOLLOW` and renamed without replacing, so nothing
+/// is written outside `to` or through a planted symlink (docs/SECURITY.md).
 pub async fn restore_point(
     store: &GroupStore,
     point: &PointManifest,
@@ -35,8 +41,10 @@ pub async fn restore_point(
     std::fs::create_dir_all(to)
         .with_context(|| format!("create restore directory {}", to.display()))?;
     for d in &point.disks {
+        hrl::store_check::check_disk_name(&d.name)
+            .with_context(|| format!("point {} cannot be restored", point.id))?;
         let dest = to.join(&d.name);
-        if dest.exists() {
+        if std::fs::symlink_metadata(&dest).is_ok() {
             bail!(
                 "{} exists already; restore into an empty directory (nothing was changed)",
                 dest.display()
@@ -46,24 +54,62 @@ pub async fn restore_point(
     let mut report = RestoreReport::default();
     for d in &point.disks {
         let dest = to.join(&d.name);
-        let partial = to.join(format!(".{}.hrl-restoring", d.name));
+        let partial = to.join(format!(".{}.hrl-restoring", d.disk_id));
         let _ = std::fs::remove_file(&partial);
         let r = restore_disk(store, d, &partial, &mut report).await;
-        match r {
-            Ok(()) => std::fs::rename(&partial, &dest)
-                .with_context(|| format!("rename {} to {}", partial.display(), dest.display()))?,
+        match r.and_then(|file| finish_disk(&file, d, &partial, &dest)) {
+            Ok(()) => {}
             Err(e) => {
                 let _ = std::fs::remove_file(&partial);
                 return Err(e.context(format!(
                     "restore of disk {} from point {} failed; nothing was left behind",
-                    d.name, point.id
+                    hrl::display::escaped(&d.name),
+                    point.id
                 )));
             }
         }
         report.disks.push((d.name.clone(), d.disk_size));
-        info!(disk = %d.name, size = d.disk_size, "restored");
+        info!(disk = %hrl::display::escaped(&d.name), size = d.disk_size, "restored");
     }
     Ok(report)
+}
+
+/// Gives a restored disk the mode and owner recorded at its seal (0600 root when the point
+/// predates that record; never setuid, setgid or sticky), then its final name, refusing to
+/// replace anything that appeared there meanwhile.
+fn finish_disk(file: &std::fs::File, d: &DiskEntry, partial: &Path, dest: &Path) -> Result<()> {
+    let (mode, uid, gid) = match d.file {
+        Some(a) => (a.mode & FileAttrs::RESTORE_MASK, a.uid, a.gid),
+        None => (0o600, 0, 0),
+    };
+    let fd = file.as_raw_fd();
+    // SAFETY: plain syscalls on our own descriptor.
+    if unsafe { libc::fchown(fd, uid, gid) } != 0 || unsafe { libc::fchmod(fd, mode) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("set owner and mode of {}", partial.display()));
+    }
+    rename_noreplace(partial, dest)
+}
+
+fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).context("path has NUL");
+    let (a, b) = (c(from)?, c(to)?);
+    // SAFETY: valid C strings.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("rename {} to {}", from.display(), to.display()));
+    }
+    Ok(())
 }
 
 async fn restore_disk(
@@ -71,7 +117,7 @@ async fn restore_disk(
     d: &DiskEntry,
     image: &Path,
     report: &mut RestoreReport,
-) -> Result<()> {
+) -> Result<Arc<std::fs::File>> {
     // Base.
     let idx_bytes = store.get(&d.base.index_key).await?;
     let hash = hrl::to_hex(blake3::hash(&idx_bytes).as_bytes());
@@ -89,6 +135,8 @@ async fn restore_disk(
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(image)
         .with_context(|| format!("create {}", image.display()))?;
     file.set_len(index.disk_size)
@@ -150,7 +198,8 @@ async fn restore_disk(
         report.logs += local.len();
         let prev = hrl::from_hex::<32>(&d.base.after_chain_hash)
             .with_context(|| format!("manifest of disk {} has a bad chain hash", d.name))?;
-        let image_owned = image.to_path_buf();
+        // Replay onto the file created above, not whatever has its name by now.
+        let image_owned = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         let summary = tokio::task::spawn_blocking(move || {
             hrl::log::apply_logs_after(&local, &image_owned, Some(&prev))
         })
@@ -188,5 +237,5 @@ async fn restore_disk(
         ))
         .into());
     }
-    Ok(())
+    Ok(file)
 }

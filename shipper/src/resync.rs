@@ -268,7 +268,23 @@ pub fn log_extents(logs: &[PathBuf]) -> Result<Option<Vec<(u64, u64)>>> {
 /// stored as a chunk (a new base refers to it, and until now it lived only in logs).
 /// Returns the index and the compressed bytes uploaded for those blocks; `None` when the
 /// logs change the disk's size (the caller copies the disk as a new base).
+/// An object the rebuild needs that is missing or damaged (a lost chunk, log or index) also
+/// gives `None`: the store cannot say what the replica holds, and a copy repairs it.
 pub async fn replica_index(
+    store: &GroupStore,
+    entry: &DiskEntry,
+    work: &Path,
+) -> Result<Option<(ChunkIndex, u64)>> {
+    match rebuild_replica_index(store, entry, work).await {
+        Err(e) if crate::presence::is_lost_or_damaged(&e) => {
+            warn!(disk = %entry.name, "the replica cannot be rebuilt from the store ({e:#}): copying the disk as a new base");
+            Ok(None)
+        }
+        r => r,
+    }
+}
+
+async fn rebuild_replica_index(
     store: &GroupStore,
     entry: &DiskEntry,
     work: &Path,
@@ -427,6 +443,28 @@ pub fn full_compare_blocks(disk: &Path, replica: &ChunkIndex) -> Result<Vec<u64>
     Ok(set.into_iter().collect())
 }
 
+/// Queues the blocks whose digest in `index` names a chunk the store lacks (lost since it
+/// was written) and that the job does not read yet: the new base refers to them.
+fn add_lost_blocks(job: &mut ResyncJob, index: &ChunkIndex, known: &HashSet<Digest>) {
+    let queued: HashSet<u64> = job.blocks[job.cursor..].iter().copied().collect();
+    let lost: Vec<u64> = index
+        .digests
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (i as u64, d))
+        .filter(|(i, d)| **d != ZERO_DIGEST && !known.contains(*d) && !queued.contains(i))
+        .map(|(i, _)| i)
+        .collect();
+    if !lost.is_empty() {
+        warn!(
+            blocks = lost.len(),
+            "the store lacks chunks of the replica: those blocks are read and uploaded again"
+        );
+        job.blocks.extend(lost);
+        job.blocks[job.cursor..].sort_unstable();
+    }
+}
+
 /// What the caller lets a running resync know.
 pub struct ResyncControl<'a> {
     pub state_dir: &'a Path,
@@ -447,7 +485,9 @@ pub struct ResyncPaused(pub String);
 
 /// Runs (or continues) `job`: reads its remaining blocks of `disk`, replaces the digests of
 /// those that differ in `index` (the replica's index, updated in place), uploads their
-/// chunks unless `known` holds them, then uploads the new index at `job.index_key`.
+/// chunks unless `known` (the chunks the store holds) has them, then uploads the new index
+/// at `job.index_key`. Blocks whose replica chunk the store lacks are read too (the new base
+/// needs them), whether the job planned them or not.
 pub async fn run_job(
     store: &GroupStore,
     disk: &Path,
@@ -474,13 +514,12 @@ pub async fn run_job(
     // index is 128 MiB).
     let save_every =
         std::time::Duration::from_secs((index.digests.len() as u64 * 32 / (4 << 20)).max(2));
+    add_lost_blocks(job, index, known);
     let known = Arc::new(known.clone());
     let todo: Vec<u64> = job.blocks[job.cursor..].to_vec();
-    let replica: Arc<Vec<Digest>> = Arc::new(index.digests.clone());
     let mut results = futures::stream::iter(todo.into_iter().map(|b| {
         let file = Arc::clone(&file);
         let known = Arc::clone(&known);
-        let replica = Arc::clone(&replica);
         let disk = disk.to_path_buf();
         async move {
             let off = b * bs;
@@ -491,7 +530,7 @@ pub async fn run_job(
                     crate::initial::read_full_at(&file, &mut buf, off)
                         .with_context(|| format!("read {} at {off}", disk.display()))?;
                     let d = hrl::chunk::block_digest(&buf);
-                    if d == replica[b as usize] || d == ZERO_DIGEST || known.contains(&d) {
+                    if d == ZERO_DIGEST || known.contains(&d) {
                         return Ok((d, None));
                     }
                     Ok((d, Some(compress(&buf)?)))

@@ -225,7 +225,8 @@ pub async fn enforce_log_budget(
                 .map(|l| l.seq)
                 .max()
             {
-                t.ack(&d.disk, max).await?;
+                t.ack(&d.disk, (!id.is_empty()).then_some(id.as_str()), max)
+                    .await?;
             }
             if let Ok(mut s) = status.lock() {
                 let entry = s.disk_mut(&d.disk, &id);

@@ -99,6 +99,11 @@ pub struct DirStatus {
     /// offline edits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracker_pid: Option<u32>,
+    /// Files of the directory that look like disks but the tracker cannot track (a name
+    /// that is not UTF-8, a symlink to outside), as the tracker reported them at the last
+    /// cycle: a Warning until fixed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untracked: Vec<String>,
     pub disks: Vec<DiskStatus>,
 }
 
@@ -118,16 +123,22 @@ impl DirStatus {
             paused: false,
             interval_ns: None,
             tracker_pid: None,
+            untracked: Vec::new(),
             disks: Vec::new(),
         }
     }
 
     pub fn disk_mut(&mut self, name: &str, disk_id: &str) -> &mut DiskStatus {
-        if let Some(i) = self
-            .disks
-            .iter()
-            .position(|d| (!disk_id.is_empty() && d.disk_id == disk_id) || d.disk == name)
-        {
+        // By id first: a name may have passed from one disk to another (rename over).
+        let by_id = (!disk_id.is_empty())
+            .then(|| self.disks.iter().position(|d| d.disk_id == disk_id))
+            .flatten();
+        let by_name = || {
+            self.disks
+                .iter()
+                .position(|d| d.disk == name && (d.disk_id.is_empty() || disk_id.is_empty()))
+        };
+        if let Some(i) = by_id.or_else(by_name) {
             let d = &mut self.disks[i];
             d.disk = name.to_string();
             if !disk_id.is_empty() {
@@ -174,8 +185,12 @@ const RPO_WARN_INTERVALS: u64 = 3;
 
 impl DirStatus {
     /// Health as of `now`: a directory whose last point is older than three intervals (while
-    /// not paused) is in Warning even if no cycle failed — something is holding it up.
+    /// not paused) is in Warning even if no cycle failed — something is holding it up; so is
+    /// one with files the tracker cannot track.
     pub fn apply_rpo(&mut self, now: u64) {
+        if !self.untracked.is_empty() {
+            self.health = self.health.max(Health::Warning);
+        }
         let (Some(last), Some(interval)) = (self.last_point_ns, self.interval_ns) else {
             return;
         };
@@ -205,7 +220,7 @@ pub fn is_paused(state_dir: &Path, dir: &Path) -> bool {
 
 /// Writes the state atomically (temporary file, then rename).
 pub fn save(state_dir: &Path, status: &DirStatus) -> Result<()> {
-    std::fs::create_dir_all(state_dir)
+    crate::private::create_dir(state_dir)
         .with_context(|| format!("create state directory {}", state_dir.display()))?;
     let path = state_file(state_dir, Path::new(&status.dir));
     let tmp = path.with_extension("json.tmp");
@@ -285,11 +300,18 @@ fn ago(ns: u64, now: u64) -> String {
 
 /// Renders the status for people.
 pub fn render(all: &[DirStatus]) -> String {
+    use hrl::display::escaped as esc;
     use std::fmt::Write;
     let now = hrl::now_ns();
     let mut out = String::new();
     for d in all {
-        let _ = writeln!(out, "{}  group {}  target {}", d.dir, d.group, d.target);
+        let _ = writeln!(
+            out,
+            "{}  group {}  target {}",
+            esc(&d.dir),
+            esc(&d.group),
+            esc(&d.target)
+        );
         let last = match (d.last_point_id, d.last_point_ns) {
             (Some(id), Some(ns)) => format!(
                 "point {id} sealed {}, RPO lag {}",
@@ -300,7 +322,10 @@ pub fn render(all: &[DirStatus]) -> String {
         };
         let _ = writeln!(out, "  health {:?}; last {last}", d.health);
         if let Some(e) = &d.last_error {
-            let _ = writeln!(out, "  last error: {e}");
+            let _ = writeln!(out, "  last error: {}", esc(e));
+        }
+        for u in &d.untracked {
+            let _ = writeln!(out, "  warning: {u}");
         }
         if let Some(t) = d.next_retry_ns {
             let _ = writeln!(
@@ -314,7 +339,7 @@ pub fn render(all: &[DirStatus]) -> String {
             let _ = writeln!(
                 out,
                 "  replication paused by an operator (hrl-shipper resume --dir {})",
-                d.dir
+                esc(&d.dir)
             );
         }
         for k in &d.disks {
@@ -326,7 +351,7 @@ pub fn render(all: &[DirStatus]) -> String {
             let _ = write!(
                 out,
                 "  {:<24} {:<20} {:<8?} unshipped {} ({share:.2}% of {})",
-                k.disk,
+                esc(&k.disk),
                 if d.paused {
                     DiskState::Paused.label()
                 } else {
@@ -344,10 +369,10 @@ pub fn render(all: &[DirStatus]) -> String {
                 let _ = writeln!(out, "    {}", r.render());
             }
             if let Some(why) = k.resync_reason.as_ref().filter(|_| k.resync.is_none()) {
-                let _ = writeln!(out, "    resync needed: {why}");
+                let _ = writeln!(out, "    resync needed: {}", esc(why));
             }
             if let Some(e) = &k.last_error {
-                let _ = writeln!(out, "    error: {e}");
+                let _ = writeln!(out, "    error: {}", esc(e));
             }
         }
     }

@@ -99,36 +99,80 @@ impl GroupStore {
             return Ok(Put::Existed);
         }
         let path = self.path(key);
-        let upload = self
+        let mut upload = self
             .store()
             .put_multipart(&path)
             .await
             .with_context(|| format!("start upload of {path} to {}", self.target.url))?;
-        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
-        let mut f =
-            std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?;
-        let mut buf = vec![0u8; PART];
+        let done = match Self::send_parts(upload.as_mut(), file, PART).await {
+            Ok(()) => upload
+                .complete()
+                .await
+                .map(|_| ())
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            // The parts sent so far would stay in the bucket (stored and billed, never
+            // visible) until aborted; a retry starts a new upload.
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(%path, "cannot abort the interrupted multipart upload (a bucket lifecycle rule for incomplete uploads removes it): {abort}");
+            }
+            return Err(e.context(format!("upload {path} to {}", self.target.url)));
+        }
+        Ok(Put::Created)
+    }
+
+    /// Streams `file` into `upload`, `part` bytes a part, up to 4 parts in flight.
+    async fn send_parts(
+        upload: &mut dyn object_store::MultipartUpload,
+        file: &std::path::Path,
+        part: usize,
+    ) -> Result<()> {
+        use futures::StreamExt;
+        use std::io::Read;
+        let f = std::fs::File::open(file).with_context(|| format!("open {}", file.display()))?;
+        let mut f = std::io::BufReader::new(f);
+        let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
-            let n = std::io::Read::read(&mut f, &mut buf)
+            let mut buf = Vec::with_capacity(part);
+            let n = (&mut f)
+                .take(part as u64)
+                .read_to_end(&mut buf)
                 .with_context(|| format!("read {}", file.display()))?;
             if n == 0 {
                 break;
             }
-            w.wait_for_capacity(4)
-                .await
-                .with_context(|| format!("upload {path} to {}", self.target.url))?;
-            w.write(&buf[..n]);
+            while in_flight.len() >= 4 {
+                if let Some(r) = in_flight.next().await {
+                    r?;
+                }
+            }
+            in_flight.push(upload.put_part(PutPayload::from(buf)));
         }
-        w.finish()
-            .await
-            .with_context(|| format!("finish upload of {path} to {}", self.target.url))?;
-        Ok(Put::Created)
+        while let Some(r) = in_flight.next().await {
+            r?;
+        }
+        Ok(())
     }
 
     /// Writes an object that must not exist yet (a recovery-point manifest). Returns
-    /// `Existed` if another writer committed that key first.
+    /// `Existed` if another writer committed that key first. When the object there holds
+    /// exactly `bytes`, it is this write's own (the store kept it but the reply was lost,
+    /// and the retry found it): `Created`. A manifest names its commit instant in ns and its
+    /// host, so another writer's never has the same bytes.
     pub async fn put_new(&self, key: &str, bytes: Vec<u8>) -> Result<Put> {
-        self.put_immutable(key, bytes).await
+        match self.put_immutable(key, bytes.clone()).await? {
+            Put::Created => Ok(Put::Created),
+            Put::Existed => {
+                if self.get(key).await? == bytes {
+                    tracing::info!(key, "the store kept this write before its reply was lost");
+                    Ok(Put::Created)
+                } else {
+                    Ok(Put::Existed)
+                }
+            }
+        }
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool> {

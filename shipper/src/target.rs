@@ -61,7 +61,7 @@ pub fn open(url: &str) -> Result<Target> {
     let store: Arc<dyn ObjectStore> = match scheme.as_str() {
         "path" | "file" => {
             let dir = if scheme == "file" { format!("/{}", rest.trim_start_matches('/')) } else { rest.to_string() };
-            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the local store directory {dir}"))?;
+            crate::private::create_dir(std::path::Path::new(&dir)).with_context(|| format!("cannot create the local store directory {dir}"))?;
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .with_context(|| format!("cannot open the local store directory {dir}"))?;
             let prefix = StorePath::default();

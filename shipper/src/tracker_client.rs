@@ -109,10 +109,11 @@ impl TrackerClient {
     }
 
     /// Lets the tracker delete `disk`'s sealed logs up to `seq` (they are in a committed point).
-    pub async fn ack(&mut self, disk: &str, seq: u64) -> Result<()> {
+    pub async fn ack(&mut self, disk: &str, disk_id: Option<&str>, seq: u64) -> Result<()> {
         self.call(&Request::Ack {
             disk: disk.to_string(),
             seq,
+            disk_id: disk_id.map(str::to_string),
         })
         .await?;
         Ok(())

@@ -1,13 +1,16 @@
 //! `verify`: checks that recovery points can be restored, without writing any disk: every
 //! base index (hash), every chunk it names (present, valid zstd, content matches its digest),
 //! and every disk's log chain from its base to the point (present, sealed, each log naming the
-//! one before, ending at the chain hash the point records). Each object is checked once.
+//! one before, ending at the chain hash the point records), and the size the base and logs
+//! leave, which must be the size the point recorded at its seal (what restore checks last).
+//! Each object is checked once: `verify` fails on every point `restore` would refuse.
 
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
+use hrl::log::SizeEffect;
 use hrl::store::{log_key, log_path, logs_dir, parse_log_name, DiskEntry, PointManifest};
 
 use crate::store_client::GroupStore;
@@ -32,9 +35,10 @@ pub async fn verify_points(store: &GroupStore, points: &[PointManifest]) -> Resu
         ..Default::default()
     };
     let mut chunks: BTreeSet<hrl::Digest> = BTreeSet::new();
-    let mut indexes_seen: BTreeSet<String> = BTreeSet::new();
-    // Verified logs: key -> (previous chain hash it names, its chain hash).
-    let mut logs_seen: HashMap<String, (hrl::Digest, hrl::Digest)> = HashMap::new();
+    // Checked indexes: key -> the disk size they start at (None: the index is bad).
+    let mut indexes_seen: HashMap<String, Option<u64>> = HashMap::new();
+    // Verified logs: key -> (previous chain hash it names, its chain hash, its size effect).
+    let mut logs_seen: HashMap<String, LogSeen> = HashMap::new();
     let tmp = tempfile::Builder::new()
         .prefix("hrl-verify-")
         .tempdir()
@@ -43,14 +47,32 @@ pub async fn verify_points(store: &GroupStore, points: &[PointManifest]) -> Resu
         for d in &point.disks {
             report.disks += 1;
             let at = format!("point {} disk {}", point.id, d.name);
-            if indexes_seen.insert(d.base.index_key.clone()) {
-                match check_index(store, d).await {
-                    Ok(idx) => chunks.extend(idx.digests.into_iter().filter(|g| *g != ZERO_DIGEST)),
-                    Err(e) => report.problems.push(format!("{at}: {e:#}")),
-                }
+            if !indexes_seen.contains_key(&d.base.index_key) {
+                let size = match check_index(store, d).await {
+                    Ok(idx) => {
+                        chunks.extend(idx.digests.into_iter().filter(|g| *g != ZERO_DIGEST));
+                        Some(idx.disk_size)
+                    }
+                    Err(e) => {
+                        report.problems.push(format!("{at}: {e:#}"));
+                        None
+                    }
+                };
+                indexes_seen.insert(d.base.index_key.clone(), size);
             }
-            if let Err(e) = check_logs(store, d, tmp.path(), &mut logs_seen).await {
-                report.problems.push(format!("{at}: {e:#}"));
+            match check_logs(store, d, tmp.path(), &mut logs_seen).await {
+                Ok(effect) => {
+                    if let Some(Some(base_size)) = indexes_seen.get(&d.base.index_key) {
+                        let size = effect.apply(*base_size);
+                        if size != d.disk_size {
+                            report.problems.push(format!(
+                                "{at}: restores to {size} bytes, but the point recorded {} bytes at its seal",
+                                d.disk_size
+                            ));
+                        }
+                    }
+                }
+                Err(e) => report.problems.push(format!("{at}: {e:#}")),
             }
         }
     }
@@ -94,12 +116,16 @@ async fn check_index(store: &GroupStore, d: &DiskEntry) -> Result<ChunkIndex> {
         .with_context(|| format!("chunk index {} is damaged", store.path(&d.base.index_key)))
 }
 
+/// A verified log: the previous chain hash it names, its chain hash, its size effect.
+type LogSeen = (hrl::Digest, hrl::Digest, SizeEffect);
+
+/// Checks the chain of logs from `d`'s base to its point; returns their size effect.
 async fn check_logs(
     store: &GroupStore,
     d: &DiskEntry,
     tmp: &std::path::Path,
-    seen: &mut HashMap<String, (hrl::Digest, hrl::Digest)>,
-) -> Result<()> {
+    seen: &mut HashMap<String, LogSeen>,
+) -> Result<SizeEffect> {
     if d.last_seq == d.base.after_seq {
         if !d
             .last_chain_hash
@@ -107,7 +133,7 @@ async fn check_logs(
         {
             anyhow::bail!("no logs after the base, but the chain hashes of base and point differ");
         }
-        return Ok(());
+        return Ok(SizeEffect::default());
     }
     let names = store
         .list_names(&logs_dir(&d.disk_id, d.generation))
@@ -122,21 +148,24 @@ async fn check_logs(
     })?;
     let mut prev = hrl::from_hex::<32>(&d.base.after_chain_hash)
         .context("the point has a bad base chain hash")?;
+    let mut effect = SizeEffect::default();
     for (first, last) in path {
         let key = log_key(&d.disk_id, d.generation, first, last);
-        if let Some((p, chain)) = seen.get(&key) {
+        if let Some((p, chain, e)) = seen.get(&key) {
             if *p != prev {
                 anyhow::bail!("log {} does not follow the log before it", store.path(&key));
             }
             prev = *chain;
+            effect = effect.then(*e);
             continue;
         }
         let local = tmp.join(format!("{}-{first}-{last}.hrl", d.disk_id));
         store.get_zstd_to_file(&key, &local).await?;
         let local2 = local.clone();
         let expected_prev = prev;
-        let v = tokio::task::spawn_blocking(move || {
-            hrl::log::verify_sealed(&local2, Some(&expected_prev))
+        let (v, e) = tokio::task::spawn_blocking(move || {
+            let v = hrl::log::verify_sealed(&local2, Some(&expected_prev))?;
+            Ok::<_, hrl::log::LogError>((v, SizeEffect::of_log(&local2)?))
         })
         .await
         .context("verify worker failed")?
@@ -158,8 +187,9 @@ async fn check_logs(
             );
         }
         let chain = v.chain_hash();
-        seen.insert(key, (prev, chain));
+        seen.insert(key, (prev, chain, e));
         prev = chain;
+        effect = effect.then(e);
     }
     if !hrl::to_hex(&prev).eq_ignore_ascii_case(&d.last_chain_hash) {
         anyhow::bail!(
@@ -168,5 +198,5 @@ async fn check_logs(
             d.last_chain_hash
         );
     }
-    Ok(())
+    Ok(effect)
 }

@@ -43,10 +43,15 @@ struct Tracker {
 
 impl Tracker {
     fn mount(dir: &Path, run_dir: &Path) -> Tracker {
+        Self::mount_with(dir, run_dir, &[])
+    }
+
+    fn mount_with(dir: &Path, run_dir: &Path, extra: &[&str]) -> Tracker {
         let child = Command::new(tracker_bin())
             .arg("mount")
             .arg(dir)
             .arg("--foreground")
+            .args(extra)
             .env("HRL_RUN_DIR", run_dir)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -190,6 +195,8 @@ fn ext4_across_intervals(kind: ServerKind) {
                 "sync",
                 "--dir",
                 dir.to_str().unwrap(),
+                "--group",
+                "vm1",
                 "--target",
                 &server.url,
                 "--json",
@@ -340,6 +347,8 @@ fn vhdx_written_by_qemu_io_restores_identical() {
                 "sync",
                 "--dir",
                 dir.to_str().unwrap(),
+                "--group",
+                "vm2",
                 "--target",
                 &server.url,
             ],
@@ -428,6 +437,8 @@ impl Scene {
                 "sync",
                 "--dir",
                 self.dir.to_str().unwrap(),
+                "--group",
+                "vm3",
                 "--target",
                 &self.server.url,
                 "--json",
@@ -664,6 +675,8 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
             "run",
             "--dir",
             s.dir.to_str().unwrap(),
+            "--group",
+            "vm3",
             "--target",
             &s.server.url,
             "--interval",
@@ -827,6 +840,8 @@ fn shipper_kill9_at_upload_and_commit_with_real_tracker() {
             "sync",
             "--dir",
             s.dir.to_str().unwrap(),
+            "--group",
+            "vm3",
             "--target",
             &s.server.url,
         ])
@@ -892,6 +907,8 @@ impl Scene {
                 "resync",
                 "--dir",
                 self.dir.to_str().unwrap(),
+                "--group",
+                "vm3",
                 "--target",
                 &self.server.url,
                 "--disk",
@@ -1035,6 +1052,8 @@ fn shipper_kill9_mid_resync_resumes_where_it_stopped() {
             "resync",
             "--dir",
             s.dir.to_str().unwrap(),
+            "--group",
+            "vm3",
             "--target",
             &s.server.url,
             "--disk",
@@ -1147,4 +1166,381 @@ fn a_newer_unclean_report_replaces_an_interrupted_resync() {
     let snap = s.snapshot(p);
     drop(tracker);
     same_dirs(&s.restore(p), &snap);
+}
+
+/// `mv a.img b.img` while both are replicated (their logs have the same sequence numbers):
+/// the next syncs commit (before: every seal failed, "b.img.<n>.hrl already exists"), the
+/// status keeps one b.img (the renamed disk's id; before, the old b.img stayed as a phantom),
+/// no later cycle resyncs it, and every point restores.
+#[test]
+fn rename_over_a_replicated_disk_keeps_replicating() {
+    use std::os::unix::fs::FileExt;
+    let s = Scene::new(ServerKind::Local);
+    std::fs::write(s.dir.join("a.img"), file_data(11, 1 << 20)).unwrap();
+    std::fs::write(s.dir.join("b.img"), file_data(12, 1 << 20)).unwrap();
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    assert_eq!(s.sync()["point"], 1);
+    let id_a = s.status()["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["disk"] == "a.img")
+        .unwrap()["disk_id"]
+        .clone();
+
+    std::fs::rename(s.dir.join("a.img"), s.dir.join("b.img")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.dir.join("b.img"))
+        .unwrap();
+    f.write_all_at(&file_data(13, 5000), 100).unwrap();
+    drop(f);
+    assert_eq!(s.sync()["point"], 2);
+    let snap2 = s.snapshot(2);
+    let st = s.status();
+    let disks = st["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 1, "{st}");
+    assert_eq!(disks[0]["disk"], "b.img");
+    assert_eq!(disks[0]["disk_id"], id_a);
+
+    let r3 = s.sync();
+    assert_eq!(r3["point"], 3);
+    assert!(
+        r3["base_copies"].as_array().is_none_or(|c| c.is_empty()),
+        "no resync after the rename: {r3}"
+    );
+    let snap3 = s.snapshot(3);
+    drop(tracker);
+    same_dirs(&s.restore(2), &snap2);
+    same_dirs(&s.restore(3), &snap3);
+}
+
+/// The bypass issue's reproduction: a process holds the disk open read-write before the
+/// mount. The mount is refused naming it; with --force the first point still equals the disk
+/// (its initial copy is read after the mount). A write through the old descriptor (1 MiB at
+/// 4 MiB, fsynced) is caught by the next seal: that point is committed for the other disk and
+/// keeps the held disk's last good state, which goes Warning; the next sync resyncs it by
+/// comparing every block, and its restore is byte-identical to the disk.
+#[test]
+fn writer_bypassing_the_mount_is_refused_then_detected_and_resynced() {
+    use std::io::{BufRead, BufReader, Write};
+    let s = Scene::new(ServerKind::Local);
+    let (disk, other) = (s.dir.join("d.img"), s.dir.join("e.img"));
+    new_disk(&disk, 16 << 20);
+    new_disk(&other, 4 << 20);
+    fill(&disk, 16, 1);
+    let src = s.tmp.path().join("mib");
+    std::fs::write(&src, file_data(99, 1 << 20)).unwrap();
+    // A VM already running: its descriptor was opened before the tracker.
+    let mut holder = KillOnDrop(
+        Command::new("bash")
+            .arg("-c")
+            .arg("exec 3<>\"$1\"; echo ready; read seek; dd if=\"$2\" bs=1M seek=\"$seek\" count=1 conv=notrunc,fsync status=none >&3; echo ok; exec sleep 600")
+            .args(["bash", disk.to_str().unwrap(), src.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut answers = BufReader::new(holder.0.stdout.take().unwrap());
+    let mut line = String::new();
+    answers.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    let refused = Command::new(tracker_bin())
+        .arg("mount")
+        .arg(&s.dir)
+        .env("HRL_RUN_DIR", &s.run_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && !is_mounted(&s.dir),
+        "not refused: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "pid {} (bash) has d.img open for writing",
+            holder.0.id()
+        )),
+        "{err}"
+    );
+
+    let tracker = Tracker::mount_with(&s.dir, &s.run_dir, &["--force"]);
+    fill(&other, 4, 7);
+    assert_eq!(s.sync()["point"], 1);
+    let snap1 = s.snapshot(1);
+    same_dirs(&s.restore(1), &snap1);
+
+    // The write the tracker never sees.
+    writeln!(holder.0.stdin.as_mut().unwrap(), "4").unwrap();
+    line.clear();
+    answers.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ok");
+    fill(&other, 1, 8);
+    let r = s.sync();
+    assert_eq!(
+        r["point"], 2,
+        "the point is committed for the other disk: {r}"
+    );
+    let st = s.status();
+    let d = st["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["disk"] == "d.img")
+        .unwrap()
+        .clone();
+    assert_eq!(d["health"], "Warning", "{st}");
+    assert_eq!(
+        d["resync_reason"], "changed outside the tracker; resync scheduled",
+        "{st}"
+    );
+    let restored2 = s.restore(2);
+    assert_same_file(&restored2.join("e.img"), &other);
+    assert_same_file(&restored2.join("d.img"), &snap1.join("d.img"));
+
+    let r = s.sync();
+    assert_eq!(r["point"], 3);
+    let rs = &r["base_copies"][0]["resync"];
+    assert_eq!(
+        rs["blocks_compared"], rs["blocks_total"],
+        "every block compared: {r}"
+    );
+    assert_eq!(
+        rs["blocks_differing"], 4,
+        "the 1 MiB the writer changed: {r}"
+    );
+    let snap3 = s.snapshot(3);
+    drop(holder);
+    drop(tracker);
+    same_dirs(&s.restore(3), &snap3);
+}
+
+impl Scene {
+    /// `verify --point all` succeeds (every point restorable, sizes included).
+    fn verify_all(&self) {
+        ok(&shipper(
+            &[
+                "verify",
+                "--target",
+                &self.server.url,
+                "--group",
+                "vm3",
+                "--point",
+                "all",
+            ],
+            &self.server.env,
+            &self.run_dir,
+            &self.state,
+        ));
+    }
+}
+
+/// Disks that shrink between two points — `truncate`, `qemu-img resize --shrink`, a smaller
+/// file copied over a disk — commit a point that restores to the disk at its seal, at its
+/// new size (the seal used to record the larger of the log's opening size and the size
+/// after the seal), and `verify` agrees.
+#[test]
+fn shrunk_disks_restore_at_their_new_size() {
+    let s = Scene::new(ServerKind::Local);
+    let (a, b, c) = (
+        s.dir.join("a.img"),
+        s.dir.join("b.qcow2"),
+        s.dir.join("c.img"),
+    );
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    new_disk(&a, 32 << 20);
+    fill(&a, 32, 1);
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&b)
+        .arg("64M"));
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x21 0 8M"])
+        .arg(&b));
+    new_disk(&c, 16 << 20);
+    fill(&c, 16, 7);
+    assert_eq!(s.sync()["point"], 1);
+    run(Command::new("truncate").args(["-s", "8M"]).arg(&a));
+    run(Command::new("qemu-img")
+        .args(["resize", "-q", "-f", "qcow2", "--shrink"])
+        .arg(&b)
+        .arg("16M"));
+    let small = s.tmp.path().join("small.img");
+    std::fs::write(&small, file_data(9, 3 << 20)).unwrap();
+    run(Command::new("cp").arg(&small).arg(&c));
+    assert_eq!(s.sync()["point"], 2);
+    let snap = s.snapshot(2);
+    drop(tracker);
+    let restored = s.restore(2);
+    same_dirs(&restored, &snap);
+    assert_eq!(
+        std::fs::metadata(restored.join("a.img")).unwrap().len(),
+        8 << 20
+    );
+    assert_eq!(
+        std::fs::metadata(restored.join("c.img")).unwrap().len(),
+        3 << 20
+    );
+    s.verify_all();
+}
+
+/// Bytes an appending writer puts at `off`: a function of the offset only, so the disk at
+/// any instant is the prefix of one stream, of the disk's length at that instant.
+fn stream_at(off: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let block = 64 * 1024;
+    for (i, chunk) in out.chunks_mut(block).enumerate() {
+        let n = off / block as u64 + i as u64;
+        blake3::Hasher::new()
+            .update(&n.to_le_bytes())
+            .finalize_xof()
+            .fill(chunk);
+    }
+    out
+}
+
+/// A disk that grows by appending writes while syncs run back to back: every point restores
+/// (its recorded size is the disk's size at the seal, not a size read after it, which later
+/// writes had grown) and equals the disk at its seal.
+///
+/// The copy at the seal instant: the writer only appends, each byte a function of its
+/// offset ([`stream_at`]), one write at a time; so at any instant the disk is the first L
+/// bytes of that stream, where L is its length then. A restored point must therefore be
+/// exactly the stream's first `len` bytes for its own length, and lengths never shrink from
+/// one point to the next — a check of the content at the seal without pausing the writer
+/// (pausing it would close the very window the bug lived in: writes after the cut, during
+/// the seal).
+#[test]
+fn appending_writes_during_syncs_restore_at_every_point() {
+    let s = Scene::new(ServerKind::Local);
+    let disk = s.dir.join("grow.img");
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    new_disk(&disk, 0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, disk) = (std::sync::Arc::clone(&stop), disk.clone());
+        std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+            let mut off = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && off < (96 << 20) {
+                f.write_all_at(&stream_at(off, 64 * 1024), off).unwrap();
+                off += 64 * 1024;
+            }
+            off
+        })
+    };
+    let mut points = Vec::new();
+    for _ in 0..10 {
+        points.push(s.sync()["point"].as_u64().unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    let last = s.sync()["point"].as_u64().unwrap();
+    let snap = s.snapshot(last);
+    drop(tracker);
+    assert!(written > 0);
+    let mut prev_len = 0;
+    for p in points {
+        let dir = s.restore(p);
+        let img = std::fs::read(dir.join("grow.img")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            img.len() as u64 >= prev_len,
+            "point {p} is shorter than the one before"
+        );
+        assert!(
+            img == stream_at(0, img.len()),
+            "point {p} ({} bytes) is not the disk at its seal",
+            img.len()
+        );
+        prev_len = img.len() as u64;
+    }
+    same_dirs(&s.restore(last), &snap);
+    s.verify_all();
+}
+
+/// A qcow2 filled by `qemu-io` (160 writes of 1 MiB) while syncs run back to back: every
+/// point restores, `qemu-img check` finds each restored image consistent, each 64 KiB
+/// cluster of its guest view is either the pattern its write put there or zero (what a
+/// crash-consistent copy of this writer can hold: a write is either in or not yet), and the
+/// last point equals the disk.
+#[test]
+fn growing_qcow2_during_syncs_restores_at_every_point() {
+    let s = Scene::new(ServerKind::Local);
+    let disk = s.dir.join("fill.qcow2");
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("1G"));
+    let pattern = |i: u64| (i % 250 + 1) as u8;
+    let mut io = Command::new("qemu-io");
+    io.args(["-f", "qcow2"]);
+    for i in 0..160u64 {
+        io.arg("-c")
+            .arg(format!("write -P {} {}M 1M", pattern(i), i));
+    }
+    let mut writer = KillOnDrop(
+        io.arg(&disk)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut points = vec![s.sync()["point"].as_u64().unwrap()];
+    while writer.0.try_wait().unwrap().is_none() {
+        points.push(s.sync()["point"].as_u64().unwrap());
+    }
+    assert!(
+        points.len() >= 3,
+        "qemu-io finished before the syncs overlapped it"
+    );
+    let last = s.sync()["point"].as_u64().unwrap();
+    let snap = s.snapshot(last);
+    drop(tracker);
+    for p in &points {
+        let img = s.restore(*p).join("fill.qcow2");
+        let check = Command::new("qemu-img")
+            .args(["check", "-q", "-f", "qcow2"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        // 0: clean; 3: leaked clusters only (allowed in a crash-consistent qcow2).
+        assert!(
+            matches!(check.status.code(), Some(0) | Some(3)),
+            "point {p}: qemu-img check: {}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+        let raw = img.with_extension("raw");
+        run(Command::new("qemu-img")
+            .args(["convert", "-f", "qcow2", "-O", "raw"])
+            .arg(&img)
+            .arg(&raw));
+        // Only the first 160 MiB were ever written.
+        let mut guest = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::open(&raw).unwrap(), 160 << 20),
+            &mut guest,
+        )
+        .unwrap();
+        for (k, cluster) in guest.chunks(64 * 1024).enumerate() {
+            let want = pattern(k as u64 / 16);
+            let is_write = cluster.iter().all(|b| *b == want);
+            assert!(
+                is_write || cluster.iter().all(|b| *b == 0),
+                "point {p}: guest cluster {k} is neither its write nor zero"
+            );
+        }
+        std::fs::remove_dir_all(img.parent().unwrap()).unwrap();
+    }
+    let restored = s.restore(last);
+    same_dirs(&restored, &snap);
+    run(Command::new("qemu-img")
+        .arg("compare")
+        .arg(restored.join("fill.qcow2"))
+        .arg(snap.join("fill.qcow2")));
+    s.verify_all();
 }

@@ -50,6 +50,8 @@ impl Setup {
             "sync",
             "--dir",
             self.dir.to_str().unwrap(),
+            "--group",
+            "vm1",
             "--target",
             &self.server.url,
             "--json",

@@ -58,6 +58,8 @@ impl Env {
             "sync".into(),
             "--dir".into(),
             self.dir.to_str().unwrap().into(),
+            "--group".into(),
+            "vm1".into(),
             "--target".into(),
             self.server.url.clone(),
         ]
@@ -352,6 +354,8 @@ fn bad_urls_and_config_typos_are_clear_errors() {
             "sync",
             "--dir",
             e.dir.to_str().unwrap(),
+            "--group",
+            "vm1",
             "--target",
             "ftp://x/y",
         ],
@@ -413,6 +417,8 @@ fn wrong_credentials_are_critical_without_retry_storm() {
             "run",
             "--dir",
             e.dir.to_str().unwrap(),
+            "--group",
+            "vm1",
             "--target",
             &e.server.url,
             "--interval",
@@ -464,6 +470,8 @@ fn store_outage_backs_off_with_warning_then_recovers() {
             "run",
             "--dir",
             e.dir.to_str().unwrap(),
+            "--group",
+            "vm1",
             "--target",
             &e.server.url,
             "--interval",
@@ -580,7 +588,7 @@ fn run_with_config_protects_every_directory_and_stops_on_sigterm() {
     std::fs::write(
         &cfg,
         format!(
-            "target = \"{}\"\nretry_unit = \"1s\"\n[[dir]]\npath = \"{}\"\ninterval = \"1s\"\n[[dir]]\npath = \"{}\"\ninterval = \"2s\"\ngroup = \"second\"\n",
+            "target = \"{}\"\nretry_unit = \"1s\"\n[[dir]]\npath = \"{}\"\ninterval = \"1s\"\ngroup = \"vma\"\n[[dir]]\npath = \"{}\"\ninterval = \"2s\"\ngroup = \"second\"\n",
             store.display(),
             trackers[0].0.display(),
             trackers[1].0.display()
@@ -687,6 +695,8 @@ fn pause_stops_cycles_until_resume() {
             "run",
             "--dir",
             d,
+            "--group",
+            "vm1",
             "--target",
             &e.server.url,
             "--interval",
@@ -752,6 +762,8 @@ fn sync_beside_the_running_service_does_not_race() {
             "run",
             "--dir",
             d,
+            "--group",
+            "vm1",
             "--target",
             &e.server.url,
             "--interval",
@@ -808,6 +820,8 @@ fn resync_waits_for_its_window_unless_requested() {
             "run",
             "--dir",
             e.dir.to_str().unwrap(),
+            "--group",
+            "vm1",
             "--target",
             &e.server.url,
             "--interval",
@@ -863,6 +877,8 @@ fn resync_waits_for_its_window_unless_requested() {
             "run",
             "--dir",
             e.dir.to_str().unwrap(),
+            "--group",
+            "vm1",
             "--resync-window",
             "9-17",
         ],
@@ -886,7 +902,15 @@ fn resync_pause_and_resume() {
     let out = ok(&e.shipper_env(&["resync", "--dir", &dir, "--pause"], &[]));
     assert!(out.contains("paused"), "{out}");
     let child = Command::new(shipper_bin())
-        .args(["run", "--dir", &dir, "--target", &e.server.url])
+        .args([
+            "run",
+            "--dir",
+            &dir,
+            "--group",
+            "vm1",
+            "--target",
+            &e.server.url,
+        ])
         .args([
             "--interval",
             "1s",
@@ -935,4 +959,381 @@ fn resync_pause_and_resume() {
     let to = e.tmp.path().join("r");
     ok(&e.restore("latest", &to));
     assert_same_file(&to.join("disk0.img"), &snap);
+}
+
+fn local_store(e: &Env) -> PathBuf {
+    PathBuf::from(e.server.url.trim_start_matches("file://")).join("vm1")
+}
+
+fn manifest_path(e: &Env, id: u64) -> PathBuf {
+    local_store(e).join("points").join(format!("{id:020}.json"))
+}
+
+fn manifest(e: &Env, id: u64) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(manifest_path(e, id)).unwrap()).unwrap()
+}
+
+fn verify_point(e: &Env, point: &str) -> std::process::Output {
+    e.shipper_env(
+        &[
+            "verify",
+            "--target",
+            &e.server.url,
+            "--group",
+            "vm1",
+            "--point",
+            point,
+        ],
+        &[],
+    )
+}
+
+/// `verify` fails on every point restore refuses: here a point whose recorded size is not
+/// the size its base and logs restore to (what the old seal recorded after a shrink).
+#[test]
+fn verify_fails_on_a_point_restore_refuses_for_its_size() {
+    let e = env(ServerKind::Local);
+    e.tracker.write("disk0.img", 0, &data(1, 100_000));
+    ok(&e.sync(&[]));
+    e.tracker.write("disk0.img", 8192, &data(2, 5000));
+    ok(&e.sync(&[]));
+    assert!(verify_point(&e, "2").status.success());
+    let mut m = manifest(&e, 2);
+    let size = m["disks"][0]["disk_size"].as_u64().unwrap();
+    m["disks"][0]["disk_size"] = (size + 4096).into();
+    std::fs::write(manifest_path(&e, 2), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let out = e.restore("2", &e.tmp.path().join("r"));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("restores to"), "{}", stderr(&out));
+    let out = verify_point(&e, "2");
+    assert!(
+        !out.status.success(),
+        "verify passed a point restore refuses"
+    );
+    assert!(
+        stderr(&out).contains(&format!("restores to {size} bytes")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A chunk, a log or an index lost from the store: the next cycle commits nothing (Critical,
+/// naming what is missing) instead of a point that cannot be restored; `sync --resync`
+/// uploads a new base (the lost chunk again), after which every check passes and the latest
+/// point is the disk.
+#[test]
+fn lost_store_objects_block_the_next_point_and_resync_repairs_them() {
+    let e = env(ServerKind::Local);
+    let store = local_store(&e);
+    e.tracker.write("disk0.img", 0, &data(1, 3 << 20));
+    ok(&e.sync(&[]));
+    for (i, what) in ["chunk", "log", "index"].iter().enumerate() {
+        let seed = 10 * i as u8;
+        // A point with a log on top of its base.
+        e.tracker
+            .write("disk0.img", 3 << 20, &data(seed + 1, 50_000));
+        ok(&e.sync(&[]));
+        let last = e.points() as u64;
+        let m = manifest(&e, last);
+        let d = &m["disks"][0];
+        assert!(
+            d["last_seq"].as_u64() > d["base"]["after_seq"].as_u64(),
+            "{m}"
+        );
+        let victims: Vec<PathBuf> = match *what {
+            // The first block's chunk: no later write touches that block, so the new base
+            // needs this very chunk again.
+            "chunk" => vec![store.join(hrl::store::chunk_key(&hrl::chunk::block_digest(
+                &data(1, 3 << 20)[..256 << 10],
+            )))],
+            "index" => vec![store.join(d["base"]["index_key"].as_str().unwrap())],
+            _ => {
+                let logs = store
+                    .join("disks")
+                    .join(d["disk_id"].as_str().unwrap())
+                    .join("g1/logs");
+                let after = d["base"]["after_seq"].as_u64().unwrap();
+                walk(&logs)
+                    .into_iter()
+                    .filter(|p| {
+                        let name = p.file_name().unwrap().to_str().unwrap();
+                        name.split('-').next().unwrap().parse::<u64>().unwrap() > after
+                    })
+                    .collect()
+            }
+        };
+        assert!(
+            !victims.is_empty() && victims.iter().all(|v| v.exists()),
+            "{victims:?}"
+        );
+        for v in &victims {
+            std::fs::remove_file(v).unwrap();
+        }
+        e.tracker
+            .write("disk0.img", 1 << 20, &data(seed + 2, 70_000));
+        let out = e.sync(&[]);
+        assert!(
+            !out.status.success(),
+            "lost {what}: a point was committed that cannot be restored"
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("no recovery point committed") && err.contains("--resync"),
+            "lost {what}: {err}"
+        );
+        assert_eq!(e.points() as u64, last, "lost {what}");
+        assert_eq!(e.status()["health"], "Critical", "lost {what}");
+        // The repair.
+        let mut a = e.sync_args();
+        a.push("--resync".into());
+        ok(&e.shipper_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+        if *what == "chunk" {
+            assert!(
+                victims[0].exists(),
+                "resync did not upload the lost chunk again"
+            );
+        }
+        let v = verify_point(&e, "latest");
+        assert!(v.status.success(), "lost {what}: {}", stderr(&v));
+        let snap = e.snapshot(&format!("s{i}.img"));
+        let to = e.tmp.path().join(format!("r{i}"));
+        ok(&e.restore("latest", &to));
+        assert_same_file(&to.join("disk0.img"), &snap);
+        assert_eq!(e.status()["health"], "Normal", "lost {what}");
+    }
+}
+
+/// The wall clock stepped back between two points: points stay ordered by id, and a lookup
+/// by time never returns a point committed after a later-timed one. (The step is made by
+/// rewriting point 3's seal time in the store: stepping this machine's clock would disturb
+/// every other test running on it.)
+#[test]
+fn a_time_lookup_after_a_clock_step_back_returns_the_point_of_that_time() {
+    let e = env(ServerKind::Local);
+    for i in 0..3u8 {
+        e.tracker
+            .write("disk0.img", 4096 * u64::from(i), &data(i, 4096));
+        ok(&e.sync(&[]));
+    }
+    let t2 = manifest(&e, 2)["time_ns"].as_u64().unwrap();
+    let mut m3 = manifest(&e, 3);
+    m3["time_ns"] = (t2 - 3_600_000_000_000).into();
+    std::fs::write(
+        manifest_path(&e, 3),
+        serde_json::to_vec_pretty(&m3).unwrap(),
+    )
+    .unwrap();
+    let at = humantime::format_rfc3339_nanos(std::time::UNIX_EPOCH + Duration::from_nanos(t2))
+        .to_string();
+    let out = ok(&e.restore(&at, &e.tmp.path().join("r")));
+    assert!(out.contains("restored point 2 "), "{out}");
+    let list = ok(&e.shipper_env(
+        &["points", "--target", &e.server.url, "--group", "vm1"],
+        &[],
+    ));
+    let line3 = list
+        .lines()
+        .find(|l| l.trim_start().starts_with("3 "))
+        .unwrap();
+    assert!(line3.contains("went back"), "{list}");
+    ok(&e.restore("3", &e.tmp.path().join("r3")));
+}
+
+/// The environment of `e`'s moto server with the shipper sent through `proxy`.
+fn through(e: &Env, proxy: &proxy::FaultyProxy) -> Vec<(String, String)> {
+    e.server
+        .env
+        .iter()
+        .map(|(k, v)| {
+            if k == "AWS_ENDPOINT" {
+                (k.clone(), format!("http://127.0.0.1:{}", proxy.port))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect()
+}
+
+/// The store kept the manifest but its reply was lost; the retry is told the point exists.
+/// The shipper recognises its own manifest (same bytes) and counts the point as committed —
+/// not "committed by another shipper", Critical, stopped for good.
+#[test]
+fn a_lost_reply_to_the_manifest_put_still_commits_the_point() {
+    let e = env(ServerKind::Moto);
+    let proxy = proxy::FaultyProxy::start(e.server.port);
+    proxy.add(proxy::Rule {
+        method: "PUT",
+        contains: "/points/".into(),
+        fault: proxy::Fault::LoseReply,
+        times: 1,
+    });
+    let env = through(&e, &proxy);
+    e.tracker.write("disk0.img", 0, &data(1, 100_000));
+    let a = e.sync_args();
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    let out = shipper(&args, &env, &e.run, &e.state);
+    assert_eq!(proxy.faults(), 1, "the manifest's reply was never lost");
+    ok(&out);
+    assert_eq!(e.points(), 1);
+    assert_eq!(e.status()["health"], "Normal");
+    e.tracker.write("disk0.img", 50_000, &data(2, 20_000));
+    ok(&shipper(&args, &env, &e.run, &e.state));
+    assert_eq!(e.points(), 2);
+    let to = e.tmp.path().join("r");
+    ok(&e.restore("latest", &to));
+    assert_same_file(&to.join("disk0.img"), &e.snapshot("s.img"));
+}
+
+/// Incomplete multipart uploads of moto's bucket (ListMultipartUploads).
+fn multipart_uploads(port: u16, bucket: &str) -> usize {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import urllib.request\nprint(urllib.request.urlopen('http://127.0.0.1:{port}/{bucket}?uploads').read().decode())"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .matches("<UploadId>")
+        .count()
+}
+
+/// A multipart upload of a large log that fails part way (the store refuses one part) is
+/// aborted: no incomplete upload stays in the bucket, stored and billed but never visible.
+/// The cycle reports a recoverable error, and the next one ships the log.
+#[test]
+fn a_failed_multipart_upload_is_aborted() {
+    let e = env(ServerKind::Moto);
+    let proxy = proxy::FaultyProxy::start(e.server.port);
+    let env = through(&e, &proxy);
+    let a = e.sync_args();
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    ok(&shipper(&args, &env, &e.run, &e.state));
+    // 40 MiB of incompressible data: a log above the single-PUT limit, in three parts.
+    e.tracker.write("disk0.img", 0, &data(5, 40 << 20));
+    proxy.add(proxy::Rule {
+        method: "PUT",
+        contains: "partNumber=2".into(),
+        fault: proxy::Fault::Refuse,
+        times: 1000,
+    });
+    let out = shipper(&args, &env, &e.run, &e.state);
+    assert!(!out.status.success(), "the upload did not fail");
+    assert!(proxy.faults() > 0);
+    assert_eq!(
+        multipart_uploads(e.server.port, "hrlrobust"),
+        0,
+        "an incomplete upload was left"
+    );
+    assert_eq!(e.status()["health"], "Warning");
+    // What the cycle had in its work directory is gone too.
+    let work = e.state.join("work").join("vm1");
+    assert_eq!(std::fs::read_dir(&work).map_or(0, |d| d.count()), 0);
+    assert_eq!(e.points(), 1);
+}
+
+/// Runs the shipper as another host (its own UTS namespace and host name, its own state).
+fn shipper_as_host(e: &Env, host: &str, args: &[&str], state: &Path) -> std::process::Output {
+    Command::new("unshare")
+        .args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", host])
+        .arg(shipper_bin())
+        .args(args)
+        .envs(e.server.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("HRL_RUN_DIR", &e.run)
+        .env("HRL_STATE_DIR", state)
+        .env("HRL_LOG", "info")
+        .output()
+        .unwrap()
+}
+
+/// Two directories with the same name get different default groups (host and path), each
+/// restores to its own disk; a second host shipping into a group it does not own is
+/// stopped (Critical) with an error naming the owner, and nothing is written; a group from
+/// before owner records is claimed by the host of its latest point, another host fenced.
+#[test]
+fn groups_are_per_host_and_directory_and_another_host_is_fenced() {
+    let e = env(ServerKind::Local);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    // A second directory also called "vm1", elsewhere.
+    let dir2 = e.tmp.path().join("other").join("vm1");
+    std::fs::create_dir_all(&dir2).unwrap();
+    let t2 = FakeTracker::start(&dir2, &e.run);
+    t2.add_disk("disk0.img", 4 << 20);
+    t2.write("disk0.img", 0, &data(7, 100_000));
+    e.tracker.write("disk0.img", 0, &data(8, 100_000));
+    let mut groups = Vec::new();
+    for d in [&e.dir, &dir2] {
+        let dir = d.to_str().unwrap();
+        ok(&e.shipper_env(&["sync", "--dir", dir, "--target", &e.server.url], &[]));
+        let st = ok(&e.shipper_env(&["status", "--dir", dir, "--json"], &[]));
+        let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+        groups.push(st[0]["group"].as_str().unwrap().to_string());
+    }
+    assert_ne!(groups[0], groups[1]);
+    for (g, d) in groups.iter().zip([&e.dir, &dir2]) {
+        assert!(
+            g.starts_with(&format!("{host}-")) && g.ends_with("-vm1"),
+            "{g}"
+        );
+        let to = e.tmp.path().join(format!("r-{g}"));
+        ok(&e.shipper_env(
+            &[
+                "restore",
+                "--target",
+                &e.server.url,
+                "--group",
+                g,
+                "--to",
+                to.to_str().unwrap(),
+            ],
+            &[],
+        ));
+        assert_same_file(&to.join("disk0.img"), &d.join("disk0.img"));
+    }
+    // Host "other" ships the first directory into the first directory's group.
+    let state_b = e.tmp.path().join("state-b");
+    let dir = e.dir.to_str().unwrap();
+    let args = [
+        "sync",
+        "--dir",
+        dir,
+        "--group",
+        &groups[0],
+        "--target",
+        &e.server.url,
+    ];
+    let store = PathBuf::from(e.server.url.trim_start_matches("file://")).join(&groups[0]);
+    let points = || std::fs::read_dir(store.join("points")).unwrap().count();
+    e.tracker.write("disk0.img", 0, &data(9, 1000));
+    let out = shipper_as_host(&e, "hrl-other-host", &args, &state_b);
+    assert!(
+        !out.status.success(),
+        "another host committed into the group"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("owned by host {host} directory")),
+        "{err}"
+    );
+    assert_eq!(points(), 1);
+    // A group without an owner record (written before them): its latest point's host owns it.
+    std::fs::remove_file(store.join("owner.json")).unwrap();
+    let out = shipper_as_host(&e, "hrl-other-host", &args, &state_b);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("host {host} (it committed point 1")),
+        "{}",
+        stderr(&out)
+    );
+    ok(&e.shipper_env(&args, &[]));
+    assert!(store.join("owner.json").exists());
+    assert_eq!(points(), 2);
 }

@@ -104,6 +104,56 @@ pub fn verify_chain<P: AsRef<Path>>(
     Ok(out)
 }
 
+/// What a log does to the size of the image it is replayed on: the last size it sets
+/// (`truncate`), then how far writes after that reach. Replaying is the only way a size
+/// changes (`zero` and `punch` keep it), so `verify` can tell the size a restore ends at
+/// without writing one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SizeEffect {
+    /// The size set by the last `truncate`, if any.
+    pub set_to: Option<u64>,
+    /// The end of the furthest write after it (0 when none).
+    pub writes_reach: u64,
+}
+
+impl SizeEffect {
+    /// Reads the records of `log` (already verified by the caller) for their size effect.
+    pub fn of_log(log: &Path) -> Result<SizeEffect, LogError> {
+        let mut e = SizeEffect::default();
+        for record in LogReader::open(log)? {
+            match record? {
+                Record::Write { offset, data } if !data.is_empty() => {
+                    e.writes_reach = e.writes_reach.max(offset + data.len() as u64)
+                }
+                Record::Truncate { size } => {
+                    e = SizeEffect {
+                        set_to: Some(size),
+                        writes_reach: 0,
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(e)
+    }
+
+    /// The effect of `self` followed by `next`.
+    pub fn then(self, next: SizeEffect) -> SizeEffect {
+        match next.set_to {
+            Some(_) => next,
+            None => SizeEffect {
+                set_to: self.set_to,
+                writes_reach: self.writes_reach.max(next.writes_reach),
+            },
+        }
+    }
+
+    /// The size of an image of `size` bytes once the log is replayed on it.
+    pub fn apply(self, size: u64) -> u64 {
+        self.set_to.unwrap_or(size).max(self.writes_reach)
+    }
+}
+
 fn apply_record(
     file: &File,
     image: &Path,

@@ -14,7 +14,7 @@ pub mod format;
 mod reader;
 mod writer;
 
-pub use apply::{apply_logs, apply_logs_after, verify_chain, ApplySummary};
+pub use apply::{apply_logs, apply_logs_after, verify_chain, ApplySummary, SizeEffect};
 pub use coalesce::coalesce;
 pub use error::LogError;
 pub use format::{LogHeader, LogState, HEADER_LEN, RECORD_HEADER_LEN};

@@ -1,7 +1,7 @@
 //! Appending to a log: one positioned vectored write per record (header + payload, no copy),
 //! a running seal hash, and in-place header updates for the open/closed/sealed state.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -44,12 +44,8 @@ impl LogWriter {
     pub fn create(path: &Path, header: &LogHeader) -> Result<LogWriter, LogError> {
         let mut header = header.clone();
         header.state = LogState::Open;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| LogError::io(path, "create log", e))?;
+        let file =
+            crate::sidecar::create_new(path).map_err(|e| LogError::io(path, "create log", e))?;
         let fail = |e| {
             let _ = std::fs::remove_file(path);
             LogError::io(path, "write log header", e)
@@ -105,10 +101,7 @@ impl LogWriter {
                 })
             }
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
+        let file = crate::sidecar::open_existing(path)
             .map_err(|e| LogError::io(path, "open log for append", e))?;
         if torn_at.is_some() {
             tracing::warn!(log = %path.display(), offset = end, reason = ?torn_reason, "cutting torn log tail");

@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Mount over DIR (in place), or mount --backing SRC at MOUNTPOINT.
+    /// Mount over DIR (in place), or mount --backing SRC at MOUNTPOINT. The mount is always
+    /// nosuid,nodev (noexec like the backing mount) and honours POSIX ACLs.
     Mount {
         /// The directory to track (and mount over), or the mount point with --backing.
         dir: PathBuf,
@@ -41,6 +42,12 @@ enum Cmd {
         /// FUSE worker threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Mount even though a process, loop device or other mount can change the disks
+        /// without passing through the tracker (normally refused, naming them). The disks
+        /// they reach get a full compare at the next cycle, and every seal checks each disk
+        /// for changes the tracker did not make.
+        #[arg(long)]
+        force: bool,
     },
     /// Unmount DIR and wait until the tracker has closed its logs.
     Unmount {
@@ -82,7 +89,10 @@ pub fn main() -> ExitCode {
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hrl-tracker: error: {e:#}");
+            eprintln!(
+                "hrl-tracker: error: {}",
+                hrl::display::escaped(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }
@@ -96,6 +106,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             include,
             foreground,
             threads,
+            force,
         } => {
             let include = if include.is_empty() {
                 DEFAULT_INCLUDE.iter().map(|s| s.to_string()).collect()
@@ -108,6 +119,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 include,
                 foreground,
                 threads,
+                force,
             })
         }
         Cmd::Unmount { dir, timeout } => mount::unmount(&dir, Duration::from_secs(timeout)),
@@ -124,8 +136,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&st)?);
                 return Ok(());
             }
-            println!("mount:   {}", st.mount);
-            println!("socket:  {}", st.socket);
+            let esc = hrl::display::escaped;
+            println!("mount:   {}", esc(&st.mount));
+            println!("socket:  {}", esc(&st.socket));
             println!("pid:     {}", st.pid);
             println!(
                 "{:<24} {:<6} {:>14} {:>8} {:>14} {:>8} {:>8}",
@@ -134,7 +147,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             for d in &st.disks {
                 println!(
                     "{:<24} {:<6} {:>14} {:>8} {:>14} {:>8} {:>8}",
-                    d.disk,
+                    esc(&d.disk),
                     format!("{:?}", d.mode).to_lowercase(),
                     d.disk_size,
                     d.active_seq,
@@ -142,6 +155,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                     d.pending_logs,
                     d.dirty_extents
                 );
+                if let Some(why) = &d.changed_outside {
+                    println!("  warning: {why}");
+                }
                 if !d.unclean_extents.is_empty() {
                     println!(
                         "  unclean stop: {} extent(s) may differ from the logs: {:?}",
@@ -150,11 +166,21 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                     );
                 }
             }
+            for u in &st.untracked {
+                println!("warning: {u}");
+            }
             Ok(())
         }
         Cmd::Ack { dir, disk, seq } => {
             let socket = mount::socket_for(&dir)?;
-            let r = request(&socket, &Request::Ack { disk, seq })?;
+            let r = request(
+                &socket,
+                &Request::Ack {
+                    disk,
+                    seq,
+                    disk_id: None,
+                },
+            )?;
             if !r.ok {
                 anyhow::bail!("{}", r.error.unwrap_or_default());
             }

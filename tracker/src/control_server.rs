@@ -1,4 +1,4 @@
-//! The control socket: a Unix stream socket (0600) answering the line protocol of
+//! The control socket: a Unix stream socket (0600, root only) answering the line protocol of
 //! [`hrl::control`] from a plain thread per connection.
 
 use std::io::{BufRead, BufReader, Write};
@@ -45,7 +45,15 @@ impl ControlServer {
             .name("hrl-control".into())
             .spawn(move || {
                 for conn in listener.incoming() {
-                    let Ok(conn) = conn else { continue };
+                    let conn = match conn {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Out of descriptors (EMFILE): wait for some to close, do not spin.
+                            tracing::warn!(error = %e, "cannot accept a control connection");
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                            continue;
+                        }
+                    };
                     let t = tracker.clone();
                     let s = socket.clone();
                     let _ = std::thread::Builder::new()
@@ -70,10 +78,51 @@ impl Drop for ControlServer {
     }
 }
 
+/// The uid of the process at the other end of `conn`.
+fn peer_uid(conn: &UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: valid out-pointer and length for SO_PEERCRED.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(cred.uid)
+}
+
+/// Only root may use the socket (an ack deletes unshipped logs, a mode switch stops logging):
+/// besides the socket's 0600 mode, every connection's peer must be root or the tracker's own
+/// user, so a socket made wider by mistake still refuses others (docs/SECURITY.md).
+fn peer_allowed(conn: &UnixStream) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    matches!(peer_uid(conn), Some(uid) if uid == 0 || uid == me)
+}
+
 fn serve(conn: UnixStream, tracker: &Tracker, socket: &Path) {
     let Ok(mut out) = conn.try_clone() else {
         return;
     };
+    if !peer_allowed(&conn) {
+        tracing::warn!(uid = ?peer_uid(&conn), "refused a control connection from a non-root user");
+        let r = Response::error(
+            "the control socket answers only root; run hrl-shipper or hrl-tracker as root",
+        );
+        let mut text = serde_json::to_string(&r).unwrap_or_default();
+        text.push('\n');
+        let _ = out.write_all(text.as_bytes());
+        return;
+    }
     let reader = BufReader::new(conn);
     for line in reader.lines() {
         let Ok(line) = line else { return };
@@ -119,7 +168,7 @@ pub fn handle(tracker: &Tracker, socket: &Path, req: Request) -> Response {
             disks: Some(tracker.pending()),
             ..Default::default()
         },
-        Request::Ack { disk, seq } => match tracker.ack(&disk, seq) {
+        Request::Ack { disk, seq, disk_id } => match tracker.ack(&disk, disk_id.as_deref(), seq) {
             Ok(_) => Response::ok(),
             Err(e) => Response::error(e.to_string()),
         },

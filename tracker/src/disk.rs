@@ -112,6 +112,15 @@ pub struct DiskState {
     swap_bytes: usize,
     /// The disk is gone (deleted or renamed away); its logs belong to the retired list.
     pub retired: bool,
+    /// For the operator (status), until the shipper has cleared the marks (`clear`): a log
+    /// set aside at startup.
+    warnings: Vec<String>,
+    /// For the operator, for as long as the mount lives: extra hard links.
+    lasting_warnings: Vec<String>,
+    /// Why the image is known to have changed outside the tracker (until `clear`).
+    pub changed_outside: Option<String>,
+    /// A change outside the tracker was found since the last seal (reported by the next).
+    outside_unsealed: bool,
 }
 
 impl DiskState {
@@ -185,18 +194,6 @@ impl DiskState {
     /// Nothing vouches for the image any more (changed behind the tracker's back, bitmap or
     /// log lost): marks the whole disk, holds it and reports it unclean, so the shipper
     /// compares every block.
-    fn distrust_all(&mut self, why: &str) -> io::Result<()> {
-        tracing::warn!(disk = %self.name, "{why}; reporting the whole disk as unclean");
-        let size = self.size.max(1);
-        if let Some(bm) = self.bitmap.as_mut() {
-            let size = size.max(bm.disk_size());
-            bm.mark(0, size).map_err(bitmap_err)?;
-            bm.flush().map_err(bitmap_err)?;
-        }
-        self.hold_range(0, size);
-        Ok(())
-    }
-
     fn hold_range(&mut self, off: u64, len: u64) {
         let Some(bm) = self.bitmap.as_ref() else {
             return;
@@ -467,6 +464,10 @@ impl Disk {
                     swap_buffer: None,
                     swap_bytes: 0,
                     retired: false,
+                    warnings: Vec::new(),
+                    lasting_warnings: Vec::new(),
+                    changed_outside: None,
+                    outside_unsealed: false,
                 }),
                 swapped: Condvar::new(),
             },
@@ -570,47 +571,56 @@ impl Disk {
     /// and zero range (logged as such). Collapse/insert range cannot be described and are
     /// refused.
     pub fn fallocate(&self, fd: RawFd, mode: i32, off: u64, len: u64) -> io::Result<()> {
-        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
-        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
-        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
         let known =
             libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
         if mode & !known != 0 {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
-        self.change(|st| {
-            let cur = sys::fstat(fd)?.st_size as u64;
-            let end = off.saturating_add(len);
-            let grows = !keep && end > cur;
-            if punch || zero || grows {
-                Self::mark(st, off, len)?;
+        self.change(|st| self.fallocate_locked(st, fd, mode, off, len))
+    }
+
+    fn fallocate_locked(
+        &self,
+        st: &mut DiskState,
+        fd: RawFd,
+        mode: i32,
+        off: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let keep = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        let cur = sys::fstat(fd)?.st_size as u64;
+        let end = off.saturating_add(len);
+        let grows = !keep && end > cur;
+        if punch || zero || grows {
+            Self::mark(st, off, len)?;
+        }
+        if grows {
+            st.record(ChangeRef::Other(Change::Truncate { size: end }))?;
+        }
+        let within = if grows { end } else { end.min(cur) };
+        if within > off {
+            if punch {
+                st.record(ChangeRef::Other(Change::Punch {
+                    offset: off,
+                    len: within - off,
+                }))?;
+            } else if zero {
+                st.record(ChangeRef::Other(Change::Zero {
+                    offset: off,
+                    len: within - off,
+                }))?;
             }
-            if grows {
-                st.record(ChangeRef::Other(Change::Truncate { size: end }))?;
-            }
-            let within = if grows { end } else { end.min(cur) };
-            if within > off {
-                if punch {
-                    st.record(ChangeRef::Other(Change::Punch {
-                        offset: off,
-                        len: within - off,
-                    }))?;
-                } else if zero {
-                    st.record(ChangeRef::Other(Change::Zero {
-                        offset: off,
-                        len: within - off,
-                    }))?;
-                }
-            }
-            if let Err(e) = sys::fallocate(fd, mode, off, len) {
-                self.compensate(st, off, within.max(off));
-                return Err(e);
-            }
-            if grows {
-                st.size = end;
-            }
-            Ok(())
-        })
+        }
+        if let Err(e) = sys::fallocate(fd, mode, off, len) {
+            self.compensate(st, off, within.max(off));
+            return Err(e);
+        }
+        if grows {
+            st.size = end;
+        }
+        Ok(())
     }
 
     /// The image refused (or half did) a change whose record is already logged: log what
@@ -697,6 +707,91 @@ impl Disk {
         sys::fsync(fd, datasync)
     }
 
+    /// Compares the image with the stamp the tracker's last own change left in the bitmap
+    /// header (persisted, so it vouches across a killed tracker too): a difference is a
+    /// change made outside the tracker (a descriptor, mapping or loop device that bypasses
+    /// the mount, or an edit while nothing tracked). The whole disk is then marked for a
+    /// full compare with the `changed_outside` reason. `full` false compares the size only
+    /// (a metadata change through the mount has just moved the times). Renews the stamp.
+    fn check_outside_with(&self, st: &mut DiskState, full: bool) {
+        let now = match self.stamp_now() {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(disk = %st.name, error = %e, "cannot stat the image");
+                return;
+            }
+        };
+        let kept = st.bitmap.as_ref().and_then(|b| b.stamp());
+        if let Some(k) = kept {
+            let same = if full { k == now } else { k.size == now.size };
+            if !same {
+                let why = format!(
+                    "{} changed outside the tracker (size {} -> {}, mtime moved): a writer bypasses the mount; resync scheduled",
+                    st.name, k.size, now.size
+                );
+                self.mark_changed_outside(st, why);
+            }
+        }
+        if let Some(bm) = st.bitmap.as_mut() {
+            bm.set_stamp(now);
+        }
+    }
+
+    /// [`Disk::check_outside_with`], comparing size and times (before each own change, after
+    /// each seal cut, at a clean stop).
+    fn check_outside(&self, st: &mut DiskState) {
+        self.check_outside_with(st, true);
+    }
+
+    /// Marks the whole disk unclean and held (a full compare at the next cycle), for a change
+    /// made outside the tracker. The extents count as touched in the current interval, so a
+    /// `clear` up to a seal before this one keeps them.
+    pub fn mark_changed_outside(&self, st: &mut DiskState, why: String) {
+        if st.changed_outside.is_none() {
+            tracing::warn!(disk = %st.name, "{why}");
+        }
+        let size = self.image_size().unwrap_or(st.size).max(st.size).max(1);
+        if let Some(bm) = st.bitmap.as_mut() {
+            let es = u64::from(bm.extent_size());
+            let set = bm
+                .mark(0, size)
+                .and_then(|new| if new { bm.flush() } else { Ok(()) });
+            if let Err(e) = set {
+                tracing::error!(disk = %st.name, error = %e, "cannot mark the disk in its bitmap; the shipper still sees it unclean");
+            }
+            for e in 0..size.div_ceil(es) {
+                st.held.insert(e);
+                st.touched_all.insert(e);
+            }
+        }
+        if !st.unclean.contains(&(0, size)) {
+            st.unclean.push((0, size));
+        }
+        st.changed_outside.get_or_insert(why);
+        st.outside_unsealed = true;
+    }
+
+    /// [`Disk::mark_changed_outside`] under the disk's lock.
+    pub fn report_changed_outside(&self, why: String) {
+        let mut st = self.lock();
+        self.mark_changed_outside(&mut st, why);
+    }
+
+    /// At a seal, after the cut: checks for a change outside the tracker and returns whether
+    /// one was found since the last seal (its logs then miss changes of the disk).
+    pub fn take_changed_outside(&self) -> bool {
+        let mut st = self.lock();
+        self.check_outside(&mut st);
+        if !std::mem::take(&mut st.outside_unsealed) {
+            return false;
+        }
+        // Again in the interval this seal starts, so that the point's `clear` keeps them.
+        let why = st.changed_outside.clone().unwrap_or_default();
+        self.mark_changed_outside(&mut st, why);
+        st.outside_unsealed = false;
+        true
+    }
+
     /// Makes the image durable (used before clearing the marks a seal covers).
     pub fn sync_image(&self) -> io::Result<()> {
         sys::fsync(self.image.as_raw_fd(), true)
@@ -774,6 +869,8 @@ impl Disk {
         bm.flush().map_err(bitmap_err)?;
         st.held.retain(|e| keep.contains(e));
         st.unclean.clear();
+        st.warnings.clear();
+        st.changed_outside = None;
         st.history.retain(|(start, _)| *start >= upto);
         Ok(())
     }
@@ -820,7 +917,39 @@ impl Disk {
                 .unwrap_or(0),
             unclean_extents: st.unclean.clone(),
             torn_log_tail_at: st.torn_at,
+            disk_id: st
+                .log
+                .as_ref()
+                .map(|l| hrl::to_hex(&l.header().disk_id))
+                .unwrap_or_default(),
+            warnings: st
+                .lasting_warnings
+                .iter()
+                .chain(&st.warnings)
+                .cloned()
+                .collect(),
+            changed_outside: st.changed_outside.clone(),
         }
+    }
+
+    /// Adds a warning for the operator, shown in `status` while the mount lives.
+    pub fn warn(&self, warning: String) {
+        self.lock().lasting_warnings.push(warning);
+    }
+
+    /// Nothing vouches for this disk's changes any more (one of its logs was unreadable):
+    /// the whole disk is marked, held and reported unclean, so the shipper compares every
+    /// block, and `warnings` say why until that is done.
+    pub fn distrust(&self, warnings: Vec<String>) -> io::Result<()> {
+        let mut st = self.lock();
+        let size = st.size.max(1);
+        if let Some(bm) = st.bitmap.as_mut() {
+            bm.mark(0, size).map_err(bitmap_err)?;
+            bm.flush().map_err(bitmap_err)?;
+        }
+        st.hold_range(0, size);
+        st.warnings.extend(warnings);
+        Ok(())
     }
 
     /// Clean stop: log closed (state Closed), image durable, the marks the log covers
@@ -835,19 +964,20 @@ impl Disk {
             len: l.len(),
             hash: l.seal_hash(),
         });
+        self.check_outside(st);
         if let Some(log) = st.log.take() {
             log.close_clean().map_err(log_err)?;
         }
         sys::fsync(self.image.as_raw_fd(), false)?;
-        let now = self.stamp_now()?;
-        let kept = st.bitmap.as_ref().and_then(|b| b.stamp());
-        let stamp = if kept == Some(now) {
-            Some(now)
-        } else {
-            tracing::warn!(disk = %st.name, ?kept, ?now,
-                "the image changed since the tracker's last change to it; the next start compares every block");
-            None
-        };
+        if st.changed_outside.is_some() {
+            // Changed outside the tracker and not resynced yet: the bitmap stays marked and
+            // not clean, so the next start reports the whole disk unclean again.
+            if let Some(bm) = st.bitmap.take() {
+                bm.flush().map_err(bitmap_err)?;
+            }
+            return Ok(());
+        }
+        let stamp = Some(self.stamp_now()?);
         if let Some(mut bm) = st.bitmap.take() {
             let es = u64::from(bm.extent_size());
             let logged: Vec<u64> = st
@@ -876,28 +1006,15 @@ impl Disk {
     }
 
     /// Runs a change to the image under the disk's lock, between two looks at its stamp:
-    /// before, it must still be the stamp the last tracked change left (else something changed
-    /// the image behind the tracker's back, and the whole disk is distrusted); after, the new
-    /// stamp is kept in the bitmap header, where it vouches for the image even if the tracker
-    /// is killed next.
+    /// before, it must still be the stamp the last tracked change left (else the change came
+    /// from outside: [`Disk::check_outside`]); after, the new stamp is kept in the bitmap
+    /// header, where it vouches for the image even if the tracker is killed next.
     fn change<T>(&self, f: impl FnOnce(&mut DiskState) -> io::Result<T>) -> io::Result<T> {
         let mut st = self.lock_for_change();
-        self.check_custody(&mut st, true)?;
+        self.check_outside(&mut st);
         let r = f(&mut st);
         self.keep_stamp(&mut st);
         r
-    }
-
-    /// Distrusts the whole disk if its image differs from the kept stamp (size only, when
-    /// `full` is false: a metadata change through the mount has just changed the times).
-    fn check_custody(&self, st: &mut DiskState, full: bool) -> io::Result<()> {
-        let now = self.stamp_now()?;
-        let kept = st.bitmap.as_ref().and_then(|b| b.stamp());
-        let same = kept.is_some_and(|k| if full { k == now } else { k.size == now.size });
-        if !same && kept.is_some() {
-            st.distrust_all("the image changed behind the tracker's back")?;
-        }
-        Ok(())
     }
 
     fn keep_stamp(&self, st: &mut DiskState) {
@@ -916,10 +1033,7 @@ impl Disk {
     /// not have changed meanwhile).
     pub fn after_metadata_change(&self) {
         let mut st = self.lock_settled();
-        if let Err(e) = self.check_custody(&mut st, false) {
-            tracing::warn!(disk = %st.name, error = %e, "cannot check the image's stamp");
-        }
-        self.keep_stamp(&mut st);
+        self.check_outside_with(&mut st, false);
     }
 }
 

@@ -126,6 +126,20 @@ impl Filesystem for HrlFs {
         // We clear setuid/setgid bits on write ourselves (FUSE_WRITE_KILL_SUIDGID), which
         // spares the kernel a getxattr("security.capability") round trip per write.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        // The kernel evaluates POSIX ACLs (read through getxattr from the backing files)
+        // only with this flag; without it a deny entry honoured on the raw directory would be
+        // ignored through the mount, so a kernel without it gets no mount.
+        if config
+            .add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL)
+            .is_err()
+        {
+            tracing::error!("the kernel's FUSE lacks POSIX ACL support; refusing to mount");
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the kernel's FUSE has no POSIX ACL support, so ACLs of the disks would be \
+                 ignored through the mount; use a kernel with FUSE_POSIX_ACL (Linux 4.9+)",
+            ));
+        }
         let _ = config.set_max_background(64);
         Ok(())
     }
@@ -154,7 +168,7 @@ impl Filesystem for HrlFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -177,6 +191,7 @@ impl Filesystem for HrlFs {
             size,
             atime: set_time(atime),
             mtime: set_time(mtime),
+            kill_suidgid: !caller(req).privileged(),
         };
         match self.core.setattr(ino.0, fh.map(|f| f.0), a) {
             Ok(st) => reply.attr(&self.ttl(ino.0), &attr(ino.0, &st)),
@@ -289,8 +304,8 @@ impl Filesystem for HrlFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.open(ino.0, flags.0, caller(req)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(c) => reply.error(e(c)),
         }
@@ -511,7 +526,7 @@ impl Filesystem for HrlFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -519,7 +534,7 @@ impl Filesystem for HrlFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.core.fallocate(fh.0, offset, length, mode) {
+        match self.core.fallocate(fh.0, offset, length, mode, caller(req)) {
             Ok(()) => reply.ok(),
             Err(c) => reply.error(e(c)),
         }
@@ -542,7 +557,7 @@ impl Filesystem for HrlFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -555,7 +570,7 @@ impl Filesystem for HrlFs {
     ) {
         match self
             .core
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len, caller(req))
         {
             Ok(n) => reply.written(n as u32),
             Err(c) => reply.error(e(c)),

@@ -27,6 +27,8 @@ pub struct MountArgs {
     pub include: Vec<String>,
     pub foreground: bool,
     pub threads: usize,
+    /// Mount even if writers could bypass the mount (their disks get a full compare).
+    pub force: bool,
 }
 
 fn canonical(p: &Path) -> anyhow::Result<PathBuf> {
@@ -147,7 +149,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         );
     }
     if args.foreground {
-        return serve(&backing, &mountpoint, &socket, args.include, args.threads);
+        return serve(&backing, &mountpoint, &socket, &args);
     }
     daemonize(&mountpoint, &socket)
 }
@@ -223,19 +225,13 @@ fn ready_pipe() -> Option<std::fs::File> {
 }
 
 /// Runs the filesystem in this process until it is unmounted.
-fn serve(
-    backing: &Path,
-    mountpoint: &Path,
-    socket: &Path,
-    include: Vec<String>,
-    threads: usize,
-) -> anyhow::Result<()> {
+fn serve(backing: &Path, mountpoint: &Path, socket: &Path, args: &MountArgs) -> anyhow::Result<()> {
     let mut ready = ready_pipe();
     // Block the stop signals before any thread starts, so that every thread inherits the
     // mask and only the signal thread receives them.
     let signals = stop_signals();
     signals.thread_block().context("block signals")?;
-    let res = start(backing, mountpoint, socket, include, threads);
+    let res = start(backing, mountpoint, socket, args);
     let (session, control) = match res {
         Ok(s) => s,
         Err(e) => {
@@ -266,8 +262,7 @@ fn start(
     backing: &Path,
     mountpoint: &Path,
     socket: &Path,
-    include: Vec<String>,
-    threads: usize,
+    args: &MountArgs,
 ) -> anyhow::Result<(fuser::Session<HrlFs>, ControlServer)> {
     raise_fd_limit();
     // Open the directory before mounting over it: afterwards its path shows the mount.
@@ -278,10 +273,13 @@ fn start(
         0,
     )
     .with_context(|| format!("open backing directory {}", backing.display()))?;
+    let restrict = restrictive_options(root.as_raw_fd());
+    let bypasses = crate::bypass::guard_mount(&root, backing, &args.include, args.force)?;
     let tracker = Arc::new(
-        Tracker::open(root, mountpoint, include)
+        Tracker::open(root, mountpoint, args.include.clone())
             .with_context(|| format!("start tracking the disks in {}", backing.display()))?,
     );
+    crate::bypass::mark_found(&tracker, &bypasses);
     let core = Arc::new(Core::new(tracker.clone()).context("set up the filesystem core")?);
     let control = ControlServer::start(socket, tracker.clone())?;
     let core_for_removals = core.clone();
@@ -290,16 +288,28 @@ fn start(
         fuser::MountOption::FSName(format!("{HRL_SOURCE_PREFIX}{}", backing.display())),
         fuser::MountOption::Subtype("hrl".into()),
         fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::Dev,
-        fuser::MountOption::Suid,
     ];
+    config.mount_options.extend(restrict);
     config.acl = fuser::SessionACL::All;
-    config.n_threads = Some(threads.max(1));
+    config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
     let session = fuser::Session::new(HrlFs::new(core), mountpoint, &config)
         .with_context(|| format!("mount FUSE at {}", mountpoint.display()))?;
     forward_removals(&tracker, core_for_removals, session.notifier())?;
     Ok((session, control))
+}
+
+/// The mount is never more permissive than the backing mount: images need neither setuid
+/// programs nor device nodes, and with `allow_other` a setuid file or device node in the
+/// directory would otherwise work for every user (docs/SECURITY.md). `noexec` follows the
+/// backing mount.
+fn restrictive_options(backing: std::os::fd::RawFd) -> Vec<fuser::MountOption> {
+    let mut opts = vec![fuser::MountOption::NoSuid, fuser::MountOption::NoDev];
+    // Unknown counts as noexec: never more permissive than the backing mount.
+    if sys::fstatvfs(backing).map_or(true, |st| st.f_flag & libc::ST_NOEXEC != 0) {
+        opts.push(fuser::MountOption::NoExec);
+    }
+    opts
 }
 
 /// Every inode the kernel knows holds an `O_PATH` descriptor, and every open file one more:

@@ -35,6 +35,11 @@ struct Cut {
     touched: HashSet<u64>,
     mode: DiskMode,
     next: LogHeader,
+    /// The image's size at the cut (what the sealed log leaves the disk at): the size
+    /// recorded for the seal. Not the header's size (the disk may have shrunk since the log
+    /// was opened) and not a later stat (writes after the cut, in the next log, may have
+    /// grown it since).
+    size: u64,
 }
 
 /// Seals every disk of the mount at one instant.
@@ -78,6 +83,7 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
                 touched: Disk::begin_interval(st, seal_id),
                 mode: st.mode,
                 next,
+                size: st.size,
             });
         }
     }
@@ -89,9 +95,11 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
     let mut sealed = Vec::new();
     for mut c in cuts {
         let disk_path = root.join(&c.name);
-        let file = naming::sealed_log_path(Path::new(&c.name), c.old.header().sequence)
-            .to_string_lossy()
-            .into_owned();
+        let h = c.old.header();
+        let file =
+            naming::sealed_log_path(Path::new(&c.name), h.sequence, &hrl::to_hex(&h.disk_id))
+                .to_string_lossy()
+                .into_owned();
         let sealed_path = root.join(&file);
         let active = naming::active_log_path(&disk_path);
         let opened = if sealed_path.exists() {
@@ -131,7 +139,7 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
         }
         c.disk.notify_swapped();
         match seal {
-            Ok(info) => sealed.push((c.disk, file, info, c.touched, c.mode, c.name)),
+            Ok(info) => sealed.push((c.disk, file, info, c.touched, c.mode, c.name, c.size)),
             Err(e) => errors.push(TrackError::SealFailed {
                 disk: c.name,
                 reason: format!("{e} (the log is sealed at the next start)"),
@@ -141,9 +149,11 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
 
     // 3. Report, make the images durable, clear the marks the sealed logs cover.
     let mut out = Vec::new();
-    for (disk, file, info, touched, mode, name) in sealed {
-        match entry(&root, &disk, &file, &info, mode, &name) {
-            Ok(e) => {
+    for (disk, file, info, touched, mode, name, size) in sealed {
+        match entry(&root, &file, &info, mode, &name, size) {
+            Ok(mut e) => {
+                // After the cut: a change outside the tracker before it is seen here.
+                e.changed_outside = disk.take_changed_outside();
                 match disk.sync_image() {
                     Ok(()) => {
                         if let Err(err) = disk.clear_sealed(touched) {
@@ -171,11 +181,11 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
 
 fn entry(
     root: &Path,
-    disk: &Disk,
     file: &str,
     info: &SealInfo,
     mode: DiskMode,
     name: &str,
+    size: u64,
 ) -> Result<SealedLog, TrackError> {
     let v = verify_sealed(&root.join(file), None)?;
     debug_assert_eq!(v.seal.hash, info.hash);
@@ -189,7 +199,8 @@ fn entry(
         hash: hrl::to_hex(&v.seal.hash),
         prev_hash: hrl::to_hex(&v.header.prev_hash),
         records: v.seal.records,
-        disk_size: v.header.disk_size.max(disk.image_size().unwrap_or(0)),
+        disk_size: size,
         mode,
+        changed_outside: false,
     })
 }

@@ -36,6 +36,11 @@ pub enum TrackError {
 /// Default disk patterns.
 pub const DEFAULT_INCLUDE: &[&str] = &["*.vhd", "*.vhdx", "*.img", "*.raw", "*.qcow2"];
 
+/// True if a regular file called `name` in the root is a disk under the `include` patterns.
+pub fn is_disk_name(include: &[String], name: &str) -> bool {
+    naming::classify(name).is_none() && include.iter().any(|p| crate::glob::matches(p, name))
+}
+
 /// What a rename does to tracking, decided before the rename and carried out after it.
 #[derive(Default)]
 pub struct RenamePlan {
@@ -50,6 +55,26 @@ pub enum UnlinkPlan {
     Retire(Arc<Disk>),
     /// The disk stays reachable under another hard link.
     Move(Arc<Disk>, String),
+}
+
+/// What the startup scan found in the root.
+#[derive(Default)]
+struct Found {
+    /// Sealed logs that verify: (file name, log).
+    logs: Vec<(String, hrl::log::VerifiedLog)>,
+    /// Warnings about quarantined files, by the disk name they were found under.
+    suspect: HashMap<String, Vec<String>>,
+    /// Disk files by backing inode: (link count, names in the root).
+    disks: BTreeMap<BackingKey, (u64, Vec<String>)>,
+}
+
+/// One disk to resume at startup.
+struct DiskPlan {
+    key: BackingKey,
+    name: String,
+    /// The disk id of its active log, if it has a readable one.
+    id: Option<[u8; 16]>,
+    link_warning: Option<String>,
 }
 
 /// The disks of one mount.
@@ -79,14 +104,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> TrackError {
     move |source| TrackError::Io { what, source }
 }
 
-fn sealed_entry(
-    dir: &Path,
-    v: &hrl::log::VerifiedLog,
-    disk: &str,
-    log: &str,
-    mode: DiskMode,
-) -> SealedLog {
-    let _ = dir;
+fn sealed_entry(v: &hrl::log::VerifiedLog, disk: &str, log: &str, mode: DiskMode) -> SealedLog {
     SealedLog {
         disk: disk.to_string(),
         disk_id: hrl::to_hex(&v.header.disk_id),
@@ -99,6 +117,7 @@ fn sealed_entry(
         records: v.seal.records,
         disk_size: v.header.disk_size,
         mode,
+        changed_outside: false,
     }
 }
 
@@ -159,8 +178,7 @@ impl Tracker {
 
     /// True if a regular file called `name` in the root is a disk.
     pub fn is_disk_name(&self, name: &str) -> bool {
-        naming::classify(name).is_none()
-            && self.include.iter().any(|p| crate::glob::matches(p, name))
+        is_disk_name(&self.include, name)
     }
 
     pub fn disk(&self, key: BackingKey) -> Option<Arc<Disk>> {
@@ -188,8 +206,8 @@ impl Tracker {
         self.disks().into_iter().find(|d| d.name() == name)
     }
 
-    /// Finds disks and sealed logs in the backing directory and resumes tracking.
-    fn scan(&self) -> Result<(), TrackError> {
+    /// Names in the backing directory (valid UTF-8 ones; others are not hrl's).
+    fn root_names(&self) -> Result<Vec<String>, TrackError> {
         let dirfd = sys::openat(
             self.root_fd(),
             OsStr::new("."),
@@ -199,35 +217,27 @@ impl Tracker {
         .map_err(io_err("open the backing directory"))?;
         let entries = sys::read_dir_entries(dirfd.as_raw_fd())
             .map_err(io_err("read the backing directory"))?;
-        let mut sealed: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
-        let mut candidates = Vec::new();
-        for (_, _, name) in entries {
-            let Ok(name) = String::from_utf8(name) else {
-                continue;
-            };
-            match naming::classify(&name) {
-                Some(HrlFile::SealedLog { disk, seq }) => {
-                    sealed.entry(disk).or_default().insert(seq, name);
-                }
-                Some(_) => {}
-                None => {
-                    if self.is_disk_name(&name) {
-                        candidates.push(name);
-                    }
-                }
-            }
-        }
-        for name in candidates {
-            let Ok(st) = sys::statat(self.root_fd(), OsStr::new(&name)) else {
-                continue;
-            };
-            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-                continue;
-            }
-            let logs = sealed.remove(&name).unwrap_or_default();
-            let (pending, last) = self.load_sealed(&name, &logs)?;
-            let start = match last {
-                Some(v) => crate::disk::Start::Continue {
+        let mut names: Vec<String> = entries
+            .into_iter()
+            .filter_map(|(_, _, n)| String::from_utf8(n).ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Finds disks and sealed logs in the backing directory and resumes tracking. Chains
+    /// are followed by disk id, not by name: a disk renamed while its logs were pending
+    /// keeps them, and a new disk under an old name does not inherit them. A log that
+    /// cannot be read is set aside (quarantined) and its disk compared in full, so one bad
+    /// file never keeps the others from being tracked.
+    fn scan(&self) -> Result<(), TrackError> {
+        let mut found = self.find_files()?;
+        let plans = self.plan_disks(&mut found)?;
+        let mut chains = self.assign_logs(found.logs, &plans);
+        for p in plans {
+            let chain = chains.remove(&p.name).unwrap_or_default();
+            let start = match chain.last() {
+                Some((_, v)) => crate::disk::Start::Continue {
                     last_seq: v.header.sequence,
                     prev: hrl::log::chain_hash(&v.header, &v.seal),
                     id: v.header.disk_id,
@@ -235,56 +245,197 @@ impl Tracker {
                 },
                 None => crate::disk::Start::Fresh { first_seq: 1 },
             };
-            let opened = Disk::open(
-                &self.root_path,
-                &name,
-                (st.st_dev, st.st_ino),
-                pending,
-                start,
-            )?;
+            let pending = chain
+                .iter()
+                .map(|(f, v)| sealed_entry(v, &p.name, f, DiskMode::Log))
+                .collect();
+            let opened = Disk::open(&self.root_path, &p.name, p.key, pending, start)?;
             if opened.recovered {
-                tracing::warn!(disk = %name, "resumed after an unclean stop");
+                tracing::warn!(disk = %p.name, "resumed after an unclean stop");
+            }
+            if let Some(w) = p.link_warning {
+                opened.disk.warn(w);
+            }
+            if let Some(ws) = found.suspect.remove(&p.name) {
+                let what = format!("mark disk {} for a full compare", p.name);
+                opened.disk.distrust(ws).map_err(io_err(what))?;
             }
             self.disks
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert((st.st_dev, st.st_ino), Arc::new(opened.disk));
+                .insert(p.key, Arc::new(opened.disk));
         }
-        // Sealed logs whose disk is gone: still to be shipped.
-        for (name, logs) in sealed {
-            let (pending, _) = self.load_sealed(&name, &logs)?;
-            self.retired
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(pending);
+        for (disk, ws) in found.suspect {
+            for w in ws {
+                tracing::warn!(%disk, "{w} (no such disk is tracked)");
+            }
         }
         Ok(())
     }
 
-    /// Verifies a disk's sealed logs, finishing a seal a crash interrupted.
-    fn load_sealed(
-        &self,
-        disk: &str,
-        logs: &BTreeMap<u64, String>,
-    ) -> Result<(Vec<SealedLog>, Option<hrl::log::VerifiedLog>), TrackError> {
-        let mut out = Vec::new();
-        let mut last = None;
-        for file in logs.values() {
-            let path = self.root_path.join(file);
-            let v = match verify_sealed(&path, None) {
-                Ok(v) => v,
-                Err(LogError::NotSealed { .. }) => {
-                    tracing::warn!(log = %file, "finishing a seal interrupted by a crash");
-                    let (w, _) = LogWriter::open_append(&path)?;
-                    w.seal()?;
-                    verify_sealed(&path, None)?
+    /// The sealed logs (verified; unreadable ones quarantined) and the disk files of the root.
+    fn find_files(&self) -> Result<Found, TrackError> {
+        let mut found = Found::default();
+        for name in self.root_names()? {
+            match naming::classify(&name) {
+                Some(HrlFile::SealedLog { disk, .. }) => match self.load_sealed(&name) {
+                    Ok(v) => found.logs.push((name, v)),
+                    Err(e) => {
+                        let w = self.quarantine(&name, e)?;
+                        found.suspect.entry(disk).or_default().push(w);
+                    }
+                },
+                Some(_) => {}
+                None if self.is_disk_name(&name) => {
+                    let Ok(st) = sys::statat(self.root_fd(), OsStr::new(&name)) else {
+                        continue;
+                    };
+                    if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                        let c = found.disks.entry((st.st_dev, st.st_ino)).or_default();
+                        c.0 = st.st_nlink;
+                        c.1.push(name);
+                    }
                 }
-                Err(e) => return Err(e.into()),
-            };
-            out.push(sealed_entry(&self.root_path, &v, disk, file, DiskMode::Log));
-            last = Some(v);
+                None => {}
+            }
         }
-        Ok((out, last))
+        Ok(found)
+    }
+
+    /// One name per backing file (hard links: see `pick_link`), and the id its active log
+    /// says (an unreadable active log is quarantined).
+    fn plan_disks(&self, found: &mut Found) -> Result<Vec<DiskPlan>, TrackError> {
+        let mut plans = Vec::new();
+        for (key, (nlink, links)) in std::mem::take(&mut found.disks) {
+            let (name, link_warning) = self.pick_link(&links, nlink);
+            let active = naming::active_log_path(Path::new(&name));
+            let active = active.to_string_lossy().into_owned();
+            let id = match hrl::log::LogReader::open(&self.root_path.join(&active)) {
+                Ok(r) => Some(r.header().disk_id),
+                Err(LogError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    None
+                }
+                Err(e) => {
+                    let w = self.quarantine(&active, e)?;
+                    found.suspect.entry(name.clone()).or_default().push(w);
+                    None
+                }
+            };
+            plans.push(DiskPlan {
+                key,
+                name,
+                id,
+                link_warning,
+            });
+        }
+        Ok(plans)
+    }
+
+    /// Gives each sealed log to its disk: the disk whose active log has its id, else (no
+    /// active log) the disk named in the file name, for the id of its latest log there.
+    /// Logs no disk claims are of removed disks: they go to the retired list.
+    fn assign_logs(
+        &self,
+        mut logs: Vec<(String, hrl::log::VerifiedLog)>,
+        plans: &[DiskPlan],
+    ) -> HashMap<String, Vec<(String, hrl::log::VerifiedLog)>> {
+        let named = |f: &str, name: &str| matches!(naming::classify(f), Some(HrlFile::SealedLog { disk, .. }) if disk == name);
+        let mut claimed: HashMap<[u8; 16], String> = plans
+            .iter()
+            .filter_map(|p| Some((p.id?, p.name.clone())))
+            .collect();
+        for p in plans.iter().filter(|p| p.id.is_none()) {
+            let latest = logs
+                .iter()
+                .filter(|(f, v)| !claimed.contains_key(&v.header.disk_id) && named(f, &p.name))
+                .max_by_key(|(_, v)| (v.header.generation, v.header.sequence));
+            if let Some((_, v)) = latest {
+                claimed.insert(v.header.disk_id, p.name.clone());
+            }
+        }
+        logs.sort_by_key(|(_, v)| (v.header.generation, v.header.sequence));
+        let mut chains: HashMap<String, Vec<(String, hrl::log::VerifiedLog)>> = HashMap::new();
+        for (file, v) in logs {
+            match claimed.get(&v.header.disk_id) {
+                Some(owner) => chains.entry(owner.clone()).or_default().push((file, v)),
+                None => {
+                    let disk = match naming::classify(&file) {
+                        Some(HrlFile::SealedLog { disk, .. }) => disk,
+                        _ => String::new(),
+                    };
+                    self.retired
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(sealed_entry(&v, &disk, &file, DiskMode::Log));
+                }
+            }
+        }
+        chains
+    }
+
+    /// The name a disk with several hard links is tracked under: the one whose active log
+    /// exists (it continues its chain), else the first in name order. Its other names are
+    /// not disks (new links to disks are refused: docs/tracker.md); the warning says so.
+    fn pick_link(&self, links: &[String], nlink: u64) -> (String, Option<String>) {
+        let has_log = |n: &String| {
+            let log = naming::active_log_path(Path::new(n));
+            sys::statat(self.root_fd(), log.as_os_str()).is_ok()
+        };
+        let name = links
+            .iter()
+            .find(|n| has_log(n))
+            .unwrap_or(&links[0])
+            .clone();
+        let warning = (nlink > 1).then(|| {
+            let others: Vec<&str> = links
+                .iter()
+                .filter(|n| **n != name)
+                .map(String::as_str)
+                .collect();
+            let msg =
+                format!(
+                "disk {name} has {nlink} hard links (in this directory also: {}); it is tracked \
+                 as {name} only. Remove the other links: a disk has one name",
+                if others.is_empty() { "none".to_string() } else { others.join(", ") }
+            );
+            tracing::warn!("{msg}");
+            msg
+        });
+        (name, warning)
+    }
+
+    /// Sets an unreadable hrl file aside (`<file>.quarantined-<secs>`) and says so.
+    fn quarantine(&self, file: &str, why: LogError) -> Result<String, TrackError> {
+        if let LogError::Io { .. } = why {
+            // Not a bad file but a failing filesystem: do not hide it.
+            return Err(TrackError::Log(why));
+        }
+        let secs = hrl::now_ns() / 1_000_000_000;
+        let to = naming::quarantine_path(Path::new(file), secs)
+            .to_string_lossy()
+            .into_owned();
+        std::fs::rename(self.root_path.join(file), self.root_path.join(&to))
+            .map_err(io_err(format!("move the unreadable log {file} aside")))?;
+        let msg = format!(
+            "{file} could not be read ({why}); it was moved aside to {to} and the disk is \
+             compared in full with its replica. Delete {to} once you no longer need it"
+        );
+        tracing::warn!("{msg}");
+        Ok(msg)
+    }
+
+    /// Verifies a sealed log, finishing a seal a crash interrupted.
+    fn load_sealed(&self, file: &str) -> Result<hrl::log::VerifiedLog, LogError> {
+        let path = self.root_path.join(file);
+        match verify_sealed(&path, None) {
+            Err(LogError::NotSealed { .. }) => {
+                tracing::warn!(log = %file, "finishing a seal interrupted by a crash");
+                let (w, _) = LogWriter::open_append(&path)?;
+                w.seal()?;
+                verify_sealed(&path, None)
+            }
+            r => r,
+        }
     }
 
     fn first_free_seq(&self, name: &str) -> u64 {
@@ -323,10 +474,22 @@ impl Tracker {
             }
             Err(e) => {
                 tracing::error!(disk = name, error = %e, "cannot start tracking a new disk");
+                // What the attempt made (a bitmap, a log cut short by ENOSPC) would block
+                // the next one: a new disk has no files of its own yet.
+                for own in [
+                    naming::active_log_path(Path::new(name)),
+                    naming::bitmap_path(Path::new(name)),
+                ] {
+                    let _ = self.remove_own_file(&own.to_string_lossy());
+                }
                 Err(match e {
                     TrackError::Io { source, .. } => source,
                     TrackError::Log(l) => {
                         io::Error::from_raw_os_error(l.raw_os_error().unwrap_or(libc::EIO))
+                    }
+                    // ENOSPC reserving the bitmap reaches the creator as ENOSPC.
+                    TrackError::Bitmap(hrl::bitmap::BitmapError::Io { source, .. }) => {
+                        io::Error::from_raw_os_error(source.raw_os_error().unwrap_or(libc::EIO))
                     }
                     _ => io::Error::from_raw_os_error(libc::EIO),
                 })
@@ -468,6 +631,10 @@ impl Tracker {
         )
         .map_err(io_err("rename the dirty bitmap"))?;
         st.name = new.to_string();
+        // Its pending logs keep their file names but are the disk's under its new name.
+        for p in &mut st.pending {
+            p.disk = new.to_string();
+        }
         Ok(())
     }
 
@@ -484,7 +651,8 @@ impl Tracker {
         let mut pending = std::mem::take(&mut st.pending);
         if let Some(mut log) = st.log.take() {
             let h = log.header().clone();
-            let file = naming::sealed_log_path(Path::new(&name), h.sequence);
+            let id = hrl::to_hex(&h.disk_id);
+            let file = naming::sealed_log_path(Path::new(&name), h.sequence, &id);
             let file = file.to_string_lossy().into_owned();
             let path = self.root_path.join(&file);
             let res = log
@@ -492,7 +660,7 @@ impl Tracker {
                 .and_then(|_| log.seal())
                 .and_then(|_| verify_sealed(&path, None));
             match res {
-                Ok(v) => pending.push(sealed_entry(&self.root_path, &v, &name, &file, st.mode)),
+                Ok(v) => pending.push(sealed_entry(&v, &name, &file, st.mode)),
                 Err(e) => {
                     tracing::error!(disk = %name, error = %e, "cannot seal the log of a removed disk")
                 }
@@ -541,14 +709,17 @@ impl Tracker {
         out
     }
 
-    /// Deletes `disk`'s sealed logs with sequence <= `seq`.
-    pub fn ack(&self, disk: &str, seq: u64) -> Result<usize, TrackError> {
+    /// Deletes `disk`'s sealed logs with sequence <= `seq`; with `disk_id`, only the logs of
+    /// that disk id (two disks may have held the same name one after the other).
+    pub fn ack(&self, disk: &str, disk_id: Option<&str>, seq: u64) -> Result<usize, TrackError> {
         let mut gone: Vec<SealedLog> = Vec::new();
         let mut found = false;
+        let of_id = |p: &SealedLog| disk_id.is_none_or(|id| p.disk_id.eq_ignore_ascii_case(id));
         if let Some(d) = self.disk_by_name(disk) {
             found = true;
             let mut st = d.lock();
-            let (drop_, keep): (Vec<_>, Vec<_>) = st.pending.drain(..).partition(|p| p.seq <= seq);
+            let (drop_, keep): (Vec<_>, Vec<_>) =
+                st.pending.drain(..).partition(|p| p.seq <= seq && of_id(p));
             st.pending = keep;
             gone.extend(drop_);
         }
@@ -557,8 +728,9 @@ impl Tracker {
             if r.iter().any(|p| p.disk == disk) {
                 found = true;
             }
-            let (drop_, keep): (Vec<_>, Vec<_>) =
-                r.drain(..).partition(|p| p.disk == disk && p.seq <= seq);
+            let (drop_, keep): (Vec<_>, Vec<_>) = r
+                .drain(..)
+                .partition(|p| p.disk == disk && p.seq <= seq && of_id(p));
             *r = keep;
             gone.extend(drop_);
         }
@@ -584,6 +756,7 @@ impl Tracker {
             socket: socket.display().to_string(),
             pid: std::process::id(),
             disks: self.disks().iter().map(|d| d.status()).collect(),
+            untracked: crate::bypass::untracked(self),
         }
     }
 

@@ -90,6 +90,7 @@ fn seal_ack_pending_and_status() {
     let r = m.request(&Request::Ack {
         disk: "a.img".into(),
         seq: a.seq,
+        disk_id: None,
     });
     assert!(r.ok, "{:?}", r.error);
     assert!(!m.path(&a.log).exists());
@@ -99,6 +100,7 @@ fn seal_ack_pending_and_status() {
     let bad = m.request(&Request::Ack {
         disk: "nope.img".into(),
         seq: 1,
+        disk_id: None,
     });
     assert!(!bad.ok);
     assert!(bad.error.unwrap().contains("nope.img"));

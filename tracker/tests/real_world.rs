@@ -193,6 +193,7 @@ fn fsx_on_a_tracked_disk_with_concurrent_seals() {
             let a = m.request(&Request::Ack {
                 disk: s.disk.clone(),
                 seq: s.seq,
+                disk_id: None,
             });
             assert!(a.ok, "ack failed: {:?}", a.error);
         }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use hrl::control::{DiskMode, DiskStatus, MountStatus, Request, Response, SealedLog};
 use hrl::log::{LogHeader, LogWriter};
 
+pub mod proxy;
+
 pub fn shipper_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hrl-shipper"))
 }
@@ -198,7 +200,7 @@ fn sealed_entry(
         disk_id: hrl::to_hex(&d.disk_id),
         generation: d.generation,
         seq,
-        log: hrl::naming::sealed_log_path(Path::new(&d.name), seq)
+        log: hrl::naming::sealed_log_path(Path::new(&d.name), seq, &hrl::to_hex(&d.disk_id))
             .display()
             .to_string(),
         bytes,
@@ -207,6 +209,7 @@ fn sealed_entry(
         records,
         disk_size: size,
         mode: d.mode,
+        changed_outside: false,
     }
 }
 
@@ -223,7 +226,8 @@ fn handle(st: &Mutex<FakeState>, req: Request) -> Response {
                 let w = d.writer.take().unwrap();
                 let records = w.record_count();
                 let info = w.seal().unwrap();
-                let sealed_path = hrl::naming::sealed_log_path(&path, d.seq);
+                let sealed_path =
+                    hrl::naming::sealed_log_path(&path, d.seq, &hrl::to_hex(&d.disk_id));
                 std::fs::rename(hrl::naming::active_log_path(&path), &sealed_path).unwrap();
                 let bytes = std::fs::metadata(&sealed_path).unwrap().len();
                 let e = sealed_entry(d, d.seq, bytes, info.hash, d.prev, records, size);
@@ -248,7 +252,7 @@ fn handle(st: &Mutex<FakeState>, req: Request) -> Response {
             disks: Some(s.disks.values().flat_map(|d| d.sealed.clone()).collect()),
             ..Default::default()
         },
-        Request::Ack { disk, seq } => match s.disks.get_mut(&disk) {
+        Request::Ack { disk, seq, .. } => match s.disks.get_mut(&disk) {
             Some(d) => {
                 let (gone, keep): (Vec<_>, Vec<_>) = d.sealed.drain(..).partition(|l| l.seq <= seq);
                 for l in gone {
@@ -283,6 +287,9 @@ fn handle(st: &Mutex<FakeState>, req: Request) -> Response {
                     dirty_extents: 0,
                     unclean_extents: vec![],
                     torn_log_tail_at: None,
+                    disk_id: hrl::to_hex(&d.disk_id),
+                    warnings: vec![],
+                    changed_outside: None,
                 })
                 .collect();
             Response {
@@ -292,6 +299,7 @@ fn handle(st: &Mutex<FakeState>, req: Request) -> Response {
                     socket: String::new(),
                     pid: std::process::id(),
                     disks,
+                    untracked: vec![],
                 }),
                 ..Default::default()
             }

@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use inodes::{BackingKey, Inode, Inodes, ROOT_INO};
+use inodes::{BackingKey, Inodes, Pinned, ROOT_INO};
 
 use crate::disk::Disk;
 use crate::tracking::Tracker;
@@ -41,6 +41,35 @@ fn err<T>(e: io::Error) -> OpResult<T> {
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+}
+
+impl Caller {
+    /// Root: may change a setuid file and keep its bits (CAP_FSETID, approximated by uid 0).
+    pub fn privileged(&self) -> bool {
+        self.uid == 0
+    }
+}
+
+/// Clears setuid, and setgid on a group-executable file, as the kernel does when an
+/// unprivileged caller changes a file (truncate, write, fallocate, copy_file_range). The
+/// tracker makes the change as root, so the backing filesystem would keep the bits and a
+/// file rewritten by a group member would stay setuid (docs/SECURITY.md). fuser does not
+/// pass the kernel's kill flags of setattr and open, so every change by a non-root caller
+/// clears them.
+fn kill_suidgid(fd: RawFd) -> OpResult<()> {
+    let st = sys::fstat(fd).or_else(err)?;
+    let mut mode = st.st_mode & 0o7777;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Ok(());
+    }
+    mode &= !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        mode &= !libc::S_ISGID;
+    }
+    if mode != st.st_mode & 0o7777 {
+        sys::chmod_fd(fd, mode).or_else(err)?;
+    }
+    Ok(())
 }
 
 /// An open file.
@@ -70,6 +99,8 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
+    /// A non-root caller: a size change clears setuid/setgid.
+    pub kill_suidgid: bool,
 }
 
 /// The filesystem core.
@@ -92,14 +123,8 @@ impl Core {
             libc::O_PATH | libc::O_DIRECTORY,
             0,
         )?;
-        let root = Inode {
-            fd,
-            key: (st.st_dev, st.st_ino),
-            kind: libc::S_IFDIR,
-            protected: false,
-        };
         Ok(Core {
-            inodes: Inodes::new(root),
+            inodes: Inodes::new(fd, (st.st_dev, st.st_ino), inodes::descriptor_cap()),
             files: RwLock::new(HashMap::new()),
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -111,8 +136,8 @@ impl Core {
         &self.tracker
     }
 
-    fn inode(&self, ino: u64) -> OpResult<Arc<Inode>> {
-        self.inodes.get(ino).ok_or(libc::ESTALE)
+    fn inode(&self, ino: u64) -> OpResult<Pinned> {
+        self.inodes.pin(ino).ok_or(libc::ESTALE)
     }
 
     fn file(&self, fh: u64) -> OpResult<Arc<OpenFile>> {
@@ -145,12 +170,12 @@ impl Core {
         let p = self.inode(parent)?;
         let st = sys::statat(p.raw(), name).or_else(err)?;
         let fd = sys::openat(p.raw(), name, libc::O_PATH | libc::O_NOFOLLOW, 0).or_else(err)?;
-        let ino = self.inodes.remember(Inode {
+        let ino = self.inodes.remember(
             fd,
-            key: (st.st_dev, st.st_ino),
-            kind: st.st_mode & libc::S_IFMT,
-            protected: self.is_protected(parent, name),
-        });
+            (st.st_dev, st.st_ino),
+            st.st_mode & libc::S_IFMT,
+            self.is_protected(parent, name),
+        );
         Ok((ino, st))
     }
 
@@ -189,6 +214,9 @@ impl Core {
             self.after_metadata_change(i.key);
         }
         if let Some(size) = a.size {
+            if a.kill_suidgid {
+                kill_suidgid(i.raw())?;
+            }
             let handle = match fh {
                 Some(fh) => self.file(fh).ok(),
                 None => None,
@@ -362,20 +390,22 @@ impl Core {
         if i.protected || self.is_protected(newparent, newname) {
             return Err(libc::EPERM);
         }
+        // A disk has exactly one name: a second name would be tracked under neither, or
+        // taken for another disk at the next mount. Refused, like a filesystem at its link
+        // limit (EMLINK), for a disk and for a file linked under a disk name.
+        let disk_name = newparent == ROOT_INO
+            && i.kind == libc::S_IFREG
+            && newname
+                .to_str()
+                .is_some_and(|n| self.tracker.is_disk_name(n));
+        if self.disk_of(i.key).is_some() || disk_name {
+            tracing::warn!(name = ?newname, "refused a hard link to a disk (a disk has one name only)");
+            return Err(libc::EMLINK);
+        }
         let np = self.inode(newparent)?;
         sys::linkat_fd(i.raw(), np.raw(), newname).or_else(err)?;
         self.after_metadata_change(i.key);
-        let (ino, st) = self.lookup(newparent, newname)?;
-        if newparent == ROOT_INO {
-            // A plain file linked under a disk name becomes a disk (writes through either
-            // name are tracked: tracking follows the backing file).
-            if let Err(e) = self.tracker.on_created(newname, i.key, st.st_mode) {
-                self.inodes.forget(ino, 1);
-                let _ = sys::unlinkat(np.raw(), newname, 0);
-                return err(e);
-            }
-        }
-        Ok((ino, st))
+        self.lookup(newparent, newname)
     }
 
     fn add_file(&self, file: File, key: BackingKey) -> u64 {
@@ -397,13 +427,16 @@ impl Core {
         flags & libc::O_ACCMODE != libc::O_RDONLY
     }
 
-    pub fn open(&self, ino: u64, flags: i32) -> OpResult<u64> {
+    pub fn open(&self, ino: u64, flags: i32, who: Caller) -> OpResult<u64> {
         let i = self.inode(ino)?;
         if i.protected && (Self::writes(flags) || flags & libc::O_TRUNC != 0) {
             return Err(libc::EACCES);
         }
         let file = sys::reopen(i.raw(), Self::backing_flags(flags)).or_else(err)?;
         if flags & libc::O_TRUNC != 0 && Self::writes(flags) {
+            if !who.privileged() {
+                kill_suidgid(file.as_raw_fd())?;
+            }
             self.truncate_fd(i.key, file.as_raw_fd(), 0)?;
         }
         Ok(self.add_file(file, i.key))
@@ -453,6 +486,9 @@ impl Core {
             }
         }
         if flags & libc::O_TRUNC != 0 && st.st_size > 0 {
+            if !who.privileged() {
+                kill_suidgid(file.as_raw_fd())?;
+            }
             self.truncate_fd(key, file.as_raw_fd(), 0)?;
         }
         let fh = self.add_file(file, key);
@@ -470,15 +506,8 @@ impl Core {
         let f = self.file(fh)?;
         let fd = f.file.as_raw_fd();
         if kill_suidgid {
-            let st = sys::fstat(fd).or_else(err)?;
-            if st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
-                let mode = st.st_mode & 0o7777 & !(libc::S_ISUID | libc::S_ISGID);
-                // SAFETY: plain syscall on our open descriptor.
-                if unsafe { libc::fchmod(fd, mode) } != 0 {
-                    return err(io::Error::last_os_error());
-                }
-                self.after_metadata_change(f.key);
-            }
+            self::kill_suidgid(fd)?;
+            self.after_metadata_change(f.key);
         }
         match self.disk_of(f.key) {
             Some(d) => d.write(fd, off, data).or_else(err)?,
@@ -603,9 +632,12 @@ impl Core {
         Ok(())
     }
 
-    pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32) -> OpResult<()> {
+    pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32, who: Caller) -> OpResult<()> {
         let f = self.file(fh)?;
         let fd = f.file.as_raw_fd();
+        if !who.privileged() {
+            kill_suidgid(fd)?;
+        }
         match self.disk_of(f.key) {
             Some(d) => d.fallocate(fd, mode, off, len).or_else(err),
             None => sys::fallocate(fd, mode, off, len).or_else(err),
@@ -624,9 +656,13 @@ impl Core {
         fh_out: u64,
         off_out: u64,
         len: u64,
+        who: Caller,
     ) -> OpResult<usize> {
         let fi = self.file(fh_in)?;
         let fo = self.file(fh_out)?;
+        if !who.privileged() {
+            kill_suidgid(fo.file.as_raw_fd())?;
+        }
         // One request copies at most 1 GiB; callers loop on short copies.
         let len = len.min(1 << 30) as usize;
         match self.disk_of(fo.key) {

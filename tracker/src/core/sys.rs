@@ -393,3 +393,50 @@ pub fn removexattr(fd: RawFd, name: &OsStr) -> io::Result<()> {
     // SAFETY: valid pointers.
     check(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }).map(drop)
 }
+
+/// A kernel file handle (`name_to_handle_at`): names an object so that it can be opened
+/// again later without holding a descriptor for it meanwhile.
+#[repr(C)]
+#[derive(Clone)]
+pub struct FileHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; 128],
+}
+
+/// The handle of the object behind `fd`, and the id of the mount it is on.
+pub fn file_handle(fd: RawFd) -> io::Result<(FileHandle, i32)> {
+    let mut h = FileHandle {
+        handle_bytes: 128,
+        handle_type: 0,
+        f_handle: [0; 128],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `h` is a file_handle header followed by 128 bytes of room, as handle_bytes says.
+    check(unsafe {
+        libc::name_to_handle_at(
+            fd,
+            c"".as_ptr(),
+            (&mut h as *mut FileHandle).cast::<libc::file_handle>(),
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    })?;
+    Ok((h, mount_id))
+}
+
+/// Opens a handle from [`file_handle`]; `mount_fd` is an open (not `O_PATH`) descriptor on
+/// the same filesystem. Needs CAP_DAC_READ_SEARCH.
+pub fn open_by_handle(mount_fd: RawFd, h: &FileHandle, flags: i32) -> io::Result<OwnedFd> {
+    let mut h = h.clone();
+    // SAFETY: a handle filled by name_to_handle_at; plain syscall.
+    let fd = check(unsafe {
+        libc::open_by_handle_at(
+            mount_fd,
+            (&mut h as *mut FileHandle).cast::<libc::file_handle>(),
+            flags | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fresh descriptor owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -10,8 +10,27 @@ use std::time::{Duration, Instant};
 
 use hrl::control::{Request, Response, SealedLog};
 
+pub mod user;
+
+/// The tracker binary: Cargo's path in the tracker's own tests; beside the test binary's
+/// profile directory (`target/<profile>/hrl-tracker`) when another crate's tests include this
+/// module (the shipper's chaos test does).
 pub fn tracker_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_hrl-tracker"))
+    if let Some(p) = option_env!("CARGO_BIN_EXE_hrl-tracker") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let p = profile.join("hrl-tracker");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build -p hrl-tracker; nextest --workspace does)",
+        p.display()
+    );
+    p
 }
 
 /// `target/<profile>/hrl-shipper`, when the workspace build made it.
@@ -59,11 +78,35 @@ impl Mounted {
     }
 
     pub fn start(backing: &Path, mountpoint: &Path, run_dir: &Path, extra: &[&str]) -> Mounted {
+        Self::start_via(
+            Command::new(tracker_bin()),
+            backing,
+            mountpoint,
+            run_dir,
+            extra,
+        )
+    }
+
+    /// Mounts in place with the tracker's open file limit (soft and hard) set to `nofile`.
+    pub fn start_limited(dir: &Path, run_dir: &Path, nofile: u32) -> Mounted {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(tracker_bin());
+        Self::start_via(cmd, dir, dir, run_dir, &[])
+    }
+
+    fn start_via(
+        mut cmd: Command,
+        backing: &Path,
+        mountpoint: &Path,
+        run_dir: &Path,
+        extra: &[&str],
+    ) -> Mounted {
         let backing = std::fs::canonicalize(backing).unwrap_or_else(|_| backing.to_path_buf());
         // A dead mount there (a killed tracker's) refuses the stat: the path stays as given.
         let mountpoint =
             std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-        let mut cmd = Command::new(tracker_bin());
         cmd.arg("mount").arg(&mountpoint);
         if backing != mountpoint {
             cmd.arg("--backing").arg(&backing);
@@ -82,6 +125,28 @@ impl Mounted {
         };
         m.wait_ready();
         m
+    }
+
+    /// Runs `hrl-tracker mount DIR EXTRA` (in the background, as an operator would)
+    /// expecting a refusal: returns its stderr. Panics if the mount comes up (after
+    /// unmounting it).
+    pub fn refused(dir: &Path, run_dir: &Path, extra: &[&str]) -> String {
+        let dir = std::fs::canonicalize(dir).unwrap();
+        let out = Command::new(tracker_bin())
+            .arg("mount")
+            .arg(&dir)
+            .args(extra)
+            .env("HRL_RUN_DIR", run_dir)
+            .env("RUST_LOG", "warn,fuser=error")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run hrl-tracker");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() || is_mounted(&dir) {
+            force_unmount(&dir);
+            panic!("the mount of {} was not refused: {stderr}", dir.display());
+        }
+        stderr
     }
 
     fn wait_ready(&mut self) {
@@ -187,7 +252,7 @@ pub fn sealed_logs(dir: &Path, disk: &str) -> Vec<PathBuf> {
         .filter_map(|e| {
             let name = e.ok()?.file_name().into_string().ok()?;
             match hrl::naming::classify(&name)? {
-                hrl::naming::HrlFile::SealedLog { disk: d, seq } if d == disk => {
+                hrl::naming::HrlFile::SealedLog { disk: d, seq, .. } if d == disk => {
                     Some((seq, dir.join(name)))
                 }
                 _ => None,

@@ -1,0 +1,166 @@
+//! Which objects a recovery point needs, and whether the store still holds them. A point is
+//! committed only when every object it needs is there: each disk's base index (present, its
+//! hash the one the point names), every chunk that index names, and the shipped logs from
+//! the base to the point. An object lost (or an index damaged) after it was written — a
+//! deleted chunk, a lifecycle rule, a bad copy of the bucket — otherwise makes every later
+//! point of that disk unrestorable while the service reports Normal.
+//!
+//! Cost per cycle: a listing of the group's chunks (one request per 1000 chunks on S3), one
+//! GET of each disk's index, one listing of each disk's logs. Damage inside a chunk or a log
+//! (present, wrong bytes) needs a download to be seen: `hrl-shipper verify` finds it.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
+use hrl::store::{log_path, logs_dir, parse_log_name, DiskEntry};
+use hrl::Digest;
+
+use crate::cycle::Protected;
+use crate::retry::Fatal;
+use crate::status::{DirStatus, DiskState, Health};
+use crate::store_client::GroupStore;
+
+/// The digests of every chunk the group's store holds (listed, not downloaded).
+pub async fn stored_chunks(store: &GroupStore) -> Result<HashSet<Digest>> {
+    let names = store.list_names("chunks").await?;
+    Ok(names
+        .iter()
+        .filter_map(|n| hrl::from_hex::<32>(n))
+        .collect())
+}
+
+/// True when `err` says the object is not in the store.
+pub fn is_not_found(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<object_store::Error>(),
+            Some(object_store::Error::NotFound { .. })
+        )
+    })
+}
+
+/// What the store lacks for `entry`'s point, one line per problem (empty: all there).
+/// `chunks` is the set [`stored_chunks`] listed.
+pub async fn missing_for(
+    store: &GroupStore,
+    entry: &DiskEntry,
+    chunks: &HashSet<Digest>,
+) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let key = &entry.base.index_key;
+    match store.get(key).await {
+        Ok(bytes) => {
+            let hash = hrl::to_hex(blake3::hash(&bytes).as_bytes());
+            let index = if hash.eq_ignore_ascii_case(&entry.base.index_hash) {
+                ChunkIndex::decode(&bytes).ok()
+            } else {
+                None
+            };
+            match index {
+                None => problems.push(format!("its base index {} is damaged", store.path(key))),
+                Some(index) => {
+                    let lacking: Vec<&Digest> = index
+                        .digests
+                        .iter()
+                        .filter(|d| **d != ZERO_DIGEST && !chunks.contains(*d))
+                        .collect::<HashSet<_>>()
+                        .into_iter()
+                        .collect();
+                    if let Some(first) = lacking.first() {
+                        problems.push(format!(
+                            "{} chunk(s) of its base are missing from the store (e.g. {})",
+                            lacking.len(),
+                            store.path(&hrl::store::chunk_key(first))
+                        ));
+                    }
+                }
+            }
+        }
+        Err(e) if is_not_found(&e) => {
+            problems.push(format!("its base index {} is missing", store.path(key)))
+        }
+        Err(e) => return Err(e),
+    }
+    if entry.last_seq > entry.base.after_seq {
+        let names = store
+            .list_names(&logs_dir(&entry.disk_id, entry.generation))
+            .await?;
+        let ranges: Vec<(u64, u64)> = names.iter().filter_map(|n| parse_log_name(n)).collect();
+        if log_path(&ranges, entry.base.after_seq, entry.last_seq).is_none() {
+            problems.push(format!(
+                "its shipped logs {}..={} are not all in the store",
+                entry.base.after_seq + 1,
+                entry.last_seq
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// Checks every disk of a point about to be committed; returns the disks (name, what is
+/// missing) that cannot be restored from it.
+pub async fn check_point(
+    store: &GroupStore,
+    entries: &[DiskEntry],
+) -> Result<Vec<(String, String)>> {
+    let chunks = stored_chunks(store)
+        .await
+        .context("list the store's chunks to check the point")?;
+    let mut bad = Vec::new();
+    for e in entries {
+        let problems = missing_for(store, e, &chunks).await?;
+        if !problems.is_empty() {
+            bad.push((e.name.clone(), problems.join("; ")));
+        }
+    }
+    Ok(bad)
+}
+
+/// True when `err` says a store object is missing or damaged (as opposed to the store being
+/// unreachable): the replica cannot be rebuilt from the store, so a resync copies the disk.
+pub fn is_lost_or_damaged(err: &anyhow::Error) -> bool {
+    is_not_found(err)
+        || err.chain().any(|c| c.downcast_ref::<Fatal>().is_some())
+        || format!("{err:#}").contains("is damaged")
+}
+
+/// Refuses to commit a point that needs objects the store lacks: the disks concerned go to
+/// "resync required" (Critical), and the error says what is missing and what to do.
+pub async fn guard_commit(
+    p: &Protected,
+    status: &Mutex<DirStatus>,
+    entries: &[DiskEntry],
+) -> Result<()> {
+    let bad = check_point(&p.store, entries).await?;
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let what: Vec<String> = bad
+        .iter()
+        .map(|(d, why)| format!("disk {d}: {why}"))
+        .collect();
+    let msg = format!(
+        "no recovery point committed: the store lacks objects it needs ({}); run `hrl-shipper sync --dir {} --resync` to upload a new base of those disks (`hrl-shipper verify --point all` lists the older points affected)",
+        what.join("; "),
+        p.dir.display()
+    );
+    if let Ok(mut s) = status.lock() {
+        for (disk, why) in &bad {
+            let id = entries
+                .iter()
+                .find(|e| &e.name == disk)
+                .map_or("", |e| e.disk_id.as_str());
+            let d = s.disk_mut(disk, id);
+            d.state = DiskState::ResyncRequired;
+            d.health = Health::Critical;
+            d.last_error = Some(msg.clone());
+            d.resync_reason = Some(format!("store objects missing: {why}"));
+        }
+        if let Err(e) = crate::status::save(&p.state_dir, &s) {
+            tracing::warn!("cannot save status: {e:#}");
+        }
+    }
+    Err(Fatal(msg).into())
+}

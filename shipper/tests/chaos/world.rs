@@ -1,0 +1,512 @@
+//! The simulated installation: a protected directory under a real tracker mount, the local
+//! directory store, the shipper's state dir, all under one work dir that a failing seed keeps.
+//! Runs syncs and checks each point they commit against the oracle.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::oracle::{self, Disks, Reference};
+use crate::common::{shipper_bin, KillOnDrop};
+use crate::tracker_common::{force_unmount, is_mounted, Mounted};
+
+/// A broken promise the oracle found (or an action that could not run): the seed fails.
+pub type Finding = String;
+
+pub const GROUP: &str = "vm";
+
+pub struct World {
+    pub work: PathBuf,
+    pub dir: PathBuf,
+    pub run: PathBuf,
+    pub state: PathBuf,
+    pub store: PathBuf,
+    pub url: String,
+    pub mount: Option<Mounted>,
+    /// The store dir is bind-mounted read-only over itself (an outage).
+    pub store_ro: bool,
+    /// Syncs left before an outage ends.
+    pub outage_syncs: u32,
+    next_name: u64,
+    /// Highest point id checked so far.
+    pub max_point: u64,
+    /// Each checked point's restored disks (digests), for the final sweep.
+    checked: BTreeMap<u64, BTreeMap<String, (usize, String)>>,
+    /// An object was deleted from the store (older points may then fail, new ones must not).
+    pub objects_lost: bool,
+    /// What ran, one line per action (printed when the seed fails).
+    pub log: Vec<String>,
+}
+
+/// How a sync runs.
+#[derive(Clone, Copy, Debug)]
+pub enum SyncHow {
+    Plain,
+    /// `sync --resync`
+    Resync,
+    /// `resync --now`
+    ResyncNow,
+    /// kill -9 after this many ms
+    KillAfter(u64),
+    /// kill -9 at `HRL_SHIPPER_STOP_AT`'s stop point (or when it exits before reaching it)
+    KillAt(&'static str, bool),
+}
+
+pub struct SyncOutcome {
+    pub success: bool,
+    pub killed: bool,
+    pub stderr: String,
+}
+
+impl World {
+    pub fn new(seed: u64) -> World {
+        let work = PathBuf::from(format!("/tmp/hrl-chaos-{seed}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        let dir = work.join(GROUP);
+        let (run, state, store) = (work.join("run"), work.join("state"), work.join("store"));
+        for d in [
+            &dir,
+            &run,
+            &state,
+            &store,
+            &work.join("aside"),
+            &work.join("restore"),
+        ] {
+            std::fs::create_dir_all(d).expect("create the work dir");
+        }
+        let url = format!("file://{}", store.display());
+        World {
+            work,
+            dir,
+            run,
+            state,
+            store,
+            url,
+            mount: None,
+            store_ro: false,
+            outage_syncs: 0,
+            next_name: 0,
+            max_point: 0,
+            checked: BTreeMap::new(),
+            objects_lost: false,
+            log: Vec::new(),
+        }
+    }
+
+    pub fn note(&mut self, line: String) {
+        self.log.push(line);
+    }
+
+    pub fn fresh_name(&mut self, ext: &str) -> String {
+        self.next_name += 1;
+        format!("n{}.{ext}", self.next_name)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Disk names now in the directory with this extension, sorted.
+    pub fn disks(&self, ext: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| oracle::is_disk_name(n) && n.ends_with(ext))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn pick(&self, ext: &str, r: u64) -> Option<String> {
+        let d = self.disks(ext);
+        (!d.is_empty()).then(|| d[(r % d.len() as u64) as usize].clone())
+    }
+
+    /// Mounts the tracker in place; a tracker that refuses to mount is a finding.
+    pub fn mount(&mut self) -> Result<(), Finding> {
+        if self.mount.is_some() {
+            return Ok(());
+        }
+        let (dir, run) = (self.dir.clone(), self.run.clone());
+        match std::panic::catch_unwind(|| Mounted::in_place(&dir, &run)) {
+            Ok(m) => {
+                self.mount = Some(m);
+                Ok(())
+            }
+            Err(_) => {
+                force_unmount(&self.dir);
+                Err("hrl-tracker mount failed (its stderr is above)".into())
+            }
+        }
+    }
+
+    /// Clean unmount through `hrl-tracker unmount`.
+    pub fn unmount(&mut self) -> Result<(), Finding> {
+        if let Some(m) = self.mount.take() {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.unmount()))
+                .map_err(|_| "clean unmount failed".to_string())?;
+        }
+        Ok(())
+    }
+
+    /// kill -9 of the tracker; the dead mount is detached.
+    pub fn kill_tracker(&mut self) {
+        if let Some(m) = self.mount.take() {
+            m.kill9();
+        }
+    }
+
+    /// Makes the store dir read-only (a bind mount over itself) or writable again.
+    pub fn set_store_ro(&mut self, ro: bool) {
+        if ro == self.store_ro {
+            return;
+        }
+        self.store_ro = ro;
+        store_bind(&self.store, ro);
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(shipper_bin());
+        c.args(args)
+            .env("HRL_RUN_DIR", &self.run)
+            .env("HRL_STATE_DIR", &self.state)
+            .env("HRL_LOG", "warn");
+        c
+    }
+
+    fn tool(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run hrl-shipper")
+    }
+
+    /// Runs one sync as `how` says; the outage counter ticks.
+    pub fn run_sync(&mut self, how: SyncHow) -> SyncOutcome {
+        let dir = self.dir.display().to_string();
+        let base = [
+            "--dir",
+            dir.as_str(),
+            "--target",
+            self.url.as_str(),
+            "--group",
+            GROUP,
+        ];
+        let mut args: Vec<&str> = match how {
+            SyncHow::ResyncNow => vec!["resync", "--now"],
+            _ => vec!["sync"],
+        };
+        args.extend(base);
+        if matches!(how, SyncHow::Resync | SyncHow::KillAt(_, true)) {
+            args.push("--resync");
+        }
+        let out = match how {
+            SyncHow::KillAfter(ms) => self.killed_sync(&args, None, ms),
+            SyncHow::KillAt(at, _) => self.killed_sync(&args, Some(at), 0),
+            _ => {
+                let o = self.cmd(&args).output().expect("run hrl-shipper");
+                SyncOutcome {
+                    success: o.status.success(),
+                    killed: false,
+                    stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+                }
+            }
+        };
+        if self.outage_syncs > 0 {
+            self.outage_syncs -= 1;
+            if self.outage_syncs == 0 {
+                self.set_store_ro(false);
+            }
+        }
+        out
+    }
+
+    fn killed_sync(&self, args: &[&str], at: Option<&str>, ms: u64) -> SyncOutcome {
+        let err = self.work.join("killed-sync.stderr");
+        let mut c = self.cmd(args);
+        c.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).expect("stderr file"));
+        let marker = at.map(|a| self.state.join(format!("stopped-at-{a}")));
+        if let (Some(a), Some(m)) = (at, &marker) {
+            let _ = std::fs::remove_file(m);
+            c.env("HRL_SHIPPER_STOP_AT", a);
+        }
+        let mut child = KillOnDrop(c.spawn().expect("spawn hrl-shipper sync"));
+        let deadline =
+            Instant::now() + Duration::from_millis(if at.is_some() { 60_000 } else { ms });
+        let mut exited = None;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = child.0.try_wait() {
+                exited = Some(st);
+                break;
+            }
+            if marker.as_ref().is_some_and(|m| m.exists()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let killed = exited.is_none();
+        let st = match exited {
+            Some(st) => st,
+            None => {
+                let _ = child.0.kill();
+                child.0.wait().expect("wait for the killed sync")
+            }
+        };
+        SyncOutcome {
+            success: st.success(),
+            killed,
+            stderr: std::fs::read_to_string(&err).unwrap_or_default(),
+        }
+    }
+
+    /// The ids of the committed points (empty if the store cannot be listed).
+    pub fn point_ids(&self) -> Result<Vec<u64>, Finding> {
+        let o = self.tool(&["points", "--target", &self.url, "--group", GROUP, "--json"]);
+        if !o.status.success() {
+            return Err(format!(
+                "points --json failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&o.stdout).map_err(|e| format!("points --json: {e}"))?;
+        Ok(v.as_array()
+            .map(|a| a.iter().filter_map(|p| p["id"].as_u64()).collect())
+            .unwrap_or_default())
+    }
+
+    /// The oracle after one sync: new points must restore to `reference`, verify must agree;
+    /// a sync that failed (not killed) must say why and commit nothing.
+    pub fn after_sync(&mut self, out: &SyncOutcome, reference: &Reference) -> Result<(), Finding> {
+        let new: Vec<u64> = self
+            .point_ids()?
+            .into_iter()
+            .filter(|&i| i > self.max_point)
+            .collect();
+        let tail = last_lines(&out.stderr, 3);
+        if out.success && new.is_empty() {
+            return Err(format!("sync returned 0 but committed no point: {tail}"));
+        }
+        if !out.success && !out.killed {
+            if !out.stderr.contains("error:") {
+                return Err(format!("sync failed without a clear error: {tail}"));
+            }
+            if !new.is_empty() {
+                return Err(format!(
+                    "sync failed ({tail}) yet committed point(s) {new:?}"
+                ));
+            }
+        }
+        let outcome = if out.killed {
+            "killed"
+        } else if out.success {
+            "ok"
+        } else {
+            "failed"
+        };
+        self.note(format!(
+            "   -> sync {outcome}, new points {new:?} {}",
+            if out.success { String::new() } else { tail }
+        ));
+        for id in new {
+            self.check_point(id, reference)?;
+            self.max_point = id;
+        }
+        Ok(())
+    }
+
+    /// Restores point `id`, runs verify on it; both must agree, and the restore must pass
+    /// the reference.
+    fn check_point(&mut self, id: u64, reference: &Reference) -> Result<(), Finding> {
+        let (restored, verified) = self.restore_and_verify(id)?;
+        let disks = match (restored, verified) {
+            (Ok(d), Ok(())) => d,
+            (Err(e), Ok(())) => {
+                return Err(format!(
+                    "point {id}: verify says all good, restore fails: {e}"
+                ))
+            }
+            (Ok(_), Err(e)) => return Err(format!("point {id}: restore works, verify fails: {e}")),
+            (Err(e), Err(_)) => {
+                return Err(format!(
+                    "point {id} was committed but cannot be restored: {e}"
+                ))
+            }
+        };
+        let got = self.guest_view(&disks, reference)?;
+        oracle::check(reference, &got).map_err(|e| format!("point {id}: {e}"))?;
+        self.checked.insert(id, oracle::digests(&disks));
+        Ok(())
+    }
+
+    /// Restore `id` into a scratch dir and read it; verify `id`.
+    #[allow(clippy::type_complexity)]
+    fn restore_and_verify(
+        &self,
+        id: u64,
+    ) -> Result<(Result<Disks, String>, Result<(), String>), Finding> {
+        let to = self.work.join("restore").join(id.to_string());
+        let _ = std::fs::remove_dir_all(&to);
+        let ids = id.to_string();
+        let r = self.tool(&[
+            "restore",
+            "--target",
+            &self.url,
+            "--group",
+            GROUP,
+            "--point",
+            &ids,
+            "--to",
+            to.to_str().unwrap_or_default(),
+        ]);
+        let restored = if r.status.success() {
+            oracle::read_disks(&to).map_err(|e| format!("read the restore: {e}"))
+        } else {
+            Err(last_lines(&String::from_utf8_lossy(&r.stderr), 2))
+        };
+        let _ = std::fs::remove_dir_all(&to);
+        let v = self.tool(&[
+            "verify", "--target", &self.url, "--group", GROUP, "--point", &ids,
+        ]);
+        let verified = if v.status.success() {
+            Ok(())
+        } else {
+            Err(last_lines(&String::from_utf8_lossy(&v.stderr), 2))
+        };
+        Ok((restored, verified))
+    }
+
+    /// For a qcow2 reference the guest's view (qemu-img convert) of the restored qcow2 is
+    /// what the oracle compares; otherwise the files themselves.
+    fn guest_view(&self, disks: &Disks, reference: &Reference) -> Result<Disks, Finding> {
+        let Reference::Prefix { before, .. } = reference else {
+            return Ok(disks.clone());
+        };
+        let mut out = Disks::new();
+        for (name, bytes) in disks {
+            let want_guest = before.get(name).is_some_and(|_| name.ends_with(".qcow2"));
+            if !want_guest {
+                out.insert(name.clone(), bytes.clone());
+                continue;
+            }
+            let f = self.work.join("restore").join(format!("guest-{name}"));
+            std::fs::write(&f, bytes).map_err(|e| e.to_string())?;
+            let raw = qcow2_guest(&f)
+                .map_err(|e| format!("restored {name} is not a readable qcow2: {e}"))?;
+            let _ = std::fs::remove_file(&f);
+            out.insert(name.clone(), raw);
+        }
+        Ok(out)
+    }
+
+    /// After the last action: store back, tracker mounted, one more sync that must commit
+    /// (twice at most: a first one may still report what the faults did); then every point
+    /// checked again, verify agreeing with restore.
+    pub fn finish(&mut self) -> Result<(), Finding> {
+        self.set_store_ro(false);
+        self.outage_syncs = 0;
+        self.mount()?;
+        let mut last = String::new();
+        for attempt in 0..2 {
+            let out = self.run_sync(SyncHow::Plain);
+            let reference = Reference::Exact(self.snapshot()?);
+            self.after_sync(&out, &reference)?;
+            if out.success {
+                return self.sweep();
+            }
+            last = format!("attempt {attempt}: {}", last_lines(&out.stderr, 2));
+        }
+        Err(format!(
+            "replication does not recover once the faults stop: {last}"
+        ))
+    }
+
+    fn sweep(&mut self) -> Result<(), Finding> {
+        let checked = std::mem::take(&mut self.checked);
+        for (id, want) in &checked {
+            let (restored, verified) = self.restore_and_verify(*id)?;
+            match (restored, verified) {
+                (Ok(d), Ok(())) if &oracle::digests(&d) == want => {}
+                (Ok(_), Ok(())) => return Err(format!("final sweep: point {id} now restores to other bytes than when it was committed")),
+                (Err(e), Ok(())) => return Err(format!("final sweep: point {id}: verify all good, restore fails: {e}")),
+                (Ok(_), Err(e)) => return Err(format!("final sweep: point {id}: restore works, verify fails: {e}")),
+                (Err(e), Err(_)) if !self.objects_lost => return Err(format!("final sweep: point {id} no longer restores and no object was lost: {e}")),
+                (Err(_), Err(_)) => {}
+            }
+        }
+        self.checked = checked;
+        Ok(())
+    }
+
+    /// The disks now, read through the mount.
+    pub fn snapshot(&self) -> Result<Disks, Finding> {
+        oracle::read_disks(&self.dir).map_err(|e| format!("read the disks through the mount: {e}"))
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.set_store_ro(false);
+        if let Some(m) = self.mount.take() {
+            drop(m);
+        }
+        if is_mounted(&self.dir) {
+            force_unmount(&self.dir);
+        }
+    }
+}
+
+/// Bind-mounts `store` read-only over itself, or removes that bind mount.
+pub fn store_bind(store: &Path, ro: bool) {
+    let run = |args: &[&str]| {
+        let _ = Command::new("mount")
+            .args(args)
+            .arg(store)
+            .arg(store)
+            .stderr(Stdio::null())
+            .status();
+    };
+    if ro {
+        run(&["--bind"]);
+        let _ = Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(store)
+            .stderr(Stdio::null())
+            .status();
+    } else {
+        while is_mounted(store) {
+            if !Command::new("umount")
+                .arg(store)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                let _ = Command::new("umount").arg("-l").arg(store).status();
+            }
+        }
+    }
+}
+
+/// The guest's bytes of a qcow2 image.
+pub fn qcow2_guest(image: &Path) -> Result<Vec<u8>, String> {
+    let raw = image.with_extension("raw-guest");
+    let o = Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(image)
+        .arg(&raw)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !o.status.success() {
+        return Err(last_lines(&String::from_utf8_lossy(&o.stderr), 2));
+    }
+    let b = std::fs::read(&raw).map_err(|e| e.to_string());
+    let _ = std::fs::remove_file(&raw);
+    b
+}
+
+pub fn last_lines(s: &str, n: usize) -> String {
+    let v: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    v[v.len().saturating_sub(n)..].join(" | ")
+}
