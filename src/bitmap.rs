@@ -3,9 +3,16 @@
 //! the process as soon as it is made, and survives a power cut once flushed. A clean-shutdown
 //! flag tells the next user whether the previous one stopped cleanly.
 //!
+//! It also carries what vouches for the image while nothing tracks it: the image's stamp
+//! (size, mtime, ctime) as of the tracker's last change to it — kept current while tracking,
+//! so it survives a killed tracker — and, from a clean stop, where the active log ended.
+//!
 //! File layout: a 4 KiB header (magic `hrl-bmp\0`, version u16, extent size u32 at 12,
 //! disk size u64 at 16, bit count u64 at 24, clean flag u8 at 32, image stamp flag u8 at 33,
-//! image size / mtime ns / ctime ns u64 at 40 / 48 / 56), then the bits, LSB first.
+//! closed log flag u8 at 34, standing
+//! report flag u8 at 35, image size / mtime ns / ctime ns u64 at 40 / 48 / 56, closed
+//! log sequence / length u64 at 64 / 72 and its running hash at 80..112), then the bits,
+//! LSB first.
 
 use std::path::{Path, PathBuf};
 
@@ -17,11 +24,15 @@ const VERSION: u16 = 1;
 const HEADER_LEN: usize = 4096;
 const CLEAN_OFFSET: usize = 32;
 const STAMP_FLAG_OFFSET: usize = 33;
+const LOG_FLAG_OFFSET: usize = 34;
+const REPORT_FLAG_OFFSET: usize = 35;
 const STAMP_OFFSET: usize = 40;
+const LOG_OFFSET: usize = 64;
 
-/// What the image looked like when tracking stopped cleanly. A different stamp at the next
-/// start means the image was changed while nothing tracked it (ctime cannot be set back by
-/// tools that copy or touch files, so it catches edits that restore the mtime).
+/// What the image looked like after the tracker's last change to it (kept current while
+/// tracking, written again at a clean stop). A different stamp at the next start means the
+/// image was changed while nothing tracked it (ctime cannot be set back by tools that copy or
+/// touch files, so it catches edits that restore the mtime).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageStamp {
     pub size: u64,
@@ -46,6 +57,26 @@ impl ImageStamp {
     }
 }
 
+/// Where the active log ended at a clean stop: the next start must find exactly this log
+/// (same sequence, length and running hash), else the changes it held are unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClosedLog {
+    pub seq: u64,
+    pub len: u64,
+    pub hash: [u8; 32],
+}
+
+/// What a clean close records beside the clean flag.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CleanClose {
+    /// The image as it is now (None: keep the stamp of the last tracked change).
+    pub stamp: Option<ImageStamp>,
+    /// Where the active log ended.
+    pub log: Option<ClosedLog>,
+    /// An unclean report is still standing (no resync cleared it): report the marks again.
+    pub report_stands: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BitmapError {
     #[error("{path}: {op}: {source}")]
@@ -67,8 +98,16 @@ pub struct DirtyBitmap {
     map: MmapMut,
     extent_size: u32,
     disk_size: u64,
-    /// The stamp recorded by the last clean close, if that close recorded one.
-    clean_stamp: Option<ImageStamp>,
+    /// The stamp the previous user left (after its last change, or at its clean close).
+    found_stamp: Option<ImageStamp>,
+    /// The active log the previous user's clean close recorded.
+    found_log: Option<ClosedLog>,
+    /// The previous user closed with an unclean report still standing (not yet resynced).
+    report_stands: bool,
+    /// The stamp kept in the header now (rewritten with every header write).
+    stamp: Option<ImageStamp>,
+    /// The file did not exist (or was empty): no marks from anyone before.
+    created: bool,
 }
 
 fn bits_for(disk_size: u64, extent: u32) -> u64 {
@@ -137,7 +176,7 @@ impl DirtyBitmap {
         };
         let file = crate::sidecar::open_or_create(path).map_err(io("open bitmap"))?;
         let len = file.metadata().map_err(io("stat bitmap"))?.len();
-        let mut header = [0u8; 64];
+        let mut header = [0u8; 112];
         if len >= HEADER_LEN as u64 {
             std::os::unix::fs::FileExt::read_exact_at(&file, &mut header, 0)
                 .map_err(io("read bitmap header"))?;
@@ -149,14 +188,17 @@ impl DirtyBitmap {
         if untrusted {
             tracing::warn!(path = %path.display(), "the dirty bitmap has an empty header; it vouches for nothing, the whole disk is marked");
         }
-        let (extent_size, existing_size, was_clean, clean_stamp) = if len == 0 || untrusted {
+        let (extent_size, existing_size, was_clean, found_stamp, found_log, report_stands) = if len
+            == 0
+            || untrusted
+        {
             if let Err(e) = reserve(&file, 0, file_len_for(bits_for(disk_size, extent_size))) {
                 if len == 0 {
                     let _ = std::fs::remove_file(path);
                 }
                 return Err(io("reserve bitmap")(e));
             }
-            (extent_size, disk_size, !untrusted, None)
+            (extent_size, disk_size, !untrusted, None, None, false)
         } else {
             let bad = |reason: String| BitmapError::Bad {
                 path: path.to_path_buf(),
@@ -178,16 +220,24 @@ impl DirtyBitmap {
             }
             let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap_or_default());
             let clean = h[CLEAN_OFFSET] == 1;
-            let stamp = (clean && h[STAMP_FLAG_OFFSET] == 1).then(|| ImageStamp {
+            let stamp = (h[STAMP_FLAG_OFFSET] == 1).then(|| ImageStamp {
                 size: word(STAMP_OFFSET),
                 mtime_ns: word(STAMP_OFFSET + 8),
                 ctime_ns: word(STAMP_OFFSET + 16),
             });
+            let log = (h[LOG_FLAG_OFFSET] == 1).then(|| ClosedLog {
+                seq: word(LOG_OFFSET),
+                len: word(LOG_OFFSET + 8),
+                hash: h[LOG_OFFSET + 16..LOG_OFFSET + 48]
+                    .try_into()
+                    .unwrap_or_default(),
+            });
+            let stands = clean && h[REPORT_FLAG_OFFSET] == 1;
             // Bitmaps written sparse (by older versions) get their holes filled now.
             if let Err(e) = reserve(&file, 0, len) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot reserve the dirty bitmap's blocks");
             }
-            (es, ds, clean, stamp)
+            (es, ds, clean, stamp, log, stands)
         };
         // SAFETY: the file is hrl's own and only this process maps it for writing; the length
         // is fixed while the map lives (resize remaps).
@@ -198,7 +248,11 @@ impl DirtyBitmap {
             map,
             extent_size,
             disk_size: existing_size,
-            clean_stamp,
+            found_stamp,
+            found_log,
+            report_stands,
+            stamp: None,
+            created: len == 0,
         };
         if untrusted {
             bm.bits_mut().fill(true);
@@ -211,7 +265,9 @@ impl DirtyBitmap {
         Ok((bm, was_clean))
     }
 
-    fn write_header(&mut self, clean: bool, stamp: Option<ImageStamp>) {
+    fn write_header(&mut self, clean: bool, close: Option<CleanClose>) {
+        let (log, stands) = close.map_or((None, false), |c| (c.log, c.report_stands));
+        let stamp = self.stamp;
         let h = &mut self.map[..HEADER_LEN];
         h[0..8].copy_from_slice(&MAGIC);
         h[8..10].copy_from_slice(&VERSION.to_le_bytes());
@@ -228,12 +284,55 @@ impl DirtyBitmap {
         h[STAMP_OFFSET..STAMP_OFFSET + 8].copy_from_slice(&st.size.to_le_bytes());
         h[STAMP_OFFSET + 8..STAMP_OFFSET + 16].copy_from_slice(&st.mtime_ns.to_le_bytes());
         h[STAMP_OFFSET + 16..STAMP_OFFSET + 24].copy_from_slice(&st.ctime_ns.to_le_bytes());
+        h[LOG_FLAG_OFFSET] = u8::from(log.is_some());
+        h[REPORT_FLAG_OFFSET] = u8::from(stands);
+        let log = log.unwrap_or(ClosedLog {
+            seq: 0,
+            len: 0,
+            hash: [0; 32],
+        });
+        h[LOG_OFFSET..LOG_OFFSET + 8].copy_from_slice(&log.seq.to_le_bytes());
+        h[LOG_OFFSET + 8..LOG_OFFSET + 16].copy_from_slice(&log.len.to_le_bytes());
+        h[LOG_OFFSET + 16..LOG_OFFSET + 48].copy_from_slice(&log.hash);
     }
 
-    /// The image stamp the last clean close recorded (None after an unclean stop, for a new
-    /// bitmap, or when the close recorded none).
-    pub fn clean_stamp(&self) -> Option<ImageStamp> {
-        self.clean_stamp
+    /// The image stamp the previous user left: as of its last change to the image (even if
+    /// it was killed) or its clean close. None for a new bitmap or one from before stamps.
+    pub fn found_stamp(&self) -> Option<ImageStamp> {
+        self.found_stamp
+    }
+
+    /// The active log the previous user's close recorded (None if it was killed first).
+    pub fn found_log(&self) -> Option<ClosedLog> {
+        self.found_log
+    }
+
+    /// The previous user stopped cleanly with an unclean report still standing: its marks
+    /// are to be reported again.
+    pub fn report_stands(&self) -> bool {
+        self.report_stands
+    }
+
+    /// True if this open created the bitmap: nobody's marks are in it.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Keeps `stamp` in the header as the image's state after the latest tracked change.
+    /// A plain store into the mapped header: it survives a killed process at once; a power
+    /// cut may lose it, which only makes the next start distrust the image (never trust it).
+    pub fn set_stamp(&mut self, stamp: ImageStamp) {
+        self.stamp = Some(stamp);
+        let h = &mut self.map[..HEADER_LEN];
+        h[STAMP_OFFSET..STAMP_OFFSET + 8].copy_from_slice(&stamp.size.to_le_bytes());
+        h[STAMP_OFFSET + 8..STAMP_OFFSET + 16].copy_from_slice(&stamp.mtime_ns.to_le_bytes());
+        h[STAMP_OFFSET + 16..STAMP_OFFSET + 24].copy_from_slice(&stamp.ctime_ns.to_le_bytes());
+        h[STAMP_FLAG_OFFSET] = 1;
+    }
+
+    /// The stamp kept now (see [`DirtyBitmap::set_stamp`]).
+    pub fn stamp(&self) -> Option<ImageStamp> {
+        self.stamp
     }
 
     fn bits(&self) -> &BitSlice<u8, Lsb0> {
@@ -366,13 +465,16 @@ impl DirtyBitmap {
 
     /// Records a clean shutdown: the marks stay, and the next `open` reports a clean stop.
     pub fn close_clean(self) -> Result<(), BitmapError> {
-        self.close_clean_with(None)
+        self.close_clean_with(CleanClose::default())
     }
 
-    /// Records a clean shutdown and what the image looks like now, so that the next user can
-    /// tell whether it was changed in between.
-    pub fn close_clean_with(mut self, stamp: Option<ImageStamp>) -> Result<(), BitmapError> {
-        self.write_header(true, stamp);
+    /// Records a clean shutdown, what the image looks like now and where its active log
+    /// ended, so that the next user can tell whether either was changed in between.
+    pub fn close_clean_with(mut self, close: CleanClose) -> Result<(), BitmapError> {
+        if let Some(s) = close.stamp {
+            self.stamp = Some(s);
+        }
+        self.write_header(true, Some(close));
         self.flush()
     }
 }
@@ -410,24 +512,43 @@ mod tests {
     }
 
     #[test]
-    fn clean_close_keeps_the_image_stamp_once() {
+    fn the_stamp_survives_a_crash_and_the_closed_log_only_a_clean_close() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s");
-        let stamp = ImageStamp {
-            size: 5,
-            mtime_ns: 6,
-            ctime_ns: 7,
+        let stamp = |n| ImageStamp {
+            size: n,
+            mtime_ns: n + 1,
+            ctime_ns: n + 2,
+        };
+        let log = ClosedLog {
+            seq: 3,
+            len: 4096 + 77,
+            hash: [9; 32],
         };
         let (bm, _) = DirtyBitmap::open(&p, 4096, 1 << 20).unwrap();
-        assert_eq!(bm.clean_stamp(), None);
-        bm.close_clean_with(Some(stamp)).unwrap();
+        assert!(bm.created());
+        assert_eq!(bm.found_stamp(), None);
+        bm.close_clean_with(CleanClose {
+            stamp: Some(stamp(5)),
+            log: Some(log),
+            report_stands: true,
+        })
+        .unwrap();
+        let (mut bm, clean) = DirtyBitmap::open(&p, 4096, 1 << 20).unwrap();
+        assert!(clean && !bm.created());
+        assert_eq!(bm.found_stamp(), Some(stamp(5)));
+        assert_eq!(bm.found_log(), Some(log));
+        assert!(bm.report_stands());
+        bm.set_stamp(stamp(6));
+        bm.resize(4 << 20).unwrap(); // a header rewrite keeps the stamp
+        drop(bm); // a crash: the latest stamp stays, the closed log no longer vouches
         let (bm, clean) = DirtyBitmap::open(&p, 4096, 1 << 20).unwrap();
-        assert!(clean);
-        assert_eq!(bm.clean_stamp(), Some(stamp));
-        drop(bm); // a crash: the stamp no longer vouches for the image
-        let (bm, clean) = DirtyBitmap::open(&p, 4096, 1 << 20).unwrap();
-        assert!(!clean);
-        assert_eq!(bm.clean_stamp(), None);
+        assert!(!clean && !bm.report_stands());
+        assert_eq!(bm.found_stamp(), Some(stamp(6)));
+        assert_eq!(bm.found_log(), None);
+        drop(bm); // killed before anything set a stamp: none is found
+        let (bm, _) = DirtyBitmap::open(&p, 4096, 1 << 20).unwrap();
+        assert_eq!(bm.found_stamp(), None);
     }
 
     #[test]

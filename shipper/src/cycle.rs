@@ -232,9 +232,16 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         let prev = previous
             .get(&sealed.disk_id)
             .filter(|e| e.generation == sealed.generation);
-        // An interrupted resync against this very replica state continues.
+        // An interrupted resync against this very replica state continues, unless a newer
+        // unclean report (another tracker process) came since it was planned.
+        let reports_unclean = unclean.contains(&sealed.disk);
         let saved = crate::resync::load_job(&p.state_dir, &sealed.disk_id).filter(|(j, _)| {
+            let answers = j.answers_report(tstatus.pid, reports_unclean);
+            if !answers {
+                info!(disk = %sealed.disk, "a newer unclean report replaces the interrupted resync");
+            }
             !p.force_resync
+                && answers
                 && j.generation == sealed.generation
                 && prev.is_some_and(|e| e.last_seq == j.replica_last_seq)
         });
@@ -743,10 +750,7 @@ fn image_stat(path: &Path) -> Option<(u64, i128)> {
 /// (/proc) plus the current offset between the real-time and boot-time clocks (`btime` in
 /// /proc/stat is rounded to whole seconds, too coarse here).
 fn process_start_ns(pid: u32) -> Option<i128> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22 (starttime) is the 20th after the ")" that ends the command name.
-    let after = stat.rsplit_once(')')?.1;
-    let ticks: i128 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let ticks = i128::from(crate::resync::process_start_ticks(pid)?);
     let now = |clock| {
         let mut ts = libc::timespec {
             tv_sec: 0,
@@ -906,6 +910,7 @@ async fn plan_resync(
             ..Default::default()
         },
         elapsed_s: 0.0,
+        tracker: crate::resync::TrackerInstance::of(tstatus.pid),
     };
     crate::resync::save_job(&p.state_dir, &job, &replica)?;
     Ok(Some((job, replica)))

@@ -115,6 +115,48 @@ pub struct ResyncJob {
     pub progress: ResyncProgress,
     /// Seconds spent in earlier runs (for the rate).
     pub elapsed_s: f64,
+    /// The tracker process whose report the job was planned from. A job resumed under
+    /// another tracker that reports unclean extents is stale: that report is newer (a crash,
+    /// an offline edit) and may cover blocks the job compared already or never had.
+    #[serde(default)]
+    pub tracker: Option<TrackerInstance>,
+}
+
+/// One run of a tracker process: its pid and start time (clock ticks after boot), which
+/// together never repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackerInstance {
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
+impl TrackerInstance {
+    /// The running process `pid` (None if it is gone).
+    pub fn of(pid: u32) -> Option<TrackerInstance> {
+        Some(TrackerInstance {
+            pid,
+            start_ticks: process_start_ticks(pid)?,
+        })
+    }
+}
+
+/// When process `pid` started, in clock ticks after boot (field 22 of /proc/PID/stat).
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime) is the 20th after the ")" that ends the command name.
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl ResyncJob {
+    /// True if the job still answers the tracker's report: planned under this tracker
+    /// process, or the tracker reports nothing unclean for the disk.
+    pub fn answers_report(&self, tracker_pid: u32, reports_unclean: bool) -> bool {
+        !reports_unclean
+            || self
+                .tracker
+                .is_some_and(|t| Some(t) == TrackerInstance::of(tracker_pid))
+    }
 }
 
 /// (De)serializes an ascending block list as `[first, end)` ranges.
@@ -627,6 +669,7 @@ mod tests {
             cursor: 2,
             progress: ResyncProgress::default(),
             elapsed_s: 1.5,
+            tracker: TrackerInstance::of(std::process::id()),
         };
         let idx = ChunkIndex {
             block_size: 4096,
@@ -646,5 +689,42 @@ mod tests {
         assert_eq!(i.digests, idx.digests);
         drop_job(dir.path(), &job.disk_id);
         assert!(load_job(dir.path(), &job.disk_id).is_none());
+    }
+
+    #[test]
+    fn a_job_answers_only_the_report_of_the_tracker_it_was_planned_under() {
+        let me = std::process::id();
+        let this = TrackerInstance::of(me);
+        assert!(this.is_some());
+        let job = |tracker| ResyncJob {
+            disk_id: "ab".repeat(16),
+            generation: 1,
+            after_seq: 4,
+            after_chain_hash: "00".repeat(32),
+            replica_last_seq: 3,
+            index_key: "k".into(),
+            kind: ResyncKind::Targeted,
+            blocks: vec![1],
+            cursor: 0,
+            progress: ResyncProgress::default(),
+            elapsed_s: 0.0,
+            tracker,
+        };
+        assert!(job(this).answers_report(me, true));
+        assert!(
+            job(this).answers_report(me + 1, false),
+            "no report: nothing newer"
+        );
+        // A restarted tracker (same pid reused, another start) or another pid: newer report.
+        let restarted = this.map(|t| TrackerInstance {
+            start_ticks: t.start_ticks + 1,
+            ..t
+        });
+        assert!(!job(restarted).answers_report(me, true));
+        assert!(!job(this).answers_report(u32::MAX, true));
+        assert!(
+            !job(None).answers_report(me, true),
+            "a job from before: replaced"
+        );
     }
 }

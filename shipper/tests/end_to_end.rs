@@ -1044,6 +1044,70 @@ fn shipper_kill9_mid_resync_resumes_where_it_stopped() {
     same_dirs(&s.restore(p), &snap);
 }
 
+/// Issue 16.7: an interrupted resync must not answer a newer unclean report. kill -9 of the
+/// tracker (it reports the first 4 MiB unclean), kill -9 of the shipper half way through the
+/// targeted resync of those 16 blocks, a clean unmount, an offline write at 40 MiB, a mount
+/// (the tracker reports the whole disk unclean): the next sync replaces the old job with one
+/// that compares every block, so the 40 MiB change ships and the point restores exactly.
+#[test]
+fn a_newer_unclean_report_replaces_an_interrupted_resync() {
+    use std::os::unix::fs::FileExt;
+    let s = Scene::new(ServerKind::Local);
+    let disk = s.dir.join("d.img");
+    new_disk(&disk, 64 << 20);
+    let mut tracker = Tracker::mount(&s.dir, &s.run_dir);
+    fill(&disk, 64, 7);
+    assert_eq!(s.sync()["point"], 1);
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    for i in 0..16u64 {
+        f.write_all_at(&file_data(i as u8 + 30, 65536), i * CHUNK + 4096)
+            .unwrap();
+    }
+    drop(f);
+    let mut c = tracker.child.take().unwrap();
+    c.kill().unwrap();
+    let _ = c.wait();
+    drop(tracker);
+    tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let st = tracker_status(&s.dir, &s.run_dir);
+    assert_eq!(
+        st["disks"][0]["unclean_extents"],
+        serde_json::json!([[0, 4 << 20]]),
+        "{st:#}"
+    );
+    let mut sync = Command::new(shipper_bin());
+    sync.args([
+        "sync",
+        "--dir",
+        s.dir.to_str().unwrap(),
+        "--target",
+        &s.server.url,
+    ])
+    .envs(s.server.env.clone())
+    .env("HRL_RUN_DIR", &s.run_dir)
+    .env("HRL_STATE_DIR", &s.state);
+    kill9_at_stop_point(sync, &s.state.join("stopped-at-mid-resync"), "mid-resync");
+    let half = &s.status()["disks"][0]["resync"];
+    assert_eq!(half["blocks_total"], 16, "{half:#}");
+    drop(tracker);
+    assert!(!is_mounted(&s.dir));
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.write_all_at(&file_data(99, 4096), 40 << 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let r = s.sync();
+    let p = r["point"].as_u64().unwrap();
+    assert_eq!(p, 2, "{r}");
+    let rs = &r["base_copies"][0]["resync"];
+    assert_eq!(rs["resumed"], 0, "the old job must not be resumed: {r}");
+    assert_eq!(rs["blocks_compared"], 256, "every block compared: {r}");
+    assert!(rs["blocks_differing"].as_u64().unwrap() >= 17, "{r}");
+    let snap = s.snapshot(p);
+    drop(tracker);
+    same_dirs(&s.restore(p), &snap);
+}
+
 /// `mv a.img b.img` while both are replicated (their logs have the same sequence numbers):
 /// the next syncs commit (before: every seal failed, "b.img.<n>.hrl already exists"), the
 /// status keeps one b.img (the renamed disk's id; before, the old b.img stayed as a phantom),

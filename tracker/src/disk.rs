@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use hrl::bitmap::{BitmapError, DirtyBitmap, ImageStamp};
+use hrl::bitmap::{BitmapError, CleanClose, ClosedLog, DirtyBitmap, ImageStamp};
 use hrl::control::{DiskMode, DiskStatus, SealedLog};
 use hrl::log::{LogError, LogHeader, LogWriter};
 use hrl::naming;
@@ -117,8 +117,6 @@ pub struct DiskState {
     warnings: Vec<String>,
     /// For the operator, for as long as the mount lives: extra hard links.
     lasting_warnings: Vec<String>,
-    /// Size and mtime of the image after the tracker's own last change (bypass detection).
-    own_stamp: Option<(u64, u64)>,
     /// Why the image is known to have changed outside the tracker (until `clear`).
     pub changed_outside: Option<String>,
     /// A change outside the tracker was found since the last seal (reported by the next).
@@ -193,6 +191,9 @@ impl DiskState {
         self.log = Some(next);
     }
 
+    /// Nothing vouches for the image any more (changed behind the tracker's back, bitmap or
+    /// log lost): marks the whole disk, holds it and reports it unclean, so the shipper
+    /// compares every block.
     fn hold_range(&mut self, off: u64, len: u64) {
         let Some(bm) = self.bitmap.as_ref() else {
             return;
@@ -251,6 +252,103 @@ pub enum Start {
     Fresh { first_seq: u64 },
 }
 
+/// Reopens the active log (cutting a torn tail), or starts it where `start` says. Returns
+/// the log, whether it was closed cleanly, and where a torn tail was cut.
+fn open_active_log(
+    active: &Path,
+    exists: bool,
+    start: Start,
+    size: u64,
+    name: &str,
+) -> Result<(LogWriter, bool, Option<u64>), crate::tracking::TrackError> {
+    use crate::tracking::TrackError;
+    Ok(if exists {
+        let (w, rec) = LogWriter::open_append(active)?;
+        if let Some(at) = rec.torn_at {
+            tracing::warn!(
+                disk = name,
+                offset = at,
+                "cut a torn tail off the active log"
+            );
+        }
+        (w, rec.was_clean, rec.torn_at)
+    } else {
+        let (seq, prev, id, generation) = match start {
+            Start::Continue {
+                last_seq,
+                prev,
+                id,
+                generation,
+            } => (last_seq + 1, prev, id, generation),
+            Start::Fresh { first_seq } => {
+                let mut id = [0u8; 16];
+                getrandom::fill(&mut id).map_err(|e| TrackError::Io {
+                    what: "draw a disk id".into(),
+                    source: io::Error::other(e.to_string()),
+                })?;
+                (first_seq, [0u8; 32], id, 1)
+            }
+        };
+        let mut h = LogHeader::new(id, generation, seq, size, prev);
+        h.block_size = EXTENT_SIZE;
+        (LogWriter::create(active, &h)?, true, None)
+    })
+}
+
+/// What a disk's files say at startup about changes nobody tracked.
+struct Vouch<'a> {
+    bitmap: &'a DirtyBitmap,
+    /// The disk has a chain (an active log or sealed logs): it was tracked before.
+    chain_exists: bool,
+    /// The active log found (None: it was missing).
+    log: Option<&'a LogWriter>,
+    now: ImageStamp,
+}
+
+impl Vouch<'_> {
+    /// Why nothing vouches for the image (every block may differ), or None.
+    fn distrust(&self) -> Option<String> {
+        let bm = self.bitmap;
+        if bm.created() {
+            // A disk that never had a chain gets a new id: the shipper copies it whole.
+            return self.chain_exists.then(|| {
+                "its dirty bitmap is missing, so nothing vouches for the changes since the last point".to_string()
+            });
+        }
+        match bm.found_stamp() {
+            None => return Some("its dirty bitmap holds no image stamp (written by a tracker that stopped before recording one)".into()),
+            Some(then) if then != self.now => {
+                return Some(format!(
+                    "the image changed while it was not tracked (then {then:?}, now {:?})",
+                    self.now
+                ))
+            }
+            Some(_) => {}
+        }
+        let closed = bm.found_log()?;
+        match self.log {
+            None => Some(format!(
+                "its active log (sequence {}) is gone; the changes it held are unknown",
+                closed.seq
+            )),
+            Some(l)
+                if l.header().sequence != closed.seq
+                    || l.len() != closed.len
+                    || l.seal_hash() != closed.hash =>
+            {
+                Some(format!(
+                    "its active log is not the one the clean stop left (sequence {} of {} bytes, found sequence {} of {} bytes); the changes it held are unknown",
+                    closed.seq,
+                    closed.len,
+                    l.header().sequence,
+                    l.len()
+                ))
+            }
+            Some(_) => None,
+        }
+    }
+}
+
 /// One tracked disk.
 pub struct Disk {
     pub key: BackingKey,
@@ -294,56 +392,34 @@ impl Disk {
         let (mut bitmap, bitmap_clean) =
             DirtyBitmap::open(&naming::bitmap_path(&disk_path), EXTENT_SIZE, size)?;
         let active = naming::active_log_path(&disk_path);
-        let (log, log_clean, torn_at) = if active.exists() {
-            let (w, rec) = LogWriter::open_append(&active)?;
-            if let Some(at) = rec.torn_at {
-                tracing::warn!(
-                    disk = name,
-                    offset = at,
-                    "cut a torn tail off the active log"
-                );
-            }
-            (w, rec.was_clean, rec.torn_at)
-        } else {
-            let (seq, prev, id, generation) = match start {
-                Start::Continue {
-                    last_seq,
-                    prev,
-                    id,
-                    generation,
-                } => (last_seq + 1, prev, id, generation),
-                Start::Fresh { first_seq } => {
-                    let mut id = [0u8; 16];
-                    getrandom::fill(&mut id).map_err(|e| TrackError::Io {
-                        what: "draw a disk id".into(),
-                        source: io::Error::other(e.to_string()),
-                    })?;
-                    (first_seq, [0u8; 32], id, 1)
-                }
-            };
-            let mut h = LogHeader::new(id, generation, seq, size, prev);
-            h.block_size = EXTENT_SIZE;
-            (LogWriter::create(&active, &h)?, true, None)
-        };
-        let own_stamp = stamp_of(&image);
+        let active_existed = active.exists();
+        let continuing = matches!(start, Start::Continue { .. });
+        let (log, log_clean, torn_at) =
+            open_active_log(&active, active_existed, start, size, name)?;
         let recovered = !(bitmap_clean && log_clean) || torn_at.is_some();
-        // After a clean stop the bitmap holds the image's stamp from then: a different stamp
-        // now means the image was changed while nothing tracked it. Every block may differ.
-        let offline_change = match (recovered, bitmap.clean_stamp()) {
-            (false, Some(then)) => {
-                let now = image.metadata().map(|m| ImageStamp::of(&m)).ok();
-                if now != Some(then) {
-                    tracing::warn!(disk = name, ?then, ?now,
-                        "the image changed while it was not tracked; reporting the whole disk as unclean");
-                    bitmap.mark(0, size.max(then.size).max(1))?;
-                    bitmap.flush()?;
-                    true
-                } else {
-                    false
-                }
-            }
-            _ => false,
+        let now = image
+            .metadata()
+            .map(|m| ImageStamp::of(&m))
+            .map_err(|e| TrackError::Io {
+                what: format!("stat disk {name}"),
+                source: e,
+            })?;
+        let vouch = Vouch {
+            bitmap: &bitmap,
+            chain_exists: active_existed || continuing,
+            log: active_existed.then_some(&log),
+            now,
         };
+        let distrust = vouch.distrust();
+        if let Some(why) = &distrust {
+            tracing::warn!(disk = name, "{why}; reporting the whole disk as unclean");
+            bitmap.mark(0, size.max(bitmap.disk_size()).max(1))?;
+        }
+        // From here on the stamp vouches for the image as it is now; every tracked change
+        // keeps it current.
+        bitmap.set_stamp(now);
+        bitmap.flush()?;
+        let offline_change = distrust.is_some() || bitmap.report_stands();
         let mut held = HashSet::new();
         let es = u64::from(bitmap.extent_size());
         // Marks still set were not cleared by a clean stop (crash) or are bitmap-mode marks
@@ -395,7 +471,6 @@ impl Disk {
                     retired: false,
                     warnings: Vec::new(),
                     lasting_warnings: Vec::new(),
-                    own_stamp,
                     changed_outside: None,
                     outside_unsealed: false,
                 }),
@@ -466,11 +541,10 @@ impl Disk {
 
     /// A write to the image: marked, logged, then written.
     pub fn write(&self, fd: RawFd, off: u64, data: &[u8]) -> io::Result<()> {
-        let mut st = self.lock_for_change();
-        self.own_change(&mut st, |st| {
+        self.change(|st| {
             Self::mark(st, off, data.len() as u64)?;
-            // Reserve the image blocks first: once the record is logged, the image write must
-            // not fail for lack of space (ENOSPC would leave a record the image does not have).
+            // Reserve the image blocks first: once the record is logged, the image write must not
+            // fail for lack of space (ENOSPC would leave a record the image does not have).
             reserve(fd, off, data.len() as u64)?;
             st.record(ChangeRef::Write { offset: off, data })?;
             if let Err(e) = sys::pwrite_all(fd, data, off) {
@@ -484,8 +558,7 @@ impl Disk {
 
     /// A size change (truncate, O_TRUNC): marked, logged, done.
     pub fn truncate(&self, fd: RawFd, size: u64) -> io::Result<()> {
-        let mut st = self.lock_for_change();
-        self.own_change(&mut st, |st| {
+        self.change(|st| {
             let cur = sys::fstat(fd)?.st_size as u64;
             let (lo, hi) = (cur.min(size), cur.max(size));
             Self::mark(st, lo, hi - lo)?;
@@ -508,8 +581,7 @@ impl Disk {
         if mode & !known != 0 {
             return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
-        let mut st = self.lock_for_change();
-        self.own_change(&mut st, |st| self.fallocate_locked(st, fd, mode, off, len))
+        self.change(|st| self.fallocate_locked(st, fd, mode, off, len))
     }
 
     fn fallocate_locked(
@@ -640,44 +712,40 @@ impl Disk {
         sys::fsync(fd, datasync)
     }
 
-    /// Runs one of the tracker's own changes of the image: first checks that nothing else
-    /// changed it since the tracker's last change, then records the image's stamp after it.
-    fn own_change<T>(
-        &self,
-        st: &mut DiskState,
-        change: impl FnOnce(&mut DiskState) -> io::Result<T>,
-    ) -> io::Result<T> {
-        self.check_outside(st);
-        let r = change(st);
-        st.own_stamp = self.stamp();
-        r
-    }
-
-    /// Size and mtime (ns) of the image now. A change through any descriptor moves the mtime;
-    /// since the tracker has just read it, the kernel gives the next change a fine-grained
-    /// timestamp (multigrain timestamps, Linux 6.13+), so it differs even within one tick.
-    fn stamp(&self) -> Option<(u64, u64)> {
-        stamp_of(&self.image)
-    }
-
-    /// Compares the image with its stamp after the tracker's own last change: a difference
-    /// is a change made outside the tracker (a descriptor, mapping or loop device that
-    /// bypasses the mount). The whole disk is then marked for a full compare.
-    fn check_outside(&self, st: &mut DiskState) {
-        let now = self.stamp();
-        match st.own_stamp {
-            Some(own) if now != Some(own) => {
+    /// Compares the image with the stamp the tracker's last own change left in the bitmap
+    /// header (persisted, so it vouches across a killed tracker too): a difference is a
+    /// change made outside the tracker (a descriptor, mapping or loop device that bypasses
+    /// the mount, or an edit while nothing tracked). The whole disk is then marked for a
+    /// full compare with the `changed_outside` reason. `full` false compares the size only
+    /// (a metadata change through the mount has just moved the times). Renews the stamp.
+    fn check_outside_with(&self, st: &mut DiskState, full: bool) {
+        let now = match self.stamp_now() {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(disk = %st.name, error = %e, "cannot stat the image");
+                return;
+            }
+        };
+        let kept = st.bitmap.as_ref().and_then(|b| b.stamp());
+        if let Some(k) = kept {
+            let same = if full { k == now } else { k.size == now.size };
+            if !same {
                 let why = format!(
                     "{} changed outside the tracker (size {} -> {}, mtime moved): a writer bypasses the mount; resync scheduled",
-                    st.name,
-                    own.0,
-                    now.map_or(0, |n| n.0)
+                    st.name, k.size, now.size
                 );
                 self.mark_changed_outside(st, why);
             }
-            _ => {}
         }
-        st.own_stamp = now;
+        if let Some(bm) = st.bitmap.as_mut() {
+            bm.set_stamp(now);
+        }
+    }
+
+    /// [`Disk::check_outside_with`], comparing size and times (before each own change, after
+    /// each seal cut, at a clean stop).
+    fn check_outside(&self, st: &mut DiskState) {
+        self.check_outside_with(st, true);
     }
 
     /// Marks the whole disk unclean and held (a full compare at the next cycle), for a change
@@ -900,11 +968,19 @@ impl Disk {
         Ok(())
     }
 
-    /// Clean stop: log closed (state Closed), image durable, bitmap flagged clean. The marks
-    /// stay: what the closed log holds is not in a committed point yet.
+    /// Clean stop: log closed (state Closed), image durable, bitmap flagged clean with where
+    /// the log ended. The marks stay: what the closed log holds is not in a committed point
+    /// yet. The image's stamp is renewed only if nothing changed it since the last tracked
+    /// change (else the old stamp stays and the next start distrusts the image); an unclean
+    /// report not resynced yet stands.
     pub fn close_clean(&self) -> io::Result<()> {
         let mut st = self.lock_settled();
         let st = &mut *st;
+        let closed = st.log.as_ref().map(|l| ClosedLog {
+            seq: l.header().sequence,
+            len: l.len(),
+            hash: l.seal_hash(),
+        });
         self.check_outside(st);
         if let Some(log) = st.log.take() {
             log.close_clean().map_err(log_err)?;
@@ -918,18 +994,53 @@ impl Disk {
             }
             return Ok(());
         }
-        let stamp = self.image.metadata().map(|m| ImageStamp::of(&m)).ok();
+        let stamp = Some(self.stamp_now()?);
         if let Some(bm) = st.bitmap.take() {
-            bm.close_clean_with(stamp).map_err(bitmap_err)?;
+            bm.close_clean_with(CleanClose {
+                stamp,
+                log: closed,
+                report_stands: !st.unclean.is_empty(),
+            })
+            .map_err(bitmap_err)?;
         }
         Ok(())
     }
-}
 
-/// Size and mtime (ns) of an image (see [`Disk::check_outside`]).
-fn stamp_of(image: &File) -> Option<(u64, u64)> {
-    let s = ImageStamp::of(&image.metadata().ok()?);
-    Some((s.size, s.mtime_ns))
+    /// The image's stamp now.
+    fn stamp_now(&self) -> io::Result<ImageStamp> {
+        Ok(ImageStamp::of(&self.image.metadata()?))
+    }
+
+    /// Runs a change to the image under the disk's lock, between two looks at its stamp:
+    /// before, it must still be the stamp the last tracked change left (else the change came
+    /// from outside: [`Disk::check_outside`]); after, the new stamp is kept in the bitmap
+    /// header, where it vouches for the image even if the tracker is killed next.
+    fn change<T>(&self, f: impl FnOnce(&mut DiskState) -> io::Result<T>) -> io::Result<T> {
+        let mut st = self.lock_for_change();
+        self.check_outside(&mut st);
+        let r = f(&mut st);
+        self.keep_stamp(&mut st);
+        r
+    }
+
+    fn keep_stamp(&self, st: &mut DiskState) {
+        match self.stamp_now() {
+            Ok(now) => {
+                if let Some(bm) = st.bitmap.as_mut() {
+                    bm.set_stamp(now);
+                }
+            }
+            Err(e) => tracing::warn!(disk = %st.name, error = %e, "cannot stat the image"),
+        }
+    }
+
+    /// After a metadata change made through the mount (mode, owner, times, xattrs, links,
+    /// renames): the image's ctime moved legitimately, so the stamp is renewed (its size must
+    /// not have changed meanwhile).
+    pub fn after_metadata_change(&self) {
+        let mut st = self.lock_settled();
+        self.check_outside_with(&mut st, false);
+    }
 }
 
 /// Allocates the image blocks of `[off, off+len)` ahead of a write (no size change), so the

@@ -36,14 +36,97 @@ fn canonical(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// A tracker killed without unmounting leaves a dead FUSE mount ("Transport endpoint is not
-/// connected") over the directory: detach it so a new tracker can take over.
+/// connected") over the directory: detach it so a new tracker can take over. A `stat` cannot
+/// tell (the kernel answers it from cached attributes for a while), so the check is: the
+/// topmost mount at the path is an hrl FUSE mount (`/proc/self/mountinfo`), and `statfs`,
+/// which the kernel always sends to the server, finds no server (ENOTCONN). Stacked dead
+/// mounts are detached one by one.
 fn detach_dead_mount(p: &Path) {
-    if let Err(e) = std::fs::metadata(p) {
-        if e.raw_os_error() == Some(libc::ENOTCONN) {
-            tracing::warn!(dir = %p.display(), "detaching the dead mount of a previous tracker");
-            let _ = umount_flags(p, libc::MNT_DETACH);
+    let Some(path) = mount_path(p) else {
+        return;
+    };
+    for _ in 0..16 {
+        if !top_mount_is_hrl(&path) || !server_gone(&path) {
+            return;
+        }
+        tracing::warn!(dir = %path.display(), "detaching the dead mount of a previous tracker");
+        if let Err(e) = umount_flags(&path, libc::MNT_DETACH) {
+            tracing::warn!(dir = %path.display(), error = %e, "cannot detach the dead mount");
+            return;
         }
     }
+}
+
+/// The source hrl's mounts show in /proc/self/mountinfo (`FSName`), before the backing path.
+const HRL_SOURCE_PREFIX: &str = "hrl:";
+
+/// The absolute path of `p` as mountinfo lists it, found without a stat of `p` itself (which
+/// a dead mount refuses): its parent resolved, its own name kept.
+fn mount_path(p: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(p).ok()?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => Some(std::fs::canonicalize(parent).ok()?.join(name)),
+        _ => Some(abs),
+    }
+}
+
+/// True if the topmost mount at `path` (the last matching mountinfo line) is an hrl FUSE
+/// mount: type `fuse` or `fuse.*`, source `hrl:…`.
+fn top_mount_is_hrl(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let target = path.to_string_lossy();
+    info.lines()
+        .filter(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&*target))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(" - ")?;
+            let mut f = rest.split(' ');
+            Some((f.next()?.to_string(), f.next().map(unescape_mountinfo)?))
+        })
+        .next_back()
+        .is_some_and(|(fstype, source)| {
+            (fstype == "fuse" || fstype.starts_with("fuse."))
+                && source.starts_with(HRL_SOURCE_PREFIX)
+        })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match oct {
+            Some(o) if b[i] == b'\\' => {
+                out.push(
+                    o.iter()
+                        .fold(0u8, |acc, c| acc.wrapping_mul(8).wrapping_add(c - b'0')),
+                );
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// True if the FUSE mount at `path` has no server: `statfs` is never answered from a cache.
+fn server_gone(path: &Path) -> bool {
+    let Ok(c) = sys::cstr(path.as_os_str()) else {
+        return false;
+    };
+    // SAFETY: zeroed statfs is a valid out-buffer; valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
 }
 
 /// Mounts; returns once the mount is live (background) or when it ends (foreground).
@@ -202,7 +285,7 @@ fn start(
     let core_for_removals = core.clone();
     let mut config = fuser::Config::default();
     config.mount_options = vec![
-        fuser::MountOption::FSName(format!("hrl:{}", backing.display())),
+        fuser::MountOption::FSName(format!("{HRL_SOURCE_PREFIX}{}", backing.display())),
         fuser::MountOption::Subtype("hrl".into()),
         fuser::MountOption::DefaultPermissions,
     ];
@@ -313,21 +396,47 @@ fn forward_removals(
     Ok(())
 }
 
-/// SIGTERM/SIGINT/SIGHUP unmount the filesystem, which ends the session cleanly.
+/// SIGTERM/SIGINT/SIGHUP unmount the filesystem, which ends the session cleanly. A busy
+/// mount (a VM holds a disk open) is never detached lazily: that would expose the raw
+/// directory while this tracker still serves the open disks, and a write there would be in
+/// no log. The tracker keeps serving and retries until the mount is no longer busy (systemd's
+/// stop timeout then kills it: an unclean stop, whose marks are resynced).
 fn spawn_signal_thread(mountpoint: PathBuf, set: nix::sys::signal::SigSet) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("hrl-signals".into())
         .spawn(move || loop {
             if let Ok(sig) = set.wait() {
                 tracing::info!(signal = ?sig, "stopping: unmounting");
-                if let Err(e) = umount(&mountpoint) {
-                    tracing::warn!(error = %e, "unmount refused; detaching lazily");
-                    let _ = umount_flags(&mountpoint, libc::MNT_DETACH);
-                }
+                unmount_when_idle(&mountpoint);
             }
         })
         .context("spawn signal thread")?;
     Ok(())
+}
+
+/// How often a stop retries the unmount of a busy mount.
+const BUSY_RETRY: Duration = Duration::from_millis(500);
+
+/// Unmounts, waiting while the mount is busy.
+fn unmount_when_idle(mountpoint: &Path) {
+    let mut warned = false;
+    loop {
+        match umount(mountpoint) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                if !warned {
+                    tracing::warn!(mount = %mountpoint.display(),
+                        "the mount is busy (disks are open): serving on until they are closed, never detaching lazily");
+                    warned = true;
+                }
+                std::thread::sleep(BUSY_RETRY);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "unmount failed");
+                return;
+            }
+            Ok(()) => return,
+        }
+    }
 }
 
 fn umount_flags(p: &Path, flags: i32) -> std::io::Result<()> {

@@ -157,6 +157,14 @@ impl Core {
         self.tracker.disk(key)
     }
 
+    /// A disk's ctime moved through the mount (mode, owner, times, xattrs, links): its
+    /// stamp is renewed so that it keeps vouching for the image.
+    fn after_metadata_change(&self, key: BackingKey) {
+        if let Some(d) = self.disk_of(key) {
+            d.after_metadata_change();
+        }
+    }
+
     /// Looks `name` up in `parent` and records the kernel's reference.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> OpResult<(u64, libc::stat)> {
         let p = self.inode(parent)?;
@@ -202,6 +210,9 @@ impl Core {
         if a.uid.is_some() || a.gid.is_some() {
             sys::fchownat(i.raw(), a.uid, a.gid).or_else(err)?;
         }
+        if a.mode.is_some() || a.uid.is_some() || a.gid.is_some() {
+            self.after_metadata_change(i.key);
+        }
         if let Some(size) = a.size {
             if a.kill_suidgid {
                 kill_suidgid(i.raw())?;
@@ -234,6 +245,7 @@ impl Core {
                 })
             };
             sys::utimens_fd(i.raw(), i.is_symlink(), conv(a.atime), conv(a.mtime)).or_else(err)?;
+            self.after_metadata_change(i.key);
         }
         sys::fstat(i.raw()).or_else(err)
     }
@@ -325,6 +337,8 @@ impl Core {
         };
         sys::unlinkat(p.raw(), name, 0).or_else(err)?;
         self.tracker.after_unlink(plan);
+        // Another link of a disk that stays: its link count, and ctime, changed.
+        self.after_metadata_change((st.st_dev, st.st_ino));
         Ok(())
     }
 
@@ -367,6 +381,7 @@ impl Core {
             .or_else(err)?;
         sys::renameat2(p.raw(), name, np.raw(), newname, flags).or_else(err)?;
         self.tracker.after_rename(plan);
+        self.after_metadata_change(key);
         Ok(())
     }
 
@@ -389,6 +404,7 @@ impl Core {
         }
         let np = self.inode(newparent)?;
         sys::linkat_fd(i.raw(), np.raw(), newname).or_else(err)?;
+        self.after_metadata_change(i.key);
         self.lookup(newparent, newname)
     }
 
@@ -491,6 +507,7 @@ impl Core {
         let fd = f.file.as_raw_fd();
         if kill_suidgid {
             self::kill_suidgid(fd)?;
+            self.after_metadata_change(f.key);
         }
         match self.disk_of(f.key) {
             Some(d) => d.write(fd, off, data).or_else(err)?,
@@ -592,7 +609,9 @@ impl Core {
         if i.is_symlink() {
             return Err(libc::EPERM);
         }
-        sys::setxattr(i.raw(), name, value, flags).or_else(err)
+        sys::setxattr(i.raw(), name, value, flags).or_else(err)?;
+        self.after_metadata_change(i.key);
+        Ok(())
     }
 
     pub fn listxattr(&self, ino: u64, size: u32) -> OpResult<Vec<u8>> {
@@ -608,7 +627,9 @@ impl Core {
         if i.protected || i.is_symlink() {
             return Err(libc::EPERM);
         }
-        sys::removexattr(i.raw(), name).or_else(err)
+        sys::removexattr(i.raw(), name).or_else(err)?;
+        self.after_metadata_change(i.key);
+        Ok(())
     }
 
     pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32, who: Caller) -> OpResult<()> {

@@ -103,8 +103,10 @@ impl Mounted {
         run_dir: &Path,
         extra: &[&str],
     ) -> Mounted {
-        let backing = std::fs::canonicalize(backing).unwrap();
-        let mountpoint = std::fs::canonicalize(mountpoint).unwrap();
+        let backing = std::fs::canonicalize(backing).unwrap_or_else(|_| backing.to_path_buf());
+        // A dead mount there (a killed tracker's) refuses the stat: the path stays as given.
+        let mountpoint =
+            std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
         cmd.arg("mount").arg(&mountpoint);
         if backing != mountpoint {
             cmd.arg("--backing").arg(&backing);
