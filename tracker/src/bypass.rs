@@ -9,11 +9,11 @@
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::core::sys;
+use crate::sys;
 use crate::tracking::Tracker;
 
 /// A disk of the directory, by backing identity.
@@ -128,7 +128,7 @@ pub fn guard_mount(
     include: &[String],
     force: bool,
 ) -> anyhow::Result<Vec<Bypass>> {
-    let st = sys::fstat(root.as_raw_fd())?;
+    let st = sys::fstat(root.as_fd())?;
     let found = find(
         dir,
         (st.st_dev, st.st_ino),
@@ -143,21 +143,15 @@ pub fn guard_mount(
 
 /// The disks of the backing directory, by identity (the names [`Tracker`] will track).
 fn disks_in(root: &OwnedFd, include: &[String]) -> anyhow::Result<Vec<Target>> {
-    let dirfd = sys::openat(
-        root.as_raw_fd(),
-        OsStr::new("."),
-        libc::O_RDONLY | libc::O_DIRECTORY,
-        0,
-    )?;
     let mut out = Vec::new();
-    for (_, _, raw) in sys::read_dir_entries(dirfd.as_raw_fd())? {
-        let Ok(name) = String::from_utf8(raw) else {
+    for e in sys::read_dir(root.as_fd())? {
+        let Ok(name) = String::from_utf8(e.name) else {
             continue;
         };
         if !crate::tracking::is_disk_name(include, &name) {
             continue;
         }
-        if let Ok(st) = sys::statat(root.as_raw_fd(), OsStr::new(&name)) {
+        if let Ok(st) = sys::statat(root.as_fd(), OsStr::new(&name)) {
             if st.st_mode & libc::S_IFMT == libc::S_IFREG {
                 out.push(Target {
                     name,
@@ -174,7 +168,7 @@ fn disks_in(root: &OwnedFd, include: &[String]) -> anyhow::Result<Vec<Target>> {
 /// tracker (unclean as a whole: a full compare at the next cycle), and logs the disk-looking
 /// files that cannot be tracked.
 pub fn mark_found(tracker: &Tracker, found: &[Bypass]) {
-    for u in untracked(tracker) {
+    for u in tracker.untracked() {
         tracing::warn!("{u}");
     }
     for b in found {
@@ -190,61 +184,10 @@ pub fn mark_found(tracker: &Tracker, found: &[Bypass]) {
     }
 }
 
-/// Files in the root that look like disks but are not tracked, each with why and what to
-/// do: a name that is not valid UTF-8 (the logs and the store name disks in UTF-8), a disk
-/// name that is a symlink to something other than a tracked disk (writes through it reach a
-/// file the tracker does not log), or a disk file that could not be opened for tracking.
-/// Computed from the directory on every `status`, so the warning stays until it is fixed.
-pub fn untracked(tracker: &Tracker) -> Vec<String> {
-    let Ok(dirfd) = sys::openat(
-        tracker.root_fd(),
-        OsStr::new("."),
-        libc::O_RDONLY | libc::O_DIRECTORY,
-        0,
-    ) else {
-        return Vec::new();
-    };
-    let Ok(entries) = sys::read_dir_entries(dirfd.as_raw_fd()) else {
-        return Vec::new();
-    };
-    let tracked: Vec<(u64, u64)> = tracker.disks().iter().map(|d| d.key).collect();
-    let mut out = Vec::new();
-    for (_, _, raw) in entries {
-        let lossy = String::from_utf8_lossy(&raw).into_owned();
-        if !tracker.is_disk_name(&lossy) {
-            continue;
-        }
-        let name = OsStr::from_bytes(&raw);
-        let Ok(st) = sys::statat(tracker.root_fd(), name) else {
-            continue;
-        };
-        let kind = st.st_mode & libc::S_IFMT;
-        let why = if std::str::from_utf8(&raw).is_err() {
-            (kind == libc::S_IFREG || kind == libc::S_IFLNK).then(|| {
-                format!("{lossy:?} is not tracked: its name is not valid UTF-8; rename it (through the mount) to a UTF-8 name")
-            })
-        } else if kind == libc::S_IFLNK {
-            let target = tracker.root_path().join(name);
-            let reaches = id_of(&target);
-            (!reaches.is_some_and(|k| tracked.contains(&k))).then(|| {
-                let to = std::fs::read_link(&target).map(|p| p.display().to_string()).unwrap_or_default();
-                format!("{lossy} is not tracked: it is a symlink to {to}, outside the tracked disks of the directory; move the image into the directory instead of linking to it")
-            })
-        } else if kind == libc::S_IFREG && !tracked.contains(&(st.st_dev, st.st_ino)) {
-            Some(format!("{lossy} is not tracked: it could not be opened for tracking (see the tracker's log); fix that and remount"))
-        } else {
-            None
-        };
-        out.extend(why);
-    }
-    out
-}
-
 /// This process, and its parent when that is the `hrl-tracker mount` that daemonized it.
 fn own_pids() -> Vec<u32> {
     let me = std::process::id();
-    // SAFETY: getppid has no preconditions.
-    let parent = unsafe { libc::getppid() } as u32;
+    let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32);
     let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
     let mut out = vec![me];
     if exe(parent).is_some() && exe(parent) == exe(me) {
@@ -267,29 +210,9 @@ fn comm(pid: u32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// Device and inode of what `p` names. `AT_STATX_DONT_SYNC`: cached attributes are enough
-/// for the identity, so a hung network or FUSE filesystem behind some descriptor of some
-/// process cannot stall the mount.
+/// Device and inode of what `p` names (cached attributes will do: [`sys::identity`]).
 fn id_of(p: &Path) -> Option<(u64, u64)> {
-    let c = sys::cstr(p.as_os_str()).ok()?;
-    // SAFETY: zeroed plain-old-data out-buffer.
-    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out-buffer.
-    let rc = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_STATX_DONT_SYNC,
-            libc::STATX_INO,
-            &mut sx,
-        )
-    };
-    (rc == 0).then(|| {
-        (
-            libc::makedev(sx.stx_dev_major, sx.stx_dev_minor),
-            sx.stx_ino,
-        )
-    })
+    sys::identity(p)
 }
 
 fn disk_at(disks: &[Target], id: (u64, u64)) -> Option<&Target> {

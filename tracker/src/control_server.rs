@@ -80,32 +80,15 @@ impl Drop for ControlServer {
 
 /// The uid of the process at the other end of `conn`.
 fn peer_uid(conn: &UnixStream) -> Option<u32> {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: u32::MAX,
-        gid: u32::MAX,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: valid out-pointer and length for SO_PEERCRED.
-    let rc = unsafe {
-        libc::getsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(cred.uid)
+    let cred = rustix::net::sockopt::socket_peercred(conn).ok()?;
+    Some(cred.uid.as_raw())
 }
 
 /// Only root may use the socket (an ack deletes unshipped logs, a mode switch stops logging):
 /// besides the socket's 0600 mode, every connection's peer must be root or the tracker's own
 /// user, so a socket made wider by mistake still refuses others (docs/SECURITY.md).
 fn peer_allowed(conn: &UnixStream) -> bool {
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     matches!(peer_uid(conn), Some(uid) if uid == 0 || uid == me)
 }
 

@@ -6,17 +6,18 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use hrl::bitmap::{BitmapError, CleanClose, ClosedLog, DirtyBitmap, ImageStamp};
 use hrl::control::{DiskMode, DiskStatus, SealedLog};
-use hrl::log::{LogError, LogHeader, LogWriter};
+use hrl::log::{verify_sealed, LogError, LogHeader, LogWriter, VerifiedLog};
 use hrl::naming;
 
-use crate::core::inodes::BackingKey;
-use crate::core::sys;
+use crate::core::TrackedFile;
+use crate::error::TrackError;
+use crate::sys::{self, BackingKey};
 
 /// Bitmap extent size: the granularity of crash resync. Each newly marked extent costs a
 /// synchronous bitmap flush before the write proceeds, so extents are large (as DRBD's
@@ -78,16 +79,16 @@ fn bitmap_err(e: BitmapError) -> io::Error {
     }
 }
 
-/// The mutable state of a tracked disk.
-pub struct DiskState {
+/// The mutable state of a tracked disk (only this module changes it).
+struct DiskState {
     /// File name in the mount root.
-    pub name: String,
+    name: String,
     /// The active log (None once the disk is retired: deleted or renamed away).
-    pub log: Option<LogWriter>,
-    pub bitmap: Option<DirtyBitmap>,
-    pub mode: DiskMode,
+    log: Option<LogWriter>,
+    bitmap: Option<DirtyBitmap>,
+    mode: DiskMode,
     /// Current image size as the tracker knows it.
-    pub size: u64,
+    size: u64,
     /// Extents touched through the log since the last seal (cleared after that seal).
     touched_log: HashSet<u64>,
     /// Extents touched through the log in the interval before (still hot: kept marked one
@@ -102,23 +103,23 @@ pub struct DiskState {
     /// Marks that only `clear` removes: bitmap-mode changes and what a crash left.
     held: HashSet<u64>,
     /// Ranges reported as possibly different after an unclean stop.
-    pub unclean: Vec<(u64, u64)>,
-    pub torn_at: Option<u64>,
+    unclean: Vec<(u64, u64)>,
+    torn_at: Option<u64>,
     /// Sealed logs not acked yet, in sequence order.
-    pub pending: Vec<SealedLog>,
+    pending: Vec<SealedLog>,
     /// While a seal swaps this disk's logs (outside the locks), changes wait here in order;
     /// the seal appends them to the new log. Every one of them is marked in the bitmap.
-    pub swap_buffer: Option<Vec<Change>>,
+    swap_buffer: Option<Vec<Change>>,
     swap_bytes: usize,
     /// The disk is gone (deleted or renamed away); its logs belong to the retired list.
-    pub retired: bool,
+    retired: bool,
     /// For the operator (status), until the shipper has cleared the marks (`clear`): a log
     /// set aside at startup.
     warnings: Vec<String>,
     /// For the operator, for as long as the mount lives: extra hard links.
     lasting_warnings: Vec<String>,
     /// Why the image is known to have changed outside the tracker (until `clear`).
-    pub changed_outside: Option<String>,
+    changed_outside: Option<String>,
     /// A change outside the tracker was found since the last seal (reported by the next).
     outside_unsealed: bool,
 }
@@ -147,7 +148,7 @@ impl DiskState {
     }
 
     /// Logs the disk's removal or renaming (mode-independent: the shipper must know).
-    pub fn record_lifecycle(&mut self, change: Change) -> io::Result<()> {
+    fn record_lifecycle(&mut self, change: Change) -> io::Result<()> {
         if let Some(buf) = self.swap_buffer.as_mut() {
             self.swap_bytes += change.bytes();
             buf.push(change);
@@ -160,7 +161,7 @@ impl DiskState {
     }
 
     /// Starts a log swap: changes are buffered until [`DiskState::finish_swap`].
-    pub fn start_swap(&mut self) -> Option<LogWriter> {
+    fn start_swap(&mut self) -> Option<LogWriter> {
         let old = self.log.take()?;
         self.swap_buffer = Some(Vec::new());
         self.swap_bytes = 0;
@@ -169,7 +170,7 @@ impl DiskState {
 
     /// Ends a log swap: the buffered changes go to `next` in order and it becomes active.
     /// Changes that cannot be appended stay marked and are reported unclean.
-    pub fn finish_swap(&mut self, mut next: LogWriter) {
+    fn finish_swap(&mut self, mut next: LogWriter) {
         let buffered = self.swap_buffer.take().unwrap_or_default();
         self.swap_bytes = 0;
         let mut failed: Option<LogError> = None;
@@ -260,8 +261,7 @@ fn open_active_log(
     start: Start,
     size: u64,
     name: &str,
-) -> Result<(LogWriter, bool, Option<u64>), crate::tracking::TrackError> {
-    use crate::tracking::TrackError;
+) -> Result<(LogWriter, bool, Option<u64>), TrackError> {
     Ok(if exists {
         let (w, rec) = LogWriter::open_append(active)?;
         if let Some(at) = rec.torn_at {
@@ -349,6 +349,63 @@ impl Vouch<'_> {
     }
 }
 
+/// A disk held still for a seal's cut (its lock, no log swap in progress).
+pub struct Held<'a> {
+    st: MutexGuard<'a, DiskState>,
+}
+
+/// A disk's active log, cut by a seal: changes wait in the swap buffer until
+/// [`Disk::resume`].
+pub struct LogCut {
+    pub old: LogWriter,
+    /// The disk's name at the cut.
+    pub name: String,
+    pub mode: DiskMode,
+    /// The image's size at the cut (what the sealed log leaves the disk at).
+    pub size: u64,
+}
+
+impl Held<'_> {
+    /// Cuts the active log and starts the seal interval `seal_id`; None when the disk has
+    /// no active log.
+    pub fn cut(&mut self, seal_id: u64) -> Option<LogCut> {
+        let old = self.st.start_swap()?;
+        Disk::begin_interval(&mut self.st, seal_id);
+        Some(LogCut {
+            old,
+            name: self.st.name.clone(),
+            mode: self.st.mode,
+            size: self.st.size,
+        })
+    }
+}
+
+/// What a retired disk leaves behind.
+pub struct Retired {
+    /// Its sealed logs not acked yet (the last one included).
+    pub pending: Vec<SealedLog>,
+    /// Its bitmap's file name, to be removed.
+    pub bitmap: Option<String>,
+}
+
+/// The control-protocol entry of the sealed, verified log `log` of `disk`.
+pub fn sealed_entry(v: &VerifiedLog, disk: &str, log: &str, mode: DiskMode) -> SealedLog {
+    SealedLog {
+        disk: disk.to_string(),
+        disk_id: hrl::to_hex(&v.header.disk_id),
+        generation: v.header.generation,
+        seq: v.header.sequence,
+        log: log.to_string(),
+        bytes: v.file_len,
+        hash: hrl::to_hex(&v.seal.hash),
+        prev_hash: hrl::to_hex(&v.header.prev_hash),
+        records: v.seal.records,
+        disk_size: v.header.disk_size,
+        mode,
+        changed_outside: false,
+    }
+}
+
 /// One tracked disk.
 pub struct Disk {
     pub key: BackingKey,
@@ -375,20 +432,11 @@ impl Disk {
         key: BackingKey,
         sealed: Vec<SealedLog>,
         start: Start,
-    ) -> Result<OpenedDisk, crate::tracking::TrackError> {
-        use crate::tracking::TrackError;
+    ) -> Result<OpenedDisk, TrackError> {
         let disk_path = dir.join(name);
-        let image = File::open(&disk_path).map_err(|e| TrackError::Io {
-            what: format!("open disk {name}"),
-            source: e,
-        })?;
-        let size = image
-            .metadata()
-            .map_err(|e| TrackError::Io {
-                what: format!("stat disk {name}"),
-                source: e,
-            })?
-            .len();
+        let image = File::open(&disk_path).map_err(io_err(format!("open disk {name}")))?;
+        let stat_err = || io_err(format!("stat disk {name}"));
+        let size = image.metadata().map_err(stat_err())?.len();
         let (mut bitmap, bitmap_clean) =
             DirtyBitmap::open(&naming::bitmap_path(&disk_path), EXTENT_SIZE, size)?;
         let active = naming::active_log_path(&disk_path);
@@ -397,13 +445,7 @@ impl Disk {
         let (log, log_clean, torn_at) =
             open_active_log(&active, active_existed, start, size, name)?;
         let recovered = !(bitmap_clean && log_clean) || torn_at.is_some();
-        let now = image
-            .metadata()
-            .map(|m| ImageStamp::of(&m))
-            .map_err(|e| TrackError::Io {
-                what: format!("stat disk {name}"),
-                source: e,
-            })?;
+        let now = ImageStamp::of(&image.metadata().map_err(stat_err())?);
         let vouch = Vouch {
             bitmap: &bitmap,
             chain_exists: active_existed || continuing,
@@ -420,16 +462,10 @@ impl Disk {
         bitmap.set_stamp(now);
         bitmap.flush()?;
         let offline_change = distrust.is_some() || bitmap.report_stands();
-        let mut held = HashSet::new();
-        let es = u64::from(bitmap.extent_size());
         // Marks still set were not cleared by a clean stop (crash) or are bitmap-mode marks
         // not shipped yet: either way they may differ from the replica and stay until `clear`.
         let marked = bitmap.dirty_extents();
-        for &(off, len) in &marked {
-            for e in off / es..(off + len).div_ceil(es) {
-                held.insert(e);
-            }
-        }
+        let held = extents_of(&marked, bitmap.extent_size());
         // Seal ids are wall-clock microseconds, so intervals of this process start after it.
         let opened_at = hrl::now_ns() / 1000;
         let unclean = if recovered || offline_change {
@@ -480,7 +516,7 @@ impl Disk {
         })
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, DiskState> {
+    fn lock(&self) -> MutexGuard<'_, DiskState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -494,7 +530,7 @@ impl Disk {
     }
 
     /// Lock once no log swap is in progress (for fsync, renames, removal, clean stop).
-    pub fn lock_settled(&self) -> MutexGuard<'_, DiskState> {
+    fn lock_settled(&self) -> MutexGuard<'_, DiskState> {
         let mut st = self.lock();
         while st.swap_buffer.is_some() {
             st = self.swapped.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -503,7 +539,7 @@ impl Disk {
     }
 
     /// Wakes the changes waiting for a swap to end.
-    pub fn notify_swapped(&self) {
+    fn notify_swapped(&self) {
         self.swapped.notify_all();
     }
 
@@ -539,55 +575,11 @@ impl Disk {
         Ok(())
     }
 
-    /// A write to the image: marked, logged, then written.
-    pub fn write(&self, fd: RawFd, off: u64, data: &[u8]) -> io::Result<()> {
-        self.change(|st| {
-            Self::mark(st, off, data.len() as u64)?;
-            // Reserve the image blocks first: once the record is logged, the image write must not
-            // fail for lack of space (ENOSPC would leave a record the image does not have).
-            reserve(fd, off, data.len() as u64)?;
-            st.record(ChangeRef::Write { offset: off, data })?;
-            if let Err(e) = sys::pwrite_all(fd, data, off) {
-                self.compensate(st, off, off + data.len() as u64);
-                return Err(e);
-            }
-            st.size = st.size.max(off + data.len() as u64);
-            Ok(())
-        })
-    }
-
-    /// A size change (truncate, O_TRUNC): marked, logged, done.
-    pub fn truncate(&self, fd: RawFd, size: u64) -> io::Result<()> {
-        self.change(|st| {
-            let cur = sys::fstat(fd)?.st_size as u64;
-            let (lo, hi) = (cur.min(size), cur.max(size));
-            Self::mark(st, lo, hi - lo)?;
-            st.record(ChangeRef::Other(Change::Truncate { size }))?;
-            if let Err(e) = sys::ftruncate(fd, size) {
-                self.compensate(st, lo, lo);
-                return Err(e);
-            }
-            st.size = size;
-            Ok(())
-        })
-    }
-
-    /// fallocate: allocation (logged as a size change when it grows the file), punch hole
-    /// and zero range (logged as such). Collapse/insert range cannot be described and are
-    /// refused.
-    pub fn fallocate(&self, fd: RawFd, mode: i32, off: u64, len: u64) -> io::Result<()> {
-        let known =
-            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
-        if mode & !known != 0 {
-            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
-        }
-        self.change(|st| self.fallocate_locked(st, fd, mode, off, len))
-    }
-
+    /// [`TrackedFile::fallocate`] under the disk's lock.
     fn fallocate_locked(
         &self,
         st: &mut DiskState,
-        fd: RawFd,
+        fd: BorrowedFd<'_>,
         mode: i32,
         off: u64,
         len: u64,
@@ -634,7 +626,7 @@ impl Disk {
     /// range meanwhile. If even that cannot be logged, the range is held for resync.
     fn compensate(&self, st: &mut DiskState, off: u64, end: u64) {
         const CHUNK: u64 = 1 << 20;
-        let image = self.image.as_raw_fd();
+        let image = self.image.as_fd();
         let result = (|| -> io::Result<u64> {
             let size = sys::fstat(image)?.st_size as u64;
             st.record(ChangeRef::Other(Change::Truncate { size }))?;
@@ -669,47 +661,6 @@ impl Disk {
                 st.hold_range(off, end.saturating_sub(off).max(1));
             }
         }
-    }
-
-    /// copy_file_range into this disk: read from the source, then a logged write.
-    pub fn copy_in(
-        &self,
-        src: RawFd,
-        off_in: u64,
-        dst: RawFd,
-        off_out: u64,
-        len: usize,
-    ) -> io::Result<usize> {
-        const CHUNK: usize = 1 << 20;
-        let mut done = 0usize;
-        while done < len {
-            let want = (len - done).min(CHUNK);
-            let data = sys::pread_full(src, want, off_in + done as u64)?;
-            if data.is_empty() {
-                break;
-            }
-            self.write(dst, off_out + done as u64, &data)?;
-            done += data.len();
-            if data.len() < want {
-                break;
-            }
-        }
-        Ok(done)
-    }
-
-    /// fsync: the log first, then the image.
-    pub fn fsync(&self, fd: RawFd, datasync: bool) -> io::Result<()> {
-        {
-            // After a swap: the sealed log is durable by then, the new one is synced here.
-            let mut st = self.lock_settled();
-            if st.mode == DiskMode::Log {
-                if let Some(log) = st.log.as_mut() {
-                    log.append_flush().map_err(log_err)?;
-                    log.sync().map_err(log_err)?;
-                }
-            }
-        }
-        sys::fsync(fd, datasync)
     }
 
     /// Compares the image with the stamp the tracker's last own change left in the bitmap
@@ -751,7 +702,7 @@ impl Disk {
     /// Marks the whole disk unclean and held (a full compare at the next cycle), for a change
     /// made outside the tracker. The extents count as touched in the current interval, so a
     /// `clear` up to a seal before this one keeps them.
-    pub fn mark_changed_outside(&self, st: &mut DiskState, why: String) {
+    fn mark_changed_outside(&self, st: &mut DiskState, why: String) {
         if st.changed_outside.is_none() {
             tracing::warn!(disk = %st.name, "{why}");
         }
@@ -799,18 +750,18 @@ impl Disk {
 
     /// Makes the image durable (used before clearing the marks a seal covers).
     pub fn sync_image(&self) -> io::Result<()> {
-        sys::fsync(self.image.as_raw_fd(), true)
+        sys::fsync(self.image.as_fd(), true)
     }
 
     /// Current size of the image.
     pub fn image_size(&self) -> io::Result<u64> {
-        Ok(sys::fstat(self.image.as_raw_fd())?.st_size as u64)
+        Ok(sys::fstat(self.image.as_fd())?.st_size as u64)
     }
 
     /// Starts a new seal interval. Marks are not cleared at a seal: a sealed log is not in a
     /// committed point yet (the shipper may even have to release it under the 50% rule), so
     /// its ranges stay marked until `clear` after the point that holds it.
-    pub fn begin_interval(st: &mut DiskState, seal_id: u64) {
+    fn begin_interval(st: &mut DiskState, seal_id: u64) {
         let all = std::mem::take(&mut st.touched_all);
         let start = st.interval_start;
         st.history.push((start, all));
@@ -948,6 +899,132 @@ impl Disk {
         }
     }
 
+    /// Logs the disk's removal or renaming (in every mode: the shipper must know), once no
+    /// seal is swapping its logs.
+    pub fn log_lifecycle(&self, change: Change) -> io::Result<()> {
+        self.lock_settled().record_lifecycle(change)
+    }
+
+    /// Holds the disk still for a seal's cut: its lock, once no log swap is in progress.
+    pub fn hold(&self) -> Held<'_> {
+        Held {
+            st: self.lock_settled(),
+        }
+    }
+
+    /// Ends the log swap a [`Held::cut`] started: the changes buffered meanwhile go to
+    /// `next` in order, and it becomes the active log (the old log again if the seal failed).
+    pub fn resume(&self, next: LogWriter) {
+        self.lock().finish_swap(next);
+        self.notify_swapped();
+    }
+
+    /// The disk was renamed to `new` in `root`: its active log and bitmap follow; its pending
+    /// logs keep their file names but are the disk's under its new name.
+    pub fn rename_files(&self, root: &Path, new: &str) -> Result<(), TrackError> {
+        let mut st = self.lock_settled();
+        let old_disk = root.join(&st.name);
+        let new_disk = root.join(new);
+        if let Some(log) = st.log.as_mut() {
+            log.rename_to(&naming::active_log_path(&new_disk))?;
+        }
+        std::fs::rename(
+            naming::bitmap_path(&old_disk),
+            naming::bitmap_path(&new_disk),
+        )
+        .map_err(|source| TrackError::Io {
+            what: "rename the dirty bitmap".into(),
+            source,
+        })?;
+        st.name = new.to_string();
+        for p in &mut st.pending {
+            p.disk = new.to_string();
+        }
+        Ok(())
+    }
+
+    /// The disk is gone: seals its last log in `root` (the log records the removal) and
+    /// stops tracking. Returns its unacked logs and whether it had a bitmap, which the
+    /// caller removes.
+    pub fn retire(&self, root: &Path) -> Retired {
+        let mut st = self.lock_settled();
+        st.retired = true;
+        let name = st.name.clone();
+        let mut pending = std::mem::take(&mut st.pending);
+        if let Some(mut log) = st.log.take() {
+            let h = log.header().clone();
+            let file =
+                naming::sealed_log_path(Path::new(&name), h.sequence, &hrl::to_hex(&h.disk_id));
+            let file = file.to_string_lossy().into_owned();
+            let path = root.join(&file);
+            let res = log
+                .rename_to(&path)
+                .and_then(|_| log.seal())
+                .and_then(|_| verify_sealed(&path, None));
+            match res {
+                Ok(v) => pending.push(sealed_entry(&v, &name, &file, st.mode)),
+                Err(e) => {
+                    tracing::error!(disk = %name, error = %e, "cannot seal the log of a removed disk")
+                }
+            }
+        }
+        let bitmap = st.bitmap.take().map(|_| {
+            naming::bitmap_path(Path::new(&name))
+                .to_string_lossy()
+                .into_owned()
+        });
+        Retired { pending, bitmap }
+    }
+
+    /// Records a sealed log as waiting for its ack; gives it back if the disk was retired
+    /// meanwhile (it then belongs with the retired disks' logs).
+    pub fn add_pending(&self, entry: SealedLog) -> Option<SealedLog> {
+        let mut st = self.lock();
+        if st.retired {
+            return Some(entry);
+        }
+        st.pending.push(entry);
+        None
+    }
+
+    /// The sealed logs waiting for their ack.
+    pub fn pending(&self) -> Vec<SealedLog> {
+        self.lock().pending.clone()
+    }
+
+    /// `ack`: takes the pending logs with sequence <= `seq` that `of_id` accepts (the
+    /// caller deletes their files). In bitmap mode they are released logs, in no committed
+    /// point (the 50% rule): their ranges are marked, durably, first. (After a commit the
+    /// shipper acks in log mode; those logs' marks go at its `clear`.)
+    pub fn ack(
+        &self,
+        root: &Path,
+        seq: u64,
+        of_id: impl Fn(&SealedLog) -> bool,
+    ) -> Result<Vec<SealedLog>, TrackError> {
+        let (mode, logs) = {
+            let st = self.lock();
+            let logs: Vec<PathBuf> = st
+                .pending
+                .iter()
+                .filter(|p| p.seq <= seq)
+                .map(|p| root.join(&p.log))
+                .collect();
+            (st.mode, logs)
+        };
+        if mode == DiskMode::Bitmap && !logs.is_empty() {
+            self.mark_released(&logs).map_err(|source| TrackError::Io {
+                what: "mark the ranges of released logs".into(),
+                source,
+            })?;
+        }
+        let mut st = self.lock();
+        let (gone, keep): (Vec<_>, Vec<_>) =
+            st.pending.drain(..).partition(|p| p.seq <= seq && of_id(p));
+        st.pending = keep;
+        Ok(gone)
+    }
+
     /// Adds a warning for the operator, shown in `status` while the mount lives.
     pub fn warn(&self, warning: String) {
         self.lock().lasting_warnings.push(warning);
@@ -985,7 +1062,7 @@ impl Disk {
         if let Some(log) = st.log.take() {
             log.close_clean().map_err(log_err)?;
         }
-        sys::fsync(self.image.as_raw_fd(), false)?;
+        sys::fsync(self.image.as_fd(), false)?;
         if st.changed_outside.is_some() {
             // Changed outside the tracker and not resynced yet: the bitmap stays marked and
             // not clean, so the next start reports the whole disk unclean again.
@@ -1043,9 +1120,112 @@ impl Disk {
     }
 }
 
+/// The write path: every data change of a disk through the mount.
+impl TrackedFile for Disk {
+    /// A write to the image: marked, logged, then written.
+    fn write(&self, fd: BorrowedFd<'_>, off: u64, data: &[u8]) -> io::Result<()> {
+        self.change(|st| {
+            Self::mark(st, off, data.len() as u64)?;
+            // Reserve the image blocks first: once the record is logged, the image write must not
+            // fail for lack of space (ENOSPC would leave a record the image does not have).
+            reserve(fd, off, data.len() as u64)?;
+            st.record(ChangeRef::Write { offset: off, data })?;
+            if let Err(e) = sys::pwrite_all(fd, data, off) {
+                self.compensate(st, off, off + data.len() as u64);
+                return Err(e);
+            }
+            st.size = st.size.max(off + data.len() as u64);
+            Ok(())
+        })
+    }
+
+    /// A size change (truncate, O_TRUNC): marked, logged, done.
+    fn truncate(&self, fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+        self.change(|st| {
+            let cur = sys::fstat(fd)?.st_size as u64;
+            let (lo, hi) = (cur.min(size), cur.max(size));
+            Self::mark(st, lo, hi - lo)?;
+            st.record(ChangeRef::Other(Change::Truncate { size }))?;
+            if let Err(e) = sys::ftruncate(fd, size) {
+                self.compensate(st, lo, lo);
+                return Err(e);
+            }
+            st.size = size;
+            Ok(())
+        })
+    }
+
+    /// fallocate: allocation (logged as a size change when it grows the file), punch hole
+    /// and zero range (logged as such). Collapse/insert range cannot be described and are
+    /// refused.
+    fn fallocate(&self, fd: BorrowedFd<'_>, mode: i32, off: u64, len: u64) -> io::Result<()> {
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
+        self.change(|st| self.fallocate_locked(st, fd, mode, off, len))
+    }
+
+    /// copy_file_range into this disk: read from the source, then a logged write.
+    fn copy_in(
+        &self,
+        src: BorrowedFd<'_>,
+        off_in: u64,
+        dst: BorrowedFd<'_>,
+        off_out: u64,
+        len: usize,
+    ) -> io::Result<usize> {
+        const CHUNK: usize = 1 << 20;
+        let mut done = 0usize;
+        while done < len {
+            let want = (len - done).min(CHUNK);
+            let data = sys::pread_full(src, want, off_in + done as u64)?;
+            if data.is_empty() {
+                break;
+            }
+            self.write(dst, off_out + done as u64, &data)?;
+            done += data.len();
+            if data.len() < want {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// fsync: the log first, then the image.
+    fn fsync(&self, fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
+        {
+            // After a swap: the sealed log is durable by then, the new one is synced here.
+            let mut st = self.lock_settled();
+            if st.mode == DiskMode::Log {
+                if let Some(log) = st.log.as_mut() {
+                    log.append_flush().map_err(log_err)?;
+                    log.sync().map_err(log_err)?;
+                }
+            }
+        }
+        sys::fsync(fd, datasync)
+    }
+}
+
+/// The extent numbers the byte ranges `ranges` touch.
+fn extents_of(ranges: &[(u64, u64)], extent_size: u32) -> HashSet<u64> {
+    let es = u64::from(extent_size);
+    ranges
+        .iter()
+        .flat_map(|&(off, len)| off / es..off.saturating_add(len).div_ceil(es))
+        .collect()
+}
+
+/// Maps an I/O error to a [`TrackError`] saying what was being done.
+fn io_err(what: String) -> impl FnOnce(io::Error) -> TrackError {
+    move |source| TrackError::Io { what, source }
+}
+
 /// Allocates the image blocks of `[off, off+len)` ahead of a write (no size change), so the
 /// write itself cannot hit ENOSPC. Filesystems without fallocate are left to the write.
-fn reserve(fd: RawFd, off: u64, len: u64) -> io::Result<()> {
+fn reserve(fd: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()> {
     match sys::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, off, len) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
@@ -1094,7 +1274,7 @@ mod tests {
         let base = dir.join("base");
         std::fs::copy(dir.join("d.img"), &base).unwrap();
         let (disk, f) = open_disk(dir, "d.img");
-        let fd = f.as_raw_fd();
+        let fd = f.as_fd();
         disk.write(fd, 0, b"before").unwrap();
 
         // The cut: from here on changes are buffered (and still reach the image).
@@ -1154,7 +1334,7 @@ mod tests {
         let es = u64::from(EXTENT_SIZE);
         std::fs::write(dir.join("d.raw"), vec![0u8; 3 * es as usize]).unwrap();
         let (disk, f) = open_disk(dir, "d.raw");
-        disk.write(f.as_raw_fd(), es + 1, b"x").unwrap();
+        disk.write(f.as_fd(), es + 1, b"x").unwrap();
         assert_eq!(disk.dirty(), vec![(es, es)]);
         // A seal does not clear: the sealed log is in no committed point yet.
         Disk::begin_interval(&mut disk.lock(), hrl::now_ns() / 1000);
@@ -1172,10 +1352,10 @@ mod tests {
         // after that seal, maybe); a clear up to a seal of this process drops it.
         disk.clear_upto(1).unwrap();
         assert_eq!(disk.dirty(), vec![(es, es)]);
-        disk.write(f.as_raw_fd(), 2 * es, b"y").unwrap();
+        disk.write(f.as_fd(), 2 * es, b"y").unwrap();
         let seal = hrl::now_ns() / 1000 + 1;
         Disk::begin_interval(&mut disk.lock(), seal);
-        disk.write(f.as_raw_fd(), 5, b"z").unwrap();
+        disk.write(f.as_fd(), 5, b"z").unwrap();
         disk.clear_upto(seal).unwrap();
         // The interval the seal closed stays one more (hot), the new one stays.
         assert_eq!(disk.dirty(), vec![(0, es), (2 * es, es)]);

@@ -1,5 +1,6 @@
 //! The `fuser::Filesystem` face of the core: converts FUSE requests to core calls and core
-//! results to replies. No logic of its own.
+//! results to replies, and logs the errors it answers with (the one place they are logged).
+//! No logic of its own.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -13,7 +14,8 @@ use fuser::{
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::core::{Caller, Core, SetAttr, SetTime};
+use crate::core::{Caller, ChangeSink, Core, Entry, Error, SetAttr, SetTime};
+use crate::sys::Stat;
 
 /// How long the kernel may cache names and attributes. All changes go through this
 /// filesystem (the backing directory is shadowed), so caching is safe.
@@ -23,13 +25,17 @@ const TTL: Duration = Duration::from_secs(1);
 pub const MAX_WRITE: u32 = 1 << 20;
 
 /// The FUSE filesystem.
-pub struct HrlFs {
-    core: Arc<Core>,
+pub struct HrlFs<S: ChangeSink> {
+    core: Arc<Core<S>>,
 }
 
-impl HrlFs {
-    pub fn new(core: Arc<Core>) -> Self {
+impl<S: ChangeSink> HrlFs<S> {
+    pub fn new(core: Arc<Core<S>>) -> Self {
         HrlFs { core }
+    }
+
+    fn entry(&self, e: &Entry) -> (Duration, FileAttr) {
+        (self.ttl(e.ino), attr(e.ino, &e.attr))
     }
 
     fn ttl(&self, ino: u64) -> Duration {
@@ -41,7 +47,15 @@ impl HrlFs {
     }
 }
 
-fn e(code: i32) -> Errno {
+/// The errno to answer a failed `op` with; the error is logged here. Refusals and misses
+/// are part of normal work (debug); an I/O error is worth a warning.
+fn e(op: &'static str, err: Error) -> Errno {
+    let code = err.code();
+    if code == libc::EIO {
+        tracing::warn!(op, errno = code, error = %err.source_error(), "answering with an I/O error");
+    } else {
+        tracing::debug!(op, errno = code, error = %err.source_error(), "operation failed");
+    }
     Errno::from_i32(code)
 }
 
@@ -65,19 +79,20 @@ fn kind(mode: u32) -> FileType {
     }
 }
 
-fn dtype_kind(t: u8) -> FileType {
+fn dtype_kind(t: rustix::fs::FileType) -> FileType {
+    use rustix::fs::FileType as T;
     match t {
-        libc::DT_DIR => FileType::Directory,
-        libc::DT_LNK => FileType::Symlink,
-        libc::DT_FIFO => FileType::NamedPipe,
-        libc::DT_CHR => FileType::CharDevice,
-        libc::DT_BLK => FileType::BlockDevice,
-        libc::DT_SOCK => FileType::Socket,
+        T::Directory => FileType::Directory,
+        T::Symlink => FileType::Symlink,
+        T::Fifo => FileType::NamedPipe,
+        T::CharacterDevice => FileType::CharDevice,
+        T::BlockDevice => FileType::BlockDevice,
+        T::Socket => FileType::Socket,
         _ => FileType::RegularFile,
     }
 }
 
-fn attr(ino: u64, st: &libc::stat) -> FileAttr {
+fn attr(ino: u64, st: &Stat) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
         size: st.st_size as u64,
@@ -102,10 +117,10 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
         TimeOrNow::Now => SetTime::Now,
         TimeOrNow::SpecificTime(s) => {
             let d = s.duration_since(UNIX_EPOCH).unwrap_or_default();
-            SetTime::At(libc::timespec {
-                tv_sec: d.as_secs() as i64,
-                tv_nsec: i64::from(d.subsec_nanos()),
-            })
+            SetTime::At {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            }
         }
     })
 }
@@ -117,7 +132,7 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-impl Filesystem for HrlFs {
+impl<S: ChangeSink> Filesystem for HrlFs<S> {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         if let Err(max) = config.set_max_write(MAX_WRITE) {
             let _ = config.set_max_write(max);
@@ -145,13 +160,16 @@ impl Filesystem for HrlFs {
     }
 
     fn destroy(&mut self) {
-        self.core.tracker().close_all();
+        self.core.destroy();
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.core.lookup(parent.0, name) {
-            Ok((ino, st)) => reply.entry(&self.ttl(ino), &attr(ino, &st), Generation(0)),
-            Err(c) => reply.error(e(c)),
+            Ok(en) => {
+                let (ttl, a) = self.entry(&en);
+                reply.entry(&ttl, &a, Generation(0))
+            }
+            Err(c) => reply.error(e("lookup", c)),
         }
     }
 
@@ -162,7 +180,7 @@ impl Filesystem for HrlFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.core.getattr(ino.0) {
             Ok(st) => reply.attr(&self.ttl(ino.0), &attr(ino.0, &st)),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("getattr", c)),
         }
     }
 
@@ -195,14 +213,14 @@ impl Filesystem for HrlFs {
         };
         match self.core.setattr(ino.0, fh.map(|f| f.0), a) {
             Ok(st) => reply.attr(&self.ttl(ino.0), &attr(ino.0, &st)),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("setattr", c)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.core.readlink(ino.0) {
             Ok(t) => reply.data(&t),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("readlink", c)),
         }
     }
 
@@ -220,8 +238,11 @@ impl Filesystem for HrlFs {
             .core
             .mknod(parent.0, name, mode & !umask, u64::from(rdev), caller(req))
         {
-            Ok((ino, st)) => reply.entry(&self.ttl(ino), &attr(ino, &st), Generation(0)),
-            Err(c) => reply.error(e(c)),
+            Ok(en) => {
+                let (ttl, a) = self.entry(&en);
+                reply.entry(&ttl, &a, Generation(0))
+            }
+            Err(c) => reply.error(e("mknod", c)),
         }
     }
 
@@ -235,22 +256,25 @@ impl Filesystem for HrlFs {
         reply: ReplyEntry,
     ) {
         match self.core.mkdir(parent.0, name, mode & !umask, caller(req)) {
-            Ok((ino, st)) => reply.entry(&self.ttl(ino), &attr(ino, &st), Generation(0)),
-            Err(c) => reply.error(e(c)),
+            Ok(en) => {
+                let (ttl, a) = self.entry(&en);
+                reply.entry(&ttl, &a, Generation(0))
+            }
+            Err(c) => reply.error(e("mkdir", c)),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.core.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("unlink", c)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.core.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("rmdir", c)),
         }
     }
 
@@ -266,8 +290,11 @@ impl Filesystem for HrlFs {
             .core
             .symlink(parent.0, link_name, target.as_os_str(), caller(req))
         {
-            Ok((ino, st)) => reply.entry(&self.ttl(ino), &attr(ino, &st), Generation(0)),
-            Err(c) => reply.error(e(c)),
+            Ok(en) => {
+                let (ttl, a) = self.entry(&en);
+                reply.entry(&ttl, &a, Generation(0))
+            }
+            Err(c) => reply.error(e("symlink", c)),
         }
     }
 
@@ -286,7 +313,7 @@ impl Filesystem for HrlFs {
             .rename(parent.0, name, newparent.0, newname, flags.bits())
         {
             Ok(()) => reply.ok(),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("rename", c)),
         }
     }
 
@@ -299,15 +326,18 @@ impl Filesystem for HrlFs {
         reply: ReplyEntry,
     ) {
         match self.core.link(ino.0, newparent.0, newname) {
-            Ok((ino, st)) => reply.entry(&self.ttl(ino), &attr(ino, &st), Generation(0)),
-            Err(c) => reply.error(e(c)),
+            Ok(en) => {
+                let (ttl, a) = self.entry(&en);
+                reply.entry(&ttl, &a, Generation(0))
+            }
+            Err(c) => reply.error(e("link", c)),
         }
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.core.open(ino.0, flags.0, caller(req)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("open", c)),
         }
     }
 
@@ -324,7 +354,7 @@ impl Filesystem for HrlFs {
     ) {
         match self.core.read(fh.0, offset, size) {
             Ok(d) => reply.data(&d),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("read", c)),
         }
     }
 
@@ -343,7 +373,7 @@ impl Filesystem for HrlFs {
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self.core.write(fh.0, offset, data, kill) {
             Ok(n) => reply.written(n as u32),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("write", c)),
         }
     }
 
@@ -382,14 +412,14 @@ impl Filesystem for HrlFs {
     ) {
         match self.core.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("fsync", c)),
         }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.core.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("opendir", c)),
         }
     }
 
@@ -403,14 +433,14 @@ impl Filesystem for HrlFs {
     ) {
         match self.core.readdir(fh.0, offset) {
             Ok(entries) => {
-                for (ino, ty, name, next) in entries {
-                    if reply.add(INodeNo(ino.max(1)), next, dtype_kind(ty), &name) {
+                for l in entries {
+                    if reply.add(INodeNo(l.ino.max(1)), l.next, dtype_kind(l.kind), &l.name) {
                         break;
                     }
                 }
                 reply.ok();
             }
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("readdir", c)),
         }
     }
 
@@ -449,7 +479,7 @@ impl Filesystem for HrlFs {
                 s.f_namemax as u32,
                 s.f_frsize as u32,
             ),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("statfs", c)),
         }
     }
 
@@ -465,7 +495,7 @@ impl Filesystem for HrlFs {
     ) {
         match self.core.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("setxattr", c)),
         }
     }
 
@@ -473,7 +503,7 @@ impl Filesystem for HrlFs {
         match self.core.getxattr(ino.0, name, size) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("getxattr", c)),
         }
     }
 
@@ -481,21 +511,21 @@ impl Filesystem for HrlFs {
         match self.core.listxattr(ino.0, size) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("listxattr", c)),
         }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.core.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("removexattr", c)),
         }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         match self.core.access(ino.0, mask.bits()) {
             Ok(()) => reply.ok(),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("access", c)),
         }
     }
 
@@ -513,14 +543,14 @@ impl Filesystem for HrlFs {
             .core
             .create(parent.0, name, mode & !umask, flags, caller(req))
         {
-            Ok((ino, st, fh)) => reply.created(
+            Ok(c) => reply.created(
                 &TTL,
-                &attr(ino, &st),
+                &attr(c.entry.ino, &c.entry.attr),
                 Generation(0),
-                FileHandle(fh),
+                FileHandle(c.fh),
                 FopenFlags::empty(),
             ),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("create", c)),
         }
     }
 
@@ -536,7 +566,7 @@ impl Filesystem for HrlFs {
     ) {
         match self.core.fallocate(fh.0, offset, length, mode, caller(req)) {
             Ok(()) => reply.ok(),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("fallocate", c)),
         }
     }
 
@@ -551,7 +581,7 @@ impl Filesystem for HrlFs {
     ) {
         match self.core.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("lseek", c)),
         }
     }
 
@@ -573,7 +603,7 @@ impl Filesystem for HrlFs {
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len, caller(req))
         {
             Ok(n) => reply.written(n as u32),
-            Err(c) => reply.error(e(c)),
+            Err(c) => reply.error(e("copy_file_range", c)),
         }
     }
 }

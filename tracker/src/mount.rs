@@ -3,7 +3,7 @@
 //! the background once the mount is live, and stop cleanly on unmount or SIGTERM.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,8 +13,9 @@ use anyhow::{bail, Context};
 use hrl::control::{socket_path, Request};
 
 use crate::control_server::{request, ControlServer};
-use crate::core::{sys, Core};
+use crate::core::Core;
 use crate::fuse_adapter::HrlFs;
+use crate::sys;
 use crate::tracking::Tracker;
 
 /// Environment variable through which a daemonized child reports readiness to its parent.
@@ -263,24 +264,26 @@ fn start(
     mountpoint: &Path,
     socket: &Path,
     args: &MountArgs,
-) -> anyhow::Result<(fuser::Session<HrlFs>, ControlServer)> {
+) -> anyhow::Result<(fuser::Session<HrlFs<Tracker>>, ControlServer)> {
     raise_fd_limit();
     // Open the directory before mounting over it: afterwards its path shows the mount.
     let root = sys::openat(
-        libc::AT_FDCWD,
+        sys::CWD,
         backing.as_os_str(),
         libc::O_PATH | libc::O_DIRECTORY,
         0,
     )
     .with_context(|| format!("open backing directory {}", backing.display()))?;
-    let restrict = restrictive_options(root.as_raw_fd());
+    let restrict = restrictive_options(root.as_fd());
     let bypasses = crate::bypass::guard_mount(&root, backing, &args.include, args.force)?;
     let tracker = Arc::new(
         Tracker::open(root, mountpoint, args.include.clone())
             .with_context(|| format!("start tracking the disks in {}", backing.display()))?,
     );
     crate::bypass::mark_found(&tracker, &bypasses);
-    let core = Arc::new(Core::new(tracker.clone()).context("set up the filesystem core")?);
+    let core = Arc::new(
+        Core::new(tracker.root_fd(), tracker.clone()).context("set up the filesystem core")?,
+    );
     let control = ControlServer::start(socket, tracker.clone())?;
     let core_for_removals = core.clone();
     let mut config = fuser::Config::default();
@@ -303,10 +306,12 @@ fn start(
 /// programs nor device nodes, and with `allow_other` a setuid file or device node in the
 /// directory would otherwise work for every user (docs/SECURITY.md). `noexec` follows the
 /// backing mount.
-fn restrictive_options(backing: std::os::fd::RawFd) -> Vec<fuser::MountOption> {
+fn restrictive_options(backing: BorrowedFd<'_>) -> Vec<fuser::MountOption> {
     let mut opts = vec![fuser::MountOption::NoSuid, fuser::MountOption::NoDev];
     // Unknown counts as noexec: never more permissive than the backing mount.
-    if sys::fstatvfs(backing).map_or(true, |st| st.f_flag & libc::ST_NOEXEC != 0) {
+    if sys::fstatvfs(backing).map_or(true, |st| {
+        st.f_flag.contains(rustix::fs::StatVfsMountFlags::NOEXEC)
+    }) {
         opts.push(fuser::MountOption::NoExec);
     }
     opts
@@ -371,7 +376,7 @@ fn stop_signals() -> nix::sys::signal::SigSet {
 /// directory lock, which a request being served may hold.
 fn forward_removals(
     tracker: &Tracker,
-    core: Arc<Core>,
+    core: Arc<Core<Tracker>>,
     notifier: fuser::Notifier,
 ) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel::<crate::tracking::Removed>();

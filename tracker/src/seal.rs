@@ -12,8 +12,9 @@ use hrl::control::{DiskMode, SealedLog};
 use hrl::log::{verify_sealed, LogHeader, LogWriter, SealInfo};
 use hrl::naming;
 
-use crate::disk::Disk;
-use crate::tracking::{TrackError, Tracker};
+use crate::disk::{sealed_entry, Disk, LogCut};
+use crate::error::TrackError;
+use crate::tracking::Tracker;
 
 /// Result of one seal.
 pub struct Sealed {
@@ -29,14 +30,20 @@ pub struct Sealed {
 /// One disk's log, cut and waiting to be sealed.
 struct Cut {
     disk: Arc<Disk>,
-    old: LogWriter,
+    log: LogCut,
+    next: LogHeader,
+}
+
+/// One disk's log, sealed, waiting to be reported.
+struct Done {
+    disk: Arc<Disk>,
+    file: String,
+    info: SealInfo,
     name: String,
     mode: DiskMode,
-    next: LogHeader,
-    /// The image's size at the cut (what the sealed log leaves the disk at): the size
-    /// recorded for the seal. Not the header's size (the disk may have shrunk since the log
-    /// was opened) and not a later stat (writes after the cut, in the next log, may have
-    /// grown it since).
+    /// The image's size at the cut: the size recorded for the seal. Not the header's size
+    /// (the disk may have shrunk since the log was opened) and not a later stat (writes after
+    /// the cut, in the next log, may have grown it since).
     size: u64,
 }
 
@@ -52,147 +59,141 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
             let _ = f.sync_data();
         }
     }
-    let mut errors = Vec::new();
     // Seal ids are monotonic across restarts: wall clock in microseconds, bumped if needed.
     let time_ns = hrl::now_ns();
     let seal_id = (time_ns / 1000).max(*last_id + 1);
     *last_id = seal_id;
 
-    // 1. The cut: all locks, no I/O.
     let started = std::time::Instant::now();
-    let mut cuts = Vec::new();
-    {
-        let mut guards: Vec<_> = disks.iter().map(|d| d.lock_settled()).collect();
-        for (d, st) in disks.iter().zip(guards.iter_mut()) {
-            let Some(old) = st.start_swap() else { continue };
-            let h = old.header().clone();
-            Disk::begin_interval(st, seal_id);
-            let mut next = LogHeader::new(
-                h.disk_id,
-                h.generation,
-                h.sequence + 1,
-                st.size,
-                old.seal_hash(),
-            );
-            next.block_size = h.block_size;
-            cuts.push(Cut {
-                disk: d.clone(),
-                old,
-                name: st.name.clone(),
-                mode: st.mode,
-                next,
-                size: st.size,
-            });
-        }
-    }
+    let cuts = cut_all(&disks, seal_id);
     let hold_us = started.elapsed().as_micros() as u64;
     tracing::debug!(disks = cuts.len(), hold_us, "seal cut");
 
-    // 2. Without locks: move the old log aside, open the next, seal the old one; then the
-    //    next log takes over with the changes buffered meanwhile.
-    let mut sealed = Vec::new();
-    for mut c in cuts {
-        let disk_path = root.join(&c.name);
-        let h = c.old.header();
-        let file =
-            naming::sealed_log_path(Path::new(&c.name), h.sequence, &hrl::to_hex(&h.disk_id))
-                .to_string_lossy()
-                .into_owned();
-        let sealed_path = root.join(&file);
-        let active = naming::active_log_path(&disk_path);
-        let opened = if sealed_path.exists() {
-            Err(format!("{file} already exists; move it away"))
-        } else {
-            c.old
-                .rename_to(&sealed_path)
-                .map_err(|e| e.to_string())
-                .and_then(|()| {
-                    LogWriter::create(&active, &c.next).map_err(|e| {
-                        if let Err(back) = c.old.rename_to(&active) {
-                            tracing::error!(error = %back, "cannot move the log back after a failed seal");
-                        }
-                        e.to_string()
-                    })
-                })
-        };
-        let next = match opened {
-            Ok(next) => next,
-            Err(reason) => {
-                // Keep the old log active, with what was buffered meanwhile.
-                let mut st = c.disk.lock();
-                st.finish_swap(c.old);
-                drop(st);
-                c.disk.notify_swapped();
-                errors.push(TrackError::SealFailed {
-                    disk: c.name,
-                    reason,
-                });
-                continue;
-            }
-        };
-        let seal = c.old.seal();
-        {
-            let mut st = c.disk.lock();
-            st.finish_swap(next);
-        }
-        c.disk.notify_swapped();
-        match seal {
-            Ok(info) => sealed.push((c.disk, file, info, c.mode, c.name, c.size)),
-            Err(e) => errors.push(TrackError::SealFailed {
-                disk: c.name,
-                reason: format!("{e} (the log is sealed at the next start)"),
-            }),
-        }
-    }
-
-    // 3. Report and make the images durable. The marks stay until the shipper's `clear`
-    //    after the point holding these logs: until then the bitmap alone covers them.
-    let mut out = Vec::new();
-    for (disk, file, info, mode, name, size) in sealed {
-        match entry(&root, &file, &info, mode, &name, size) {
-            Ok(mut e) => {
-                // After the cut: a change outside the tracker before it is seen here.
-                e.changed_outside = disk.take_changed_outside();
-                if let Err(err) = disk.sync_image() {
-                    tracing::warn!(disk = %name, error = %err, "cannot sync image after seal")
-                }
-                tracker.add_pending(&disk, e.clone());
-                out.push(e);
-            }
-            Err(err) => errors.push(err),
-        }
-    }
+    let mut errors = Vec::new();
+    let done: Vec<Done> = cuts
+        .into_iter()
+        .filter_map(|c| swap(&root, c).map_err(|e| errors.push(e)).ok())
+        .collect();
+    let disks = report(tracker, &root, done, &mut errors);
     Sealed {
         seal_id,
         time_ns,
-        disks: out,
+        disks,
         hold_us,
         errors,
     }
 }
 
-fn entry(
-    root: &Path,
-    file: &str,
-    info: &SealInfo,
-    mode: DiskMode,
-    name: &str,
-    size: u64,
-) -> Result<SealedLog, TrackError> {
-    let v = verify_sealed(&root.join(file), None)?;
-    debug_assert_eq!(v.seal.hash, info.hash);
-    Ok(SealedLog {
-        disk: name.to_string(),
-        disk_id: hrl::to_hex(&v.header.disk_id),
-        generation: v.header.generation,
-        seq: v.header.sequence,
-        log: file.to_string(),
-        bytes: v.file_len,
-        hash: hrl::to_hex(&v.seal.hash),
-        prev_hash: hrl::to_hex(&v.header.prev_hash),
-        records: v.seal.records,
-        disk_size: size,
+/// The cut: every disk's lock held at once, no I/O.
+fn cut_all(disks: &[Arc<Disk>], seal_id: u64) -> Vec<Cut> {
+    let mut held: Vec<_> = disks.iter().map(|d| d.hold()).collect();
+    let mut cuts = Vec::new();
+    for (d, h) in disks.iter().zip(held.iter_mut()) {
+        let Some(log) = h.cut(seal_id) else { continue };
+        let old = log.old.header();
+        let mut next = LogHeader::new(
+            old.disk_id,
+            old.generation,
+            old.sequence + 1,
+            log.size,
+            log.old.seal_hash(),
+        );
+        next.block_size = old.block_size;
+        cuts.push(Cut {
+            disk: d.clone(),
+            log,
+            next,
+        });
+    }
+    cuts
+}
+
+/// Without locks: moves the old log aside, opens the next, seals the old one; the next log
+/// then takes over with the changes buffered meanwhile. On failure the old log stays
+/// active.
+fn swap(root: &Path, c: Cut) -> Result<Done, TrackError> {
+    let Cut { disk, log, next } = c;
+    let LogCut {
+        mut old,
+        name,
         mode,
-        changed_outside: false,
-    })
+        size,
+    } = log;
+    let h = old.header();
+    let file = naming::sealed_log_path(Path::new(&name), h.sequence, &hrl::to_hex(&h.disk_id))
+        .to_string_lossy()
+        .into_owned();
+    let sealed_path = root.join(&file);
+    let active = naming::active_log_path(&root.join(&name));
+    let opened = if sealed_path.exists() {
+        Err(format!("{file} already exists; move it away"))
+    } else {
+        old.rename_to(&sealed_path)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                LogWriter::create(&active, &next).map_err(|e| {
+                    if let Err(back) = old.rename_to(&active) {
+                        tracing::error!(error = %back, "cannot move the log back after a failed seal");
+                    }
+                    e.to_string()
+                })
+            })
+    };
+    let next = match opened {
+        Ok(next) => next,
+        Err(reason) => {
+            // Keep the old log active, with what was buffered meanwhile.
+            disk.resume(old);
+            return Err(TrackError::SealFailed { disk: name, reason });
+        }
+    };
+    let seal = old.seal();
+    disk.resume(next);
+    match seal {
+        Ok(info) => Ok(Done {
+            disk,
+            file,
+            info,
+            name,
+            mode,
+            size,
+        }),
+        Err(e) => Err(TrackError::SealFailed {
+            disk: name,
+            reason: format!("{e} (the log is sealed at the next start)"),
+        }),
+    }
+}
+
+/// Reports the sealed logs and makes the images durable. The marks stay until the
+/// shipper's `clear` after the point holding these logs: until then the bitmap alone covers
+/// them.
+fn report(
+    tracker: &Tracker,
+    root: &Path,
+    done: Vec<Done>,
+    errors: &mut Vec<TrackError>,
+) -> Vec<SealedLog> {
+    let mut out = Vec::new();
+    for d in done {
+        let mut e = match verify_sealed(&root.join(&d.file), None) {
+            Ok(v) => {
+                debug_assert_eq!(v.seal.hash, d.info.hash);
+                sealed_entry(&v, &d.name, &d.file, d.mode)
+            }
+            Err(err) => {
+                errors.push(err.into());
+                continue;
+            }
+        };
+        e.disk_size = d.size;
+        // After the cut: a change outside the tracker before it is seen here.
+        e.changed_outside = d.disk.take_changed_outside();
+        if let Err(err) = d.disk.sync_image() {
+            tracing::warn!(disk = %d.name, error = %err, "cannot sync image after seal")
+        }
+        tracker.add_pending(&d.disk, e.clone());
+        out.push(e);
+    }
+    out
 }

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -12,26 +13,10 @@ use hrl::control::{DiskMode, MountStatus, SealedLog};
 use hrl::log::{verify_sealed, LogError, LogWriter};
 use hrl::naming::{self, HrlFile};
 
-use crate::core::inodes::BackingKey;
-use crate::core::sys;
-use crate::disk::{Change, Disk};
-
-/// Errors of tracking setup and control operations.
-#[derive(Debug, thiserror::Error)]
-pub enum TrackError {
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
-    #[error(transparent)]
-    Log(#[from] LogError),
-    #[error(transparent)]
-    Bitmap(#[from] hrl::bitmap::BitmapError),
-    #[error("no tracked disk named {0:?} in this mount (see `hrl-tracker status`)")]
-    NoSuchDisk(String),
-    #[error(
-        "seal failed for {disk}: {reason}; its active log keeps receiving changes, retry the seal"
-    )]
-    SealFailed { disk: String, reason: String },
-}
+use crate::core::{ChangeSink, RenameOf};
+use crate::disk::{sealed_entry, Change, Disk, Start};
+use crate::error::TrackError;
+use crate::sys::{self, BackingKey, Stat};
 
 /// Default disk patterns.
 pub const DEFAULT_INCLUDE: &[&str] = &["*.vhd", "*.vhdx", "*.img", "*.raw", "*.qcow2"];
@@ -104,23 +89,6 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> TrackError {
     move |source| TrackError::Io { what, source }
 }
 
-fn sealed_entry(v: &hrl::log::VerifiedLog, disk: &str, log: &str, mode: DiskMode) -> SealedLog {
-    SealedLog {
-        disk: disk.to_string(),
-        disk_id: hrl::to_hex(&v.header.disk_id),
-        generation: v.header.generation,
-        seq: v.header.sequence,
-        log: log.to_string(),
-        bytes: v.file_len,
-        hash: hrl::to_hex(&v.seal.hash),
-        prev_hash: hrl::to_hex(&v.header.prev_hash),
-        records: v.seal.records,
-        disk_size: v.header.disk_size,
-        mode,
-        changed_outside: false,
-    }
-}
-
 impl Tracker {
     /// Opens tracking over the backing directory `root` (an `O_PATH` directory descriptor),
     /// served at `mount_dir`. Resumes every disk found, recovering after a crash.
@@ -167,8 +135,9 @@ impl Tracker {
         Ok(())
     }
 
-    pub fn root_fd(&self) -> RawFd {
-        self.root.as_raw_fd()
+    /// The backing directory (an `O_PATH` descriptor).
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
     }
 
     /// True if `name` is one of hrl's own files (logs, bitmaps).
@@ -208,18 +177,11 @@ impl Tracker {
 
     /// Names in the backing directory (valid UTF-8 ones; others are not hrl's).
     fn root_names(&self) -> Result<Vec<String>, TrackError> {
-        let dirfd = sys::openat(
-            self.root_fd(),
-            OsStr::new("."),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )
-        .map_err(io_err("open the backing directory"))?;
-        let entries = sys::read_dir_entries(dirfd.as_raw_fd())
-            .map_err(io_err("read the backing directory"))?;
+        let entries =
+            sys::read_dir(self.root_fd()).map_err(io_err("read the backing directory"))?;
         let mut names: Vec<String> = entries
             .into_iter()
-            .filter_map(|(_, _, n)| String::from_utf8(n).ok())
+            .filter_map(|e| String::from_utf8(e.name).ok())
             .collect();
         names.sort();
         Ok(names)
@@ -237,13 +199,13 @@ impl Tracker {
         for p in plans {
             let chain = chains.remove(&p.name).unwrap_or_default();
             let start = match chain.last() {
-                Some((_, v)) => crate::disk::Start::Continue {
+                Some((_, v)) => Start::Continue {
                     last_seq: v.header.sequence,
                     prev: hrl::log::chain_hash(&v.header, &v.seal),
                     id: v.header.disk_id,
                     generation: v.header.generation,
                 },
-                None => crate::disk::Start::Fresh { first_seq: 1 },
+                None => Start::Fresh { first_seq: 1 },
             };
             let pending = chain
                 .iter()
@@ -291,7 +253,7 @@ impl Tracker {
                         continue;
                     };
                     if st.st_mode & libc::S_IFMT == libc::S_IFREG {
-                        let c = found.disks.entry((st.st_dev, st.st_ino)).or_default();
+                        let c = found.disks.entry(st.key()).or_default();
                         c.0 = st.st_nlink;
                         c.1.push(name);
                     }
@@ -450,7 +412,7 @@ impl Tracker {
     }
 
     /// Starts tracking a file just created (or renamed) in the root if it is a disk.
-    pub fn on_created(&self, name: &OsStr, key: BackingKey, mode: u32) -> io::Result<()> {
+    fn on_created(&self, name: &OsStr, key: BackingKey, mode: u32) -> io::Result<()> {
         let Some(name) = name.to_str() else {
             return Ok(());
         };
@@ -460,7 +422,7 @@ impl Tracker {
         {
             return Ok(());
         }
-        let start = crate::disk::Start::Fresh {
+        let start = Start::Fresh {
             first_seq: self.first_free_seq(name),
         };
         match Disk::open(&self.root_path, name, key, Vec::new(), start) {
@@ -482,24 +444,14 @@ impl Tracker {
                 ] {
                     let _ = self.remove_own_file(&own.to_string_lossy());
                 }
-                Err(match e {
-                    TrackError::Io { source, .. } => source,
-                    TrackError::Log(l) => {
-                        io::Error::from_raw_os_error(l.raw_os_error().unwrap_or(libc::EIO))
-                    }
-                    // ENOSPC reserving the bitmap reaches the creator as ENOSPC.
-                    TrackError::Bitmap(hrl::bitmap::BitmapError::Io { source, .. }) => {
-                        io::Error::from_raw_os_error(source.raw_os_error().unwrap_or(libc::EIO))
-                    }
-                    _ => io::Error::from_raw_os_error(libc::EIO),
-                })
+                Err(e.into_io())
             }
         }
     }
 
     /// Logs what removing the name `name` does to a disk, before the name goes: a removal
     /// (retired after the unlink), or, when another hard link keeps the disk, a rename.
-    pub fn before_unlink(
+    fn plan_unlink(
         &self,
         name: &OsStr,
         key: BackingKey,
@@ -513,22 +465,22 @@ impl Tracker {
         }
         if nlink > 1 {
             if let Some(other) = self.other_disk_link(name, key) {
-                d.lock_settled().record_lifecycle(Change::Rename {
+                d.log_lifecycle(Change::Rename {
                     name: other.clone(),
                 })?;
                 return Ok(Some(UnlinkPlan::Move(d, other)));
             }
         }
-        d.lock_settled().record_lifecycle(Change::Delete)?;
+        d.log_lifecycle(Change::Delete)?;
         Ok(Some(UnlinkPlan::Retire(d)))
     }
 
     /// Carries out an unlink plan once the name is gone.
-    pub fn after_unlink(&self, plan: Option<UnlinkPlan>) {
+    fn finish_unlink(&self, plan: Option<UnlinkPlan>) {
         match plan {
             Some(UnlinkPlan::Retire(d)) => self.retire(&d),
             Some(UnlinkPlan::Move(d, other)) => {
-                if let Err(e) = self.rename_files(&d, &other) {
+                if let Err(e) = d.rename_files(&self.root_path, &other) {
                     tracing::error!(disk = %other, error = %e, "cannot rename the disk's log and bitmap");
                 }
             }
@@ -538,34 +490,29 @@ impl Tracker {
 
     /// Another name in the root, with a disk pattern, for the same backing file.
     fn other_disk_link(&self, name: &OsStr, key: BackingKey) -> Option<String> {
-        let dirfd = sys::openat(
-            self.root_fd(),
-            OsStr::new("."),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-            0,
-        )
-        .ok()?;
-        sys::read_dir_entries(dirfd.as_raw_fd())
+        sys::read_dir(self.root_fd())
             .ok()?
             .into_iter()
-            .filter_map(|(_, _, n)| String::from_utf8(n).ok())
+            .filter_map(|e| String::from_utf8(e.name).ok())
             .filter(|n| n.as_str() != name.to_str().unwrap_or("") && self.is_disk_name(n))
             .find(|n| {
                 sys::statat(self.root_fd(), OsStr::new(n))
-                    .map(|st| (st.st_dev, st.st_ino) == key)
+                    .map(|st| st.key() == key)
                     .unwrap_or(false)
             })
     }
 
     /// Logs what a rename does to disks (before it happens).
-    pub fn before_rename(
-        &self,
-        old_in_root: Option<&OsStr>,
-        new_in_root: Option<&OsStr>,
-        key: BackingKey,
-        mode: u32,
-        replaced: Option<BackingKey>,
-    ) -> io::Result<RenamePlan> {
+    fn plan_rename(&self, r: &RenameOf<'_>) -> io::Result<RenamePlan> {
+        let (old_in_root, new_in_root) = (r.old_in_root, r.new_in_root);
+        let (key, mode, replaced) = (r.moved.key(), r.moved.st_mode, r.replaced);
+        if r.exchange && (old_in_root.is_some() || new_in_root.is_some()) {
+            // Swapping two names cannot be described to the shipper with one record each
+            // when either side is a disk.
+            if self.disk(key).is_some() || replaced.and_then(|k| self.disk(k)).is_some() {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+        }
         let mut plan = RenamePlan::default();
         let new_disk_name = new_in_root
             .and_then(|n| n.to_str())
@@ -575,7 +522,7 @@ impl Tracker {
             .disk(key)
             .filter(|d| old_in_root.and_then(|n| n.to_str()) == Some(d.name().as_str()));
         if let Some(r) = replaced.filter(|r| *r != key).and_then(|r| self.disk(r)) {
-            r.lock_settled().record_lifecycle(Change::Delete)?;
+            r.log_lifecycle(Change::Delete)?;
             plan.replaced = Some(r);
         }
         match moved {
@@ -584,7 +531,7 @@ impl Tracker {
                     Some(n) => Change::Rename { name: n.clone() },
                     None => Change::Delete,
                 };
-                d.lock_settled().record_lifecycle(change)?;
+                d.log_lifecycle(change)?;
                 plan.moved = Some((d, new_disk_name));
             }
             None => {
@@ -599,14 +546,14 @@ impl Tracker {
     }
 
     /// Carries out a rename plan after the rename succeeded.
-    pub fn after_rename(&self, plan: RenamePlan) {
+    fn finish_rename(&self, plan: RenamePlan) {
         if let Some(r) = plan.replaced {
             self.retire(&r);
         }
         if let Some((d, new_name)) = plan.moved {
             match new_name {
                 Some(n) => {
-                    if let Err(e) = self.rename_files(&d, &n) {
+                    if let Err(e) = d.rename_files(&self.root_path, &n) {
                         tracing::error!(disk = %n, error = %e, "cannot rename the disk's log and bitmap");
                     }
                 }
@@ -618,26 +565,6 @@ impl Tracker {
         }
     }
 
-    fn rename_files(&self, d: &Disk, new: &str) -> Result<(), TrackError> {
-        let mut st = d.lock_settled();
-        let old_disk = self.root_path.join(&st.name);
-        let new_disk = self.root_path.join(new);
-        if let Some(log) = st.log.as_mut() {
-            log.rename_to(&naming::active_log_path(&new_disk))?;
-        }
-        std::fs::rename(
-            naming::bitmap_path(&old_disk),
-            naming::bitmap_path(&new_disk),
-        )
-        .map_err(io_err("rename the dirty bitmap"))?;
-        st.name = new.to_string();
-        // Its pending logs keep their file names but are the disk's under its new name.
-        for p in &mut st.pending {
-            p.disk = new.to_string();
-        }
-        Ok(())
-    }
-
     /// Stops tracking a disk that is gone: seals its last log (which records the removal)
     /// and keeps its unacked logs for the shipper.
     fn retire(&self, d: &Arc<Disk>) {
@@ -645,36 +572,14 @@ impl Tracker {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&d.key);
-        let mut st = d.lock_settled();
-        st.retired = true;
-        let name = st.name.clone();
-        let mut pending = std::mem::take(&mut st.pending);
-        if let Some(mut log) = st.log.take() {
-            let h = log.header().clone();
-            let id = hrl::to_hex(&h.disk_id);
-            let file = naming::sealed_log_path(Path::new(&name), h.sequence, &id);
-            let file = file.to_string_lossy().into_owned();
-            let path = self.root_path.join(&file);
-            let res = log
-                .rename_to(&path)
-                .and_then(|_| log.seal())
-                .and_then(|_| verify_sealed(&path, None));
-            match res {
-                Ok(v) => pending.push(sealed_entry(&v, &name, &file, st.mode)),
-                Err(e) => {
-                    tracing::error!(disk = %name, error = %e, "cannot seal the log of a removed disk")
-                }
-            }
+        let retired = d.retire(&self.root_path);
+        if let Some(bitmap) = retired.bitmap {
+            let _ = self.remove_own_file(&bitmap);
         }
-        if st.bitmap.take().is_some() {
-            let bitmap = naming::bitmap_path(Path::new(&name));
-            let _ = self.remove_own_file(&bitmap.to_string_lossy());
-        }
-        drop(st);
         self.retired
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend(pending);
+            .extend(retired.pending);
     }
 
     pub(crate) fn root_path(&self) -> &Path {
@@ -684,15 +589,11 @@ impl Tracker {
     /// Records a sealed log as waiting for its ack (with the retired disks' logs if the disk
     /// went away meanwhile).
     pub fn add_pending(&self, d: &Disk, entry: SealedLog) {
-        let mut st = d.lock();
-        if st.retired {
-            drop(st);
+        if let Some(entry) = d.add_pending(entry) {
             self.retired
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(entry);
-        } else {
-            st.pending.push(entry);
         }
     }
 
@@ -704,7 +605,7 @@ impl Tracker {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         for d in self.disks() {
-            out.extend(d.lock().pending.iter().cloned());
+            out.extend(d.pending());
         }
         out
     }
@@ -717,12 +618,7 @@ impl Tracker {
         let of_id = |p: &SealedLog| disk_id.is_none_or(|id| p.disk_id.eq_ignore_ascii_case(id));
         if let Some(d) = self.disk_by_name(disk) {
             found = true;
-            self.mark_if_released(&d, seq)?;
-            let mut st = d.lock();
-            let (drop_, keep): (Vec<_>, Vec<_>) =
-                st.pending.drain(..).partition(|p| p.seq <= seq && of_id(p));
-            st.pending = keep;
-            gone.extend(drop_);
+            gone.extend(d.ack(&self.root_path, seq, of_id)?);
         }
         {
             let mut r = self.retired.lock().unwrap_or_else(|p| p.into_inner());
@@ -751,25 +647,47 @@ impl Tracker {
         Ok(gone.len())
     }
 
-    /// An ack in bitmap mode releases logs that are in no committed point (the 50% rule):
-    /// their ranges are marked, durably, before they are deleted. (After a commit the shipper
-    /// acks in log mode; those logs' marks go at its `clear`.)
-    fn mark_if_released(&self, d: &Disk, seq: u64) -> Result<(), TrackError> {
-        let (mode, logs) = {
-            let st = d.lock();
-            let logs: Vec<PathBuf> = st
-                .pending
-                .iter()
-                .filter(|p| p.seq <= seq)
-                .map(|p| self.root_path().join(&p.log))
-                .collect();
-            (st.mode, logs)
+    /// Files in the root that look like disks but are not tracked, each with why and what to
+    /// do: a name that is not valid UTF-8 (the logs and the store name disks in UTF-8), a disk
+    /// name that is a symlink to something other than a tracked disk (writes through it reach a
+    /// file the tracker does not log), or a disk file that could not be opened for tracking.
+    /// Computed from the directory on every `status`, so the warning stays until it is fixed.
+    pub fn untracked(&self) -> Vec<String> {
+        let Ok(entries) = sys::read_dir(self.root_fd()) else {
+            return Vec::new();
         };
-        if mode != DiskMode::Bitmap || logs.is_empty() {
-            return Ok(());
+        let tracked: Vec<(u64, u64)> = self.disks().iter().map(|d| d.key).collect();
+        let mut out = Vec::new();
+        for e in entries {
+            let raw = e.name;
+            let lossy = String::from_utf8_lossy(&raw).into_owned();
+            if !self.is_disk_name(&lossy) {
+                continue;
+            }
+            let name = OsStr::from_bytes(&raw);
+            let Ok(st) = sys::statat(self.root_fd(), name) else {
+                continue;
+            };
+            let kind = st.st_mode & libc::S_IFMT;
+            let why = if std::str::from_utf8(&raw).is_err() {
+                (kind == libc::S_IFREG || kind == libc::S_IFLNK).then(|| {
+                    format!("{lossy:?} is not tracked: its name is not valid UTF-8; rename it (through the mount) to a UTF-8 name")
+                })
+            } else if kind == libc::S_IFLNK {
+                let target = self.root_path().join(name);
+                let reaches = sys::identity(&target);
+                (!reaches.is_some_and(|k| tracked.contains(&k))).then(|| {
+                    let to = std::fs::read_link(&target).map(|p| p.display().to_string()).unwrap_or_default();
+                    format!("{lossy} is not tracked: it is a symlink to {to}, outside the tracked disks of the directory; move the image into the directory instead of linking to it")
+                })
+            } else if kind == libc::S_IFREG && !tracked.contains(&(st.st_dev, st.st_ino)) {
+                Some(format!("{lossy} is not tracked: it could not be opened for tracking (see the tracker's log); fix that and remount"))
+            } else {
+                None
+            };
+            out.extend(why);
         }
-        d.mark_released(&logs)
-            .map_err(io_err("mark the ranges of released logs"))
+        out
     }
 
     pub fn status(&self, socket: &Path) -> MountStatus {
@@ -778,7 +696,7 @@ impl Tracker {
             socket: socket.display().to_string(),
             pid: std::process::id(),
             disks: self.disks().iter().map(|d| d.status()).collect(),
-            untracked: crate::bypass::untracked(self),
+            untracked: self.untracked(),
         }
     }
 
@@ -810,5 +728,55 @@ impl Tracker {
                 tracing::error!(disk = %d.name(), error = %e, "clean close failed; the next start will resync its marked extents");
             }
         }
+    }
+}
+
+/// The core's changes, as tracking sees them: disks' data changes go through their
+/// [`Disk`]; creations, renames and removals in the root start, follow and retire disks.
+impl ChangeSink for Tracker {
+    type Tracked = Disk;
+    type Unlink = Option<UnlinkPlan>;
+    type Rename = RenamePlan;
+
+    fn owns_name(&self, name: &OsStr) -> bool {
+        self.is_hrl_name(name)
+    }
+
+    fn tracks_name(&self, name: &OsStr) -> bool {
+        name.to_str().is_some_and(|n| self.is_disk_name(n))
+    }
+
+    fn tracked(&self, key: BackingKey) -> Option<Arc<Disk>> {
+        self.disk(key)
+    }
+
+    fn created(&self, name: &OsStr, st: &Stat) -> io::Result<()> {
+        self.on_created(name, st.key(), st.st_mode)
+    }
+
+    fn before_unlink(&self, name: &OsStr, st: &Stat) -> io::Result<Option<UnlinkPlan>> {
+        self.plan_unlink(name, st.key(), st.st_nlink)
+    }
+
+    fn after_unlink(&self, plan: Option<UnlinkPlan>) {
+        self.finish_unlink(plan);
+    }
+
+    fn before_rename(&self, rename: &RenameOf<'_>) -> io::Result<RenamePlan> {
+        self.plan_rename(rename)
+    }
+
+    fn after_rename(&self, plan: RenamePlan) {
+        self.finish_rename(plan);
+    }
+
+    fn metadata_changed(&self, key: BackingKey) {
+        if let Some(d) = self.disk(key) {
+            d.after_metadata_change();
+        }
+    }
+
+    fn close(&self) {
+        self.close_all();
     }
 }

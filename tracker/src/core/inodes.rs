@@ -9,17 +9,14 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::sys::{self, FileHandle};
+use crate::sys::{self, BackingKey, FileHandle};
 
 /// FUSE's fixed inode number of the mount root.
 pub const ROOT_INO: u64 = 1;
-
-/// Identity of a backing object: (st_dev, st_ino).
-pub type BackingKey = (u64, u64);
 
 /// A backing object known to the kernel.
 pub struct Inode {
@@ -50,8 +47,8 @@ pub struct Pinned {
 }
 
 impl Pinned {
-    pub fn raw(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -65,15 +62,10 @@ impl Deref for Pinned {
 /// How many inode descriptors to keep at most: half the open file limit, so the other half
 /// serves open files, the disks' images, logs and bitmaps, and the control socket.
 pub fn descriptor_cap() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid pointer to an rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return 512;
+    match sys::open_file_limit() {
+        Some(n) => usize::try_from(n / 2).unwrap_or(usize::MAX),
+        None => usize::MAX,
     }
-    usize::try_from(lim.rlim_cur / 2).unwrap_or(usize::MAX)
 }
 
 struct Table {
@@ -131,10 +123,10 @@ impl Inodes {
     /// An open descriptor of the root and its mount id, if a handle of the root can be
     /// taken and opened again.
     fn probe_handles(root: &OwnedFd) -> Option<(OwnedFd, i32)> {
-        let dir = sys::reopen(root.as_raw_fd(), libc::O_RDONLY | libc::O_DIRECTORY).ok()?;
+        let dir = sys::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).ok()?;
         let dir = OwnedFd::from(dir);
-        let (h, mount_id) = sys::file_handle(root.as_raw_fd()).ok()?;
-        sys::open_by_handle(dir.as_raw_fd(), &h, libc::O_PATH).ok()?;
+        let (h, mount_id) = sys::file_handle(root.as_fd()).ok()?;
+        sys::open_by_handle(dir.as_fd(), &h, libc::O_PATH).ok()?;
         Some((dir, mount_id))
     }
 
@@ -156,9 +148,9 @@ impl Inodes {
             None => {
                 let (mount_fd, _) = self.handles.as_ref()?;
                 let handle = inode.handle.as_ref()?;
-                let fd = sys::open_by_handle(mount_fd.as_raw_fd(), handle, libc::O_PATH).ok()?;
+                let fd = sys::open_by_handle(mount_fd.as_fd(), handle, libc::O_PATH).ok()?;
                 // The handle names exactly that object (its generation included), but check.
-                let st = sys::fstat(fd.as_raw_fd()).ok()?;
+                let st = sys::fstat(fd.as_fd()).ok()?;
                 if (st.st_dev, st.st_ino) != inode.key {
                     return None;
                 }
@@ -282,7 +274,7 @@ impl Inodes {
         if kind != libc::S_IFREG {
             return None;
         }
-        let (h, mount_id) = sys::file_handle(fd.as_raw_fd()).ok()?;
+        let (h, mount_id) = sys::file_handle(fd.as_fd()).ok()?;
         (mount_id == *root_mount).then_some(h)
     }
 
