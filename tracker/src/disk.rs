@@ -727,7 +727,8 @@ impl Disk {
         st.outside_unsealed = true;
     }
 
-    /// [`Disk::mark_changed_outside`] under the disk's lock.
+    /// Marks the whole disk unclean and held (a full compare at the next cycle) for a change
+    /// made outside the tracker, `why` saying what (reported as `changed_outside`).
     pub fn report_changed_outside(&self, why: String) {
         let mut st = self.lock();
         self.mark_changed_outside(&mut st, why);
