@@ -1,7 +1,8 @@
 //! Reference-model test of the tracker's filesystem core, in process: no FUSE, no root.
 //!
-//! Random sequences of create, write, truncate, punch, rename, unlink, read and seal are
-//! applied to a [`Core`] over a temp directory (with the real [`Tracker`] as its change
+//! Random sequences of create, write, copy_file_range, truncate, punch, zero range, rename,
+//! unlink, read, seal and restart (a clean stop and a new tracker over the same directory)
+//! are applied to a [`Core`] over a temp directory (with the real [`Tracker`] as its change
 //! sink) and to a plain directory, the reference model. After every step both must agree
 //! on the outcome and hold the same names and bytes (hrl's own files aside); at the end,
 //! every disk's logs replayed onto the content it was first tracked with must equal its
@@ -45,6 +46,20 @@ enum Op {
         off: u64,
         len: u64,
     },
+    /// fallocate(ZERO_RANGE | KEEP_SIZE).
+    Zero {
+        f: usize,
+        off: u64,
+        len: u64,
+    },
+    /// copy_file_range of `len` bytes from `from` at `off_in` to `to` at `off_out`.
+    Copy {
+        from: usize,
+        off_in: u64,
+        to: usize,
+        off_out: u64,
+        len: u64,
+    },
     Rename {
         from: usize,
         to: usize,
@@ -56,6 +71,8 @@ enum Op {
         len: u32,
     },
     Seal,
+    /// Clean stop, then a new tracker and core over the same directory.
+    Restart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -66,10 +83,22 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(f, off, len, byte)| Op::Write { f, off, len, byte }),
         2 => (f.clone(), 0..SPAN).prop_map(|(f, size)| Op::Truncate { f, size }),
         2 => (f.clone(), 0..SPAN, 1..64_000u64).prop_map(|(f, off, len)| Op::Punch { f, off, len }),
+        1 => (f.clone(), 0..SPAN, 1..64_000u64).prop_map(|(f, off, len)| Op::Zero { f, off, len }),
+        // Between two files: the kernel refuses an overlapping copy within one file itself.
+        1 => (f.clone(), 0..SPAN, 1..NAMES.len(), 0..SPAN, 1..40_000u64).prop_map(
+            |(from, off_in, k, off_out, len)| Op::Copy {
+                from,
+                off_in,
+                to: (from + k) % NAMES.len(),
+                off_out,
+                len,
+            }
+        ),
         2 => (f.clone(), f.clone()).prop_map(|(from, to)| Op::Rename { from, to }),
         1 => f.clone().prop_map(Op::Unlink),
         3 => (f, 0..SPAN, 1..40_000u32).prop_map(|(f, off, len)| Op::Read { f, off, len }),
         1 => Just(Op::Seal),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -100,17 +129,7 @@ impl Harness {
         let model = tmp.path().join("model");
         fs::create_dir(&backing).expect("backing dir");
         fs::create_dir(&model).expect("model dir");
-        let root = sys::openat(
-            sys::CWD,
-            backing.as_os_str(),
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )
-        .expect("open the backing directory");
-        let include = DEFAULT_INCLUDE.iter().map(|s| s.to_string()).collect();
-        let tracker =
-            Arc::new(Tracker::open(root, &tmp.path().join("mnt"), include).expect("tracker"));
-        let core = Core::new(tracker.root_fd(), tracker.clone()).expect("core");
+        let (tracker, core) = Self::start(&backing);
         let who = Caller {
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
@@ -123,6 +142,38 @@ impl Harness {
             core,
             who,
             bases: HashMap::new(),
+        }
+    }
+
+    /// A tracker and a core over `backing`, as a mount starts them.
+    fn start(backing: &Path) -> (Arc<Tracker>, Core<Tracker>) {
+        let root = sys::openat(
+            sys::CWD,
+            backing.as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .expect("open the backing directory");
+        let include = DEFAULT_INCLUDE.iter().map(|s| s.to_string()).collect();
+        let tracker =
+            Arc::new(Tracker::open(root, Path::new("/nonexistent"), include).expect("tracker"));
+        let core = Core::new(tracker.root_fd(), tracker.clone()).expect("core");
+        (tracker, core)
+    }
+
+    /// A clean stop (as at unmount), then a new tracker over the same directory: nothing
+    /// may be reported unclean, and the chains go on.
+    fn restart(&mut self) {
+        self.core.destroy();
+        let (tracker, core) = Self::start(&self.backing);
+        self.tracker = tracker;
+        self.core = core;
+        for d in self.tracker.status(Path::new("-")).disks {
+            assert!(
+                d.unclean_extents.is_empty(),
+                "{} unclean after a clean stop: {d:?}",
+                d.disk
+            );
         }
     }
 
@@ -174,6 +225,25 @@ impl Harness {
                 self.core.fallocate(fh, *off, *len, mode, self.who)?;
                 Ok(Outcome::Done)
             }),
+            Op::Zero { f, off, len } => self.with_open(NAMES[*f], |_, fh| {
+                let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+                self.core.fallocate(fh, *off, *len, mode, self.who)?;
+                Ok(Outcome::Done)
+            }),
+            Op::Copy {
+                from,
+                off_in,
+                to,
+                off_out,
+                len,
+            } => self.with_open(NAMES[*from], |_, fin| {
+                self.with_open(NAMES[*to], |_, fout| {
+                    let n = self
+                        .core
+                        .copy_file_range(fin, *off_in, fout, *off_out, *len, self.who)?;
+                    Ok(Outcome::Read(vec![0; n]))
+                })
+            }),
             Op::Rename { from, to } => self
                 .core
                 .rename(ROOT_INO, name(from), ROOT_INO, name(to), 0)
@@ -187,6 +257,7 @@ impl Harness {
                 assert!(s.errors.is_empty(), "seal failed: {:?}", s.errors);
                 Ok(Outcome::Done)
             }
+            Op::Restart => unreachable!("run() restarts the harness itself"),
         };
         r.unwrap_or(Outcome::Failed)
     }
@@ -209,14 +280,30 @@ impl Harness {
             Op::Truncate { f, size } => {
                 rw(f).and_then(|h| h.set_len(*size).map(|()| Outcome::Done))
             }
-            Op::Punch { f, off, len } => rw(f).and_then(|h| {
-                // A punched hole reads as zeros; the size stays.
+            Op::Punch { f, off, len } | Op::Zero { f, off, len } => rw(f).and_then(|h| {
+                // A punched hole or zeroed range reads as zeros; the size stays.
                 let size = h.metadata()?.len();
                 let end = off.saturating_add(*len).min(size);
                 if end > *off {
                     h.write_all_at(&vec![0; (end - off) as usize], *off)?;
                 }
                 Ok(Outcome::Done)
+            }),
+            Op::Copy {
+                from,
+                off_in,
+                to,
+                off_out,
+                len,
+            } => rw(from).and_then(|src| {
+                let dst = rw(to)?;
+                // copy_file_range copies what the source holds from off_in on, up to len.
+                let size = src.metadata()?.len();
+                let n = size.saturating_sub(*off_in).min(*len) as usize;
+                let mut buf = vec![0; n];
+                src.read_exact_at(&mut buf, *off_in)?;
+                dst.write_all_at(&buf, *off_out)?;
+                Ok(Outcome::Read(vec![0; n]))
             }),
             Op::Rename { from, to } => fs::rename(path(from), path(to)).map(|()| Outcome::Done),
             Op::Unlink(f) => fs::remove_file(path(f)).map(|()| Outcome::Done),
@@ -232,7 +319,7 @@ impl Harness {
                 buf.truncate(done);
                 Ok(Outcome::Read(buf))
             }),
-            Op::Seal => Ok(Outcome::Done),
+            Op::Seal | Op::Restart => Ok(Outcome::Done),
         };
         r.unwrap_or(Outcome::Failed)
     }
@@ -292,7 +379,13 @@ impl Harness {
 fn run(ops: &[Op]) {
     let mut h = Harness::new();
     for (i, op) in ops.iter().enumerate() {
-        let core = h.on_core(op);
+        if matches!(op, Op::Restart) {
+            h.restart();
+        }
+        let core = match op {
+            Op::Restart => Outcome::Done,
+            _ => h.on_core(op),
+        };
         let model = h.on_model(op);
         assert_eq!(core, model, "step {i}: {op:?}");
         if matches!(op, Op::Create(_) | Op::Rename { .. }) {
@@ -347,5 +440,20 @@ fn lifecycle_of_disks_under_reused_names() {
         w(1, 0, 1, 6),
         Op::Rename { from: 2, to: 4 },
         Op::Seal,
+        Op::Restart,
+        Op::Copy {
+            from: 4,
+            off_in: 50,
+            to: 1,
+            off_out: 4000,
+            len: 500,
+        },
+        Op::Zero {
+            f: 1,
+            off: 4100,
+            len: 100,
+        },
+        Op::Restart,
+        w(1, 9000, 10, 7),
     ]);
 }
