@@ -152,7 +152,13 @@ impl Mounted {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if is_mounted(&self.mountpoint) && self.try_request(&Request::Status).is_some() {
+            // The kernel lists the mount before the tracker has answered FUSE's INIT; an
+            // unmount in that window aborts the handshake, so live means a listing through
+            // the mount (it waits for INIT) succeeds too.
+            if is_mounted(&self.mountpoint)
+                && self.try_request(&Request::Status).is_some()
+                && std::fs::read_dir(&self.mountpoint).is_ok()
+            {
                 return;
             }
             if let Some(c) = self.child.as_mut() {
