@@ -1,0 +1,322 @@
+//! The only code that talks to `object_store`. A [`GroupStore`] is one protection group's
+//! view of a target: immutable put-if-absent objects, zstd, listing; every failure is one
+//! typed [`StoreError`]. On top of it, small named stores in the spirit of pbs-datastore:
+//! [`chunks::ChunkStore`] (content-addressed blocks), [`index::fetch_base_index`]
+//! (hash-checked), [`logs::fetch_chain`] (the shipped logs after a base) and
+//! [`manifests`] (recovery points: list, get, commit-if-absent).
+
+pub mod chunks;
+pub mod error;
+pub mod http;
+pub mod index;
+pub mod logs;
+pub mod manifests;
+pub mod target;
+
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+pub use error::{Op, StoreError};
+use target::Target;
+
+/// zstd level for chunks and logs: fast, and most of the gain.
+const ZSTD_LEVEL: i32 = 3;
+
+pub type StoreResult<T> = std::result::Result<T, StoreError>;
+
+/// The objects of one protection group in a target.
+#[derive(Clone, Debug)]
+pub struct GroupStore {
+    pub target: Target,
+    pub group: String,
+    root: StorePath,
+}
+
+/// What a put of an immutable object did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Put {
+    Created,
+    /// An object with that key was there already (same content by construction).
+    Existed,
+}
+
+impl GroupStore {
+    pub fn new(target: Target, group: &str) -> anyhow::Result<GroupStore> {
+        if group.is_empty() || group.contains('/') || group.starts_with('.') {
+            anyhow::bail!("group name {group:?} is not valid: use a non-empty name without '/' that does not start with '.'");
+        }
+        let root = target.prefix.child(group);
+        Ok(GroupStore {
+            target,
+            group: group.to_string(),
+            root,
+        })
+    }
+
+    /// Full store path of a key relative to the group.
+    pub fn path(&self, key: &str) -> StorePath {
+        let mut p = self.root.clone();
+        for part in key.split('/').filter(|s| !s.is_empty()) {
+            p = p.child(part);
+        }
+        p
+    }
+
+    fn store(&self) -> &dyn ObjectStore {
+        self.target.store.as_ref()
+    }
+
+    /// The typed error of a failed `op` on `path`.
+    fn err(&self, op: Op, path: &StorePath, e: object_store::Error) -> StoreError {
+        StoreError::from_store(op, path.as_ref(), &self.target.url, e)
+    }
+
+    /// A local error (scratch file, worker) while moving `path`.
+    fn local(&self, op: Op, path: &StorePath, e: impl std::fmt::Display) -> StoreError {
+        StoreError::local(op, path.as_ref(), &self.target.url, e.to_string())
+    }
+
+    /// A damaged object.
+    pub fn damaged(&self, what: impl Into<String>, key: &str, why: impl Into<String>) -> StoreError {
+        StoreError::Damaged {
+            what: what.into(),
+            path: self.path(key).to_string(),
+            why: why.into(),
+        }
+    }
+
+    /// Writes `bytes` at `key` unless an object is there already. Uses conditional create
+    /// where the store has it; where it does not, checks first (objects are immutable and
+    /// content-named, so a race writes the same bytes).
+    pub async fn put_immutable(&self, key: &str, bytes: Vec<u8>) -> StoreResult<Put> {
+        let path = self.path(key);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let payload = PutPayload::from(bytes);
+        match self.store().put_opts(&path, payload.clone(), opts).await {
+            Ok(_) => Ok(Put::Created),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::Existed),
+            Err(object_store::Error::NotImplemented)
+            | Err(object_store::Error::NotSupported { .. }) => {
+                if self.exists(key).await? {
+                    return Ok(Put::Existed);
+                }
+                self.store()
+                    .put(&path, payload)
+                    .await
+                    .map_err(|e| self.err(Op::Put, &path, e))?;
+                Ok(Put::Created)
+            }
+            Err(e) => Err(self.err(Op::Put, &path, e)),
+        }
+    }
+
+    /// Uploads a local file at `key` unless an object is there already; large files go up
+    /// in parts, streamed (a multipart upload is not conditional, which is fine for
+    /// immutable, deterministic content).
+    pub async fn put_file_immutable(&self, key: &str, file: &std::path::Path) -> StoreResult<Put> {
+        const SINGLE_PUT_MAX: u64 = 32 << 20;
+        const PART: usize = 16 << 20;
+        let path = self.path(key);
+        let len = std::fs::metadata(file)
+            .map_err(|e| self.local(Op::Put, &path, format!("stat {}: {e}", file.display())))?
+            .len();
+        if len <= SINGLE_PUT_MAX {
+            let bytes = std::fs::read(file)
+                .map_err(|e| self.local(Op::Put, &path, format!("read {}: {e}", file.display())))?;
+            return self.put_immutable(key, bytes).await;
+        }
+        if self.exists(key).await? {
+            return Ok(Put::Existed);
+        }
+        let mut upload = self
+            .store()
+            .put_multipart(&path)
+            .await
+            .map_err(|e| self.err(Op::Put, &path, e))?;
+        let done = match self.send_parts(upload.as_mut(), &path, file, PART).await {
+            Ok(()) => upload
+                .complete()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.err(Op::Put, &path, e)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            // The parts sent so far would stay in the bucket (stored and billed, never
+            // visible) until aborted; a retry starts a new upload.
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(%path, "cannot abort the interrupted multipart upload (a bucket lifecycle rule for incomplete uploads removes it): {abort}");
+            }
+            return Err(e);
+        }
+        Ok(Put::Created)
+    }
+
+    /// Streams `file` into `upload`, `part` bytes a part, up to 4 parts in flight.
+    async fn send_parts(
+        &self,
+        upload: &mut dyn object_store::MultipartUpload,
+        path: &StorePath,
+        file: &std::path::Path,
+        part: usize,
+    ) -> StoreResult<()> {
+        use futures::StreamExt;
+        use std::io::Read;
+        let read_err = |e: std::io::Error| self.local(Op::Put, path, format!("read {}: {e}", file.display()));
+        let f = std::fs::File::open(file).map_err(read_err)?;
+        let mut f = std::io::BufReader::new(f);
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        loop {
+            let mut buf = Vec::with_capacity(part);
+            let n = (&mut f)
+                .take(part as u64)
+                .read_to_end(&mut buf)
+                .map_err(read_err)?;
+            if n == 0 {
+                break;
+            }
+            while in_flight.len() >= 4 {
+                if let Some(r) = in_flight.next().await {
+                    r.map_err(|e| self.err(Op::Put, path, e))?;
+                }
+            }
+            in_flight.push(upload.put_part(PutPayload::from(buf)));
+        }
+        while let Some(r) = in_flight.next().await {
+            r.map_err(|e| self.err(Op::Put, path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes an object that must not exist yet (a recovery-point manifest). Returns
+    /// `Existed` if another writer committed that key first. When the object there holds
+    /// exactly `bytes`, it is this write's own (the store kept it but the reply was lost,
+    /// and the retry found it): `Created`. A manifest names its commit instant in ns and its
+    /// host, so another writer's never has the same bytes.
+    pub async fn put_new(&self, key: &str, bytes: Vec<u8>) -> StoreResult<Put> {
+        match self.put_immutable(key, bytes.clone()).await? {
+            Put::Created => Ok(Put::Created),
+            Put::Existed => {
+                if self.get(key).await? == bytes {
+                    tracing::info!(key, "the store kept this write before its reply was lost");
+                    Ok(Put::Created)
+                } else {
+                    Ok(Put::Existed)
+                }
+            }
+        }
+    }
+
+    pub async fn exists(&self, key: &str) -> StoreResult<bool> {
+        let path = self.path(key);
+        match self.store().head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err(Op::Head, &path, e)),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> StoreResult<Vec<u8>> {
+        let path = self.path(key);
+        let r = self
+            .store()
+            .get(&path)
+            .await
+            .map_err(|e| self.err(Op::Get, &path, e))?;
+        let b = r.bytes().await.map_err(|e| self.err(Op::Get, &path, e))?;
+        Ok(b.to_vec())
+    }
+
+    /// Downloads a zstd-compressed object into `dest`, decompressing as it streams (logs can
+    /// be large).
+    pub async fn get_zstd_to_file(&self, key: &str, dest: &std::path::Path) -> StoreResult<u64> {
+        use futures::StreamExt;
+        let path = self.path(key);
+        let r = self
+            .store()
+            .get(&path)
+            .await
+            .map_err(|e| self.err(Op::Get, &path, e))?;
+        let compressed = dest.with_extension("zst-part");
+        let local = |what: &str, p: &std::path::Path, e: std::io::Error| {
+            self.local(Op::Get, &path, format!("{what} {}: {e}", p.display()))
+        };
+        let mut out = tokio::fs::File::create(&compressed)
+            .await
+            .map_err(|e| local("create", &compressed, e))?;
+        let mut stream = r.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.err(Op::Get, &path, e))?;
+            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk)
+                .await
+                .map_err(|e| local("write", &compressed, e))?;
+        }
+        // A tokio file may still hold the last write: flush before reading it back.
+        tokio::io::AsyncWriteExt::flush(&mut out)
+            .await
+            .map_err(|e| local("write", &compressed, e))?;
+        drop(out);
+        let (src, dst) = (compressed.clone(), dest.to_path_buf());
+        let n = tokio::task::spawn_blocking(move || -> Result<u64, (bool, std::io::Error)> {
+            let input = std::fs::File::open(&src).map_err(|e| (false, e))?;
+            let mut dec = zstd::stream::Decoder::new(input).map_err(|e| (true, e))?;
+            let mut output = std::fs::File::create(&dst).map_err(|e| (false, e))?;
+            std::io::copy(&mut dec, &mut output).map_err(|e| (is_stream_damage(&e), e))
+        })
+        .await
+        .map_err(|e| self.local(Op::Get, &path, format!("decompress worker failed: {e}")))?;
+        let _ = std::fs::remove_file(&compressed);
+        n.map_err(|(damage, e)| match damage {
+            true => self.damaged("object", key, format!("not valid zstd: {e}")),
+            false => local("decompress into", dest, e),
+        })
+    }
+
+    /// Names (last path part) of the objects directly or indirectly under `dir`.
+    pub async fn list_names(&self, dir: &str) -> StoreResult<Vec<String>> {
+        use futures::TryStreamExt;
+        let prefix = self.path(dir);
+        let metas: Vec<_> = self
+            .store()
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(Op::List, &prefix, e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .collect())
+    }
+}
+
+/// Whether an error of a zstd stream copy comes from the compressed bytes (the decoder
+/// reports bad input as these kinds) rather than from writing the output.
+fn is_stream_damage(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{InvalidData, Other, UnexpectedEof};
+    matches!(e.kind(), InvalidData | Other | UnexpectedEof)
+}
+
+/// zstd-compresses a file into another, streaming (logs can be large).
+pub fn compress_file(input: &std::path::Path, output: &std::path::Path) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let mut r = std::io::BufReader::new(
+        std::fs::File::open(input).with_context(|| format!("open {}", input.display()))?,
+    );
+    let out =
+        std::fs::File::create(output).with_context(|| format!("create {}", output.display()))?;
+    let mut enc = zstd::stream::Encoder::new(out, ZSTD_LEVEL).context("zstd encoder")?;
+    std::io::copy(&mut r, &mut enc).with_context(|| format!("compress {}", input.display()))?;
+    let out = enc.finish().context("finish zstd stream")?;
+    Ok(out
+        .metadata()
+        .with_context(|| format!("stat {}", output.display()))?
+        .len())
+}
+
+/// zstd-compresses a buffer.
+pub fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    zstd::bulk::compress(data, ZSTD_LEVEL)
+}
