@@ -237,8 +237,9 @@ fn hash_blocks(
     Ok(out)
 }
 
-/// Block index ranges `[first, last)` that hold data (not wholly inside a hole).
-fn data_block_ranges(
+/// Block index ranges `[first, last)` that hold data (not wholly inside a hole): the one
+/// SEEK_DATA walk of hrl (the shipper's copies use it too).
+pub fn data_block_ranges(
     file: &File,
     disk_size: u64,
     block_size: u32,

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use crate::initial::{copy_disk, CopyStats};
 use crate::retry::Fatal;
 use crate::status::{save, DirStatus, DiskState, Health};
-use crate::store_client::{compress_file, GroupStore, Put};
+use crate::store::{compress_file, GroupStore, Put};
 use crate::tracker_client::TrackerClient;
 
 /// A directory under protection and where it replicates to.
@@ -60,19 +60,6 @@ pub struct CycleReport {
     pub base_copies: Vec<CopyStats>,
 }
 
-/// Test hook: with `HRL_SHIPPER_STOP_AT=after-seal|after-upload|after-commit` the process
-/// stops there — it writes `<state dir>/stopped-at-<point>` and waits forever — so a test can
-/// kill -9 it at exactly that instant and check what the next run does.
-fn stop_point(p: &Protected, at: &str) {
-    if std::env::var("HRL_SHIPPER_STOP_AT").as_deref() == Ok(at) {
-        warn!("HRL_SHIPPER_STOP_AT={at}: waiting to be killed");
-        let _ = std::fs::write(p.state_dir.join(format!("stopped-at-{at}")), b"");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
-    }
-}
-
 /// The cycle is held back until the resync window opens (not an error to retry on the
 /// back-off schedule).
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +72,6 @@ struct ChainStart {
     generation: u64,
     after_seq: u64,
     after_hash: String,
-}
-
-fn hex_eq(a: &str, b: &str) -> bool {
-    a.eq_ignore_ascii_case(b)
 }
 
 /// Runs one cycle; `status` is updated (and saved) as it goes.
@@ -141,32 +124,11 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             })
             .collect()
     };
-    // An image changed while no tracker ran must be compared block by block.
-    let offline: HashSet<String> = {
-        let mut s = status
-            .lock()
-            .map_err(|_| anyhow::anyhow!("status lock poisoned"))?;
-        let found = offline_edits(&p.dir, &s, &tstatus);
-        for (disk, why) in &found {
-            warn!(%disk, "{why}");
-            if let Some(d) = s.disks.iter_mut().find(|d| &d.disk == disk) {
-                d.resync_full = true;
-                d.state = DiskState::ResyncRequired;
-                d.health = d.health.max(Health::Warning);
-                d.resync_reason = Some(why.clone());
-            }
-        }
-        found.into_iter().map(|(d, _)| d).collect()
-    };
-    if !offline.is_empty() {
-        save_status();
-    }
     let is_flagged = |name: &str, id: &str| flagged.contains(id) || flagged.contains(name);
     let needs_resync = |d: &hrl::control::DiskStatus| {
         d.mode == DiskMode::Bitmap
             || !d.unclean_extents.is_empty()
             || is_flagged(&d.disk, &d.disk_id)
-            || offline.contains(&d.disk)
     };
     // Resyncs wait while an operator paused them (the disks stay in bitmap tracking), and
     // outside the resync window; initial copies and operator requests do not wait.
@@ -222,10 +184,10 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         .collect();
 
     let first_seal = tracker.seal().await?;
-    stop_point(p, "after-seal");
+    crate::stop::at(&p.state_dir, "after-seal");
     let first_pending = tracker.pending().await?;
     let mut jobs_done: Vec<String> = Vec::new();
-    let mut known: Option<HashSet<hrl::Digest>> = None;
+    let mut known: Option<std::sync::Arc<HashSet<hrl::Digest>>> = None;
     let mut starts: BTreeMap<String, ChainStart> = BTreeMap::new(); // by disk id
     let mut report = CycleReport::default();
     for sealed in &first_seal.disks {
@@ -252,7 +214,6 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             || saved.is_some()
             || prev.is_none()
             || is_flagged(&sealed.disk, &sealed.disk_id)
-            || offline.contains(&sealed.disk)
             || bitmap_disks.contains(&sealed.disk)
             || unclean.contains(&sealed.disk);
         if !needs_base {
@@ -275,7 +236,9 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         // Chunks the store holds (any disk's: a renamed or copied disk, or a resync, finds
         // most of its blocks there) are not sent again; a lost one is.
         if known.is_none() {
-            known = Some(crate::presence::stored_chunks(&p.store).await?);
+            known = Some(std::sync::Arc::new(
+                crate::presence::stored_chunks(&p.store).await?,
+            ));
         }
         let known = known.as_ref().expect("just filled");
         if let Some(prev) = prev {
@@ -482,7 +445,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             }
         }
     }
-    stop_point(p, "after-upload");
+    crate::stop::at(&p.state_dir, "after-upload");
     crate::presence::guard_commit(p, status, &entries).await?;
 
     // 4. Commit: the manifest, written last.
@@ -500,11 +463,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         host: crate::owner::host_name(),
         disks: entries,
     };
-    match p
-        .store
-        .put_new(&hrl::store::point_key(id), manifest.to_json())
-        .await?
-    {
+    match crate::store::manifests::commit(&p.store, &manifest).await? {
         Put::Created => {}
         Put::Existed => {
             return Err(Fatal(format!(
@@ -520,7 +479,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         disks = manifest.disks.len(),
         "recovery point committed"
     );
-    stop_point(p, "after-commit");
+    crate::stop::at(&p.state_dir, "after-commit");
     for id in &jobs_done {
         crate::resync::drop_job(&p.state_dir, id);
     }
@@ -543,7 +502,6 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     }
 
     // Status after the point.
-    let tracker_pid = tstatus.pid;
     let tstatus = tracker.status().await.ok();
     {
         let mut s = status
@@ -552,7 +510,6 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         s.last_point_id = Some(id);
         s.committing_point = None;
         s.last_point_ns = Some(seal.time_ns);
-        s.tracker_pid = tstatus.as_ref().map(|_| tracker_pid);
         // Disks that are gone (deleted, renamed over) leave the status.
         s.disks.retain(|d| {
             manifest
@@ -573,7 +530,6 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             if let Some(r) = d.resync.take() {
                 d.last_resync = Some(r);
             }
-            d.image_stat = image_stat(&p.dir.join(&e.name));
             if let Some(ts) = tstatus
                 .as_ref()
                 .and_then(|t| t.disks.iter().find(|x| x.disk == e.name))
@@ -626,7 +582,8 @@ fn check_chain(
                 l.seq
             ));
         }
-        if !hex_eq(&l.prev_hash, expect_prev) {
+        let named = hrl::from_hex::<32>(&l.prev_hash);
+        if named.is_none() || named != hrl::from_hex::<32>(expect_prev) {
             return Err(format!(
                 "log chain of disk {disk} is broken: log {} names previous hash {} but the replica ends at {}",
                 l.seq, l.prev_hash, expect_prev
@@ -680,7 +637,8 @@ async fn ship_logs(
             .store
             .put_file_immutable(&key, &zst)
             .await
-            .map(|_| (sealed_bytes, coalesced, uploaded)),
+            .map(|_| (sealed_bytes, coalesced, uploaded))
+            .map_err(anyhow::Error::from),
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_file(&zst);
@@ -692,7 +650,7 @@ async fn copy_with_progress(
     disk: &str,
     disk_id: &str,
     index_key: &str,
-    known: &HashSet<hrl::Digest>,
+    known: &std::sync::Arc<HashSet<hrl::Digest>>,
 ) -> Result<CopyStats> {
     let bar = p.progress_bar.then(|| {
         let b = indicatif::ProgressBar::new(0);
@@ -734,85 +692,6 @@ async fn copy_with_progress(
         b.finish_and_clear();
     }
     r
-}
-
-/// Size and mtime (ns) of an image.
-fn image_stat(path: &Path) -> Option<(u64, i128)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((
-        m.len(),
-        i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-    ))
-}
-
-/// When process `pid` started, ns since the Unix epoch: its start in clock ticks after boot
-/// (/proc) plus the current offset between the real-time and boot-time clocks (`btime` in
-/// /proc/stat is rounded to whole seconds, too coarse here).
-fn process_start_ns(pid: u32) -> Option<i128> {
-    let ticks = i128::from(crate::resync::process_start_ticks(pid)?);
-    let now = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes into the timespec we own.
-        let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-        (rc == 0).then(|| i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec))
-    };
-    let offset = now(libc::CLOCK_REALTIME)? - now(libc::CLOCK_BOOTTIME)?;
-    // SAFETY: sysconf reads a constant.
-    let hz = i128::from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1);
-    Some(offset + ticks * 1_000_000_000 / hz)
-}
-
-/// Disks whose image changed while no tracker ran: the tracker was restarted cleanly since
-/// the last point (new pid, no unclean extents), and the image's size or mtime differ from
-/// what the last point recorded, with an mtime older than the new tracker (so no tracked
-/// write made it). A false alarm (writes the old tracker logged after the last point) costs
-/// a full compare, never a wrong replica.
-fn offline_edits(
-    dir: &Path,
-    s: &DirStatus,
-    t: &hrl::control::MountStatus,
-) -> Vec<(String, String)> {
-    let Some(pid) = s.tracker_pid else {
-        return Vec::new();
-    };
-    if pid == t.pid {
-        return Vec::new();
-    }
-    let started = process_start_ns(t.pid);
-    let mut out = Vec::new();
-    for d in &s.disks {
-        let Some(recorded) = d.image_stat else {
-            continue;
-        };
-        // The same disk, not another that took its name since (rename over).
-        let same = |x: &&hrl::control::DiskStatus| {
-            x.disk == d.disk
-                && (x.disk_id.is_empty() || d.disk_id.is_empty() || x.disk_id == d.disk_id)
-        };
-        let Some(ts) = t.disks.iter().find(same) else {
-            continue;
-        };
-        if !ts.unclean_extents.is_empty() {
-            continue; // a crash: its reported extents are resynced
-        }
-        let Some(now) = image_stat(&dir.join(&d.disk)) else {
-            continue;
-        };
-        if now != recorded && started.is_none_or(|st| now.1 < st) {
-            out.push((
-                d.disk.clone(),
-                format!(
-                    "{} changed while no tracker was mounted (size {} -> {}, mtime changed): its replica is resynced by comparing every block",
-                    d.disk, recorded.0, now.0
-                ),
-            ));
-        }
-    }
-    out
 }
 
 /// Chooses what a resync of `sealed` (replica `prev`) reads: the trusted dirty extents
@@ -923,7 +802,7 @@ async fn run_resync(
     disk: &str,
     job: &mut crate::resync::ResyncJob,
     index: &mut hrl::chunk::ChunkIndex,
-    known: &HashSet<hrl::Digest>,
+    known: &std::sync::Arc<HashSet<hrl::Digest>>,
 ) -> Result<CopyStats> {
     let disk_id = job.disk_id.clone();
     let progress = |pr: &crate::resync::ResyncProgress| {
@@ -935,10 +814,8 @@ async fn run_resync(
         }
     };
     let paused = || !p.resync_now && crate::resync::is_paused(&p.state_dir, &p.dir);
-    let stop_after_blocks = std::env::var("HRL_SHIPPER_STOP_AT")
-        .ok()
-        .filter(|v| v == "mid-resync")
-        .map(|_| (job.blocks.len() as u64 / 2).max(1));
+    let stop_after_blocks =
+        crate::stop::armed("mid-resync").then(|| (job.blocks.len() as u64 / 2).max(1));
     let ctl = crate::resync::ResyncControl {
         state_dir: &p.state_dir,
         paused: &paused,

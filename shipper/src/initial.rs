@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +14,8 @@ use futures::StreamExt;
 use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
 use hrl::Digest;
 
-use crate::store_client::{compress, GroupStore, Put};
+use crate::store::chunks::{prepare, ChunkStore, Prepared};
+use crate::store::{GroupStore, Put};
 
 /// Default chunk size: 256 KiB. Bytes shipped per interval come from logs, not chunks;
 /// chunks matter for the initial copy and for resync, where a smaller block uploads less
@@ -41,50 +41,70 @@ pub struct CopyStats {
     pub resync: Option<crate::resync::ResyncProgress>,
 }
 
-/// Byte ranges holding data (SEEK_DATA/SEEK_HOLE); the whole file when the filesystem
-/// cannot tell.
-pub fn data_segments(file: &File, size: u64) -> Vec<(u64, u64)> {
-    let fd = file.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos: u64 = 0;
-    while pos < size {
-        // SAFETY: lseek on an open descriptor; no memory is touched.
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-                break; // no data after pos
-            }
-            return vec![(0, size)];
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 {
-            size
-        } else {
-            (hole as u64).min(size)
-        };
-        if end <= data as u64 {
-            break;
-        }
-        out.push((data as u64, end));
-        pos = end;
-    }
-    out
+/// Blocks holding data (`hrl::chunk::data_block_ranges`, SEEK_DATA), ascending; every
+/// block when the filesystem cannot tell.
+pub fn data_blocks(file: &File, disk_size: u64, block_size: u32) -> Vec<u64> {
+    let count = ChunkIndex::block_count(disk_size, block_size);
+    hrl::chunk::data_block_ranges(file, disk_size, block_size)
+        .unwrap_or_else(|_| vec![(0, count)])
+        .into_iter()
+        .flat_map(|(a, b)| a..b.min(count))
+        .collect()
 }
 
-/// Which blocks overlap a data segment.
-fn data_blocks(segments: &[(u64, u64)], block_size: u64, count: u64) -> Vec<u64> {
-    let mut out = Vec::new();
-    let mut next = 0u64;
-    for &(s, e) in segments {
-        let first = (s / block_size).max(next);
-        let last = e.div_ceil(block_size).min(count);
-        for b in first..last {
-            out.push(b);
+/// One block of a copy: read, hashed and, unless zero or already stored, uploaded.
+pub struct CopiedBlock {
+    pub block: u64,
+    /// Bytes read.
+    pub len: u64,
+    pub digest: Digest,
+    /// What the upload did (`None`: not sent, zero or known to be stored).
+    pub put: Option<Put>,
+    /// Compressed bytes the store did not have.
+    pub sent: u64,
+}
+
+/// The block-copy pipeline of initial copies and resyncs: reads `blocks` of `file` (whose
+/// replica is `disk_size` bytes in blocks of `block_size`), hashes each, and stores those
+/// neither zero nor in `known`; results come in the order of `blocks`, with up to
+/// [`IN_FLIGHT`] blocks in flight.
+pub fn copy_blocks<'a>(
+    store: &'a GroupStore,
+    file: Arc<File>,
+    disk: &'a Path,
+    blocks: Vec<u64>,
+    block_size: u32,
+    disk_size: u64,
+    known: Arc<HashSet<Digest>>,
+) -> impl futures::Stream<Item = Result<CopiedBlock>> + 'a {
+    let bs = u64::from(block_size);
+    let chunks = ChunkStore::new(store);
+    futures::stream::iter(blocks.into_iter().map(move |b| {
+        let file = Arc::clone(&file);
+        let known = Arc::clone(&known);
+        let disk = disk.to_path_buf();
+        async move {
+            let off = b * bs;
+            let len = bs.min(disk_size - off) as usize;
+            let prepared = tokio::task::spawn_blocking(move || -> Result<Prepared> {
+                let mut buf = vec![0u8; len];
+                read_full_at(&file, &mut buf, off)
+                    .with_context(|| format!("read {} at {off}", disk.display()))?;
+                prepare(&buf, &known).context("zstd compression failed")
+            })
+            .await
+            .context("chunk worker failed")??;
+            let (digest, put, sent) = chunks.put(prepared).await?;
+            Ok(CopiedBlock {
+                block: b,
+                len: len as u64,
+                digest,
+                put,
+                sent,
+            })
         }
-        next = next.max(last);
-    }
-    out
+    }))
+    .buffered(IN_FLIGHT)
 }
 
 /// Copies `disk` into `store`, skipping chunks whose digest is in `known` (already stored),
@@ -95,7 +115,7 @@ pub async fn copy_disk(
     disk: &Path,
     block_size: u32,
     index_key: &str,
-    known: &HashSet<Digest>,
+    known: &Arc<HashSet<Digest>>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<CopyStats> {
     hrl::chunk::check_block_size(block_size)?;
@@ -106,82 +126,48 @@ pub async fn copy_disk(
         .with_context(|| format!("stat disk {}", disk.display()))?
         .len();
     let count = ChunkIndex::block_count(disk_size, block_size);
-    let segments = data_segments(&file, disk_size);
-    let blocks = data_blocks(&segments, u64::from(block_size), count);
-    let file = Arc::new(file);
+    let blocks = data_blocks(&file, disk_size, block_size);
     let mut digests = vec![ZERO_DIGEST; count as usize];
     let mut stats = CopyStats {
         disk_size,
         blocks: count,
         ..Default::default()
     };
-    let known = Arc::new(known.clone());
     let total = blocks.len() as u64 * u64::from(block_size);
-
     let mut done_bytes = 0u64;
-    let mut results = futures::stream::iter(blocks.into_iter().map(|b| {
-        let file = Arc::clone(&file);
-        let known = Arc::clone(&known);
-        let disk = disk.to_path_buf();
-        async move {
-            let off = b * u64::from(block_size);
-            let len = u64::from(block_size).min(disk_size - off) as usize;
-            let (digest, payload) =
-                tokio::task::spawn_blocking(move || -> Result<(Digest, Option<Vec<u8>>)> {
-                    let mut buf = vec![0u8; len];
-                    read_full_at(&file, &mut buf, off)
-                        .with_context(|| format!("read {} at {off}", disk.display()))?;
-                    let d = hrl::chunk::block_digest(&buf);
-                    if d == ZERO_DIGEST || known.contains(&d) {
-                        return Ok((d, None));
-                    }
-                    Ok((d, Some(compress(&buf)?)))
-                })
-                .await
-                .context("chunk worker failed")??;
-            let put = match payload {
-                Some(bytes) => {
-                    let n = bytes.len() as u64;
-                    Some((
-                        store
-                            .put_immutable(&hrl::store::chunk_key(&digest), bytes)
-                            .await?,
-                        n,
-                    ))
-                }
-                None => None,
-            };
-            Ok::<_, anyhow::Error>((b, digest, put))
-        }
-    }))
-    .buffer_unordered(IN_FLIGHT);
-
+    let results = copy_blocks(
+        store,
+        Arc::new(file),
+        disk,
+        blocks,
+        block_size,
+        disk_size,
+        Arc::clone(known),
+    );
+    futures::pin_mut!(results);
     while let Some(r) = results.next().await {
-        let (b, digest, put) = r?;
-        digests[b as usize] = digest;
-        match put {
-            Some((Put::Created, n)) => {
+        let c = r?;
+        digests[c.block as usize] = c.digest;
+        match c.put {
+            Some(Put::Created) => {
                 stats.uploaded_chunks += 1;
-                stats.uploaded_bytes += n;
+                stats.uploaded_bytes += c.sent;
             }
-            Some((Put::Existed, _)) => stats.existing_chunks += 1,
-            None if digest != ZERO_DIGEST => stats.existing_chunks += 1,
+            Some(Put::Existed) => stats.existing_chunks += 1,
+            None if c.digest != ZERO_DIGEST => stats.existing_chunks += 1,
             None => {}
         }
         done_bytes += u64::from(block_size);
         progress(done_bytes.min(total), total);
     }
     stats.zero_blocks = count - digests.iter().filter(|d| **d != ZERO_DIGEST).count() as u64;
-
     let index = ChunkIndex {
         block_size,
         disk_size,
         digests,
     };
-    let encoded = index.encode();
-    stats.index_hash = hrl::to_hex(blake3::hash(&encoded).as_bytes());
+    stats.index_hash = crate::store::index::put_index(store, index_key, &index).await?;
     stats.index_key = index_key.to_string();
-    store.put_immutable(index_key, encoded).await?;
     Ok(stats)
 }
 
@@ -208,17 +194,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn data_blocks_cover_segments_once() {
-        assert_eq!(
-            data_blocks(&[(0, 10), (5000, 9000)], 4096, 3),
-            vec![0, 1, 2]
-        );
-        assert_eq!(data_blocks(&[(8192, 8193)], 4096, 4), vec![2]);
-        assert_eq!(data_blocks(&[], 4096, 4), Vec::<u64>::new());
-    }
-
-    #[test]
-    fn data_segments_skip_holes() {
+    fn data_blocks_skip_holes() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sparse");
         let f = std::fs::OpenOptions::new()
@@ -230,12 +206,8 @@ mod tests {
             .unwrap();
         f.set_len(64 << 20).unwrap();
         f.write_all_at(&[1u8; 4096], 32 << 20).unwrap();
-        let segs = data_segments(&f, 64 << 20);
-        let covered: u64 = segs.iter().map(|(s, e)| e - s).sum();
-        assert!(
-            segs.iter().any(|(s, e)| *s <= 32 << 20 && *e > 32 << 20),
-            "{segs:?}"
-        );
-        assert!(covered < 64 << 20, "holes not detected: {segs:?}");
+        let blocks = data_blocks(&f, 64 << 20, 4096);
+        assert!(blocks.contains(&((32 << 20) / 4096)), "{blocks:?}");
+        assert!(blocks.len() < (64 << 20) / 4096, "holes not detected");
     }
 }

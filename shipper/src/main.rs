@@ -18,8 +18,8 @@ mod resync;
 mod retry;
 mod service;
 mod status;
-mod store_client;
-mod target;
+mod stop;
+mod store;
 mod tracker_client;
 mod verify;
 mod window;
@@ -29,6 +29,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
+use store::target;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -317,7 +318,7 @@ fn protected(
     let t = target::open(target)?;
     Ok(cycle::Protected {
         dir: dir.to_path_buf(),
-        store: store_client::GroupStore::new(t, group)?,
+        store: store::GroupStore::new(t, group)?,
         chunk_size: common.chunk_size,
         state_dir: common.state_dir.clone(),
         force_resync,
@@ -627,7 +628,7 @@ fn cmd_status(a: StatusArgs) -> Result<std::process::ExitCode> {
 }
 
 async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
-    let store = store_client::GroupStore::new(target::open(&a.target)?, &a.group)?;
+    let store = store::GroupStore::new(target::open(&a.target)?, &a.group)?;
     let ids = points::list_ids(&store).await?;
     let mut all = Vec::new();
     for id in ids {
@@ -663,7 +664,7 @@ async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
 }
 
 async fn cmd_verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
-    let store = store_client::GroupStore::new(target::open(&a.target)?, &a.group)?;
+    let store = store::GroupStore::new(target::open(&a.target)?, &a.group)?;
     let selected = if a.point.trim() == "all" {
         let mut all = Vec::new();
         for id in points::list_ids(&store).await? {
@@ -703,7 +704,7 @@ async fn cmd_verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
 }
 
 async fn cmd_restore(a: RestoreArgs) -> Result<std::process::ExitCode> {
-    let store = store_client::GroupStore::new(target::open(&a.target)?, &a.group)?;
+    let store = store::GroupStore::new(target::open(&a.target)?, &a.group)?;
     let point = points::select(&store, &a.point).await?;
     let started = std::time::Instant::now();
     let report = restore::restore_point(&store, &point, &a.to).await?;

@@ -18,7 +18,7 @@ use hrl::store::PointManifest;
 use serde::{Deserialize, Serialize};
 
 use crate::retry::Fatal;
-use crate::store_client::{GroupStore, Put};
+use crate::store::{GroupStore, Put};
 
 /// Key of the owner record, relative to the group.
 pub const OWNER_KEY: &str = "owner.json";
@@ -146,8 +146,8 @@ async fn read(store: &GroupStore) -> Result<Option<Owner>> {
                 store.path(OWNER_KEY)
             )
         }),
-        Err(e) if crate::presence::is_not_found(&e) => Ok(None),
-        Err(e) => Err(e),
+        Err(crate::store::StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 

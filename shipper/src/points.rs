@@ -1,49 +1,11 @@
 //! Reading recovery points of a group: listing, loading, choosing one by id or time.
 
 use anyhow::{bail, Context, Result};
-use hrl::store::{parse_point_name, point_key, PointManifest, POINTS_DIR};
+use hrl::store::PointManifest;
 
-use crate::store_client::GroupStore;
+use crate::store::GroupStore;
 
-/// Ids of every committed point, ascending.
-pub async fn list_ids(store: &GroupStore) -> Result<Vec<u64>> {
-    let mut ids: Vec<u64> = store
-        .list_names(POINTS_DIR)
-        .await?
-        .iter()
-        .filter_map(|n| parse_point_name(n))
-        .collect();
-    ids.sort_unstable();
-    Ok(ids)
-}
-
-pub async fn load(store: &GroupStore, id: u64) -> Result<PointManifest> {
-    let key = point_key(id);
-    let bytes = store.get(&key).await?;
-    let m = PointManifest::from_json(&bytes).with_context(|| {
-        format!(
-            "recovery point {id} ({}) in {} is damaged",
-            store.path(&key),
-            store.target.url
-        )
-    })?;
-    if m.id != id {
-        bail!(
-            "recovery point object {} names id {}, not {id}; the store is corrupt",
-            store.path(&key),
-            m.id
-        );
-    }
-    Ok(m)
-}
-
-/// The latest committed point, if any.
-pub async fn latest(store: &GroupStore) -> Result<Option<PointManifest>> {
-    match list_ids(store).await?.last() {
-        Some(&id) => Ok(Some(load(store, id).await?)),
-        None => Ok(None),
-    }
-}
+pub use crate::store::manifests::{get as load, latest, list_ids};
 
 /// Picks a point: `latest`, a numeric id, or a time (RFC 3339, e.g. `2026-11-23T15:00:00Z`:
 /// the last point sealed at or before it, among points whose seal time did not go
@@ -59,13 +21,13 @@ pub async fn select(store: &GroupStore, which: &str) -> Result<PointManifest> {
     }
     let which = which.trim();
     if which.is_empty() || which == "latest" {
-        return load(store, *ids.last().expect("not empty")).await;
+        return Ok(load(store, *ids.last().expect("not empty")).await?);
     }
     if let Ok(id) = which.parse::<u64>() {
         if !ids.contains(&id) {
             bail!("recovery point {id} does not exist in group {:?} (points: {}); see `hrl-shipper points`", store.group, summary(&ids));
         }
-        return load(store, id).await;
+        return Ok(load(store, id).await?);
     }
     let t = humantime::parse_rfc3339_weak(which).map_err(|e| {
         anyhow::anyhow!("--point {which:?} is neither `latest`, a point id nor a time like 2026-11-23T15:00:00Z ({e})")

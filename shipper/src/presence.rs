@@ -13,32 +13,19 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
-use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
-use hrl::store::{log_path, logs_dir, parse_log_name, DiskEntry};
+use hrl::chunk::ZERO_DIGEST;
+use hrl::store::DiskEntry;
 use hrl::Digest;
 
 use crate::cycle::Protected;
 use crate::retry::Fatal;
 use crate::status::{DirStatus, DiskState, Health};
-use crate::store_client::GroupStore;
+use crate::store::chunks::ChunkStore;
+use crate::store::{GroupStore, StoreError};
 
 /// The digests of every chunk the group's store holds (listed, not downloaded).
 pub async fn stored_chunks(store: &GroupStore) -> Result<HashSet<Digest>> {
-    let names = store.list_names("chunks").await?;
-    Ok(names
-        .iter()
-        .filter_map(|n| hrl::from_hex::<32>(n))
-        .collect())
-}
-
-/// True when `err` says the object is not in the store.
-pub fn is_not_found(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<object_store::Error>(),
-            Some(object_store::Error::NotFound { .. })
-        )
-    })
+    Ok(ChunkStore::new(store).list().await?)
 }
 
 /// What the store lacks for `entry`'s point, one line per problem (empty: all there).
@@ -50,51 +37,40 @@ pub async fn missing_for(
 ) -> Result<Vec<String>> {
     let mut problems = Vec::new();
     let key = &entry.base.index_key;
-    match store.get(key).await {
-        Ok(bytes) => {
-            let hash = hrl::to_hex(blake3::hash(&bytes).as_bytes());
-            let index = if hash.eq_ignore_ascii_case(&entry.base.index_hash) {
-                ChunkIndex::decode(&bytes).ok()
-            } else {
-                None
-            };
-            match index {
-                None => problems.push(format!("its base index {} is damaged", store.path(key))),
-                Some(index) => {
-                    let lacking: Vec<&Digest> = index
-                        .digests
-                        .iter()
-                        .filter(|d| **d != ZERO_DIGEST && !chunks.contains(*d))
-                        .collect::<HashSet<_>>()
-                        .into_iter()
-                        .collect();
-                    if let Some(first) = lacking.first() {
-                        problems.push(format!(
-                            "{} chunk(s) of its base are missing from the store (e.g. {})",
-                            lacking.len(),
-                            store.path(&hrl::store::chunk_key(first))
-                        ));
-                    }
-                }
+    match crate::store::index::fetch_base_index(store, &entry.base).await {
+        Ok(index) => {
+            let lacking: Vec<&Digest> = index
+                .digests
+                .iter()
+                .filter(|d| **d != ZERO_DIGEST && !chunks.contains(*d))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            if let Some(first) = lacking.first() {
+                problems.push(format!(
+                    "{} chunk(s) of its base are missing from the store (e.g. {})",
+                    lacking.len(),
+                    store.path(&hrl::store::chunk_key(first))
+                ));
             }
         }
-        Err(e) if is_not_found(&e) => {
+        Err(StoreError::Damaged { .. }) => {
+            problems.push(format!("its base index {} is damaged", store.path(key)))
+        }
+        Err(StoreError::NotFound { .. }) => {
             problems.push(format!("its base index {} is missing", store.path(key)))
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
-    if entry.last_seq > entry.base.after_seq {
-        let names = store
-            .list_names(&logs_dir(&entry.disk_id, entry.generation))
-            .await?;
-        let ranges: Vec<(u64, u64)> = names.iter().filter_map(|n| parse_log_name(n)).collect();
-        if log_path(&ranges, entry.base.after_seq, entry.last_seq).is_none() {
-            problems.push(format!(
-                "its shipped logs {}..={} are not all in the store",
-                entry.base.after_seq + 1,
-                entry.last_seq
-            ));
-        }
+    if crate::store::logs::chain_ranges(store, entry)
+        .await?
+        .is_none()
+    {
+        problems.push(format!(
+            "its shipped logs {}..={} are not all in the store",
+            entry.base.after_seq + 1,
+            entry.last_seq
+        ));
     }
     Ok(problems)
 }
@@ -119,11 +95,11 @@ pub async fn check_point(
 }
 
 /// True when `err` says a store object is missing or damaged (as opposed to the store being
-/// unreachable): the replica cannot be rebuilt from the store, so a resync copies the disk.
+/// unreachable), or the store's logs do not verify: the replica cannot be rebuilt from the
+/// store, so a resync copies the disk.
 pub fn is_lost_or_damaged(err: &anyhow::Error) -> bool {
-    is_not_found(err)
+    crate::store::error::store_error_in(err).is_some_and(StoreError::is_lost_or_damaged)
         || err.chain().any(|c| c.downcast_ref::<Fatal>().is_some())
-        || format!("{err:#}").contains("is damaged")
 }
 
 /// Refuses to commit a point that needs objects the store lacks: the disks concerned go to

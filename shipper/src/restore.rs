@@ -11,13 +11,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
-use hrl::store::{
-    log_key, log_path, logs_dir, parse_log_name, DiskEntry, FileAttrs, PointManifest,
-};
+use hrl::store::{DiskEntry, FileAttrs, PointManifest};
 use tracing::info;
 
 use crate::retry::Fatal;
-use crate::store_client::GroupStore;
+use crate::store::chunks::ChunkStore;
+use crate::store::index::fetch_base_index;
+use crate::store::GroupStore;
 
 /// Chunk downloads in flight.
 const IN_FLIGHT: usize = 16;
@@ -118,19 +118,7 @@ async fn restore_disk(
     image: &Path,
     report: &mut RestoreReport,
 ) -> Result<Arc<std::fs::File>> {
-    // Base.
-    let idx_bytes = store.get(&d.base.index_key).await?;
-    let hash = hrl::to_hex(blake3::hash(&idx_bytes).as_bytes());
-    if !hash.eq_ignore_ascii_case(&d.base.index_hash) {
-        return Err(Fatal(format!(
-            "chunk index {} is damaged (hash {hash}, manifest says {}); the store is corrupt",
-            store.path(&d.base.index_key),
-            d.base.index_hash
-        ))
-        .into());
-    }
-    let index = ChunkIndex::decode(&idx_bytes)
-        .with_context(|| format!("chunk index {} is damaged", store.path(&d.base.index_key)))?;
+    let index = fetch_base_index(store, &d.base).await?;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -142,86 +130,9 @@ async fn restore_disk(
     file.set_len(index.disk_size)
         .with_context(|| format!("size {}", image.display()))?;
     let file = Arc::new(file);
-    let block_size = u64::from(index.block_size);
-    let jobs = index.digests.iter().enumerate().filter(|(_, dg)| **dg != ZERO_DIGEST).map(|(i, dg)| {
-        let file = Arc::clone(&file);
-        let digest = *dg;
-        let key = hrl::store::chunk_key(&digest);
-        let expected_len = block_size.min(index.disk_size - i as u64 * block_size) as usize;
-        async move {
-            let raw = store.get(&key).await?;
-            let path = store.path(&key).to_string();
-            tokio::task::spawn_blocking(move || -> Result<u64> {
-                let data = zstd::stream::decode_all(raw.as_slice())
-                    .map_err(|e| Fatal(format!("chunk {path} is damaged (not valid zstd: {e}); the store is corrupt")))?;
-                if data.len() != expected_len || *blake3::hash(&data).as_bytes() != digest {
-                    return Err(Fatal(format!("chunk {path} is damaged (content does not match its digest); the store is corrupt")).into());
-                }
-                file.write_all_at(&data, i as u64 * block_size).context("write restored block")?;
-                Ok(data.len() as u64)
-            })
-            .await
-            .context("restore worker failed")?
-        }
-    });
-    let mut stream = futures::stream::iter(jobs).buffer_unordered(IN_FLIGHT);
-    while let Some(r) = stream.next().await {
-        report.chunk_bytes += r?;
-    }
-    drop(stream);
-
-    // Logs.
+    report.chunk_bytes += write_base(store, &index, &file).await?;
     if d.last_seq > d.base.after_seq {
-        let names = store
-            .list_names(&logs_dir(&d.disk_id, d.generation))
-            .await?;
-        let ranges: Vec<(u64, u64)> = names.iter().filter_map(|n| parse_log_name(n)).collect();
-        let path = log_path(&ranges, d.base.after_seq, d.last_seq).ok_or_else(|| {
-            Fatal(format!(
-                "logs {}..={} of disk {} are not all in the store; the store is incomplete or damaged",
-                d.base.after_seq + 1,
-                d.last_seq,
-                d.name
-            ))
-        })?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".hrl-restore-logs")
-            .tempdir_in(image.parent().unwrap_or(Path::new(".")))
-            .context("create temporary directory for logs")?;
-        let mut local: Vec<PathBuf> = Vec::new();
-        for (first, last) in path {
-            let key = log_key(&d.disk_id, d.generation, first, last);
-            let lp = tmp.path().join(format!("{first}-{last}.hrl"));
-            store.get_zstd_to_file(&key, &lp).await?;
-            local.push(lp);
-        }
-        report.logs += local.len();
-        let prev = hrl::from_hex::<32>(&d.base.after_chain_hash)
-            .with_context(|| format!("manifest of disk {} has a bad chain hash", d.name))?;
-        // Replay onto the file created above, not whatever has its name by now.
-        let image_owned = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        let summary = tokio::task::spawn_blocking(move || {
-            hrl::log::apply_logs_after(&local, &image_owned, Some(&prev))
-        })
-        .await
-        .context("apply worker failed")?
-        .map_err(|e| {
-            Fatal(format!(
-                "shipped logs of disk {} do not verify: {e}",
-                d.name
-            ))
-        })?;
-        let got = summary
-            .chain_hash
-            .map(|h| hrl::to_hex(&h))
-            .unwrap_or_default();
-        if !got.eq_ignore_ascii_case(&d.last_chain_hash) {
-            return Err(Fatal(format!(
-                "logs of disk {} end at chain hash {got}, but the point names {}; the store is damaged",
-                d.name, d.last_chain_hash
-            ))
-            .into());
-        }
+        report.logs += replay_logs(store, d, image, &file).await?;
     }
     // The logs leave the size they describe; it must be the disk's size at the seal.
     file.sync_all()
@@ -238,4 +149,89 @@ async fn restore_disk(
         .into());
     }
     Ok(file)
+}
+
+/// Writes every non-zero block of `index` into `file` (chunks verified); returns the bytes.
+async fn write_base(
+    store: &GroupStore,
+    index: &ChunkIndex,
+    file: &Arc<std::fs::File>,
+) -> Result<u64> {
+    let chunks = ChunkStore::new(store);
+    let block_size = u64::from(index.block_size);
+    let jobs = index
+        .digests
+        .iter()
+        .enumerate()
+        .filter(|(_, dg)| **dg != ZERO_DIGEST)
+        .map(|(i, dg)| {
+            let file = Arc::clone(file);
+            let off = i as u64 * block_size;
+            let expected_len = block_size.min(index.disk_size - off) as usize;
+            async move {
+                let data = chunks.read(dg).await?;
+                if data.len() != expected_len {
+                    let key = hrl::store::chunk_key(dg);
+                    return Err(store
+                        .damaged("chunk", &key, "content does not match its digest")
+                        .into());
+                }
+                tokio::task::spawn_blocking(move || {
+                    file.write_all_at(&data, off).map(|_| data.len() as u64)
+                })
+                .await
+                .context("restore worker failed")?
+                .context("write restored block")
+            }
+        });
+    let mut stream = futures::stream::iter(jobs).buffer_unordered(IN_FLIGHT);
+    let mut bytes = 0;
+    while let Some(r) = stream.next().await {
+        bytes += r?;
+    }
+    Ok(bytes)
+}
+
+/// Replays `d`'s shipped logs onto `file` (created at `image`), checking the chain ends at
+/// the point's chain hash; returns how many logs it applied.
+async fn replay_logs(
+    store: &GroupStore,
+    d: &DiskEntry,
+    image: &Path,
+    file: &std::fs::File,
+) -> Result<usize> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".hrl-restore-logs")
+        .tempdir_in(image.parent().unwrap_or(Path::new(".")))
+        .context("create temporary directory for logs")?;
+    let local = crate::store::logs::fetch_chain(store, d, tmp.path()).await?;
+    let n = local.len();
+    let prev = hrl::from_hex::<32>(&d.base.after_chain_hash)
+        .with_context(|| format!("manifest of disk {} has a bad chain hash", d.name))?;
+    // Replay onto the file created above, not whatever has its name by now.
+    let image_owned = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let summary = tokio::task::spawn_blocking(move || {
+        hrl::log::apply_logs_after(&local, &image_owned, Some(&prev))
+    })
+    .await
+    .context("apply worker failed")?
+    .map_err(|e| {
+        Fatal(format!(
+            "shipped logs of disk {} do not verify: {e}",
+            d.name
+        ))
+    })?;
+    let want = hrl::from_hex::<32>(&d.last_chain_hash);
+    if summary.chain_hash.is_none() || summary.chain_hash != want {
+        let got = summary
+            .chain_hash
+            .map(|h| hrl::to_hex(&h))
+            .unwrap_or_default();
+        return Err(Fatal(format!(
+            "logs of disk {} end at chain hash {got}, but the point names {}; the store is damaged",
+            d.name, d.last_chain_hash
+        ))
+        .into());
+    }
+    Ok(n)
 }

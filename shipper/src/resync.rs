@@ -6,8 +6,9 @@
 //!   shipped logs folded in: the blocks those logs touch are rebuilt (base chunk + the logs
 //!   replayed on a sparse scratch file) and hashed again ([`replica_index`]).
 //! - *Targeted*: when the dirty marks can be trusted (50% rule, unclean tracker stop) only
-//!   the blocks inside them are read. *Full*: every block holding data is read (chain break,
-//!   offline edit, operator request).
+//!   the blocks inside them are read (after an offline edit the tracker reports the whole
+//!   disk unclean: every block). *Full*: every block holding data is read (chain break,
+//!   operator request).
 //! - The work (blocks to compare, a cursor, the index so far, counters) is saved in the state
 //!   directory as it goes, so a resync stopped by kill -9, an outage or a pause continues
 //!   where it stopped.
@@ -23,17 +24,16 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
-use hrl::store::{log_key, log_path, logs_dir, parse_log_name, DiskEntry};
+use hrl::store::DiskEntry;
 use hrl::Digest;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::initial::{data_segments, CopyStats};
+use crate::initial::{copy_blocks, data_blocks, CopyStats};
 use crate::retry::Fatal;
-use crate::store_client::{compress, GroupStore, Put};
-
-/// Reads and uploads in flight at once.
-const IN_FLIGHT: usize = 16;
+use crate::store::chunks::ChunkStore;
+use crate::store::index::fetch_base_index;
+use crate::store::GroupStore;
 
 /// How a resync chooses the blocks it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,52 +276,18 @@ async fn rebuild_replica_index(
     entry: &DiskEntry,
     work: &Path,
 ) -> Result<Option<(ChunkIndex, u64)>> {
-    let idx_bytes = store.get(&entry.base.index_key).await?;
-    let hash = hrl::to_hex(blake3::hash(&idx_bytes).as_bytes());
-    if !hash.eq_ignore_ascii_case(&entry.base.index_hash) {
-        return Err(Fatal(format!(
-            "chunk index {} is damaged; the store is corrupt",
-            store.path(&entry.base.index_key)
-        ))
-        .into());
-    }
-    let mut index = ChunkIndex::decode(&idx_bytes).with_context(|| {
-        format!(
-            "chunk index {} is damaged",
-            store.path(&entry.base.index_key)
-        )
-    })?;
+    let mut index = fetch_base_index(store, &entry.base).await?;
     if index.disk_size != entry.disk_size {
         return Ok(None);
     }
     if entry.last_seq == entry.base.after_seq {
         return Ok(Some((index, 0)));
     }
-    // Fetch the logs after the base.
-    let names = store
-        .list_names(&logs_dir(&entry.disk_id, entry.generation))
-        .await?;
-    let ranges: Vec<(u64, u64)> = names.iter().filter_map(|n| parse_log_name(n)).collect();
-    let path = log_path(&ranges, entry.base.after_seq, entry.last_seq).ok_or_else(|| {
-        Fatal(format!(
-            "logs {}..={} of disk {} are not all in the store; the store is incomplete",
-            entry.base.after_seq + 1,
-            entry.last_seq,
-            entry.name
-        ))
-    })?;
     let tmp = tempfile::Builder::new()
         .prefix("replica-")
         .tempdir_in(work)
         .context("create a scratch directory for the replica's logs")?;
-    let mut local = Vec::new();
-    for (first, last) in path {
-        let lp = tmp.path().join(format!("{first}-{last}.hrl"));
-        store
-            .get_zstd_to_file(&log_key(&entry.disk_id, entry.generation, first, last), &lp)
-            .await?;
-        local.push(lp);
-    }
+    let local = crate::store::logs::fetch_chain(store, entry, tmp.path()).await?;
     let l2 = local.clone();
     let extents = tokio::task::spawn_blocking(move || log_extents(&l2))
         .await
@@ -330,32 +296,64 @@ async fn rebuild_replica_index(
         return Ok(None);
     };
     let touched = blocks_of(&extents, index.block_size, index.digests.len() as u64);
-    // Scratch image: the touched blocks of the base, then the logs replayed on it.
     let scratch = tmp.path().join("replica.img");
+    if !replay_on_scratch(store, entry, &index, &touched, local, &scratch).await? {
+        return Ok(None);
+    }
+    let chunks = ChunkStore::new(store);
+    let file = File::open(&scratch).with_context(|| format!("open {}", scratch.display()))?;
+    let bs = u64::from(index.block_size);
+    let mut buf = vec![0u8; bs as usize];
+    let mut sent = 0u64;
+    for &b in &touched {
+        let off = b * bs;
+        let len = bs.min(entry.disk_size - off) as usize;
+        crate::initial::read_full_at(&file, &mut buf[..len], off)
+            .with_context(|| format!("read {}", scratch.display()))?;
+        // Stored as a chunk: a new base refers to it, and until now it lived only in logs.
+        let (digest, n) = chunks.insert(&buf[..len]).await?;
+        index.digests[b as usize] = digest;
+        sent += n;
+    }
+    info!(disk = %entry.name, rebuilt_blocks = touched.len(), rebuilt_bytes_sent = sent, "replica digests rebuilt from base and logs");
+    Ok(Some((index, sent)))
+}
+
+/// Builds a sparse scratch image at `scratch`: the `touched` blocks of the base, then the
+/// shipped logs replayed on it. False when the logs leave another size than the point's.
+async fn replay_on_scratch(
+    store: &GroupStore,
+    entry: &DiskEntry,
+    index: &ChunkIndex,
+    touched: &BTreeSet<u64>,
+    logs: Vec<PathBuf>,
+    scratch: &Path,
+) -> Result<bool> {
+    let chunks = ChunkStore::new(store);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(&scratch)
+        .open(scratch)
         .with_context(|| format!("create {}", scratch.display()))?;
     file.set_len(index.disk_size)
         .with_context(|| format!("size {}", scratch.display()))?;
     let bs = u64::from(index.block_size);
-    for &b in &touched {
+    for &b in touched {
         let d = index.digests[b as usize];
         if d == ZERO_DIGEST {
             continue;
         }
-        let data = fetch_chunk(store, &d).await?;
+        let data = chunks.read(&d).await?;
         std::os::unix::fs::FileExt::write_all_at(&file, &data, b * bs)
             .with_context(|| format!("write {}", scratch.display()))?;
     }
     drop(file);
     let prev = hrl::from_hex::<32>(&entry.base.after_chain_hash)
         .with_context(|| format!("manifest of disk {} has a bad chain hash", entry.name))?;
-    let sc = scratch.clone();
+    let sc = scratch.to_path_buf();
     let summary =
-        tokio::task::spawn_blocking(move || hrl::log::apply_logs_after(&local, &sc, Some(&prev)))
+        tokio::task::spawn_blocking(move || hrl::log::apply_logs_after(&logs, &sc, Some(&prev)))
             .await
             .context("apply worker failed")?
             .map_err(|e| {
@@ -364,61 +362,16 @@ async fn rebuild_replica_index(
                     entry.name
                 ))
             })?;
-    if summary.final_size != entry.disk_size {
-        return Ok(None);
-    }
-    let file = File::open(&scratch).with_context(|| format!("open {}", scratch.display()))?;
-    let mut buf = vec![0u8; bs as usize];
-    let mut sent = 0u64;
-    for &b in &touched {
-        let off = b * bs;
-        let len = bs.min(entry.disk_size - off) as usize;
-        crate::initial::read_full_at(&file, &mut buf[..len], off)
-            .with_context(|| format!("read {}", scratch.display()))?;
-        let digest = hrl::chunk::block_digest(&buf[..len]);
-        index.digests[b as usize] = digest;
-        if digest != ZERO_DIGEST {
-            let bytes = compress(&buf[..len])?;
-            let n = bytes.len() as u64;
-            if store
-                .put_immutable(&hrl::store::chunk_key(&digest), bytes)
-                .await?
-                == Put::Created
-            {
-                sent += n;
-            }
-        }
-    }
-    info!(disk = %entry.name, rebuilt_blocks = touched.len(), rebuilt_bytes_sent = sent, "replica digests rebuilt from base and logs");
-    Ok(Some((index, sent)))
-}
-
-async fn fetch_chunk(store: &GroupStore, digest: &Digest) -> Result<Vec<u8>> {
-    let key = hrl::store::chunk_key(digest);
-    let raw = store.get(&key).await?;
-    let data = zstd::stream::decode_all(raw.as_slice())
-        .map_err(|e| Fatal(format!("chunk {} is damaged ({e})", store.path(&key))))?;
-    if hrl::chunk::block_digest(&data) != *digest {
-        return Err(Fatal(format!(
-            "chunk {} is damaged (content does not match its digest)",
-            store.path(&key)
-        ))
-        .into());
-    }
-    Ok(data)
+    Ok(summary.final_size == entry.disk_size)
 }
 
 /// Blocks a full compare reads: those holding data in the source, and those holding data
 /// in the replica (a hole in the source where the replica has data differs).
 pub fn full_compare_blocks(disk: &Path, replica: &ChunkIndex) -> Result<Vec<u64>> {
     let file = File::open(disk).with_context(|| format!("open disk {}", disk.display()))?;
-    let segs = data_segments(&file, replica.disk_size);
-    let count = replica.digests.len() as u64;
-    let mut set = blocks_of(
-        &segs.iter().map(|(s, e)| (*s, e - s)).collect::<Vec<_>>(),
-        replica.block_size,
-        count,
-    );
+    let mut set: BTreeSet<u64> = data_blocks(&file, replica.disk_size, replica.block_size)
+        .into_iter()
+        .collect();
     set.extend(
         replica
             .digests
@@ -480,7 +433,7 @@ pub async fn run_job(
     disk: &Path,
     job: &mut ResyncJob,
     index: &mut ChunkIndex,
-    known: &HashSet<Digest>,
+    known: &Arc<HashSet<Digest>>,
     ctl: &ResyncControl<'_>,
 ) -> Result<CopyStats> {
     let file = Arc::new(
@@ -490,7 +443,6 @@ pub async fn run_job(
         .metadata()
         .with_context(|| format!("stat disk {}", disk.display()))?
         .len();
-    let bs = u64::from(index.block_size);
     let disk_size = index.disk_size;
     if size != disk_size {
         warn!(disk = %disk.display(), size, replica = disk_size, "disk size changed during the resync; bytes past the replica's size come with the logs");
@@ -502,45 +454,17 @@ pub async fn run_job(
     let save_every =
         std::time::Duration::from_secs((index.digests.len() as u64 * 32 / (4 << 20)).max(2));
     add_lost_blocks(job, index, known);
-    let known = Arc::new(known.clone());
     let todo: Vec<u64> = job.blocks[job.cursor..].to_vec();
-    let mut results = futures::stream::iter(todo.into_iter().map(|b| {
-        let file = Arc::clone(&file);
-        let known = Arc::clone(&known);
-        let disk = disk.to_path_buf();
-        async move {
-            let off = b * bs;
-            let len = bs.min(disk_size - off) as usize;
-            let (digest, payload) =
-                tokio::task::spawn_blocking(move || -> Result<(Digest, Option<Vec<u8>>)> {
-                    let mut buf = vec![0u8; len];
-                    crate::initial::read_full_at(&file, &mut buf, off)
-                        .with_context(|| format!("read {} at {off}", disk.display()))?;
-                    let d = hrl::chunk::block_digest(&buf);
-                    if d == ZERO_DIGEST || known.contains(&d) {
-                        return Ok((d, None));
-                    }
-                    Ok((d, Some(compress(&buf)?)))
-                })
-                .await
-                .context("resync worker failed")??;
-            let sent = match payload {
-                Some(bytes) => {
-                    let n = bytes.len() as u64;
-                    match store
-                        .put_immutable(&hrl::store::chunk_key(&digest), bytes)
-                        .await?
-                    {
-                        Put::Created => n,
-                        Put::Existed => 0,
-                    }
-                }
-                None => 0,
-            };
-            Ok::<_, anyhow::Error>((b, len as u64, digest, sent))
-        }
-    }))
-    .buffered(IN_FLIGHT);
+    let results = copy_blocks(
+        store,
+        file,
+        disk,
+        todo,
+        index.block_size,
+        disk_size,
+        Arc::clone(known),
+    );
+    futures::pin_mut!(results);
     let mut stats = CopyStats {
         disk_size,
         blocks: index.digests.len() as u64,
@@ -552,7 +476,8 @@ pub async fn run_job(
     job.progress.blocks_total = total;
     job.progress.kind = Some(job.kind);
     while let Some(r) = results.next().await {
-        let (b, len, digest, sent) = r?;
+        let c = r?;
+        let (b, len, digest, sent) = (c.block, c.len, c.digest, c.sent);
         let p = &mut job.progress;
         p.blocks_compared += 1;
         p.bytes_read += len;
@@ -578,27 +503,17 @@ pub async fn run_job(
             save_job(ctl.state_dir, &saved, index)?;
             (ctl.progress)(&job.progress);
             if stop_here {
-                warn!(
-                    blocks = done,
-                    "HRL_SHIPPER_STOP_AT=mid-resync: waiting to be killed"
-                );
-                let _ = std::fs::write(ctl.state_dir.join("stopped-at-mid-resync"), b"");
-                loop {
-                    std::thread::sleep(std::time::Duration::from_secs(3600));
-                }
+                crate::stop::at(ctl.state_dir, "mid-resync");
             }
             if done < total && (ctl.paused)() {
                 return Err(ResyncPaused(disk.display().to_string()).into());
             }
         }
     }
-    drop(results);
     stats.uploaded_chunks = new_chunks;
     stats.uploaded_bytes = job.progress.bytes_sent;
     stats.zero_blocks = index.digests.iter().filter(|d| **d == ZERO_DIGEST).count() as u64;
-    let encoded = index.encode();
-    stats.index_hash = hrl::to_hex(blake3::hash(&encoded).as_bytes());
-    store.put_immutable(&job.index_key, encoded).await?;
+    stats.index_hash = crate::store::index::put_index(store, &job.index_key, index).await?;
     info!(
         disk = %disk.display(),
         kind = ?job.kind,

@@ -32,83 +32,19 @@ pub enum ErrorClass {
 #[error("{0}")]
 pub struct Fatal(pub String);
 
-/// Classifies an error by what caused it.
+/// Classifies an error by what caused it: a [`Fatal`] or the class of the typed store
+/// error in its chain; anything else (network, local I/O, a tracker that is restarting) is
+/// worth another try.
 pub fn classify(err: &anyhow::Error) -> ErrorClass {
-    for cause in err.chain() {
-        if cause.downcast_ref::<Fatal>().is_some() {
-            return ErrorClass::Fatal;
-        }
-        if matches!(
-            cause.downcast_ref::<object_store::Error>(),
-            Some(
-                object_store::Error::Unauthenticated { .. }
-                    | object_store::Error::PermissionDenied { .. }
-            )
-        ) {
-            return ErrorClass::Fatal;
-        }
+    if err.chain().any(|c| c.downcast_ref::<Fatal>().is_some()) {
+        return ErrorClass::Fatal;
     }
-    let text = format!("{err:#}");
-    const FATAL_MARKS: [&str; 12] = [
-        "NoSuchBucket",
-        "ContainerNotFound",
-        "AuthenticationFailed",
-        "AuthorizationFailure",
-        "AuthorizationPermissionMismatch",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AccessDenied",
-        "403 Forbidden",
-        "401 Unauthorized",
-        "The specified bucket does not exist",
-        "The specified container does not exist",
-    ];
-    if FATAL_MARKS.iter().any(|m| text.contains(m)) {
-        ErrorClass::Fatal
-    } else {
-        ErrorClass::Recoverable
-    }
+    crate::store::error::store_error_in(err).map_or(ErrorClass::Recoverable, |e| e.class())
 }
 
-/// What the operator must do about a non-recoverable store error, when it can be told.
+/// What the operator must do about a store error, when it can be told.
 pub fn operator_hint(err: &anyhow::Error) -> Option<&'static str> {
-    let text = format!("{err:#}");
-    if [
-        "NoSuchBucket",
-        "ContainerNotFound",
-        "The specified bucket does not exist",
-        "The specified container does not exist",
-    ]
-    .iter()
-    .any(|m| text.contains(m))
-    {
-        return Some("the bucket or container of the target does not exist: create it, or fix the target URL");
-    }
-    let auth = err.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<object_store::Error>(),
-            Some(
-                object_store::Error::Unauthenticated { .. }
-                    | object_store::Error::PermissionDenied { .. }
-            )
-        )
-    });
-    if auth
-        || [
-            "AuthenticationFailed",
-            "AuthorizationFailure",
-            "InvalidAccessKeyId",
-            "SignatureDoesNotMatch",
-            "AccessDenied",
-            "403 Forbidden",
-            "401 Unauthorized",
-        ]
-        .iter()
-        .any(|m| text.contains(m))
-    {
-        return Some("the store refused the credentials: fix the AWS_*/AZURE_*/GOOGLE_* settings of the shipper, then run `hrl-shipper sync` or restart the service");
-    }
-    None
+    crate::store::error::store_error_in(err).and_then(|e| e.hint())
 }
 
 /// Adds the operator hint (if any) in front of an error.
@@ -144,8 +80,19 @@ mod tests {
         assert_eq!(classify(&fatal), ErrorClass::Fatal);
         let net = anyhow::anyhow!("error sending request: connection refused");
         assert_eq!(classify(&net), ErrorClass::Recoverable);
-        let auth = anyhow::anyhow!("Server returned 403 Forbidden: AuthenticationFailed");
+        let auth = anyhow::Error::new(crate::store::StoreError::from_store(
+            crate::store::Op::List,
+            "points",
+            "az://c",
+            object_store::Error::Unauthenticated {
+                path: "points".into(),
+                source: "refused".into(),
+            },
+        ))
+        .context("cycle");
         assert_eq!(classify(&auth), ErrorClass::Fatal);
+        assert!(operator_hint(&auth).is_some_and(|h| h.contains("credentials")));
+        assert!(operator_hint(&net).is_none());
         assert!(parse_duration("5m").is_ok() && parse_duration("five").is_err());
     }
 }

@@ -56,7 +56,7 @@ pub struct DiskStatus {
     /// 50% rule dropped).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resync_extents: Vec<(u64, u64)>,
-    /// The next resync compares every block (chain break, offline edit, operator request).
+    /// The next resync compares every block (chain break, operator request).
     #[serde(default)]
     pub resync_full: bool,
     /// Why the disk needs (or runs) a resync.
@@ -68,9 +68,6 @@ pub struct DiskStatus {
     /// What the last finished resync did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_resync: Option<crate::resync::ResyncProgress>,
-    /// Size and mtime (ns) of the image when the last point was committed (offline edits).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_stat: Option<(u64, i128)>,
 }
 
 /// What `status` shows about one directory.
@@ -95,10 +92,6 @@ pub struct DirStatus {
     /// The service's replication interval (absent for one-off `sync`).
     #[serde(default)]
     pub interval_ns: Option<u64>,
-    /// Pid of the tracker seen at the last point (a new pid: it was restarted; check for
-    /// offline edits).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracker_pid: Option<u32>,
     /// Files of the directory that look like disks but the tracker cannot track (a name
     /// that is not UTF-8, a symlink to outside), as the tracker reported them at the last
     /// cycle: a Warning until fixed.
@@ -130,7 +123,6 @@ impl DirStatus {
             updated_ns: hrl::now_ns(),
             paused: false,
             interval_ns: None,
-            tracker_pid: None,
             untracked: Vec::new(),
             committing_point: None,
             space_warning: None,
@@ -170,7 +162,6 @@ impl DirStatus {
             resync_reason: None,
             resync: None,
             last_resync: None,
-            image_stat: None,
         });
         self.disks.last_mut().expect("just pushed")
     }

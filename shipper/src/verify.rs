@@ -11,9 +11,10 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
 use hrl::log::SizeEffect;
-use hrl::store::{log_key, log_path, logs_dir, parse_log_name, DiskEntry, PointManifest};
+use hrl::store::{DiskEntry, PointManifest};
 
-use crate::store_client::GroupStore;
+use crate::store::chunks::ChunkStore;
+use crate::store::GroupStore;
 
 /// Chunk downloads in flight.
 const IN_FLIGHT: usize = 16;
@@ -78,21 +79,12 @@ pub async fn verify_points(store: &GroupStore, points: &[PointManifest]) -> Resu
     }
     report.logs = logs_seen.len();
     report.chunks = chunks.len();
-    let mut results = futures::stream::iter(chunks.into_iter().map(|digest| async move {
-        let key = hrl::store::chunk_key(&digest);
-        let path = store.path(&key).to_string();
-        let raw = store.get(&key).await?;
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let data = zstd::stream::decode_all(raw.as_slice())
-                .map_err(|e| anyhow::anyhow!("chunk {path} is damaged (not valid zstd: {e})"))?;
-            if *blake3::hash(&data).as_bytes() != digest {
-                anyhow::bail!("chunk {path} is damaged (content does not match its digest)");
-            }
-            Ok(())
-        })
-        .await
-        .context("verify worker failed")?
-    }))
+    let store_chunks = ChunkStore::new(store);
+    let mut results = futures::stream::iter(
+        chunks
+            .into_iter()
+            .map(|digest| async move { store_chunks.read(&digest).await.map(|_| ()) }),
+    )
     .buffer_unordered(IN_FLIGHT);
     while let Some(r) = results.next().await {
         if let Err(e) = r {
@@ -103,17 +95,7 @@ pub async fn verify_points(store: &GroupStore, points: &[PointManifest]) -> Resu
 }
 
 async fn check_index(store: &GroupStore, d: &DiskEntry) -> Result<ChunkIndex> {
-    let bytes = store.get(&d.base.index_key).await?;
-    let hash = hrl::to_hex(blake3::hash(&bytes).as_bytes());
-    if !hash.eq_ignore_ascii_case(&d.base.index_hash) {
-        anyhow::bail!(
-            "chunk index {} is damaged (hash {hash}, the point names {})",
-            store.path(&d.base.index_key),
-            d.base.index_hash
-        );
-    }
-    ChunkIndex::decode(&bytes)
-        .with_context(|| format!("chunk index {} is damaged", store.path(&d.base.index_key)))
+    Ok(crate::store::index::fetch_base_index(store, &d.base).await?)
 }
 
 /// A verified log: the previous chain hash it names, its chain hash, its size effect.
@@ -127,30 +109,26 @@ async fn check_logs(
     seen: &mut HashMap<String, LogSeen>,
 ) -> Result<SizeEffect> {
     if d.last_seq == d.base.after_seq {
-        if !d
-            .last_chain_hash
-            .eq_ignore_ascii_case(&d.base.after_chain_hash)
+        if hrl::from_hex::<32>(&d.last_chain_hash) != hrl::from_hex::<32>(&d.base.after_chain_hash)
         {
             anyhow::bail!("no logs after the base, but the chain hashes of base and point differ");
         }
         return Ok(SizeEffect::default());
     }
-    let names = store
-        .list_names(&logs_dir(&d.disk_id, d.generation))
-        .await?;
-    let ranges: Vec<(u64, u64)> = names.iter().filter_map(|n| parse_log_name(n)).collect();
-    let path = log_path(&ranges, d.base.after_seq, d.last_seq).with_context(|| {
-        format!(
-            "logs {}..={} are not all in the store",
-            d.base.after_seq + 1,
-            d.last_seq
-        )
-    })?;
+    let path = crate::store::logs::chain_ranges(store, d)
+        .await?
+        .with_context(|| {
+            format!(
+                "logs {}..={} are not all in the store",
+                d.base.after_seq + 1,
+                d.last_seq
+            )
+        })?;
     let mut prev = hrl::from_hex::<32>(&d.base.after_chain_hash)
         .context("the point has a bad base chain hash")?;
     let mut effect = SizeEffect::default();
     for (first, last) in path {
-        let key = log_key(&d.disk_id, d.generation, first, last);
+        let key = crate::store::logs::key(d, (first, last));
         if let Some((p, chain, e)) = seen.get(&key) {
             if *p != prev {
                 anyhow::bail!("log {} does not follow the log before it", store.path(&key));
@@ -172,7 +150,7 @@ async fn check_logs(
         .with_context(|| format!("log {} does not verify", store.path(&key)))?;
         let _ = std::fs::remove_file(&local);
         let h = &v.header;
-        if hrl::to_hex(&h.disk_id) != d.disk_id.to_ascii_lowercase()
+        if hrl::from_hex::<16>(&d.disk_id) != Some(h.disk_id)
             || h.generation != d.generation
             || h.first_sequence != first
             || h.sequence != last
@@ -191,7 +169,7 @@ async fn check_logs(
         prev = chain;
         effect = effect.then(e);
     }
-    if !hrl::to_hex(&prev).eq_ignore_ascii_case(&d.last_chain_hash) {
+    if hrl::from_hex::<32>(&d.last_chain_hash) != Some(prev) {
         anyhow::bail!(
             "the logs end at chain hash {}, but the point names {}",
             hrl::to_hex(&prev),

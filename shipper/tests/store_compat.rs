@@ -3,6 +3,8 @@
 //! (`make.sh` there: two disks, chunk size 64 KiB, a base, logs, a resync's new base, a grown
 //! disk), with the sha256 of every disk at each point. Runs as non-root (no mount).
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -58,7 +60,14 @@ fn a_store_of_the_previous_release_restores_every_point_exactly() {
         let out = shipper(
             &state,
             &[
-                "restore", "--group", "fixture", "--target", target, "--point", &p, "--to",
+                "restore",
+                "--group",
+                "fixture",
+                "--target",
+                target,
+                "--point",
+                &p,
+                "--to",
                 to.to_str().unwrap(),
             ],
         );
@@ -67,7 +76,8 @@ fn a_store_of_the_previous_release_restores_every_point_exactly() {
             "restore of point {point}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let sums = std::fs::read_to_string(fixture().join(format!("point-{point}.sha256"))).unwrap();
+        let sums =
+            std::fs::read_to_string(fixture().join(format!("point-{point}.sha256"))).unwrap();
         let mut disks = 0;
         for line in sums.lines() {
             let (want, name) = line.split_once("  ").unwrap();
@@ -78,7 +88,9 @@ fn a_store_of_the_previous_release_restores_every_point_exactly() {
     }
     let out = shipper(
         &state,
-        &["verify", "--group", "fixture", "--target", target, "--point", "all"],
+        &[
+            "verify", "--group", "fixture", "--target", target, "--point", "all",
+        ],
     );
     assert!(
         out.status.success(),
@@ -93,12 +105,30 @@ fn a_damaged_chunk_of_the_old_store_is_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let store = store_copy(tmp.path());
     let chunks = store.join("fixture/chunks");
-    let sub = std::fs::read_dir(&chunks).unwrap().next().unwrap().unwrap().path();
-    let chunk = std::fs::read_dir(&sub).unwrap().next().unwrap().unwrap().path();
+    let sub = std::fs::read_dir(&chunks)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let chunk = std::fs::read_dir(&sub)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::write(&chunk, b"not zstd").unwrap();
     let out = shipper(
         &tmp.path().join("state"),
-        &["verify", "--group", "fixture", "--target", store.to_str().unwrap(), "--point", "all"],
+        &[
+            "verify",
+            "--group",
+            "fixture",
+            "--target",
+            store.to_str().unwrap(),
+            "--point",
+            "all",
+        ],
     );
     assert!(!out.status.success());
     let err = format!(

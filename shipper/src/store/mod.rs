@@ -77,7 +77,12 @@ impl GroupStore {
     }
 
     /// A damaged object.
-    pub fn damaged(&self, what: impl Into<String>, key: &str, why: impl Into<String>) -> StoreError {
+    pub fn damaged(
+        &self,
+        what: impl Into<String>,
+        key: &str,
+        why: impl Into<String>,
+    ) -> StoreError {
         StoreError::Damaged {
             what: what.into(),
             path: self.path(key).to_string(),
@@ -165,7 +170,8 @@ impl GroupStore {
     ) -> StoreResult<()> {
         use futures::StreamExt;
         use std::io::Read;
-        let read_err = |e: std::io::Error| self.local(Op::Put, path, format!("read {}: {e}", file.display()));
+        let read_err =
+            |e: std::io::Error| self.local(Op::Put, path, format!("read {}: {e}", file.display()));
         let f = std::fs::File::open(file).map_err(read_err)?;
         let mut f = std::io::BufReader::new(f);
         let mut in_flight = futures::stream::FuturesUnordered::new();
@@ -180,12 +186,14 @@ impl GroupStore {
             }
             while in_flight.len() >= 4 {
                 if let Some(r) = in_flight.next().await {
+                    let r: object_store::Result<()> = r;
                     r.map_err(|e| self.err(Op::Put, path, e))?;
                 }
             }
             in_flight.push(upload.put_part(PutPayload::from(buf)));
         }
         while let Some(r) = in_flight.next().await {
+            let r: object_store::Result<()> = r;
             r.map_err(|e| self.err(Op::Put, path, e))?;
         }
         Ok(())

@@ -1,0 +1,34 @@
+//! Crash stop points for tests: with `HRL_SHIPPER_STOP_AT=<point>` (after-seal, after-upload,
+//! after-commit, mid-resync) the process writes `<state dir>/stopped-at-<point>` and freezes
+//! there (SIGSTOP: every thread stops at once, no sleep inside async code) so a test can
+//! kill -9 it at exactly that instant and check what the next run does.
+//!
+//! Compiled only into debug builds (the test binaries) or with the `stop-points` feature
+//! (`scripts/chaos`, which tests release builds); a release build has none.
+
+use std::path::Path;
+
+/// True when `point` is the stop point the environment asks for.
+#[cfg(any(debug_assertions, feature = "stop-points"))]
+pub fn armed(point: &str) -> bool {
+    std::env::var("HRL_SHIPPER_STOP_AT").as_deref() == Ok(point)
+}
+
+/// A release build has no stop points.
+#[cfg(not(any(debug_assertions, feature = "stop-points")))]
+pub fn armed(_point: &str) -> bool {
+    false
+}
+
+/// Stops here when `point` is armed: writes the marker, then freezes until killed.
+pub fn at(state_dir: &Path, point: &str) {
+    if !armed(point) {
+        return;
+    }
+    tracing::warn!("HRL_SHIPPER_STOP_AT={point}: waiting to be killed");
+    let _ = std::fs::write(state_dir.join(format!("stopped-at-{point}")), b"");
+    loop {
+        // SAFETY: raise only sends a signal to this process.
+        unsafe { libc::raise(libc::SIGSTOP) };
+    }
+}
