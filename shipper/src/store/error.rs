@@ -4,7 +4,7 @@
 //! never from rendered message text. Whether waiting can fix it ([`StoreError::class`]) and
 //! what the operator must do ([`StoreError::hint`]) derive from the variant.
 
-use crate::retry::ErrorClass;
+use crate::service::retry::ErrorClass;
 
 /// Which store operation failed (a 404 means "container missing" on a write or a listing,
 /// "object missing" on a read).

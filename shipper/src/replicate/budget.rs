@@ -18,8 +18,8 @@ use anyhow::Result;
 use hrl::control::DiskMode;
 use tracing::{debug, warn};
 
-use crate::status::{DirStatus, DiskState, Health};
-use crate::tracker_client::TrackerClient;
+use crate::replicate::tracker::TrackerClient;
+use crate::service::status::{DirStatus, DiskState, Health};
 
 /// How often the budget is checked, whatever the directory is doing.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -32,7 +32,7 @@ pub const MIN_FREE_PERCENT: u64 = 10;
 fn over_budget(d: &hrl::control::DiskStatus) -> bool {
     d.mode == DiskMode::Log
         && d.disk_size > 0
-        && crate::status::unshipped_bytes(d) > d.disk_size / 2
+        && crate::service::status::unshipped_bytes(d) > d.disk_size / 2
 }
 
 /// Resolves once a disk of `dir` is over its log budget (checked every [`TICK`]); never while
@@ -60,8 +60,8 @@ pub fn space_warning(dir: &Path) -> Option<String> {
     }
     Some(format!(
         "only {} of {} free on the filesystem of {} (below {MIN_FREE_PERCENT}%): free some before the VMs get ENOSPC (the logs waiting to ship are the .hrl files beside the disks)",
-        crate::status::human_bytes(free),
-        crate::status::human_bytes(total),
+        crate::service::status::human_bytes(free),
+        crate::service::status::human_bytes(total),
         dir.display(),
     ))
 }
@@ -93,7 +93,7 @@ pub fn apply_space_warning(s: &mut DirStatus, dir: &Path) {
 /// operator's `sync`: releasing logs under it would break its point). Returns whether the
 /// status changed.
 pub async fn enforce(dir: &Path, state_dir: &Path, status: &Mutex<DirStatus>) -> Result<bool> {
-    let Some(_lock) = crate::lock::CycleLock::try_acquire(state_dir, dir)? else {
+    let Some(_lock) = crate::service::lock::CycleLock::try_acquire(state_dir, dir)? else {
         debug!(dir = %dir.display(), "a cycle is running elsewhere; the log budget is checked later");
         return Ok(false);
     };
@@ -109,7 +109,7 @@ pub async fn enforce(dir: &Path, state_dir: &Path, status: &Mutex<DirStatus>) ->
             .unwrap_or_default();
         if let Ok(mut s) = status.lock() {
             let entry = s.disk_mut(&d.disk, &id);
-            entry.unshipped_bytes = crate::status::unshipped_bytes(d);
+            entry.unshipped_bytes = crate::service::status::unshipped_bytes(d);
             entry.disk_size = d.disk_size;
         }
         if over_budget(d) {
@@ -134,7 +134,7 @@ async fn release(
     id: &str,
     pending: &[hrl::control::SealedLog],
 ) -> Result<()> {
-    let unshipped = crate::status::unshipped_bytes(d);
+    let unshipped = crate::service::status::unshipped_bytes(d);
     warn!(disk = %d.disk, unshipped, size = d.disk_size, "unshipped logs exceed 50% of the disk: switching to bitmap tracking, resync required");
     t.set_mode(&d.disk, DiskMode::Bitmap).await?;
     // The tracker marks the released logs' ranges itself; the shipper's copy of them is a
@@ -144,7 +144,7 @@ async fn release(
         .filter(|l| l.disk == d.disk)
         .map(|l| dir.join(&l.log))
         .collect();
-    let dropped = tokio::task::spawn_blocking(move || crate::resync::log_extents(&logs))
+    let dropped = tokio::task::spawn_blocking(move || crate::replicate::resync::log_extents(&logs))
         .await
         .map_err(|e| anyhow::anyhow!("log reader failed: {e}"))?;
     if let Ok(mut s) = status.lock() {
@@ -157,7 +157,7 @@ async fn release(
         // An interrupted resync counted on the logs after its seal: plan it again (the
         // marks, unclean extents and the ranges kept here still cover it all).
         if !id.is_empty() {
-            crate::resync::drop_job(state_dir, id);
+            crate::replicate::resync::drop_job(state_dir, id);
         }
         entry.resync_reason = Some(
             "unshipped logs exceeded 50% of the disk size (logs dropped, bitmap tracking)".into(),

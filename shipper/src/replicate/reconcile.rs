@@ -9,7 +9,7 @@
 use hrl::store::PointManifest;
 use tracing::warn;
 
-use crate::status::{DirStatus, DiskState, Health};
+use crate::service::status::{DirStatus, DiskState, Health};
 
 /// Why the state of a directory cannot be trusted against the store's latest point `last`,
 /// and whether the tracker's marks still prove what changed since that point.

@@ -14,7 +14,7 @@ use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
 use hrl::store::{DiskEntry, FileAttrs, PointManifest};
 use tracing::info;
 
-use crate::retry::Fatal;
+use crate::service::retry::Fatal;
 use crate::store::chunks::ChunkStore;
 use crate::store::index::fetch_base_index;
 use crate::store::GroupStore;

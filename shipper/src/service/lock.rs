@@ -33,7 +33,7 @@ impl CycleLock {
         use std::os::fd::AsRawFd;
         crate::private::create_dir(state_dir)
             .with_context(|| format!("create state directory {}", state_dir.display()))?;
-        let path = crate::status::state_file(state_dir, dir).with_extension("lock");
+        let path = crate::service::status::state_file(state_dir, dir).with_extension("lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use hrl::store::PointManifest;
 use serde::{Deserialize, Serialize};
 
-use crate::retry::Fatal;
+use crate::service::retry::Fatal;
 use crate::store::{GroupStore, Put};
 
 /// Key of the owner record, relative to the group.

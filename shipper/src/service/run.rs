@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::cycle::{run_cycle, Protected};
-use crate::retry::{classify, delay, ErrorClass};
-use crate::status::{self, DirStatus, Health};
+use crate::replicate::cycle::{run_cycle, Protected};
+use crate::service::retry::{classify, delay, ErrorClass};
+use crate::service::status::{self, DirStatus, Health};
 
 /// One directory's schedule.
 pub struct DirJob {
@@ -58,10 +58,10 @@ async fn wait_watching(
         if left.is_zero() {
             return false;
         }
-        if sleep_or_stop(left.min(crate::budget::TICK), stop).await {
+        if sleep_or_stop(left.min(crate::replicate::budget::TICK), stop).await {
             return true;
         }
-        match crate::budget::enforce(&p.dir, &p.state_dir, status).await {
+        match crate::replicate::budget::enforce(&p.dir, &p.state_dir, status).await {
             Ok(true) if persist => save(p, status),
             Ok(_) => {}
             Err(e) => debug!(dir = %p.dir.display(), "cannot check the log budget: {e:#}"),
@@ -161,7 +161,7 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
         // stop it), so that the 50% rule can release them.
         let result = tokio::select! {
             r = run_cycle(p, &status) => Some(r),
-            _ = crate::budget::exceeded(&p.dir) => Some(Err(anyhow::anyhow!(
+            _ = crate::replicate::budget::exceeded(&p.dir) => Some(Err(anyhow::anyhow!(
                 "cycle stopped: unshipped logs passed 50% of a disk while it ran"
             ))),
             _ = stop.changed() => None,
@@ -186,7 +186,7 @@ async fn after_cycle(
     job: &DirJob,
     status: &Mutex<DirStatus>,
     stop: &mut watch::Receiver<bool>,
-    result: anyhow::Result<crate::cycle::CycleReport>,
+    result: anyhow::Result<crate::replicate::cycle::CycleReport>,
 ) -> Option<Duration> {
     let p = &job.protected;
     let wait = match result {
@@ -197,12 +197,15 @@ async fn after_cycle(
                 s.last_error = None;
                 s.attempt = 0;
                 s.next_retry_ns = None;
-                crate::budget::apply_space_warning(&mut s, &p.dir);
+                crate::replicate::budget::apply_space_warning(&mut s, &p.dir);
             }
             save(p, status);
             job.interval
         }
-        Err(e) if e.downcast_ref::<crate::cycle::ResyncDeferred>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<crate::replicate::cycle::ResyncDeferred>()
+                .is_some() =>
+        {
             info!(dir = %p.dir.display(), "{e:#}");
             if let Ok(mut s) = status.lock() {
                 s.health = s.health.max(Health::Warning);
@@ -232,7 +235,7 @@ async fn after_cycle(
                 d
             }
             ErrorClass::Fatal => {
-                let e = crate::retry::with_hint(e);
+                let e = crate::service::retry::with_hint(e);
                 error!(dir = %p.dir.display(), "replication stopped (Critical): {e:#}");
                 if let Ok(mut s) = status.lock() {
                     s.health = Health::Critical;
@@ -253,7 +256,7 @@ async fn after_cycle(
 
 /// One budget check right after a failed cycle.
 async fn check_budget(p: &Protected, status: &Mutex<DirStatus>) {
-    if let Err(e) = crate::budget::enforce(&p.dir, &p.state_dir, status).await {
+    if let Err(e) = crate::replicate::budget::enforce(&p.dir, &p.state_dir, status).await {
         warn!(dir = %p.dir.display(), "cannot check the log budget: {e:#}");
     }
 }

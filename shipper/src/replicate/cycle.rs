@@ -21,11 +21,11 @@ use hrl::control::{DiskMode, SealedLog};
 use hrl::store::{BaseRef, DiskEntry, PointManifest, MANIFEST_VERSION};
 use tracing::{info, warn};
 
-use crate::initial::{copy_disk, CopyStats};
-use crate::retry::Fatal;
-use crate::status::{save, DirStatus, DiskState, Health};
+use crate::replicate::copy::{copy_disk, CopyStats};
+use crate::replicate::tracker::TrackerClient;
+use crate::service::retry::Fatal;
+use crate::service::status::{save, DirStatus, DiskState, Health};
 use crate::store::{compress_file, GroupStore, Put};
-use crate::tracker_client::TrackerClient;
 
 /// A directory under protection and where it replicates to.
 pub struct Protected {
@@ -38,7 +38,7 @@ pub struct Protected {
     /// Run resyncs now, whatever the window and the pause say (`resync --now`).
     pub resync_now: bool,
     /// Resyncs (not initial copies) wait for this window; `None`: any time.
-    pub resync_window: Option<crate::window::Window>,
+    pub resync_window: Option<crate::service::window::Window>,
     /// Show a progress bar for copies (a terminal is attached).
     pub progress_bar: bool,
     /// Trust nothing in the shipper's state: reconcile every disk with the store's latest
@@ -76,7 +76,7 @@ struct ChainStart {
 
 /// Runs one cycle; `status` is updated (and saved) as it goes.
 pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<CycleReport> {
-    let _lock = crate::lock::CycleLock::acquire(&p.state_dir, &p.dir).await?;
+    let _lock = crate::service::lock::CycleLock::acquire(&p.state_dir, &p.dir).await?;
     let save_status = || {
         let s = status.lock().map(|s| s.clone());
         if let Ok(s) = s {
@@ -85,10 +85,10 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             }
         }
     };
-    let work = crate::workdir::fresh(&p.state_dir, &p.store.group)?;
+    let work = crate::replicate::workdir::fresh(&p.state_dir, &p.store.group)?;
 
-    let last = crate::points::latest(&p.store).await?;
-    crate::owner::ensure(&p.store, &p.dir, last.as_ref()).await?;
+    let last = crate::recover::points::latest(&p.store).await?;
+    crate::replicate::owner::ensure(&p.store, &p.dir, last.as_ref()).await?;
     let mut tracker = TrackerClient::connect(&p.dir).await?;
     let tstatus = tracker.status().await?;
     if let Ok(mut s) = status.lock() {
@@ -135,7 +135,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     let at_once = p.force_resync || p.resync_now;
     let deferral = if at_once {
         None
-    } else if crate::resync::is_paused(&p.state_dir, &p.dir) {
+    } else if crate::replicate::resync::is_paused(&p.state_dir, &p.dir) {
         Some(format!(
             "which an operator paused (`hrl-shipper resync --dir {} --resume` continues)",
             p.dir.display()
@@ -184,7 +184,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         .collect();
 
     let first_seal = tracker.seal().await?;
-    crate::stop::at(&p.state_dir, "after-seal");
+    crate::replicate::stop::at(&p.state_dir, "after-seal");
     let first_pending = tracker.pending().await?;
     let mut jobs_done: Vec<String> = Vec::new();
     let mut known: Option<std::sync::Arc<HashSet<hrl::Digest>>> = None;
@@ -197,7 +197,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         // An interrupted resync against this very replica state continues, unless a newer
         // unclean report (another tracker process) came since it was planned.
         let reports_unclean = unclean.contains(&sealed.disk);
-        let saved = crate::resync::load_job(&p.state_dir, &sealed.disk_id).filter(|(j, _)| {
+        let saved = crate::replicate::resync::load_job(&p.state_dir, &sealed.disk_id).filter(|(j, _)| {
             let answers = j.answers_report(tstatus.pid, reports_unclean);
             if !answers {
                 info!(disk = %sealed.disk, "a newer unclean report replaces the interrupted resync");
@@ -208,7 +208,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
                 && prev.is_some_and(|e| e.last_seq == j.replica_last_seq)
         });
         if saved.is_none() {
-            crate::resync::drop_job(&p.state_dir, &sealed.disk_id);
+            crate::replicate::resync::drop_job(&p.state_dir, &sealed.disk_id);
         }
         let needs_base = p.force_resync
             || saved.is_some()
@@ -237,7 +237,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         // most of its blocks there) are not sent again; a lost one is.
         if known.is_none() {
             known = Some(std::sync::Arc::new(
-                crate::presence::stored_chunks(&p.store).await?,
+                crate::replicate::presence::stored_chunks(&p.store).await?,
             ));
         }
         let known = known.as_ref().expect("just filled");
@@ -326,14 +326,15 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
 
     // Disks changed outside the tracker before a seal of this cycle miss changes in their
     // logs (unless rebased after that seal): the point carries their last good entry.
-    let mut outside: HashSet<String> = crate::bypass::changed_outside(&first_seal, &starts);
+    let mut outside: HashSet<String> =
+        crate::replicate::bypass::changed_outside(&first_seal, &starts);
     // 2. The point's instant: after a base copy, a second seal makes the copies consistent.
     let seal = if starts.is_empty() {
         first_seal
     } else {
         tracker.seal().await?
     };
-    outside.extend(crate::bypass::changed_outside(
+    outside.extend(crate::replicate::bypass::changed_outside(
         &seal,
         &BTreeMap::<String, ()>::new(),
     ));
@@ -350,7 +351,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
     let mut acks: Vec<(String, String, u64)> = Vec::new();
     for sealed in &seal.disks {
         if outside.contains(&sealed.disk_id) {
-            entries.extend(crate::bypass::carried(&previous, sealed));
+            entries.extend(crate::replicate::bypass::carried(&previous, sealed));
             continue;
         }
         let start = match starts.remove(&sealed.disk_id) {
@@ -445,8 +446,8 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
             }
         }
     }
-    crate::stop::at(&p.state_dir, "after-upload");
-    crate::presence::guard_commit(p, status, &entries).await?;
+    crate::replicate::stop::at(&p.state_dir, "after-upload");
+    crate::replicate::presence::guard_commit(p, status, &entries).await?;
 
     // 4. Commit: the manifest, written last.
     let id = last.as_ref().map_or(1, |m| m.id + 1);
@@ -460,7 +461,7 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         time_ns: seal.time_ns,
         seal_id: seal.seal_id,
         committed_ns: hrl::now_ns(),
-        host: crate::owner::host_name(),
+        host: crate::replicate::owner::host_name(),
         disks: entries,
     };
     match crate::store::manifests::commit(&p.store, &manifest).await? {
@@ -479,9 +480,9 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
         disks = manifest.disks.len(),
         "recovery point committed"
     );
-    crate::stop::at(&p.state_dir, "after-commit");
+    crate::replicate::stop::at(&p.state_dir, "after-commit");
     for id in &jobs_done {
-        crate::resync::drop_job(&p.state_dir, id);
+        crate::replicate::resync::drop_job(&p.state_dir, id);
     }
 
     // 5. Ack.
@@ -534,14 +535,14 @@ pub async fn run_cycle(p: &Protected, status: &Mutex<DirStatus>) -> Result<Cycle
                 .as_ref()
                 .and_then(|t| t.disks.iter().find(|x| x.disk == e.name))
             {
-                d.unshipped_bytes = crate::status::unshipped_bytes(ts);
+                d.unshipped_bytes = crate::service::status::unshipped_bytes(ts);
                 if !ts.warnings.is_empty() {
                     d.health = Health::Warning;
                     d.last_error = Some(ts.warnings.join("; "));
                 }
             }
         }
-        crate::bypass::mark_carried(&mut s, &outside, tstatus.as_ref());
+        crate::replicate::bypass::mark_carried(&mut s, &outside, tstatus.as_ref());
     }
     save_status();
     report.point_id = id;
@@ -558,7 +559,7 @@ fn reconcile_state(
     last: Option<&PointManifest>,
 ) -> HashSet<String> {
     match status.lock() {
-        Ok(mut s) => crate::reconcile::reconcile(&mut s, last, p.reconcile)
+        Ok(mut s) => crate::replicate::reconcile::reconcile(&mut s, last, p.reconcile)
             .into_iter()
             .collect(),
         Err(_) => HashSet::new(),
@@ -708,9 +709,12 @@ async fn plan_resync(
     tstatus: &hrl::control::MountStatus,
     pending: &[SealedLog],
     work: &Path,
-) -> Result<Option<(crate::resync::ResyncJob, hrl::chunk::ChunkIndex)>> {
-    use crate::resync::{blocks_of, full_compare_blocks, log_extents, ResyncJob, ResyncKind};
-    let Some((replica, rebuilt_sent)) = crate::resync::replica_index(&p.store, prev, work).await?
+) -> Result<Option<(crate::replicate::resync::ResyncJob, hrl::chunk::ChunkIndex)>> {
+    use crate::replicate::resync::{
+        blocks_of, full_compare_blocks, log_extents, ResyncJob, ResyncKind,
+    };
+    let Some((replica, rebuilt_sent)) =
+        crate::replicate::resync::replica_index(&p.store, prev, work).await?
     else {
         info!(disk = %sealed.disk, "the replica's size changed since its base: copying the disk");
         return Ok(None);
@@ -784,14 +788,14 @@ async fn plan_resync(
         kind,
         blocks,
         cursor: 0,
-        progress: crate::resync::ResyncProgress {
+        progress: crate::replicate::resync::ResyncProgress {
             rebuilt_bytes_sent: rebuilt_sent,
             ..Default::default()
         },
         elapsed_s: 0.0,
-        tracker: crate::resync::TrackerInstance::of(tstatus.pid),
+        tracker: crate::replicate::resync::TrackerInstance::of(tstatus.pid),
     };
-    crate::resync::save_job(&p.state_dir, &job, &replica)?;
+    crate::replicate::resync::save_job(&p.state_dir, &job, &replica)?;
     Ok(Some((job, replica)))
 }
 
@@ -800,12 +804,12 @@ async fn run_resync(
     p: &Protected,
     status: &Mutex<DirStatus>,
     disk: &str,
-    job: &mut crate::resync::ResyncJob,
+    job: &mut crate::replicate::resync::ResyncJob,
     index: &mut hrl::chunk::ChunkIndex,
     known: &std::sync::Arc<HashSet<hrl::Digest>>,
 ) -> Result<CopyStats> {
     let disk_id = job.disk_id.clone();
-    let progress = |pr: &crate::resync::ResyncProgress| {
+    let progress = |pr: &crate::replicate::resync::ResyncProgress| {
         if let Ok(mut s) = status.lock() {
             let d = s.disk_mut(disk, &disk_id);
             d.state = DiskState::Resyncing;
@@ -813,22 +817,26 @@ async fn run_resync(
             let _ = save(&p.state_dir, &s);
         }
     };
-    let paused = || !p.resync_now && crate::resync::is_paused(&p.state_dir, &p.dir);
+    let paused = || !p.resync_now && crate::replicate::resync::is_paused(&p.state_dir, &p.dir);
     let stop_after_blocks =
-        crate::stop::armed("mid-resync").then(|| (job.blocks.len() as u64 / 2).max(1));
-    let ctl = crate::resync::ResyncControl {
+        crate::replicate::stop::armed("mid-resync").then(|| (job.blocks.len() as u64 / 2).max(1));
+    let ctl = crate::replicate::resync::ResyncControl {
         state_dir: &p.state_dir,
         paused: &paused,
         progress: &progress,
         stop_after_blocks: stop_after_blocks.filter(|n| *n > job.cursor as u64),
     };
-    let r = crate::resync::run_job(&p.store, &p.dir.join(disk), job, index, known, &ctl).await;
+    let r = crate::replicate::resync::run_job(&p.store, &p.dir.join(disk), job, index, known, &ctl)
+        .await;
     match r {
         Ok(mut stats) => {
             stats.resync = Some(job.progress.clone());
             Ok(stats)
         }
-        Err(e) if e.downcast_ref::<crate::resync::ResyncPaused>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<crate::replicate::resync::ResyncPaused>()
+                .is_some() =>
+        {
             Err(ResyncDeferred(format!("{e:#}")).into())
         }
         Err(e) => Err(e),
@@ -851,7 +859,7 @@ fn mark_waiting(status: &Mutex<DirStatus>, t: &hrl::control::MountStatus, waitin
         if d.resync_reason.is_none() {
             let ts = t.disks.iter().find(|x| x.disk == *name);
             d.resync_reason = Some(match ts {
-                Some(x) if x.changed_outside.is_some() => crate::bypass::REASON.into(),
+                Some(x) if x.changed_outside.is_some() => crate::replicate::bypass::REASON.into(),
                 Some(x) if !x.unclean_extents.is_empty() => {
                     "the tracker stopped uncleanly; its reported extents are resynced".into()
                 }

@@ -17,9 +17,9 @@ use hrl::chunk::ZERO_DIGEST;
 use hrl::store::DiskEntry;
 use hrl::Digest;
 
-use crate::cycle::Protected;
-use crate::retry::Fatal;
-use crate::status::{DirStatus, DiskState, Health};
+use crate::replicate::cycle::Protected;
+use crate::service::retry::Fatal;
+use crate::service::status::{DirStatus, DiskState, Health};
 use crate::store::chunks::ChunkStore;
 use crate::store::{GroupStore, StoreError};
 
@@ -134,7 +134,7 @@ pub async fn guard_commit(
             d.last_error = Some(msg.clone());
             d.resync_reason = Some(format!("store objects missing: {why}"));
         }
-        if let Err(e) = crate::status::save(&p.state_dir, &s) {
+        if let Err(e) = crate::service::status::save(&p.state_dir, &s) {
             tracing::warn!("cannot save status: {e:#}");
         }
     }

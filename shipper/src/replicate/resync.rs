@@ -29,8 +29,8 @@ use hrl::Digest;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::initial::{copy_blocks, data_blocks, CopyStats};
-use crate::retry::Fatal;
+use crate::replicate::copy::{copy_blocks, data_blocks, CopyStats};
+use crate::service::retry::Fatal;
 use crate::store::chunks::ChunkStore;
 use crate::store::index::fetch_base_index;
 use crate::store::GroupStore;
@@ -81,9 +81,9 @@ impl ResyncProgress {
             self.blocks_compared,
             self.blocks_total,
             self.blocks_differing,
-            crate::status::human_bytes(self.bytes_read),
-            crate::status::human_bytes(self.bytes_sent),
-            crate::status::human_bytes(self.rebuilt_bytes_sent),
+            crate::service::status::human_bytes(self.bytes_read),
+            crate::service::status::human_bytes(self.bytes_sent),
+            crate::service::status::human_bytes(self.rebuilt_bytes_sent),
             if self.resumed > 0 {
                 format!(", resumed {}x", self.resumed)
             } else {
@@ -263,7 +263,7 @@ pub async fn replica_index(
     work: &Path,
 ) -> Result<Option<(ChunkIndex, u64)>> {
     match rebuild_replica_index(store, entry, work).await {
-        Err(e) if crate::presence::is_lost_or_damaged(&e) => {
+        Err(e) if crate::replicate::presence::is_lost_or_damaged(&e) => {
             warn!(disk = %entry.name, "the replica cannot be rebuilt from the store ({e:#}): copying the disk as a new base");
             Ok(None)
         }
@@ -308,7 +308,7 @@ async fn rebuild_replica_index(
     for &b in &touched {
         let off = b * bs;
         let len = bs.min(entry.disk_size - off) as usize;
-        crate::initial::read_full_at(&file, &mut buf[..len], off)
+        crate::replicate::copy::read_full_at(&file, &mut buf[..len], off)
             .with_context(|| format!("read {}", scratch.display()))?;
         // Stored as a chunk: a new base refers to it, and until now it lived only in logs.
         let (digest, n) = chunks.insert(&buf[..len]).await?;
@@ -503,7 +503,7 @@ pub async fn run_job(
             save_job(ctl.state_dir, &saved, index)?;
             (ctl.progress)(&job.progress);
             if stop_here {
-                crate::stop::at(ctl.state_dir, "mid-resync");
+                crate::replicate::stop::at(ctl.state_dir, "mid-resync");
             }
             if done < total && (ctl.paused)() {
                 return Err(ResyncPaused(disk.display().to_string()).into());
@@ -528,7 +528,7 @@ pub async fn run_job(
 
 /// Marker file: resyncs of `dir` are paused by an operator.
 pub fn pause_marker(state_dir: &Path, dir: &Path) -> PathBuf {
-    let f = crate::status::state_file(state_dir, dir);
+    let f = crate::service::status::state_file(state_dir, dir);
     f.with_extension("resync-paused")
 }
 

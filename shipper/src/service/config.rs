@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use crate::retry::parse_duration;
+use crate::service::retry::parse_duration;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,7 +60,7 @@ pub struct Config {
 pub struct DirConfig {
     pub path: PathBuf,
     pub interval: Duration,
-    /// The group given; `None`: the default (`crate::owner::default_group`, or the group
+    /// The group given; `None`: the default (`crate::replicate::owner::default_group`, or the group
     /// the state file recorded).
     pub group: Option<String>,
 }
@@ -117,7 +117,7 @@ pub fn parse(text: &str) -> Result<Config> {
         chunk_size: raw.chunk_size,
         resync_window: match raw.resync_window {
             Some(w) => {
-                crate::window::parse_option(&w)?;
+                crate::service::window::parse_option(&w)?;
                 Some(w)
             }
             None => None,

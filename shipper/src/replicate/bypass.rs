@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 use hrl::control::{MountStatus, SealedLog};
 use hrl::store::DiskEntry;
 
-use crate::status::{DirStatus, DiskState, Health};
-use crate::tracker_client::Seal;
+use crate::replicate::tracker::Seal;
+use crate::service::status::{DirStatus, DiskState, Health};
 
 /// Why such a disk waits for a resync (shown in `status`).
 pub const REASON: &str = "changed outside the tracker; resync scheduled";

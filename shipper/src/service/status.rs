@@ -64,10 +64,10 @@ pub struct DiskStatus {
     pub resync_reason: Option<String>,
     /// Progress of the running (or interrupted) resync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resync: Option<crate::resync::ResyncProgress>,
+    pub resync: Option<crate::replicate::resync::ResyncProgress>,
     /// What the last finished resync did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_resync: Option<crate::resync::ResyncProgress>,
+    pub last_resync: Option<crate::replicate::resync::ResyncProgress>,
 }
 
 /// What `status` shows about one directory.
@@ -353,7 +353,7 @@ pub fn render(all: &[DirStatus]) -> String {
         let last = match (d.last_point_id, d.last_point_ns) {
             (Some(id), Some(ns)) => format!(
                 "point {id} sealed {}, RPO lag {}",
-                crate::points::fmt_time(ns),
+                crate::recover::points::fmt_time(ns),
                 ago(ns, now)
             ),
             _ => "no recovery point yet".to_string(),

@@ -1,0 +1,18 @@
+//! Replication: the cycle (`cycle`) that seals, ships and commits a recovery point, with
+//! what it needs — base copies (`copy`) and resyncs (`resync`), the store checks before a
+//! commit (`presence`), the fence of a group's owner (`owner`), changes made outside the
+//! tracker (`bypass`), a state out of step with the store (`reconcile`), the 50% rule
+//! (`budget`), the tracker's control socket (`tracker`), the cycle's scratch directory
+//! (`workdir`) and the crash stop points of tests (`stop`).
+
+pub mod budget;
+pub mod bypass;
+pub mod copy;
+pub mod cycle;
+pub mod owner;
+pub mod presence;
+pub mod reconcile;
+pub mod resync;
+pub mod stop;
+pub mod tracker;
+pub mod workdir;

@@ -1,0 +1,10 @@
+//! The service around the cycle: the loop per directory (`run`), the retry schedule and
+//! error classes (`retry`), the resync window (`window`), the config file (`config`), the
+//! one-cycle-at-a-time lock (`lock`) and the status operators see (`status`).
+
+pub mod config;
+pub mod lock;
+pub mod retry;
+pub mod run;
+pub mod status;
+pub mod window;
