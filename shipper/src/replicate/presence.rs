@@ -10,16 +10,14 @@
 //! (present, wrong bytes) needs a download to be seen: `hrl-shipper verify` finds it.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use hrl::chunk::ZERO_DIGEST;
 use hrl::store::DiskEntry;
 use hrl::Digest;
 
-use crate::replicate::cycle::Protected;
 use crate::service::retry::Fatal;
-use crate::service::status::{DirStatus, DiskState, Health};
+use crate::service::status::{DiskState, Health, StatusHandle};
 use crate::store::chunks::ChunkStore;
 use crate::store::{GroupStore, StoreError};
 
@@ -105,11 +103,12 @@ pub fn is_lost_or_damaged(err: &anyhow::Error) -> bool {
 /// Refuses to commit a point that needs objects the store lacks: the disks concerned go to
 /// "resync required" (Critical), and the error says what is missing and what to do.
 pub async fn guard_commit(
-    p: &Protected,
-    status: &Mutex<DirStatus>,
+    store: &GroupStore,
+    dir: &std::path::Path,
+    status: StatusHandle<'_>,
     entries: &[DiskEntry],
 ) -> Result<()> {
-    let bad = check_point(&p.store, entries).await?;
+    let bad = check_point(store, entries).await?;
     if bad.is_empty() {
         return Ok(());
     }
@@ -120,9 +119,9 @@ pub async fn guard_commit(
     let msg = format!(
         "no recovery point committed: the store lacks objects it needs ({}); run `hrl-shipper sync --dir {} --resync` to upload a new base of those disks (`hrl-shipper verify --point all` lists the older points affected)",
         what.join("; "),
-        p.dir.display()
+        dir.display()
     );
-    if let Ok(mut s) = status.lock() {
+    status.edit(|s| {
         for (disk, why) in &bad {
             let id = entries
                 .iter()
@@ -134,9 +133,6 @@ pub async fn guard_commit(
             d.last_error = Some(msg.clone());
             d.resync_reason = Some(format!("store objects missing: {why}"));
         }
-        if let Err(e) = crate::service::status::save(&p.state_dir, &s) {
-            tracing::warn!("cannot save status: {e:#}");
-        }
-    }
+    });
     Err(Fatal(msg).into())
 }

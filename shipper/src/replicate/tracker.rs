@@ -31,10 +31,59 @@ pub struct Seal {
     pub disks: Vec<SealedLog>,
 }
 
+/// What a replication cycle asks of the tracker: the control socket's operations. The
+/// cycle holds a `dyn Tracker`, so a test can run it in-process against a stand-in.
+#[async_trait::async_trait]
+pub trait Tracker: Send + Sync {
+    /// Mount-wide and per-disk state.
+    async fn status(&mut self) -> Result<hrl::control::MountStatus>;
+    /// Seals the active logs of every disk at one instant.
+    async fn seal(&mut self) -> Result<Seal>;
+    /// Sealed logs not acked yet.
+    async fn pending(&mut self) -> Result<Vec<SealedLog>>;
+    /// The logs of `disk` up to `seq` are in a committed point: delete them.
+    async fn ack(&mut self, disk: &str, disk_id: Option<&str>, seq: u64) -> Result<()>;
+    /// Clears the marks of `disk` made before seal `upto_seal`.
+    async fn clear(&mut self, disk: &str, upto_seal: u64) -> Result<()>;
+    /// The marked extents of `disk`.
+    async fn dirty(&mut self, disk: &str) -> Result<Vec<(u64, u64)>>;
+    /// Switches `disk` between log and bitmap tracking.
+    async fn set_mode(&mut self, disk: &str, mode: DiskMode) -> Result<()>;
+}
+
+#[async_trait::async_trait]
+impl Tracker for TrackerClient {
+    async fn status(&mut self) -> Result<hrl::control::MountStatus> {
+        TrackerClient::status(self).await
+    }
+    async fn seal(&mut self) -> Result<Seal> {
+        TrackerClient::seal(self).await
+    }
+    async fn pending(&mut self) -> Result<Vec<SealedLog>> {
+        TrackerClient::pending(self).await
+    }
+    async fn ack(&mut self, disk: &str, disk_id: Option<&str>, seq: u64) -> Result<()> {
+        TrackerClient::ack(self, disk, disk_id, seq).await
+    }
+    async fn clear(&mut self, disk: &str, upto_seal: u64) -> Result<()> {
+        TrackerClient::clear(self, disk, upto_seal).await
+    }
+    async fn dirty(&mut self, disk: &str) -> Result<Vec<(u64, u64)>> {
+        TrackerClient::dirty(self, disk).await
+    }
+    async fn set_mode(&mut self, disk: &str, mode: DiskMode) -> Result<()> {
+        TrackerClient::set_mode(self, disk, mode).await
+    }
+}
+
 impl TrackerClient {
     /// Connects to the tracker of `mount_dir` (socket from `hrl::control::socket_path`).
     pub async fn connect(mount_dir: &Path) -> Result<TrackerClient> {
-        let socket = hrl::control::socket_path(mount_dir);
+        Self::connect_socket(mount_dir, hrl::control::socket_path(mount_dir)).await
+    }
+
+    /// Connects to the tracker of `mount_dir` listening at `socket`.
+    pub async fn connect_socket(mount_dir: &Path, socket: PathBuf) -> Result<TrackerClient> {
         let stream = UnixStream::connect(&socket).await.with_context(|| {
             format!(
                 "cannot reach the tracker of {} at {}: is `hrl-tracker mount {}` running?",

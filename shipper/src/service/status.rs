@@ -167,6 +167,61 @@ impl DirStatus {
     }
 }
 
+/// A directory's status shared between the cycle and the budget checks: every change goes
+/// through [`StatusHandle::edit`], which saves it (no lock held across an await, none to
+/// release by hand).
+#[derive(Clone, Copy)]
+pub struct StatusHandle<'a> {
+    cell: &'a std::sync::Mutex<DirStatus>,
+    state_dir: &'a Path,
+}
+
+impl<'a> StatusHandle<'a> {
+    pub fn new(cell: &'a std::sync::Mutex<DirStatus>, state_dir: &'a Path) -> StatusHandle<'a> {
+        StatusHandle { cell, state_dir }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'a, DirStatus> {
+        // A panic while it was held leaves a status worth showing still.
+        self.cell.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the status.
+    pub fn read<R>(&self, f: impl FnOnce(&DirStatus) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Changes the status and saves it (a failed save is logged: the file is a cache).
+    pub fn edit<R>(&self, f: impl FnOnce(&mut DirStatus) -> R) -> R {
+        let mut s = self.lock();
+        let r = f(&mut s);
+        if let Err(e) = save(self.state_dir, &s) {
+            tracing::warn!("cannot save status: {e:#}");
+        }
+        r
+    }
+}
+
+impl DirStatus {
+    /// A cycle committed its point: nothing is failing any more.
+    pub fn cycle_succeeded(&mut self) {
+        self.health = Health::Normal;
+        self.last_error = None;
+        self.attempt = 0;
+        self.next_retry_ns = None;
+    }
+
+    /// A cycle failed with `err`: Critical when waiting cannot fix it, else Warning at
+    /// least.
+    pub fn cycle_failed(&mut self, fatal: bool, err: &anyhow::Error) {
+        self.health = match fatal {
+            true => Health::Critical,
+            false => self.health.max(Health::Warning),
+        };
+        self.last_error = Some(format!("{err:#}"));
+    }
+}
+
 /// Log bytes of a disk not yet in a committed point: sealed logs waiting, plus what the
 /// active log holds beyond its header.
 pub fn unshipped_bytes(d: &hrl::control::DiskStatus) -> u64 {
