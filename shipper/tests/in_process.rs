@@ -19,19 +19,27 @@ use hrl_shipper::store::target::Target;
 use hrl_shipper::store::GroupStore;
 
 fn data(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
 }
 
 async fn cycle(p: &Protected, status: &Mutex<DirStatus>, run: &Path) -> CycleReport {
     let socket = hrl::control::socket_path_in(run, &p.dir);
     let tracker = TrackerClient::connect_socket(&p.dir, socket).await.unwrap();
-    run_cycle_with(p, status, Some(Box::new(tracker))).await.unwrap()
+    run_cycle_with(p, status, Some(Box::new(tracker)))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cycle_against_an_in_memory_store_restores_every_point() {
     let tmp = tempfile::tempdir().unwrap();
-    let (dir, run, state) = (tmp.path().join("vm"), tmp.path().join("run"), tmp.path().join("state"));
+    let (dir, run, state) = (
+        tmp.path().join("vm"),
+        tmp.path().join("run"),
+        tmp.path().join("state"),
+    );
     std::fs::create_dir_all(&dir).unwrap();
     let fake = FakeTracker::start(&dir, &run);
     fake.add_disk("d.img", 1 << 20);
@@ -74,9 +82,14 @@ async fn a_cycle_against_an_in_memory_store_restores_every_point() {
     }
 
     for (id, image) in [(1, image_1), (2, image_2)] {
-        let m = hrl_shipper::store::manifests::get(&store, id).await.unwrap();
+        let m = hrl_shipper::store::manifests::get(&store, id)
+            .await
+            .unwrap();
         let to = tmp.path().join(format!("restored-{id}"));
         restore_point(&store, &m, &to).await.unwrap();
-        assert!(std::fs::read(to.join("d.img")).unwrap() == image, "point {id}");
+        assert!(
+            std::fs::read(to.join("d.img")).unwrap() == image,
+            "point {id}"
+        );
     }
 }

@@ -408,22 +408,14 @@ async fn run_sync(a: SyncArgs, resync_now: bool) -> Result<std::process::ExitCod
     s.updated_ns = hrl::now_ns();
     let report = match result {
         Ok(r) => {
-            s.health = status::Health::Normal;
-            s.last_error = None;
-            s.attempt = 0;
-            s.next_retry_ns = None;
+            s.cycle_succeeded();
             status::save(&p.state_dir, &s)?;
             r
         }
         Err(e) => {
             let class = retry::classify(&e);
             let e = retry::with_hint(e);
-            s.health = if class == retry::ErrorClass::Fatal {
-                status::Health::Critical
-            } else {
-                s.health.max(status::Health::Warning)
-            };
-            s.last_error = Some(format!("{e:#}"));
+            s.cycle_failed(class == retry::ErrorClass::Fatal, &e);
             let _ = status::save(&p.state_dir, &s);
             return Err(e);
         }

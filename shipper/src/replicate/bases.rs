@@ -14,8 +14,8 @@ use hrl::store::{BaseRef, DiskEntry};
 use hrl::Digest;
 use tracing::{info, warn};
 
+use crate::replicate::context::{Cycle, Protected, ResyncDeferred};
 use crate::replicate::copy::{copy_disk, CopyStats};
-use crate::replicate::cycle::{Cycle, Protected, ResyncDeferred};
 use crate::replicate::plan::{plan_disk, BasePlan, DiskFacts};
 use crate::replicate::resync::{ResyncJob, ResyncProgress};
 use crate::replicate::ship::ChainStart;

@@ -9,7 +9,7 @@ use anyhow::Result;
 use hrl::store::{DiskEntry, PointManifest, MANIFEST_VERSION};
 use tracing::{info, warn};
 
-use crate::replicate::cycle::Cycle;
+use crate::replicate::context::Cycle;
 use crate::service::retry::Fatal;
 use crate::service::status::{DiskState, Health};
 use crate::store::Put;

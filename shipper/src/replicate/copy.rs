@@ -38,7 +38,7 @@ pub struct CopyStats {
     pub index_key: String,
     pub index_hash: String,
     /// For a resync: what it compared, read and sent.
-    pub resync: Option<crate::replicate::resync::ResyncProgress>,
+    pub resync: Option<crate::replicate::progress::ResyncProgress>,
 }
 
 /// Blocks holding data (`hrl::chunk::data_block_ranges`, SEEK_DATA), ascending; every

@@ -35,63 +35,7 @@ use crate::store::chunks::ChunkStore;
 use crate::store::index::fetch_base_index;
 use crate::store::GroupStore;
 
-/// How a resync chooses the blocks it reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResyncKind {
-    /// Only blocks inside trusted dirty extents.
-    Targeted,
-    /// Every block that holds data in the source or in the replica.
-    Full,
-}
-
-/// Progress of a resync, kept in the state file and shown by `status`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ResyncProgress {
-    pub kind: Option<ResyncKind>,
-    pub blocks_total: u64,
-    pub blocks_compared: u64,
-    pub blocks_differing: u64,
-    pub bytes_read: u64,
-    /// Compressed chunk bytes uploaded.
-    pub bytes_sent: u64,
-    /// Compressed bytes of the replica's own blocks that only existed in shipped logs,
-    /// uploaded as chunks so that the new base holds them (not part of the difference).
-    #[serde(default)]
-    pub rebuilt_bytes_sent: u64,
-    /// Estimated seconds left at the rate so far.
-    pub eta_s: Option<u64>,
-    /// Times this resync was resumed after an interruption.
-    pub resumed: u32,
-}
-
-impl ResyncProgress {
-    /// One line for `status`.
-    pub fn render(&self) -> String {
-        let kind = match self.kind {
-            Some(ResyncKind::Targeted) => "targeted",
-            Some(ResyncKind::Full) => "full compare",
-            None => "",
-        };
-        let eta = self
-            .eta_s
-            .map_or_else(|| "?".to_string(), |s| format!("{}m{:02}s", s / 60, s % 60));
-        format!(
-            "resync ({kind}): {}/{} blocks compared, {} differ, {} read, {} sent (+{} of blocks rebuilt from logs), {eta} left{}",
-            self.blocks_compared,
-            self.blocks_total,
-            self.blocks_differing,
-            crate::service::status::human_bytes(self.bytes_read),
-            crate::service::status::human_bytes(self.bytes_sent),
-            crate::service::status::human_bytes(self.rebuilt_bytes_sent),
-            if self.resumed > 0 {
-                format!(", resumed {}x", self.resumed)
-            } else {
-                String::new()
-            }
-        )
-    }
-}
+pub use crate::replicate::progress::{ResyncKind, ResyncProgress};
 
 /// A resync in progress, saved beside the state file (`resync-<disk id>.json`, with the
 /// index so far in `resync-<disk id>.idx`).
@@ -546,27 +490,6 @@ mod tests {
         let b = blocks_of(&[(0, 1), (4096 * 3 - 1, 2), (4096 * 10, 4096)], 4096, 8);
         assert_eq!(b.into_iter().collect::<Vec<_>>(), vec![0, 2, 3]);
         assert!(blocks_of(&[(5, 0)], 4096, 8).is_empty());
-    }
-
-    #[test]
-    fn progress_line_names_counts_and_time_left() {
-        let p = ResyncProgress {
-            kind: Some(ResyncKind::Targeted),
-            blocks_total: 100,
-            blocks_compared: 40,
-            blocks_differing: 3,
-            bytes_read: 40 << 18,
-            bytes_sent: 3 << 18,
-            rebuilt_bytes_sent: 0,
-            eta_s: Some(75),
-            resumed: 1,
-        };
-        let line = p.render();
-        assert!(line.contains("targeted"), "{line}");
-        assert!(line.contains("40/100 blocks compared"), "{line}");
-        assert!(line.contains("3 differ"), "{line}");
-        assert!(line.contains("1m15s left"), "{line}");
-        assert!(line.contains("resumed 1x"), "{line}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use hrl::control::{DiskMode, SealedLog};
 use hrl::store::{BaseRef, DiskEntry};
 
-use crate::replicate::cycle::{Cycle, Protected};
+use crate::replicate::context::{Cycle, Protected};
 use crate::service::retry::Fatal;
 use crate::service::status::{DiskState, Health};
 use crate::store::compress_file;

@@ -18,14 +18,7 @@ pub fn delay(attempt: u32, unit: Duration) -> Duration {
     unit * units
 }
 
-/// Whether waiting can fix an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Network, throttling, server down, low disk: retry on schedule.
-    Recoverable,
-    /// Credentials refused, missing bucket, broken chain, invalid replica, vanished disk.
-    Fatal,
-}
+pub use crate::store::error::ErrorClass;
 
 /// An error that waiting cannot fix; the message says what the operator must do.
 #[derive(Debug, thiserror::Error)]

@@ -193,10 +193,7 @@ async fn after_cycle(
         Ok(report) => {
             info!(dir = %p.dir.display(), point = report.point_id, log_bytes = report.log_bytes_uploaded, "cycle done");
             if let Ok(mut s) = status.lock() {
-                s.health = Health::Normal;
-                s.last_error = None;
-                s.attempt = 0;
-                s.next_retry_ns = None;
+                s.cycle_succeeded();
                 crate::replicate::budget::apply_space_warning(&mut s, &p.dir);
             }
             save(p, status);
@@ -208,8 +205,7 @@ async fn after_cycle(
         {
             info!(dir = %p.dir.display(), "{e:#}");
             if let Ok(mut s) = status.lock() {
-                s.health = s.health.max(Health::Warning);
-                s.last_error = Some(format!("{e:#}"));
+                s.cycle_failed(false, &e);
                 s.attempt = 0;
                 s.next_retry_ns = Some(hrl::now_ns() + job.interval.as_nanos() as u64);
             }
@@ -224,8 +220,7 @@ async fn after_cycle(
                 let d = delay(attempt, job.retry_unit);
                 warn!(dir = %p.dir.display(), attempt, retry_in = ?d, "cycle failed, will retry: {e:#}");
                 if let Ok(mut s) = status.lock() {
-                    s.health = s.health.max(Health::Warning);
-                    s.last_error = Some(format!("{e:#}"));
+                    s.cycle_failed(false, &e);
                     s.attempt = attempt;
                     s.next_retry_ns = Some(hrl::now_ns() + d.as_nanos() as u64);
                 }
@@ -238,8 +233,7 @@ async fn after_cycle(
                 let e = crate::service::retry::with_hint(e);
                 error!(dir = %p.dir.display(), "replication stopped (Critical): {e:#}");
                 if let Ok(mut s) = status.lock() {
-                    s.health = Health::Critical;
-                    s.last_error = Some(format!("{e:#}"));
+                    s.cycle_failed(true, &e);
                     s.next_retry_ns = None;
                 }
                 save(p, status);

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::replicate::progress::{ResyncKind, ResyncProgress};
+
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/hrl/shipper";
 
 /// Replication state of a disk.
@@ -64,10 +66,10 @@ pub struct DiskStatus {
     pub resync_reason: Option<String>,
     /// Progress of the running (or interrupted) resync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resync: Option<crate::replicate::resync::ResyncProgress>,
+    pub resync: Option<ResyncProgress>,
     /// What the last finished resync did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_resync: Option<crate::replicate::resync::ResyncProgress>,
+    pub last_resync: Option<ResyncProgress>,
 }
 
 /// What `status` shows about one directory.
@@ -274,17 +276,26 @@ pub fn is_paused(state_dir: &Path, dir: &Path) -> bool {
     pause_marker(state_dir, dir).exists()
 }
 
-/// Writes the state atomically (temporary file, then rename).
+/// Writes the state atomically and durably (temporary file, fsync, rename, fsync of the
+/// directory): the ranges of logs the 50% rule released live here, and a power cut must
+/// leave either the old file or the new one, whole.
 pub fn save(state_dir: &Path, status: &DirStatus) -> Result<()> {
+    use std::io::Write;
     crate::private::create_dir(state_dir)
         .with_context(|| format!("create state directory {}", state_dir.display()))?;
     let path = state_file(state_dir, Path::new(&status.dir));
     let tmp = path.with_extension("json.tmp");
     let mut bytes = serde_json::to_vec_pretty(status).context("encode status")?;
     bytes.push(b'\n');
-    std::fs::write(&tmp, bytes).with_context(|| format!("write {}", tmp.display()))?;
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_data())
+        .with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path)
         .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
+    std::fs::File::open(state_dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("sync state directory {}", state_dir.display()))?;
     Ok(())
 }
 
@@ -365,6 +376,34 @@ pub fn load_all(state_dir: &Path) -> Result<Vec<DirStatus>> {
     }
     out.sort_by(|a: &DirStatus, b| a.dir.cmp(&b.dir));
     Ok(out)
+}
+
+/// One line for `status` about a resync.
+pub fn render_resync(p: &ResyncProgress) -> String {
+    {
+        let kind = match p.kind {
+            Some(ResyncKind::Targeted) => "targeted",
+            Some(ResyncKind::Full) => "full compare",
+            None => "",
+        };
+        let eta = p
+            .eta_s
+            .map_or_else(|| "?".to_string(), |s| format!("{}m{:02}s", s / 60, s % 60));
+        format!(
+            "resync ({kind}): {}/{} blocks compared, {} differ, {} read, {} sent (+{} of blocks rebuilt from logs), {eta} left{}",
+            p.blocks_compared,
+            p.blocks_total,
+            p.blocks_differing,
+            human_bytes(p.bytes_read),
+            human_bytes(p.bytes_sent),
+            human_bytes(p.rebuilt_bytes_sent),
+            if p.resumed > 0 {
+                format!(", resumed {}x", p.resumed)
+            } else {
+                String::new()
+            }
+        )
+    }
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -462,7 +501,7 @@ pub fn render(all: &[DirStatus]) -> String {
             }
             out.push('\n');
             if let Some(r) = &k.resync {
-                let _ = writeln!(out, "    {}", r.render());
+                let _ = writeln!(out, "    {}", render_resync(r));
             }
             if let Some(why) = k.resync_reason.as_ref().filter(|_| k.resync.is_none()) {
                 let _ = writeln!(out, "    resync needed: {}", esc(why));
@@ -503,6 +542,27 @@ mod tests {
         paused.paused = true;
         paused.apply_rpo(1_000_000_000);
         assert_eq!(paused.health, Health::Normal);
+    }
+
+    #[test]
+    fn progress_line_names_counts_and_time_left() {
+        let p = ResyncProgress {
+            kind: Some(ResyncKind::Targeted),
+            blocks_total: 100,
+            blocks_compared: 40,
+            blocks_differing: 3,
+            bytes_read: 40 << 18,
+            bytes_sent: 3 << 18,
+            rebuilt_bytes_sent: 0,
+            eta_s: Some(75),
+            resumed: 1,
+        };
+        let line = render_resync(&p);
+        assert!(line.contains("targeted"), "{line}");
+        assert!(line.contains("40/100 blocks compared"), "{line}");
+        assert!(line.contains("3 differ"), "{line}");
+        assert!(line.contains("1m15s left"), "{line}");
+        assert!(line.contains("resumed 1x"), "{line}");
     }
 
     #[test]

@@ -4,7 +4,14 @@
 //! never from rendered message text. Whether waiting can fix it ([`StoreError::class`]) and
 //! what the operator must do ([`StoreError::hint`]) derive from the variant.
 
-use crate::service::retry::ErrorClass;
+/// Whether waiting can fix an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Network, throttling, server down, low disk: retry on schedule.
+    Recoverable,
+    /// Credentials refused, missing bucket, broken chain, invalid replica, vanished disk.
+    Fatal,
+}
 
 /// Which store operation failed (a 404 means "container missing" on a write or a listing,
 /// "object missing" on a read).
