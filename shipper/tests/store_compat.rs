@@ -1,7 +1,8 @@
 //! A store written by the release before the store layer was rewritten (issue 8) still
 //! restores and verifies: `tests/fixtures/store-v1` was made by that release's binaries
 //! (`make.sh` there: two disks, chunk size 64 KiB, a base, logs, a resync's new base, a grown
-//! disk), with the sha256 of every disk at each point. Runs as non-root (no mount).
+//! disk), with the sha256 of every disk at each point. No mount; root only because restore
+//! gives each disk the owner recorded at its seal (root).
 
 #![allow(clippy::unwrap_used)]
 
