@@ -521,6 +521,32 @@ pub fn render(all: &[DirStatus]) -> String {
 mod tests {
     use super::*;
 
+    /// A state file written by the release before issue 8 (by `tests/fixtures/store-v1`'s
+    /// make.sh: it still has the offline-edit fields `tracker_pid` and `image_stat`) loads
+    /// and is rewritten without them.
+    #[test]
+    fn a_state_file_of_the_previous_release_loads() {
+        let old = include_str!("../../tests/fixtures/state-v1/status.json");
+        let s: DirStatus = serde_json::from_str(old).unwrap();
+        assert_eq!((s.last_point_id, s.disks.len()), (Some(4), 2));
+        assert_eq!(s.disks[0].state, DiskState::Replicating);
+        assert_eq!(
+            s.disks[0].last_resync.as_ref().and_then(|r| r.kind),
+            Some(ResyncKind::Full)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut moved = s.clone();
+        moved.dir = dir.path().join("vm").display().to_string();
+        save(dir.path(), &moved).unwrap();
+        let back = load(dir.path(), &dir.path().join("vm")).unwrap().unwrap();
+        assert_eq!(back, moved);
+        let text = std::fs::read_to_string(state_file(dir.path(), &dir.path().join("vm"))).unwrap();
+        assert!(
+            !text.contains("image_stat") && !text.contains("tracker_pid"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn rpo_lag_beyond_three_intervals_is_a_warning() {
         let mut s = DirStatus::new(Path::new("/v/a"), "a", "/s");
