@@ -5,11 +5,13 @@
 //! - [`chunk`]: fixed-block blake3 digests of an image and their compact index;
 //! - [`naming`]: the file names hrl keeps beside a disk;
 //! - [`control`]: the tracker's control-socket protocol (seal, ack, mode, …);
+//! - [`crypto`]: client-side encryption at rest (key file, keyed chunk names, sealed objects);
 //! - [`store`]: the object-store layout and recovery-point manifests.
 
 pub mod bitmap;
 pub mod chunk;
 pub mod control;
+pub mod crypto;
 pub mod display;
 pub mod log;
 pub mod naming;
