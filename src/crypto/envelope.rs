@@ -336,20 +336,19 @@ impl<'a, R: Read> OpenReader<'a, R> {
         }
     }
 
-    /// Reads into `raw` until it holds `want` bytes or the input ends.
+    /// Reads into `raw` until it holds `want` bytes or the input ends. Room is made for
+    /// one whole segment only after a first read found more than a small object.
     fn fill(&mut self, want: usize) -> io::Result<()> {
-        while self.raw.len() < want {
-            let start = self.raw.len();
-            self.raw.resize(want, 0);
-            let r = self.inner.read(&mut self.raw[start..]);
-            self.raw.truncate(start + *r.as_ref().unwrap_or(&0));
-            match r {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        let missing = want.saturating_sub(self.raw.len());
+        let first = (&mut self.inner)
+            .take(missing.min(64 << 10) as u64)
+            .read_to_end(&mut self.raw)?;
+        if first == 0 || self.raw.len() >= want {
+            return Ok(());
         }
+        self.raw.reserve_exact(want - self.raw.len());
+        let rest = want.saturating_sub(self.raw.len()) as u64;
+        (&mut self.inner).take(rest).read_to_end(&mut self.raw)?;
         Ok(())
     }
 
@@ -379,7 +378,8 @@ impl<'a, R: Read> OpenReader<'a, R> {
         self.fill(seg_len + 1)?;
         let last = self.raw.len() <= seg_len;
         let take = self.raw.len().min(seg_len);
-        let mut piece: Vec<u8> = self.raw.drain(..take).collect();
+        let rest = self.raw.split_off(take);
+        let mut piece = std::mem::replace(&mut self.raw, rest);
         let Some(ctx) = &self.ctx else {
             return Ok(());
         };

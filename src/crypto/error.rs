@@ -57,6 +57,12 @@ pub enum CryptoError {
         recorded: String,
         actual: String,
     },
+    #[error(
+        "the group's encryption record (encryption.json) is damaged or was altered: {why}; \
+         nothing was written or restored. Restore it from a copy, or ask whoever can write \
+         the bucket"
+    )]
+    BadRecord { why: String },
     #[error("the operating system's random number generator failed: {0}; nothing was sealed")]
     Random(String),
     #[error("{0}: nothing of the object was used")]

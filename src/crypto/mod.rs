@@ -6,6 +6,7 @@
 //! - [`GroupCrypto`]: the keys of one group, derived from the master key and the group's
 //!   name — keyed chunk names, the sealing of every object, and the key-check value the
 //!   group's record holds so a wrong key is refused before anything is written or restored;
+//! - [`record`]: the group's plain `encryption.json` (encrypted, how, the key's check value);
 //! - [`envelope`]: the sealed-object format (XChaCha20-Poly1305 in 1 MiB segments, bound to
 //!   the group, the object's key, its kind and the format version).
 //!
@@ -15,6 +16,7 @@
 pub mod envelope;
 mod error;
 pub mod keyfile;
+pub mod record;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +31,7 @@ use crate::Digest;
 pub use envelope::{OpenReader, SealWriter};
 pub use error::{CryptoError, KeyFileError};
 pub use keyfile::{KdfParams, MasterKey, Protection};
+pub use record::{EncryptionRecord, RECORD_KEY};
 
 /// blake3 `derive_key` contexts, one per purpose (never reused for another).
 const CONTEXT_CHUNK_NAMES: &str = "hrl 2026-12-02 group chunk-name key v1";
@@ -161,6 +164,16 @@ impl GroupCrypto {
             recorded: recorded_hex.to_string(),
             actual: self.check_value_hex(),
         })
+    }
+
+    /// The record an encrypted group keeps at [`RECORD_KEY`] (written with its first point).
+    pub fn record(&self) -> EncryptionRecord {
+        EncryptionRecord {
+            version: record::RECORD_VERSION,
+            scheme: record::SCHEME.into(),
+            chunk_names: record::CHUNK_NAMES.into(),
+            check: self.check_value_hex(),
+        }
     }
 
     /// Seals `plaintext` (already compressed) as the object `key` of kind `kind`; `key` is

@@ -251,6 +251,28 @@ fn check_value_tells_the_right_key() {
 }
 
 #[test]
+fn encryption_record_round_trip_and_validation() {
+    let c = crypto("g");
+    let rec = c.record();
+    let parsed = EncryptionRecord::from_json(&rec.to_json()).unwrap();
+    assert_eq!(parsed, rec);
+    c.verify_check_value(&parsed.check).unwrap();
+    assert!(!String::from_utf8(rec.to_json())
+        .unwrap()
+        .contains(&crate::to_hex(&*c.name_key)));
+    for bad in [
+        r#"{"version":2,"scheme":"xchacha20poly1305-stream","chunk_names":"blake3-keyed","check":"00"}"#,
+        r#"{"version":1,"scheme":"rot13","chunk_names":"blake3-keyed","check":"00"}"#,
+        r#"{"version":1,"scheme":"xchacha20poly1305-stream","chunk_names":"blake3-keyed","check":"00"}"#,
+        r#"{"version":1,"scheme":"xchacha20poly1305-stream","chunk_names":"blake3-keyed","check":"00","key":"x"}"#,
+        "",
+    ] {
+        let e = EncryptionRecord::from_json(bad.as_bytes()).unwrap_err();
+        assert!(matches!(e, CryptoError::BadRecord { .. }), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn debug_output_shows_no_key() {
     let master = MasterKey::generate().unwrap();
     let hex = crate::to_hex(master.bytes());
