@@ -109,6 +109,11 @@ pub enum KeyFileError {
          passphrase it was created with"
     )]
     WrongPassphrase { path: PathBuf },
+    #[error(
+        "key file {path}: an empty passphrase protects nothing: give a passphrase, or create \
+         the key file without one (its 0600 mode protects it)"
+    )]
+    EmptyPassphrase { path: PathBuf },
     #[error("key file {path}: argon2id parameters refused: {why}")]
     BadKdfParams { path: PathBuf, why: String },
     #[error("the operating system's random number generator failed: {0}; no key file was written")]

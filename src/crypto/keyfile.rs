@@ -157,6 +157,11 @@ impl MasterKey {
                 out.extend_from_slice(&self.0);
             }
             Protection::Passphrase(passphrase, params) => {
+                if passphrase.is_empty() {
+                    return Err(KeyFileError::EmptyPassphrase {
+                        path: path.to_path_buf(),
+                    });
+                }
                 out.extend_from_slice(&[ARGON2ID, 0, 0]);
                 for v in [params.memory_kib, params.passes, params.lanes] {
                     out.extend_from_slice(&v.to_le_bytes());

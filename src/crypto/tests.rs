@@ -363,6 +363,13 @@ fn key_file_passphrase_wrap_and_unwrap() {
     assert!(matches!(e, KeyFileError::WrongPassphrase { .. }), "{e}");
     let e = MasterKey::load(&path, None).unwrap_err();
     assert!(matches!(e, KeyFileError::PassphraseRequired { .. }), "{e}");
+    let e = MasterKey::create(
+        &tmp.path().join("empty.key"),
+        Protection::Passphrase(b"", FAST),
+    )
+    .unwrap_err();
+    assert!(matches!(e, KeyFileError::EmptyPassphrase { .. }), "{e}");
+    assert!(!tmp.path().join("empty.key").exists());
 
     // Parameters weakened and the checksum recomputed: the wrapped key's tag refuses it.
     let mut tampered = bytes.clone();
