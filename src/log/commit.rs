@@ -143,7 +143,7 @@ pub struct SyncPoint {
 
 impl SyncPoint {
     /// Blocks until every record before this point is durable.
-    pub fn wait(self) -> Result<(), LogError> {
+    pub fn wait(&self) -> Result<(), LogError> {
         self.durability.sync_to(self.upto)
     }
 }
