@@ -2,13 +2,15 @@
 //! punch, flush, rename, delete) and, once sealed, a seal record whose hash the next log of the
 //! same disk names (a chain). Layout in docs/hrl-format.md.
 //!
-//! - [`LogWriter`] appends (the tracker), seals and closes;
+//! - [`LogWriter`] appends (the tracker), seals and closes; [`SyncPoint`] makes its records
+//!   durable outside the tracker's lock (group commit);
 //! - [`LogReader`] yields only records it verified and stops at a torn tail;
 //! - [`verify_sealed`], [`apply_logs`] replay logs onto an image, refusing a broken chain;
 //! - [`coalesce`] rewrites logs into the smallest equivalent log.
 
 mod apply;
 mod coalesce;
+mod commit;
 mod error;
 mod extents;
 pub mod format;
@@ -17,6 +19,7 @@ mod writer;
 
 pub use apply::{apply_logs, apply_logs_after, verify_chain, ApplySummary, SizeEffect};
 pub use coalesce::coalesce;
+pub use commit::SyncPoint;
 pub use error::LogError;
 pub use extents::log_extents;
 pub use format::{LogHeader, LogState, HEADER_LEN, RECORD_HEADER_LEN};

@@ -1,10 +1,14 @@
 //! Appending to a log: one positioned vectored write per record (header + payload, no copy),
-//! a running seal hash, and in-place header updates for the open/closed/sealed state.
+//! a running seal hash, and in-place header updates for the open/closed/sealed state. Syncs
+//! go through [`super::commit`] (group commit, zero-filled tail ahead of the records).
 
 use std::fs::File;
 use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::commit::{Durability, SyncPoint, PREFILL, PREFILL_LOW};
 
 use super::format::{
     Kind, LogHeader, LogState, RecordHeader, SealHasher, HEADER_LEN, MAX_PAYLOAD, RECORD_HEADER_LEN,
@@ -16,10 +20,14 @@ use crate::Digest;
 /// Appends records to one log. Not shared between threads by itself: callers wrap it in a
 /// lock together with the image write it covers, so the log order is the image order.
 pub struct LogWriter {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     header: LogHeader,
+    /// End of the records (the log's length as readers see it).
     len: u64,
+    /// End of the file: past `len`, zeros written ahead by a sync (see [`LogWriter::sync`]).
+    file_end: u64,
+    durability: Arc<Durability>,
     records: u64,
     payload_bytes: u64,
     seal_hasher: SealHasher,
@@ -53,15 +61,31 @@ impl LogWriter {
         file.write_all_at(&header.encode(), 0).map_err(fail)?;
         file.sync_all().map_err(fail)?;
         sync_parent_dir(path)?;
-        Ok(LogWriter {
-            seal_hasher: SealHasher::new(&header),
+        let hasher = SealHasher::new(&header);
+        Ok(LogWriter::new(file, path, header, HEADER_LEN, 0, 0, hasher))
+    }
+
+    fn new(
+        file: File,
+        path: &Path,
+        header: LogHeader,
+        len: u64,
+        records: u64,
+        payload_bytes: u64,
+        seal_hasher: SealHasher,
+    ) -> LogWriter {
+        let file = Arc::new(file);
+        LogWriter {
+            durability: Durability::new(file.clone(), path, len),
             file,
             path: path.to_path_buf(),
             header,
-            len: HEADER_LEN,
-            records: 0,
-            payload_bytes: 0,
-        })
+            len,
+            file_end: len,
+            records,
+            payload_bytes,
+            seal_hasher,
+        }
     }
 
     /// Reopens an active log after a restart: verifies every record, cuts a torn tail off the
@@ -103,21 +127,23 @@ impl LogWriter {
         };
         let file = crate::sidecar::open_existing(path)
             .map_err(|e| LogError::io(path, "open log for append", e))?;
+        // A tail of zeros is what a sync wrote ahead of the records, not a torn record.
+        let torn_at = match torn_at {
+            Some(at)
+                if zeros_from(&file, at).map_err(|e| LogError::io(path, "read log tail", e))? =>
+            {
+                None
+            }
+            t => t,
+        };
+        let torn_reason = torn_at.and(torn_reason);
         if torn_at.is_some() {
             tracing::warn!(log = %path.display(), offset = end, reason = ?torn_reason, "cutting torn log tail");
-            file.set_len(end)
-                .map_err(|e| LogError::io(path, "cut torn tail", e))?;
         }
+        file.set_len(end)
+            .map_err(|e| LogError::io(path, "cut torn tail", e))?;
         let was_clean = header.state == LogState::Closed;
-        let mut w = LogWriter {
-            file,
-            path: path.to_path_buf(),
-            header,
-            len: end,
-            records,
-            payload_bytes,
-            seal_hasher,
-        };
+        let mut w = LogWriter::new(file, path, header, end, records, payload_bytes, seal_hasher);
         w.set_state(LogState::Open)?;
         Ok((
             w,
@@ -163,6 +189,7 @@ impl LogWriter {
         std::fs::rename(&self.path, new_path)
             .map_err(|e| LogError::io(&self.path, "rename log", e))?;
         self.path = new_path.to_path_buf();
+        self.durability.set_path(new_path);
         Ok(())
     }
 
@@ -205,19 +232,66 @@ impl LogWriter {
         let head = rh.encode();
         if let Err(e) = write_all_vectored_at(&self.file, &head, payload, self.len) {
             let _ = self.file.set_len(self.len);
+            self.file_end = self.len;
             return Err(LogError::io(&self.path, "append record", e));
         }
         self.len += RECORD_HEADER_LEN + payload.len() as u64;
+        self.file_end = self.file_end.max(self.len);
         self.records += 1;
         self.seal_hasher.add(&rh.checksum);
+        self.durability.appended(self.len);
         Ok(())
     }
 
-    /// Makes every appended record durable (fdatasync).
+    /// Makes every appended record durable (fdatasync), and keeps zeros written ahead of the
+    /// records so that the next syncs are data-only (see [`LogWriter::sync_point`]).
     pub fn sync(&mut self) -> Result<(), LogError> {
-        self.file
-            .sync_data()
-            .map_err(|e| LogError::io(&self.path, "sync log", e))
+        self.sync_point().wait()
+    }
+
+    /// The point up to which the records appended so far must be made durable, to be waited
+    /// for outside the lock that orders the appends: concurrent fsyncs then share one
+    /// `fdatasync`. Before that, when little is left of the zeros written ahead of the
+    /// records, writes a new stretch: the sync that follows commits the file's new size and
+    /// blocks once, and the following ones only write data into blocks the file already has
+    /// (no filesystem journal commit per fsync). A failure to write the zeros (ENOSPC) only
+    /// costs that: they are cut off again.
+    pub fn sync_point(&mut self) -> SyncPoint {
+        if self.file_end < self.len + PREFILL_LOW {
+            let to = self.len + PREFILL;
+            match self.durability.write_zeros(self.file_end, to) {
+                Ok(()) => self.file_end = to,
+                Err(e) => {
+                    tracing::debug!(log = %self.path.display(), error = %e, "cannot write zeros ahead of the log; syncing without");
+                    let _ = self.file.set_len(self.file_end);
+                }
+            }
+        }
+        SyncPoint {
+            durability: self.durability.clone(),
+            upto: self.len,
+        }
+    }
+
+    /// fdatasync of everything written, with no zeros ahead (sealing, closing).
+    fn sync_exact(&mut self) -> Result<(), LogError> {
+        self.cut_zeros()?;
+        SyncPoint {
+            durability: self.durability.clone(),
+            upto: self.len,
+        }
+        .wait()
+    }
+
+    /// Cuts off the zeros a sync wrote ahead of the records.
+    fn cut_zeros(&mut self) -> Result<(), LogError> {
+        if self.file_end > self.len {
+            self.file
+                .set_len(self.len)
+                .map_err(|e| LogError::io(&self.path, "cut the zeros after the log", e))?;
+            self.file_end = self.len;
+        }
+        Ok(())
     }
 
     /// Appends the seal record, then marks the header sealed; each step is made durable before
@@ -228,15 +302,16 @@ impl LogWriter {
             payload_bytes: self.payload_bytes,
             hash: self.seal_hash(),
         };
+        self.cut_zeros()?;
         self.append(Kind::Seal, info.records, info.payload_bytes, &info.hash)?;
-        self.sync()?;
+        self.sync_exact()?;
         self.set_state(LogState::Sealed)?;
         Ok(info)
     }
 
     /// Marks the log closed cleanly (a clean unmount); it can be reopened and appended to.
     pub fn close_clean(mut self) -> Result<(), LogError> {
-        self.sync()?;
+        self.sync_exact()?;
         self.set_state(LogState::Closed)
     }
 
@@ -291,6 +366,23 @@ fn write_all_vectored_at(
         done += n as usize;
     }
     Ok(())
+}
+
+/// True if every byte of `file` from `from` to its end is zero (a tail written ahead by a
+/// sync, not a torn record).
+fn zeros_from(file: &File, from: u64) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = from;
+    loop {
+        let n = file.read_at(&mut buf, pos)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
 }
 
 /// fsync of the directory holding `path`, so a newly created or renamed entry survives a crash.

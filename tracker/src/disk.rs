@@ -1194,19 +1194,41 @@ impl TrackedFile for Disk {
         Ok(done)
     }
 
-    /// fsync: the log first, then the image.
+    /// fsync: a `flush` record under the lock; then, without it (writers go on), the log
+    /// and the image are synced at the same time. The log's sync is shared with every other
+    /// fsync waiting for it (group commit). Answered once both are durable.
     fn fsync(&self, fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
-        {
+        let point = {
             // After a swap: the sealed log is durable by then, the new one is synced here.
             let mut st = self.lock_settled();
-            if st.mode == DiskMode::Log {
-                if let Some(log) = st.log.as_mut() {
+            let logging = st.mode == DiskMode::Log;
+            match st.log.as_mut() {
+                Some(log) if logging => {
                     log.append_flush().map_err(log_err)?;
-                    log.sync().map_err(log_err)?;
+                    Some(log.sync_point())
                 }
+                _ => None,
             }
-        }
-        sys::fsync(fd, datasync)
+        };
+        let Some(point) = point else {
+            return sys::fsync(fd, datasync);
+        };
+        std::thread::scope(|s| {
+            let (log, image) = match std::thread::Builder::new()
+                .spawn_scoped(s, || point.wait().map_err(log_err))
+            {
+                Ok(log) => {
+                    let image = sys::fsync(fd, datasync);
+                    let log = log
+                        .join()
+                        .unwrap_or_else(|_| Err(io::Error::other("the log sync panicked")));
+                    (log, image)
+                }
+                // No thread to spare: one after the other.
+                Err(_) => (point.wait().map_err(log_err), sys::fsync(fd, datasync)),
+            };
+            log.and(image)
+        })
     }
 }
 

@@ -155,6 +155,9 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
                  ignored through the mount; use a kernel with FUSE_POSIX_ACL (Linux 4.9+)",
             ));
         }
+        // Without it the kernel serves each asynchronous O_DIRECT request (qemu aio=native,
+        // fio libaio) synchronously inside io_submit: a queue depth of 16 becomes one.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
         let _ = config.set_max_background(64);
         Ok(())
     }

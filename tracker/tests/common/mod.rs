@@ -176,13 +176,7 @@ impl Mounted {
     }
 
     fn try_request(&self, req: &Request) -> Option<Response> {
-        let mut c = UnixStream::connect(self.socket()).ok()?;
-        let mut line = serde_json::to_string(req).ok()?;
-        line.push('\n');
-        c.write_all(line.as_bytes()).ok()?;
-        let mut answer = String::new();
-        BufReader::new(c).read_line(&mut answer).ok()?;
-        serde_json::from_str(&answer).ok()
+        request_at(&self.socket(), req)
     }
 
     /// One control request; panics if the socket does not answer.
@@ -241,6 +235,17 @@ impl Drop for Mounted {
         }
         force_unmount(&self.mountpoint);
     }
+}
+
+/// One control request to the socket at `socket` (None if it does not answer).
+pub fn request_at(socket: &Path, req: &Request) -> Option<Response> {
+    let mut c = UnixStream::connect(socket).ok()?;
+    let mut line = serde_json::to_string(req).ok()?;
+    line.push('\n');
+    c.write_all(line.as_bytes()).ok()?;
+    let mut answer = String::new();
+    BufReader::new(c).read_line(&mut answer).ok()?;
+    serde_json::from_str(&answer).ok()
 }
 
 /// A unique scratch directory (removed on drop).
