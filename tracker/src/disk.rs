@@ -855,8 +855,39 @@ impl Disk {
                 .copied()
                 .collect();
             st.held.extend(touched);
+            Self::empty_active_log(&mut st);
         }
         st.mode = mode;
+    }
+
+    /// Bitmap tracking keeps no log: what the active log holds is dropped (its extents are
+    /// held marks, already durable), so a disk released under the 50% rule stops taking space
+    /// on the host even when no seal follows (the store refusing, replication paused). The
+    /// new log has the same header (sequence, chain), so the chain goes on. It is made
+    /// beside the old one and renamed over it: a failure keeps the old log, a crash leaves
+    /// the old or the new one (and a stray `.hrl-new`, which nothing reads).
+    fn empty_active_log(st: &mut DiskState) {
+        let Some(log) = st.log.as_ref().filter(|l| l.record_count() > 0) else {
+            return;
+        };
+        let (path, header) = (log.path().to_path_buf(), log.header().clone());
+        let mut tmp = path.clone().into_os_string();
+        tmp.push("-new");
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let fresh = LogWriter::create(&tmp, &header).and_then(|mut l| match l.rename_to(&path) {
+            Ok(()) => Ok(l),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        });
+        match fresh {
+            Ok(l) => st.log = Some(l),
+            Err(e) => {
+                tracing::error!(disk = %st.name, error = %e, "cannot empty the active log for bitmap tracking; it keeps its records")
+            }
+        }
     }
 
     /// Dirty extents of the bitmap.
