@@ -667,8 +667,10 @@ impl Disk {
     /// header (persisted, so it vouches across a killed tracker too): a difference is a
     /// change made outside the tracker (a descriptor, mapping or loop device that bypasses
     /// the mount, or an edit while nothing tracked). The whole disk is then marked for a
-    /// full compare with the `changed_outside` reason. `full` false compares the size only
-    /// (a metadata change through the mount has just moved the times). Renews the stamp.
+    /// full compare with the `changed_outside` reason. `full` false compares size and mtime
+    /// only (a metadata change through the mount has just moved the ctime; the mtime moves
+    /// only with the data, so a write that bypassed the mount before it is still seen).
+    /// Renews the stamp.
     fn check_outside_with(&self, st: &mut DiskState, full: bool) {
         let now = match self.stamp_now() {
             Ok(now) => now,
@@ -679,7 +681,11 @@ impl Disk {
         };
         let kept = st.bitmap.as_ref().and_then(|b| b.stamp());
         if let Some(k) = kept {
-            let same = if full { k == now } else { k.size == now.size };
+            let same = if full {
+                k == now
+            } else {
+                k.size == now.size && k.mtime_ns == now.mtime_ns
+            };
             if !same {
                 let why = format!(
                     "{} changed outside the tracker (size {} -> {}, mtime moved): a writer bypasses the mount; resync scheduled",
@@ -1144,8 +1150,9 @@ impl Disk {
     }
 
     /// After a metadata change made through the mount (mode, owner, times, xattrs, links,
-    /// renames): the image's ctime moved legitimately, so the stamp is renewed (its size must
-    /// not have changed meanwhile).
+    /// renames): the image's ctime moved legitimately, so the stamp is renewed (its size and
+    /// mtime must not have changed meanwhile: a bypass write before the change is caught; a
+    /// time set through the mount counts as one too, a needless but safe full compare).
     pub fn after_metadata_change(&self) {
         let mut st = self.lock_settled();
         self.check_outside_with(&mut st, false);
