@@ -5,149 +5,17 @@
 //! `fsck.ext4 -n`, and its files read back with debugfs. For each store: local, moto, Azurite.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use testkit::*;
 
-use common::*;
-
-fn tracker_bin() -> PathBuf {
-    let p = shipper_bin().parent().unwrap().join("hrl-tracker");
-    assert!(p.exists(), "{} is missing: build the workspace first (cargo build -p hrl-tracker); nextest --workspace does", p.display());
-    p
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn is_mounted(dir: &Path) -> bool {
-    let m = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let d = dir.to_string_lossy();
-    m.lines().any(|l| l.split(' ').nth(1) == Some(&*d))
-}
-
-/// A tracker mounted in place over a directory; unmounted and killed on Drop.
-struct Tracker {
-    child: Option<Child>,
-    dir: PathBuf,
-}
-
-impl Tracker {
-    fn mount(dir: &Path, run_dir: &Path) -> Tracker {
-        Self::mount_with(dir, run_dir, &[])
-    }
-
-    fn mount_with(dir: &Path, run_dir: &Path, extra: &[&str]) -> Tracker {
-        let child = Command::new(tracker_bin())
-            .arg("mount")
-            .arg(dir)
-            .arg("--foreground")
-            .args(extra)
-            .env("HRL_RUN_DIR", run_dir)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut t = Tracker {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-        };
-        let socket = hrl::control::socket_path_in(run_dir, dir);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !(is_mounted(dir) && socket.exists()) {
-            if let Ok(Some(st)) = t.child.as_mut().unwrap().try_wait() {
-                panic!("hrl-tracker exited before the mount was live: {st}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tracker mount did not come up in 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        t
-    }
-}
-
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("umount").arg(&self.dir).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for _ in 0..3 {
-            if is_mounted(&self.dir) {
-                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-            }
-        }
-    }
-}
-
-/// ext4 on a loop device on an image; unmounted and detached on Drop.
-struct LoopFs {
-    dev: String,
-    mnt: PathBuf,
-}
-
-impl LoopFs {
-    fn create(image: &Path, mnt: &Path) -> LoopFs {
-        let dev = run(Command::new("losetup").args(["-f", "--show"]).arg(image))
-            .trim()
-            .to_string();
-        let fs = LoopFs {
-            dev,
-            mnt: mnt.to_path_buf(),
-        };
-        run(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
-            .arg(&fs.dev));
-        std::fs::create_dir_all(mnt).unwrap();
-        run(Command::new("mount").arg(&fs.dev).arg(mnt));
-        fs
-    }
-    fn freeze(&self) {
-        run(Command::new("fsfreeze").arg("-f").arg(&self.mnt));
-    }
-    fn thaw(&self) {
-        run(Command::new("fsfreeze").arg("-u").arg(&self.mnt));
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        let _ = Command::new("fsfreeze")
-            .arg("-u")
-            .arg(&self.mnt)
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-    }
-}
+/// How long a status may take to reach what a test waits for.
+const WAIT: Duration = Duration::from_secs(90);
 
 fn file_data(seed: u8, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&[seed, 7])
-        .finalize_xof()
-        .fill(&mut out);
-    out
+    random_bytes(&[seed, 7], len)
 }
 
 fn debugfs_cat(image: &Path, file: &str) -> Vec<u8> {
@@ -171,43 +39,14 @@ type Expected = Vec<(&'static str, Option<Vec<u8>>)>;
 type Interval = Box<dyn Fn(&Path) -> Expected>;
 
 fn ext4_across_intervals(kind: ServerKind) {
-    let tmp = tempfile::Builder::new()
-        .prefix("hrl-shipper-e2e-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let dir = tmp.path().join("vm1");
-    let run_dir = tmp.path().join("run");
-    let state = tmp.path().join("state");
-    let snaps = tmp.path().join("snaps");
-    std::fs::create_dir_all(&dir).unwrap();
+    let s = Site::new(kind);
+    let (dir, snaps) = (&s.dir, s.tmp.path().join("snaps"));
     std::fs::create_dir_all(&snaps).unwrap();
-    std::fs::File::create(dir.join("disk0.img"))
-        .unwrap()
-        .set_len(96 << 20)
-        .unwrap();
-    let server = Server::start(kind, "hrle2e");
+    new_disk(&dir.join("disk0.img"), 96 << 20);
 
-    let tracker = Tracker::mount(&dir, &run_dir);
-    let fs = LoopFs::create(&dir.join("disk0.img"), &tmp.path().join("mnt"));
-    let sync = || {
-        let out = shipper(
-            &[
-                "sync",
-                "--dir",
-                dir.to_str().unwrap(),
-                "--group",
-                "vm1",
-                "--target",
-                &server.url,
-                "--json",
-            ],
-            &server.env,
-            &run_dir,
-            &state,
-        );
-        let v: serde_json::Value = serde_json::from_str(ok(&out).trim()).unwrap();
-        v["point"].as_u64().unwrap()
-    };
+    let tracker = s.mount();
+    let fs = LoopFs::create(&dir.join("disk0.img"), &s.tmp.path().join("mnt"));
+    let sync = || s.sync()["point"].as_u64().unwrap();
     // Each interval: change files, freeze, sync (seal + ship), copy the image as sealed, thaw.
     let mut expected: Vec<Expected> = Vec::new();
     let intervals: Vec<Interval> = vec![
@@ -251,24 +90,7 @@ fn ext4_across_intervals(kind: ServerKind) {
 
     for (i, files) in expected.iter().enumerate() {
         let point = i + 1;
-        let to = tmp.path().join(format!("restore-{point}"));
-        ok(&shipper(
-            &[
-                "restore",
-                "--target",
-                &server.url,
-                "--group",
-                "vm1",
-                "--point",
-                &point.to_string(),
-                "--to",
-                to.to_str().unwrap(),
-            ],
-            &server.env,
-            &run_dir,
-            &state,
-        ));
-        let restored = to.join("disk0.img");
+        let restored = s.restore(point as u64).join("disk0.img");
         assert_same_file(&restored, &snaps.join(format!("{point}.img")));
         let fsck = Command::new("fsck.ext4")
             .arg("-n")
@@ -316,17 +138,9 @@ fn ext4_on_tracked_disk_restores_every_point_azurite() {
 /// finds identical.
 #[test]
 fn vhdx_written_by_qemu_io_restores_identical() {
-    let tmp = tempfile::Builder::new()
-        .prefix("hrl-shipper-vhdx-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let dir = tmp.path().join("vm2");
-    let run_dir = tmp.path().join("run");
-    let state = tmp.path().join("state");
-    std::fs::create_dir_all(&dir).unwrap();
-    let server = Server::start(ServerKind::Local, "x");
-    let tracker = Tracker::mount(&dir, &run_dir);
-    let disk = dir.join("disk.vhdx");
+    let s = Site::new(ServerKind::Local);
+    let tracker = s.mount();
+    let disk = s.dir.join("disk.vhdx");
     run(Command::new("qemu-img")
         .args(["create", "-q", "-f", "vhdx"])
         .arg(&disk)
@@ -341,22 +155,7 @@ fn vhdx_written_by_qemu_io_restores_identical() {
             "write -P 0x11 20M 1M",
         ])
         .arg(&disk));
-    let sync = || {
-        ok(&shipper(
-            &[
-                "sync",
-                "--dir",
-                dir.to_str().unwrap(),
-                "--group",
-                "vm2",
-                "--target",
-                &server.url,
-            ],
-            &server.env,
-            &run_dir,
-            &state,
-        ))
-    };
+    let sync = || ok(&s.try_sync(&[]));
     sync();
     run(Command::new("qemu-io")
         .args([
@@ -371,24 +170,10 @@ fn vhdx_written_by_qemu_io_restores_identical() {
         ])
         .arg(&disk));
     sync();
-    let snap = tmp.path().join("snap.vhdx");
-    std::fs::copy(&disk, &snap).unwrap();
+    let snap = s.copy_disk("disk.vhdx", "snap.vhdx");
     drop(tracker);
-    let to = tmp.path().join("restored");
-    ok(&shipper(
-        &[
-            "restore",
-            "--target",
-            &server.url,
-            "--group",
-            "vm2",
-            "--to",
-            to.to_str().unwrap(),
-        ],
-        &server.env,
-        &run_dir,
-        &state,
-    ));
+    let to = s.tmp.path().join("restored");
+    ok(&s.try_restore("latest", &to));
     assert_same_file(&to.join("disk.vhdx"), &snap);
     run(Command::new("qemu-img")
         .arg("compare")
@@ -405,82 +190,6 @@ fn vhdx_written_by_qemu_io_restores_identical() {
         ])
         .arg(to.join("disk.vhdx")));
     assert!(!out.contains("Pattern verification failed"), "{out}");
-}
-
-struct Scene {
-    tmp: tempfile::TempDir,
-    dir: PathBuf,
-    run_dir: PathBuf,
-    state: PathBuf,
-    server: Server,
-}
-
-impl Scene {
-    fn new(kind: ServerKind) -> Scene {
-        let tmp = tempfile::Builder::new()
-            .prefix("hrl-shipper-e2e-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let dir = tmp.path().join("vm3");
-        std::fs::create_dir_all(&dir).unwrap();
-        Scene {
-            run_dir: tmp.path().join("run"),
-            state: tmp.path().join("state"),
-            dir,
-            server: Server::start(kind, "hrle2e"),
-            tmp,
-        }
-    }
-    fn sync(&self) -> serde_json::Value {
-        let out = shipper(
-            &[
-                "sync",
-                "--dir",
-                self.dir.to_str().unwrap(),
-                "--group",
-                "vm3",
-                "--target",
-                &self.server.url,
-                "--json",
-            ],
-            &self.server.env,
-            &self.run_dir,
-            &self.state,
-        );
-        serde_json::from_str(ok(&out).trim()).unwrap()
-    }
-    fn restore(&self, point: u64) -> PathBuf {
-        let to = self.tmp.path().join(format!("restore-{point}"));
-        ok(&shipper(
-            &[
-                "restore",
-                "--target",
-                &self.server.url,
-                "--group",
-                "vm3",
-                "--point",
-                &point.to_string(),
-                "--to",
-                to.to_str().unwrap(),
-            ],
-            &self.server.env,
-            &self.run_dir,
-            &self.state,
-        ));
-        to
-    }
-    fn snapshot(&self, point: u64) -> PathBuf {
-        let to = self.tmp.path().join(format!("snap-{point}"));
-        std::fs::create_dir_all(&to).unwrap();
-        for e in std::fs::read_dir(&self.dir).unwrap() {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_str().unwrap().to_string();
-            if hrl::naming::classify(&name).is_none() {
-                std::fs::copy(&p, to.join(&name)).unwrap();
-            }
-        }
-        to
-    }
 }
 
 fn same_dirs(restored: &Path, snap: &Path) {
@@ -505,9 +214,9 @@ fn same_dirs(restored: &Path, snap: &Path) {
 /// Disks created, renamed and removed in the directory show up so in later points.
 #[test]
 fn disk_creation_rename_and_removal_are_mirrored() {
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     std::fs::write(s.dir.join("disk0.img"), file_data(1, 1 << 20)).unwrap();
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     assert_eq!(s.sync()["point"], 1);
     let snap1 = s.snapshot(1);
 
@@ -559,13 +268,13 @@ fn disk_creation_rename_and_removal_are_mirrored() {
 /// exactly the disk at its seal.
 #[test]
 fn initial_copy_under_concurrent_writes_is_consistent() {
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let disk = s.dir.join("busy.img");
     std::fs::File::create(&disk)
         .unwrap()
         .set_len(64 << 20)
         .unwrap();
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = std::sync::Arc::clone(&stop);
@@ -602,27 +311,18 @@ fn initial_copy_under_concurrent_writes_is_consistent() {
     same_dirs(&s.restore(2), &snap);
 }
 
-fn tracker_status(dir: &Path, run_dir: &Path) -> serde_json::Value {
-    let out = run(Command::new(tracker_bin())
-        .arg("status")
-        .arg(dir)
-        .arg("--json")
-        .env("HRL_RUN_DIR", run_dir));
-    serde_json::from_str(&out).unwrap()
-}
-
 /// kill -9 of the tracker: the extents it reports unclean are resynced, and the next point
 /// is the disk exactly.
 #[test]
 fn tracker_crash_leads_to_resync_and_exact_point() {
     use std::os::unix::fs::FileExt;
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let disk = s.dir.join("d.img");
     std::fs::File::create(&disk)
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
-    let mut tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let mut tracker = s.mount();
     let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
     f.write_all_at(&file_data(1, 1 << 20), 0).unwrap();
     drop(f);
@@ -633,12 +333,9 @@ fn tracker_crash_leads_to_resync_and_exact_point() {
             .unwrap();
     }
     drop(f);
-    let mut c = tracker.child.take().unwrap();
-    c.kill().unwrap();
-    let _ = c.wait();
-    drop(tracker);
-    tracker = Tracker::mount(&s.dir, &s.run_dir);
-    let st = tracker_status(&s.dir, &s.run_dir);
+    tracker.kill9();
+    tracker = s.mount();
+    let st = s.tracker_status();
     let unclean = st["disks"][0]["unclean_extents"]
         .as_array()
         .map_or(0, Vec::len);
@@ -663,15 +360,15 @@ fn tracker_crash_leads_to_resync_and_exact_point() {
 #[test]
 fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
     use std::os::unix::fs::FileExt;
-    let mut s = Scene::new(ServerKind::Azurite);
+    let mut s = Site::new(ServerKind::Azurite);
     let disk = s.dir.join("small.img");
     std::fs::File::create(&disk)
         .unwrap()
         .set_len(4 << 20)
         .unwrap();
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
-    let child = s.service("1s");
-    s.wait_status("the first point", &|st| {
+    let tracker = s.mount();
+    let child = service(&s, "1s");
+    s.wait_status(WAIT, "the first point", |st| {
         st["last_point_id"].as_u64().is_some_and(|p| p >= 1)
     });
     s.server.stop();
@@ -681,7 +378,7 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
             .unwrap();
     }
     f.sync_all().unwrap();
-    let st = s.wait_status("resync required", &|st| {
+    let st = s.wait_status(WAIT, "resync required", |st| {
         st["disks"][0]["state"] == "resync_required"
     });
     assert_eq!(st["health"], "Warning");
@@ -692,7 +389,7 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
             .is_some_and(|r| r.contains("50%")),
         "{st:#}"
     );
-    let ts = tracker_status(&s.dir, &s.run_dir);
+    let ts = s.tracker_status();
     assert_eq!(ts["disks"][0]["mode"], "bitmap", "{ts:#}");
     let on_host = |ts: &serde_json::Value| {
         ts["disks"][0]["active_log_bytes"].as_u64().unwrap()
@@ -703,7 +400,7 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
     f.write_all_at(&file_data(99, 256 << 10), 3 << 20).unwrap();
     f.sync_all().unwrap();
     drop(f);
-    let logged_after = on_host(&tracker_status(&s.dir, &s.run_dir));
+    let logged_after = on_host(&s.tracker_status());
     assert!(
         logged_after < logged_before + (64 << 10),
         "logs on the host grew in bitmap mode: {logged_before} -> {logged_after}"
@@ -712,7 +409,7 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
     std::fs::copy(&disk, &source).unwrap();
     let before = st["last_point_id"].as_u64().unwrap();
     s.server.spawn();
-    let st = s.wait_status("the resync point", &|st| {
+    let st = s.wait_status(WAIT, "the resync point", |st| {
         st["health"] == "Normal"
             && st["disks"][0]["state"] == "replicating"
             && st["last_point_id"].as_u64().is_some_and(|p| p > before)
@@ -727,29 +424,13 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
         sent * 10 <= differing * 11,
         "the resync sent {sent} bytes for {differing} differing bytes: {st:#}"
     );
-    assert_eq!(
-        tracker_status(&s.dir, &s.run_dir)["disks"][0]["mode"],
-        "log"
-    );
+    assert_eq!(s.tracker_status()["disks"][0]["mode"], "log");
     s.stop_service(child);
     let p = s.sync()["point"].as_u64().unwrap();
     let snap = s.snapshot(p);
     drop(tracker);
     let to = s.tmp.path().join("restored");
-    ok(&shipper(
-        &[
-            "restore",
-            "--target",
-            &s.server.url,
-            "--group",
-            "vm3",
-            "--to",
-            to.to_str().unwrap(),
-        ],
-        &s.server.env,
-        &s.run_dir,
-        &s.state,
-    ));
+    ok(&s.try_restore("latest", &to));
     same_dirs(&to, &snap);
 }
 
@@ -758,13 +439,13 @@ fn half_disk_of_unshipped_logs_switches_to_bitmap_then_resyncs() {
 #[test]
 fn shipper_kill9_at_upload_and_commit_with_real_tracker() {
     use std::os::unix::fs::FileExt;
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let disk = s.dir.join("k.img");
     std::fs::File::create(&disk)
         .unwrap()
         .set_len(8 << 20)
         .unwrap();
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     let write = |seed: u8, off: u64| {
         let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
         f.write_all_at(&file_data(seed, 20_000), off).unwrap();
@@ -775,19 +456,7 @@ fn shipper_kill9_at_upload_and_commit_with_real_tracker() {
     for (i, at) in ["after-upload", "after-commit"].iter().enumerate() {
         write(i as u8 + 2, 4096);
         let marker = s.state.join(format!("stopped-at-{at}"));
-        let mut sync = Command::new(shipper_bin());
-        sync.args([
-            "sync",
-            "--dir",
-            s.dir.to_str().unwrap(),
-            "--group",
-            "vm3",
-            "--target",
-            &s.server.url,
-        ])
-        .env("HRL_RUN_DIR", &s.run_dir)
-        .env("HRL_STATE_DIR", &s.state);
-        kill9_at_stop_point(sync, &marker, at);
+        kill9_at_stop_point(s.cmd("sync", &[]), &marker, at);
         if *at == "after-commit" {
             snaps.push((2, s.snapshot(2)));
         }
@@ -796,7 +465,7 @@ fn shipper_kill9_at_upload_and_commit_with_real_tracker() {
     let p = s.sync()["point"].as_u64().unwrap();
     assert_eq!(p, 3, "one point from the killed commit, one now");
     snaps.push((3, s.snapshot(3)));
-    let pending = tracker_status(&s.dir, &s.run_dir)["disks"][0]["pending_logs"]
+    let pending = s.tracker_status()["disks"][0]["pending_logs"]
         .as_u64()
         .unwrap();
     assert_eq!(pending, 0, "every shipped log is acked");
@@ -834,51 +503,15 @@ fn differing_block_bytes(a: &Path, b: &Path) -> u64 {
         .sum()
 }
 
-impl Scene {
-    fn shipper_ok(&self, args: &[&str], extra_env: &[(String, String)]) -> serde_json::Value {
-        let mut env = self.server.env.clone();
-        env.extend_from_slice(extra_env);
-        let out = shipper(args, &env, &self.run_dir, &self.state);
-        serde_json::from_str(ok(&out).trim()).unwrap()
-    }
-    fn resync_now(&self, disk: &str) -> serde_json::Value {
-        self.shipper_ok(
-            &[
-                "resync",
-                "--dir",
-                self.dir.to_str().unwrap(),
-                "--group",
-                "vm3",
-                "--target",
-                &self.server.url,
-                "--disk",
-                disk,
-                "--now",
-                "--json",
-            ],
-            &[],
-        )
-    }
-    fn status(&self) -> serde_json::Value {
-        let out = shipper(
-            &["status", "--dir", self.dir.to_str().unwrap(), "--json"],
-            &[],
-            &self.run_dir,
-            &self.state,
-        );
-        serde_json::from_str::<serde_json::Value>(&ok(&out)).unwrap()[0].clone()
-    }
-}
-
 /// kill -9 of the tracker during writes: after the remount the next cycle resyncs only the
 /// extents the tracker reports unclean (it reads nothing else), and the point is exact.
 #[test]
 fn tracker_kill9_targeted_resync_reads_only_reported_extents() {
     use std::os::unix::fs::FileExt;
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let disk = s.dir.join("d.img");
     new_disk(&disk, 64 << 20);
-    let mut tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let mut tracker = s.mount();
     fill(&disk, 64, 1);
     assert_eq!(s.sync()["point"], 1);
     // A point with a log after the base: the replica of these blocks lives only in logs, and
@@ -895,12 +528,9 @@ fn tracker_kill9_targeted_resync_reads_only_reported_extents() {
             .unwrap();
     }
     drop(f);
-    let mut c = tracker.child.take().unwrap();
-    c.kill().unwrap();
-    let _ = c.wait();
-    drop(tracker);
-    tracker = Tracker::mount(&s.dir, &s.run_dir);
-    let st = tracker_status(&s.dir, &s.run_dir);
+    tracker.kill9();
+    tracker = s.mount();
+    let st = s.tracker_status();
     let reported: u64 = st["disks"][0]["unclean_extents"]
         .as_array()
         .unwrap()
@@ -937,10 +567,10 @@ fn tracker_kill9_targeted_resync_reads_only_reported_extents() {
 #[test]
 fn offline_edit_is_detected_and_resynced() {
     use std::os::unix::fs::FileExt;
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let disk = s.dir.join("d.img");
     new_disk(&disk, 16 << 20);
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     fill(&disk, 16, 3);
     assert_eq!(s.sync()["point"], 1);
     drop(tracker);
@@ -951,7 +581,7 @@ fn offline_edit_is_detected_and_resynced() {
     f.sync_all().unwrap();
     drop(f);
     std::thread::sleep(Duration::from_millis(50));
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     let r = s.sync();
     assert_eq!(r["point"], 2);
     let rs = &r["base_copies"][0]["resync"];
@@ -973,10 +603,10 @@ fn offline_edit_is_detected_and_resynced() {
 #[test]
 fn shipper_kill9_mid_resync_resumes_where_it_stopped() {
     use std::os::unix::fs::FileExt;
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let disk = s.dir.join("d.img");
     new_disk(&disk, 32 << 20);
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     fill(&disk, 32, 5);
     assert_eq!(s.sync()["point"], 1);
     let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
@@ -985,41 +615,12 @@ fn shipper_kill9_mid_resync_resumes_where_it_stopped() {
             .unwrap();
     }
     f.sync_all().unwrap();
-    let mut env = s.server.env.clone();
-    env.push(("HRL_SHIPPER_STOP_AT".into(), "mid-resync".into()));
-    let child = Command::new(shipper_bin())
-        .args([
-            "resync",
-            "--dir",
-            s.dir.to_str().unwrap(),
-            "--group",
-            "vm3",
-            "--target",
-            &s.server.url,
-            "--disk",
-            "d.img",
-            "--now",
-        ])
-        .envs(env)
-        .env("HRL_RUN_DIR", &s.run_dir)
-        .env("HRL_STATE_DIR", &s.state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let marker = s.state.join("stopped-at-mid-resync");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !marker.exists() {
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "the shipper exited before the mid-resync stop"
-        );
-        assert!(Instant::now() < deadline, "no mid-resync stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.0.kill().unwrap();
-    let _ = child.0.wait();
+    kill9_at_stop_point_within(
+        s.cmd("resync", &["--disk", "d.img", "--now"]),
+        &s.state.join("stopped-at-mid-resync"),
+        "mid-resync",
+        Duration::from_secs(120),
+    );
     let st = s.status();
     let half = &st["disks"][0]["resync"];
     assert_eq!(half["blocks_total"], 128, "{st:#}");
@@ -1052,10 +653,10 @@ fn shipper_kill9_mid_resync_resumes_where_it_stopped() {
 #[test]
 fn a_newer_unclean_report_replaces_an_interrupted_resync() {
     use std::os::unix::fs::FileExt;
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let disk = s.dir.join("d.img");
     new_disk(&disk, 64 << 20);
-    let mut tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let mut tracker = s.mount();
     fill(&disk, 64, 7);
     assert_eq!(s.sync()["point"], 1);
     let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
@@ -1064,28 +665,17 @@ fn a_newer_unclean_report_replaces_an_interrupted_resync() {
             .unwrap();
     }
     drop(f);
-    let mut c = tracker.child.take().unwrap();
-    c.kill().unwrap();
-    let _ = c.wait();
-    drop(tracker);
-    tracker = Tracker::mount(&s.dir, &s.run_dir);
-    let st = tracker_status(&s.dir, &s.run_dir);
+    tracker.kill9();
+    tracker = s.mount();
+    let st = s.tracker_status();
     assert_eq!(
         st["disks"][0]["unclean_extents"],
         serde_json::json!([[0, 4 << 20]]),
         "{st:#}"
     );
-    let mut sync = Command::new(shipper_bin());
-    sync.args([
-        "sync",
-        "--dir",
-        s.dir.to_str().unwrap(),
-        "--target",
-        &s.server.url,
-    ])
-    .envs(s.server.env.clone())
-    .env("HRL_RUN_DIR", &s.run_dir)
-    .env("HRL_STATE_DIR", &s.state);
+    // Without --group (the default group), as an operator's first sync would run.
+    let dir = s.dir.display().to_string();
+    let sync = s.command(&["sync", "--dir", &dir, "--target", &s.server.url], &[]);
     kill9_at_stop_point(sync, &s.state.join("stopped-at-mid-resync"), "mid-resync");
     let half = &s.status()["disks"][0]["resync"];
     assert_eq!(half["blocks_total"], 16, "{half:#}");
@@ -1095,7 +685,7 @@ fn a_newer_unclean_report_replaces_an_interrupted_resync() {
     f.write_all_at(&file_data(99, 4096), 40 << 20).unwrap();
     f.sync_all().unwrap();
     drop(f);
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     let r = s.sync();
     let p = r["point"].as_u64().unwrap();
     assert_eq!(p, 2, "{r}");
@@ -1115,10 +705,10 @@ fn a_newer_unclean_report_replaces_an_interrupted_resync() {
 #[test]
 fn rename_over_a_replicated_disk_keeps_replicating() {
     use std::os::unix::fs::FileExt;
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     std::fs::write(s.dir.join("a.img"), file_data(11, 1 << 20)).unwrap();
     std::fs::write(s.dir.join("b.img"), file_data(12, 1 << 20)).unwrap();
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     assert_eq!(s.sync()["point"], 1);
     let id_a = s.status()["disks"]
         .as_array()
@@ -1163,8 +753,7 @@ fn rename_over_a_replicated_disk_keeps_replicating() {
 /// comparing every block, and its restore is byte-identical to the disk.
 #[test]
 fn writer_bypassing_the_mount_is_refused_then_detected_and_resynced() {
-    use std::io::{BufRead, BufReader, Write};
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let (disk, other) = (s.dir.join("d.img"), s.dir.join("e.img"));
     new_disk(&disk, 16 << 20);
     new_disk(&other, 4 << 20);
@@ -1172,51 +761,24 @@ fn writer_bypassing_the_mount_is_refused_then_detected_and_resynced() {
     let src = s.tmp.path().join("mib");
     std::fs::write(&src, file_data(99, 1 << 20)).unwrap();
     // A VM already running: its descriptor was opened before the tracker.
-    let mut holder = KillOnDrop(
-        Command::new("bash")
-            .arg("-c")
-            .arg("exec 3<>\"$1\"; echo ready; read seek; dd if=\"$2\" bs=1M seek=\"$seek\" count=1 conv=notrunc,fsync status=none >&3; echo ok; exec sleep 600")
-            .args(["bash", disk.to_str().unwrap(), src.to_str().unwrap()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut answers = BufReader::new(holder.0.stdout.take().unwrap());
-    let mut line = String::new();
-    answers.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
-
-    let refused = Command::new(tracker_bin())
-        .arg("mount")
-        .arg(&s.dir)
-        .env("HRL_RUN_DIR", &s.run_dir)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && !is_mounted(&s.dir),
-        "not refused: {err}"
-    );
+    let mut holder = Holder::descriptor(&disk, "<>");
+    let err = Mounted::refused(&s.dir, &s.run_dir, &[]);
     assert!(
         err.contains(&format!(
             "pid {} (bash) has d.img open for writing",
-            holder.0.id()
+            holder.pid()
         )),
         "{err}"
     );
 
-    let tracker = Tracker::mount_with(&s.dir, &s.run_dir, &["--force"]);
+    let tracker = s.mount_with(&["--force"]);
     fill(&other, 4, 7);
     assert_eq!(s.sync()["point"], 1);
     let snap1 = s.snapshot(1);
     same_dirs(&s.restore(1), &snap1);
 
     // The write the tracker never sees.
-    writeln!(holder.0.stdin.as_mut().unwrap(), "4").unwrap();
-    line.clear();
-    answers.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ok");
+    holder.command(&format!("4 {}", src.display()));
     fill(&other, 1, 8);
     let r = s.sync();
     assert_eq!(
@@ -1257,39 +819,19 @@ fn writer_bypassing_the_mount_is_refused_then_detected_and_resynced() {
     same_dirs(&s.restore(3), &snap3);
 }
 
-impl Scene {
-    /// `verify --point all` succeeds (every point restorable, sizes included).
-    fn verify_all(&self) {
-        ok(&shipper(
-            &[
-                "verify",
-                "--target",
-                &self.server.url,
-                "--group",
-                "vm3",
-                "--point",
-                "all",
-            ],
-            &self.server.env,
-            &self.run_dir,
-            &self.state,
-        ));
-    }
-}
-
 /// Disks that shrink between two points — `truncate`, `qemu-img resize --shrink`, a smaller
 /// file copied over a disk — commit a point that restores to the disk at its seal, at its
 /// new size (the seal used to record the larger of the log's opening size and the size
 /// after the seal), and `verify` agrees.
 #[test]
 fn shrunk_disks_restore_at_their_new_size() {
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let (a, b, c) = (
         s.dir.join("a.img"),
         s.dir.join("b.qcow2"),
         s.dir.join("c.img"),
     );
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     new_disk(&a, 32 << 20);
     fill(&a, 32, 1);
     run(Command::new("qemu-img")
@@ -1323,7 +865,7 @@ fn shrunk_disks_restore_at_their_new_size() {
         std::fs::metadata(restored.join("c.img")).unwrap().len(),
         3 << 20
     );
-    s.verify_all();
+    ok(&s.verify("all"));
 }
 
 /// Bytes an appending writer puts at `off`: a function of the offset only, so the disk at
@@ -1354,9 +896,9 @@ fn stream_at(off: u64, len: usize) -> Vec<u8> {
 /// the seal).
 #[test]
 fn appending_writes_during_syncs_restore_at_every_point() {
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let disk = s.dir.join("grow.img");
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     new_disk(&disk, 0);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -1399,7 +941,7 @@ fn appending_writes_during_syncs_restore_at_every_point() {
         prev_len = img.len() as u64;
     }
     same_dirs(&s.restore(last), &snap);
-    s.verify_all();
+    ok(&s.verify("all"));
 }
 
 /// A qcow2 filled by `qemu-io` (160 writes of 1 MiB) while syncs run back to back: every
@@ -1409,9 +951,9 @@ fn appending_writes_during_syncs_restore_at_every_point() {
 /// last point equals the disk.
 #[test]
 fn growing_qcow2_during_syncs_restores_at_every_point() {
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let disk = s.dir.join("fill.qcow2");
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     run(Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&disk)
@@ -1482,47 +1024,19 @@ fn growing_qcow2_during_syncs_restores_at_every_point() {
         .arg("compare")
         .arg(restored.join("fill.qcow2"))
         .arg(snap.join("fill.qcow2")));
-    s.verify_all();
+    ok(&s.verify("all"));
 }
 
-/// A directory bind-mounted read-only over itself: a local store that answers reads and
-/// refuses writes (as in the lost-state reproduction: seals go on, nothing ships); undone on
-/// Drop.
-struct ReadOnly(PathBuf);
-
-impl ReadOnly {
-    fn over(dir: &Path) -> ReadOnly {
-        run(Command::new("mount").arg("--bind").arg(dir).arg(dir));
-        let guard = ReadOnly(dir.to_path_buf());
-        run(Command::new("mount")
-            .args(["-o", "remount,ro,bind"])
-            .arg(dir));
-        guard
-    }
-}
-
-impl Drop for ReadOnly {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// A tmpfs of `mib` MiB mounted on a directory; unmounted on Drop (after the tracker's).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn on(dir: &Path, mib: u64) -> Tmpfs {
-        run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(dir));
-        Tmpfs(dir.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
+/// `hrl-shipper run` for the directory (any resync window, 1 s retry unit).
+fn service(s: &Site, interval: &str) -> KillOnDrop {
+    s.service(&[
+        "--interval",
+        interval,
+        "--retry-unit",
+        "1s",
+        "--resync-window",
+        "any",
+    ])
 }
 
 /// How the tracker is restarted between losing the shipper's state and the next sync.
@@ -1533,21 +1047,14 @@ enum Restart {
     Kill9,
 }
 
-impl Tracker {
-    /// Restarts the tracker as `how` says (a kill -9 leaves its marks as unclean extents).
-    fn restart(mut self, how: Restart, dir: &Path, run_dir: &Path) -> Tracker {
-        match how {
-            Restart::None => return self,
-            Restart::Clean => drop(self),
-            Restart::Kill9 => {
-                let mut c = self.child.take().unwrap();
-                c.kill().unwrap();
-                let _ = c.wait();
-                drop(self);
-            }
-        }
-        Tracker::mount(dir, run_dir)
+/// Restarts the tracker as `how` says (a kill -9 leaves its marks as unclean extents).
+fn restart_tracker(tracker: Mounted, how: Restart, s: &Site) -> Mounted {
+    match how {
+        Restart::None => return tracker,
+        Restart::Clean => drop(tracker),
+        Restart::Kill9 => tracker.kill9(),
     }
+    s.mount()
 }
 
 /// Overwrites `[off, off + len)` of `path` (through the mount) with incompressible data, in
@@ -1569,92 +1076,10 @@ fn overwrite(path: &Path, off: u64, len: u64, seed: u8) {
 }
 
 /// Log bytes of the first disk on the host (active + sealed), as the tracker counts them.
-fn logs_on_host(dir: &Path, run_dir: &Path) -> u64 {
-    let ts = tracker_status(dir, run_dir);
+fn logs_on_host(s: &Site) -> u64 {
+    let ts = s.tracker_status();
     ts["disks"][0]["active_log_bytes"].as_u64().unwrap()
         + ts["disks"][0]["pending_sealed_bytes"].as_u64().unwrap()
-}
-
-impl Scene {
-    /// The local store's directory.
-    fn store_path(&self) -> PathBuf {
-        PathBuf::from(self.server.url.strip_prefix("file://").unwrap())
-    }
-    /// `hrl-shipper run` for the directory (any resync window, 1 s retry unit).
-    fn service(&self, interval: &str) -> KillOnDrop {
-        let child = Command::new(shipper_bin())
-            .args([
-                "run",
-                "--dir",
-                self.dir.to_str().unwrap(),
-                "--group",
-                "vm3",
-                "--target",
-                &self.server.url,
-                "--interval",
-                interval,
-                "--retry-unit",
-                "1s",
-                "--resync-window",
-                "any",
-            ])
-            .envs(self.server.env.clone())
-            .env("HRL_RUN_DIR", &self.run_dir)
-            .env("HRL_STATE_DIR", &self.state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        KillOnDrop(child)
-    }
-    /// SIGTERM to the service, then waits for it to stop.
-    fn stop_service(&self, mut svc: KillOnDrop) {
-        run(Command::new("kill").args(["-TERM", &svc.0.id().to_string()]));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while svc.0.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the service ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    /// Polls `status --json` until `f` holds (90 s at most).
-    fn wait_status(&self, what: &str, f: &dyn Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let out = shipper(
-                &["status", "--dir", self.dir.to_str().unwrap(), "--json"],
-                &[],
-                &self.run_dir,
-                &self.state,
-            );
-            let st = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .map(|v| v[0].clone())
-                .unwrap_or_default();
-            if f(&st) {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {st:#}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    fn sync_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(shipper_bin());
-        c.args(args)
-            .args([
-                "--dir",
-                self.dir.to_str().unwrap(),
-                "--group",
-                "vm3",
-                "--target",
-                &self.server.url,
-            ])
-            .envs(self.server.env.clone())
-            .env("HRL_RUN_DIR", &self.run_dir)
-            .env("HRL_STATE_DIR", &self.state);
-        c
-    }
 }
 
 /// Issue 14's reproduction: the store refuses writes (reads work, so seals go on) while
@@ -1663,18 +1088,18 @@ impl Scene {
 /// The next `sync` must reconcile with the store's latest point and the tracker's marks, and
 /// the point must restore to exactly the disk — before, the first 8 MiB written were lost.
 fn lost_state_after_the_50_percent_rule(restart: Restart) {
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let disk = s.dir.join("d.img");
     new_disk(&disk, 64 << 20);
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     fill(&disk, 64, 1);
     assert_eq!(s.sync()["point"], 1);
-    let ro = ReadOnly::over(&s.store_path());
-    let svc = s.service("2s");
+    let ro = ReadOnly::over(&s.server.local_path());
+    let svc = service(&s, "2s");
     overwrite(&disk, 8 << 20, 8 << 20, 50);
     std::thread::sleep(Duration::from_secs(7));
     overwrite(&disk, 16 << 20, 32 << 20, 90);
-    s.wait_status("the 50% rule", &|st| {
+    s.wait_status(WAIT, "the 50% rule", |st| {
         // Released logs leave nothing over budget, so a retry may be resyncing already.
         (st["disks"][0]["state"] == "resync_required" || st["disks"][0]["state"] == "resyncing")
             && st["disks"][0]["resync_reason"]
@@ -1684,7 +1109,7 @@ fn lost_state_after_the_50_percent_rule(restart: Restart) {
     std::thread::sleep(Duration::from_secs(5));
     s.stop_service(svc);
     drop(ro);
-    let tracker = tracker.restart(restart, &s.dir, &s.run_dir);
+    let tracker = restart_tracker(tracker, restart, &s);
     std::fs::remove_dir_all(&s.state).unwrap();
     let r = s.sync();
     let p = r["point"].as_u64().unwrap();
@@ -1716,10 +1141,10 @@ fn lost_state_after_the_50_percent_rule_and_a_tracker_kill9() {
 /// point restores to exactly the disk, every time.
 #[test]
 fn lost_state_at_every_step_of_the_cycle_restores_the_disk() {
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let disk = s.dir.join("d.img");
     new_disk(&disk, 32 << 20);
-    let mut tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let mut tracker = s.mount();
     fill(&disk, 32, 3);
     assert_eq!(s.sync()["point"], 1);
     let steps = [
@@ -1743,18 +1168,18 @@ fn lost_state_at_every_step_of_the_cycle_restores_the_disk() {
         match *step {
             "before-seal" => {}
             "mid-resync" => {
-                let c = s.sync_cmd(&["resync", "--disk", "d.img", "--now"]);
+                let c = s.cmd("resync", &["--disk", "d.img", "--now"]);
                 kill9_at_stop_point(c, &s.state.join("stopped-at-mid-resync"), step);
             }
             _ => {
-                let c = s.sync_cmd(&["sync"]);
+                let c = s.cmd("sync", &[]);
                 kill9_at_stop_point(c, &s.state.join(format!("stopped-at-{step}")), step);
             }
         }
         // Written after the kill: only in the active log and the marks.
         overwrite(&disk, 30 << 20, 4096, 200 + i as u8);
         let how = restarts[i % restarts.len()];
-        tracker = tracker.restart(how, &s.dir, &s.run_dir);
+        tracker = restart_tracker(tracker, how, &s);
         std::fs::remove_dir_all(&s.state).unwrap();
         let r = s.sync();
         let p = r["point"].as_u64().unwrap();
@@ -1773,10 +1198,10 @@ fn lost_state_at_every_step_of_the_cycle_restores_the_disk() {
 /// the file alone); `sync --reconcile` moves it aside and its point restores exactly.
 #[test]
 fn damaged_state_file_is_a_clear_error_then_reconcile_restores() {
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let disk = s.dir.join("d.img");
     new_disk(&disk, 16 << 20);
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     fill(&disk, 16, 4);
     assert_eq!(s.sync()["point"], 1);
     let state_file = std::fs::read_dir(&s.state)
@@ -1792,7 +1217,7 @@ fn damaged_state_file_is_a_clear_error_then_reconcile_restores() {
             _ => b"\x00\xffnot json at all".to_vec(),
         };
         std::fs::write(&state_file, &bad).unwrap();
-        let out = s.sync_cmd(&["sync"]).output().unwrap();
+        let out = s.cmd("sync", &[]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{damage}: {err}");
         assert!(
@@ -1801,7 +1226,7 @@ fn damaged_state_file_is_a_clear_error_then_reconcile_restores() {
         );
         assert_eq!(std::fs::read(&state_file).unwrap(), bad, "{damage}");
         // The service does not replace it either.
-        let svc = s.service("1s");
+        let svc = service(&s, "1s");
         std::thread::sleep(Duration::from_secs(3));
         s.stop_service(svc);
         assert_eq!(std::fs::read(&state_file).unwrap(), bad, "{damage}");
@@ -1811,7 +1236,7 @@ fn damaged_state_file_is_a_clear_error_then_reconcile_restores() {
                 "--dir",
                 s.dir.to_str().unwrap(),
                 "--group",
-                "vm3",
+                &s.group,
                 "--target",
                 &s.server.url,
                 "--reconcile",
@@ -1844,19 +1269,19 @@ fn damaged_state_file_is_a_clear_error_then_reconcile_restores() {
 /// the host never pass 75% of the disk while 1 MiB/s is written for 30 s.
 #[test]
 fn logs_stay_within_budget_while_the_store_refuses_writes() {
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let disk = s.dir.join("d.img");
     new_disk(&disk, 16 << 20);
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     fill(&disk, 16, 6);
     assert_eq!(s.sync()["point"], 1);
-    let ro = ReadOnly::over(&s.store_path());
-    let svc = s.service("1s");
+    let ro = ReadOnly::over(&s.server.local_path());
+    let svc = service(&s, "1s");
     let mut peak = 0;
     for i in 0..30u64 {
         overwrite(&disk, (i % 16) << 20, 1 << 20, i as u8);
         std::thread::sleep(Duration::from_millis(900));
-        peak = peak.max(logs_on_host(&s.dir, &s.run_dir));
+        peak = peak.max(logs_on_host(&s));
     }
     assert!(
         peak <= 12 << 20,
@@ -1872,30 +1297,32 @@ fn logs_stay_within_budget_while_the_store_refuses_writes() {
 
 /// Writes 3 MiB of an 8 MiB disk (the status must count them), then 2 MiB more: the 50%
 /// rule must switch the disk to bitmap tracking.
-fn over_half(s: &Scene, disk: &Path, what: &str) {
+fn over_half(s: &Site, disk: &Path, what: &str) {
     overwrite(disk, 0, 3 << 20, 20);
-    s.wait_status(&format!("unshipped bytes counted while {what}"), &|st| {
-        st["disks"][0]["unshipped_bytes"].as_u64().unwrap_or(0) >= 3 << 20
-    });
+    s.wait_status(
+        WAIT,
+        &format!("unshipped bytes counted while {what}"),
+        |st| st["disks"][0]["unshipped_bytes"].as_u64().unwrap_or(0) >= 3 << 20,
+    );
     overwrite(disk, 3 << 20, 2 << 20, 30);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tracker_status(&s.dir, &s.run_dir)["disks"][0]["mode"] != "bitmap" {
-        assert!(Instant::now() < deadline, "no 50% rule while {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        &format!("the 50% rule while {what}"),
+        || s.tracker_status()["disks"][0]["mode"] == "bitmap",
+    );
 }
 
 /// Issue 18 item 6: the 50% rule and the unshipped-bytes figure hold while replication is
 /// paused and while the directory is Critical (moto restarted: the bucket is gone).
 #[test]
 fn the_50_percent_rule_runs_while_paused_and_while_critical() {
-    let mut s = Scene::new(ServerKind::Moto);
+    let mut s = Site::new(ServerKind::Moto);
     let disk = s.dir.join("d.img");
     new_disk(&disk, 8 << 20);
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
+    let tracker = s.mount();
     fill(&disk, 8, 7);
-    let svc = s.service("1s");
-    let first = s.wait_status("the first point", &|st| {
+    let svc = service(&s, "1s");
+    let first = s.wait_status(WAIT, "the first point", |st| {
         st["last_point_id"].as_u64().is_some()
     });
     let first = first["last_point_id"].as_u64().unwrap();
@@ -1912,14 +1339,16 @@ fn the_50_percent_rule_runs_while_paused_and_while_critical() {
         &s.run_dir,
         &s.state,
     ));
-    s.wait_status("the resync point", &|st| {
+    s.wait_status(WAIT, "the resync point", |st| {
         st["health"] == "Normal" && st["last_point_id"].as_u64().is_some_and(|p| p > first)
     });
     s.server.stop();
     s.server.spawn();
-    s.wait_status("Critical (bucket gone)", &|st| st["health"] == "Critical");
+    s.wait_status(WAIT, "Critical (bucket gone)", |st| {
+        st["health"] == "Critical"
+    });
     over_half(&s, &disk, "Critical");
-    s.server.create_bucket("hrle2e");
+    s.server.create_bucket(&s.server.bucket);
     let p = s.sync()["point"].as_u64().unwrap();
     s.stop_service(svc);
     let snap = s.snapshot(p);
@@ -1931,14 +1360,14 @@ fn the_50_percent_rule_runs_while_paused_and_while_critical() {
 /// before a VM gets ENOSPC.
 #[test]
 fn low_free_space_is_a_warning() {
-    let s = Scene::new(ServerKind::Local);
+    let s = Site::new(ServerKind::Local);
     let fs = Tmpfs::on(&s.dir, 32);
     let disk = s.dir.join("d.img");
     new_disk(&disk, 4 << 20);
     std::fs::write(s.dir.join("other-data.bin"), vec![1u8; 30 << 20]).unwrap();
-    let tracker = Tracker::mount(&s.dir, &s.run_dir);
-    let svc = s.service("1s");
-    let st = s.wait_status("the space warning", &|st| {
+    let tracker = s.mount();
+    let svc = service(&s, "1s");
+    let st = s.wait_status(WAIT, "the space warning", |st| {
         st["space_warning"].as_str().is_some() && st["health"] == "Warning"
     });
     assert!(

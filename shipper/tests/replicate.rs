@@ -4,102 +4,40 @@
 //! initial copy, several intervals, restore of every point compared with copies taken at
 //! seal time.
 
-mod common;
+use testkit::*;
 
-use std::path::Path;
-
-use common::*;
-
-struct Setup {
-    _tmp: tempfile::TempDir,
-    dir: std::path::PathBuf,
-    run: std::path::PathBuf,
-    state: std::path::PathBuf,
-    snaps: std::path::PathBuf,
-    tracker: FakeTracker,
-    server: Server,
-}
-
-fn setup(kind: ServerKind) -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("vm1");
-    let run = tmp.path().join("run");
-    let state = tmp.path().join("state");
-    let snaps = tmp.path().join("snaps");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::create_dir_all(&snaps).unwrap();
-    let tracker = FakeTracker::start(&dir, &run);
-    let server = Server::start(kind, "hrltest");
-    Setup {
-        _tmp: tmp,
-        dir,
-        run,
-        state,
-        snaps,
-        tracker,
-        server,
+/// Copies every disk as it is now (what the next point must restore to) into `<tmp>/snaps`.
+fn snapshot(s: &Site, point: u64, disks: &[&str]) {
+    std::fs::create_dir_all(snaps(s)).unwrap();
+    for d in disks {
+        std::fs::copy(s.dir.join(d), snaps(s).join(format!("{point}-{d}"))).unwrap();
     }
 }
 
-impl Setup {
-    fn shipper(&self, args: &[&str]) -> std::process::Output {
-        shipper(args, &self.server.env, &self.run, &self.state)
-    }
-    fn sync(&self) -> serde_json::Value {
-        let out = ok(&self.shipper(&[
-            "sync",
-            "--dir",
-            self.dir.to_str().unwrap(),
-            "--group",
-            "vm1",
-            "--target",
-            &self.server.url,
-            "--json",
-        ]));
-        serde_json::from_str(out.trim()).unwrap()
-    }
-    /// Copies every disk as it is now (what the next point must restore to).
-    fn snapshot(&self, point: u64, disks: &[&str]) {
-        for d in disks {
-            std::fs::copy(self.dir.join(d), self.snaps.join(format!("{point}-{d}"))).unwrap();
-        }
-    }
-    fn restore_and_compare(&self, point: u64, disks: &[&str]) {
-        let to = self.snaps.join(format!("restore-{point}"));
-        ok(&self.shipper(&[
-            "restore",
-            "--target",
-            &self.server.url,
-            "--group",
-            "vm1",
-            "--point",
-            &point.to_string(),
-            "--to",
-            to.to_str().unwrap(),
-        ]));
-        for d in disks {
-            assert_same_file(&to.join(d), &self.snaps.join(format!("{point}-{d}")));
-        }
+fn snaps(s: &Site) -> std::path::PathBuf {
+    s.tmp.path().join("snaps")
+}
+
+fn restore_and_compare(s: &Site, point: u64, disks: &[&str]) {
+    let to = snaps(s).join(format!("restore-{point}"));
+    ok(&s.try_restore(&point.to_string(), &to));
+    for d in disks {
+        assert_same_file(&to.join(d), &snaps(s).join(format!("{point}-{d}")));
     }
 }
 
 /// Pseudo-random bytes (no two blocks alike, so dedup does not hide uploads).
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&[seed])
-        .finalize_xof()
-        .fill(&mut out);
-    out
+fn data(seed: u8, len: usize) -> Vec<u8> {
+    random_bytes(&[seed], len)
 }
 
 fn cycles_restore_every_point(kind: ServerKind) {
-    let s = setup(kind);
+    let s = Site::with_stand_in(kind);
     let disks = ["disk0.img", "disk1.raw"];
-    s.tracker.add_disk(disks[0], 8 << 20);
-    s.tracker.add_disk(disks[1], 4 << 20);
-    s.tracker.write(disks[0], 0, &pattern(1, 1 << 20));
-    s.tracker.write(disks[1], 3 << 20, &pattern(2, 100_000));
+    s.tracker().add_disk(disks[0], 8 << 20);
+    s.tracker().add_disk(disks[1], 4 << 20);
+    s.tracker().write(disks[0], 0, &data(1, 1 << 20));
+    s.tracker().write(disks[1], 3 << 20, &data(2, 100_000));
 
     // Point 1: the initial copies (content written before replication began is in them).
     let r = s.sync();
@@ -107,12 +45,12 @@ fn cycles_restore_every_point(kind: ServerKind) {
     assert_eq!(r["base_copies"].as_array().unwrap().len(), 2);
     // Zero blocks are not stored: disk0 has 4 of 32 blocks with data.
     assert_eq!(r["base_copies"][0]["uploaded_chunks"], 4);
-    s.snapshot(1, &disks);
+    snapshot(&s, 1, &disks);
 
     // Point 2, 3: changes, including a repeated block (coalesced) and a zeroed range.
-    s.tracker.write(disks[0], 5 << 20, &pattern(3, 8192));
-    s.tracker.write(disks[0], 5 << 20, &pattern(4, 8192));
-    s.tracker.write(disks[1], 0, &pattern(5, 4096));
+    s.tracker().write(disks[0], 5 << 20, &data(3, 8192));
+    s.tracker().write(disks[0], 5 << 20, &data(4, 8192));
+    s.tracker().write(disks[1], 0, &data(5, 4096));
     let r = s.sync();
     assert_eq!(r["point"], 2);
     assert_eq!(r["base_copies"].as_array().unwrap().len(), 0);
@@ -121,31 +59,37 @@ fn cycles_restore_every_point(kind: ServerKind) {
         r["log_bytes_coalesced"].as_u64().unwrap() < r["log_bytes_sealed"].as_u64().unwrap(),
         "{r}"
     );
-    s.snapshot(2, &disks);
+    snapshot(&s, 2, &disks);
 
-    s.tracker.write(disks[0], 0, &vec![0u8; 1 << 20]);
-    s.tracker.write(disks[1], 3 << 20, &pattern(6, 1000));
+    s.tracker().write(disks[0], 0, &vec![0u8; 1 << 20]);
+    s.tracker().write(disks[1], 3 << 20, &data(6, 1000));
     let r = s.sync();
     assert_eq!(r["point"], 3);
-    s.snapshot(3, &disks);
-    assert_eq!(s.tracker.pending_count(), 0, "every shipped log is acked");
+    snapshot(&s, 3, &disks);
+    assert_eq!(s.tracker().pending_count(), 0, "every shipped log is acked");
 
     // `points` lists them.
-    let out = ok(&s.shipper(&[
-        "points",
-        "--target",
-        &s.server.url,
-        "--group",
-        "vm1",
-        "--json",
-    ]));
+    let out = ok(&s.shipper(
+        &[
+            "points",
+            "--target",
+            &s.server.url,
+            "--group",
+            "vm1",
+            "--json",
+        ],
+        &[],
+    ));
     let pts: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(pts.as_array().unwrap().len(), 3);
 
     for p in 1..=3 {
-        s.restore_and_compare(p, &disks);
+        restore_and_compare(&s, p, &disks);
     }
-    let out = ok(&s.shipper(&["verify", "--target", &s.server.url, "--group", "vm1"]));
+    let out = ok(&s.shipper(
+        &["verify", "--target", &s.server.url, "--group", "vm1"],
+        &[],
+    ));
     assert!(
         out.contains("3 point(s)") && out.contains("all good"),
         "{out}"
@@ -156,23 +100,26 @@ fn cycles_restore_every_point(kind: ServerKind) {
         std::time::UNIX_EPOCH + std::time::Duration::from_nanos(t2 + 1),
     )
     .to_string();
-    let to = s.snaps.join("restore-by-time");
-    ok(&s.shipper(&[
-        "restore",
-        "--target",
-        &s.server.url,
-        "--group",
-        "vm1",
-        "--point",
-        &when,
-        "--to",
-        to.to_str().unwrap(),
-    ]));
+    let to = snaps(&s).join("restore-by-time");
+    ok(&s.shipper(
+        &[
+            "restore",
+            "--target",
+            &s.server.url,
+            "--group",
+            "vm1",
+            "--point",
+            &when,
+            "--to",
+            to.to_str().unwrap(),
+        ],
+        &[],
+    ));
     for d in &disks {
-        assert_same_file(&to.join(d), &s.snaps.join(format!("2-{d}")));
+        assert_same_file(&to.join(d), &snaps(&s).join(format!("2-{d}")));
     }
     // Restored images are sparse where the source is zero.
-    let restored = s.snaps.join("restore-3").join(disks[0]);
+    let restored = snaps(&s).join("restore-3").join(disks[0]);
     assert!(
         allocated(&restored) < 2 << 20,
         "restored image is not sparse: {} bytes allocated",
@@ -180,7 +127,7 @@ fn cycles_restore_every_point(kind: ServerKind) {
     );
 
     // `status` shows the directory replicating and healthy.
-    let out = ok(&s.shipper(&["status", "--dir", s.dir.to_str().unwrap(), "--json"]));
+    let out = ok(&s.shipper(&["status", "--dir", s.dir.to_str().unwrap(), "--json"], &[]));
     let st: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(st[0]["health"], "Normal");
     assert_eq!(st[0]["last_point_id"], 3);
@@ -190,19 +137,25 @@ fn cycles_restore_every_point(kind: ServerKind) {
     assert!(st[0]["disks"][0]["unshipped_share"].as_f64().unwrap() < 0.01);
 
     // Restoring over existing disks is refused and changes nothing.
-    let to = s.snaps.join("restore-3");
-    let out = s.shipper(&[
-        "restore",
-        "--target",
-        &s.server.url,
-        "--group",
-        "vm1",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let to = snaps(&s).join("restore-3");
+    let out = s.shipper(
+        &[
+            "restore",
+            "--target",
+            &s.server.url,
+            "--group",
+            "vm1",
+            "--to",
+            to.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exists already"));
-    assert_same_file(&to.join(disks[0]), &s.snaps.join(format!("3-{}", disks[0])));
+    assert_same_file(
+        &to.join(disks[0]),
+        &snaps(&s).join(format!("3-{}", disks[0])),
+    );
 }
 
 #[test]
@@ -220,17 +173,15 @@ fn azurite_cycles_restore_every_point() {
     cycles_restore_every_point(ServerKind::Azurite);
 }
 
-fn _unused(_: &Path) {}
-
 /// A block already in the store is not stored again (conditional create reports it exists),
 /// on every store.
 fn identical_disks_share_chunks(kind: ServerKind) {
-    let s = setup(kind);
-    s.tracker.add_disk("a.img", 2 << 20);
-    s.tracker.add_disk("b.img", 2 << 20);
-    let block = pattern(9, 1 << 20);
-    s.tracker.write("a.img", 0, &block);
-    s.tracker.write("b.img", 0, &block);
+    let s = Site::with_stand_in(kind);
+    s.tracker().add_disk("a.img", 2 << 20);
+    s.tracker().add_disk("b.img", 2 << 20);
+    let block = data(9, 1 << 20);
+    s.tracker().write("a.img", 0, &block);
+    s.tracker().write("b.img", 0, &block);
     let r = s.sync();
     let copies = r["base_copies"].as_array().unwrap();
     let uploaded: u64 = copies
@@ -243,8 +194,8 @@ fn identical_disks_share_chunks(kind: ServerKind) {
         .sum();
     // 1 MiB of data = 4 chunks of 256 KiB, stored once for both disks.
     assert_eq!((uploaded, existing), (4, 4), "{r}");
-    s.snapshot(1, &["a.img", "b.img"]);
-    s.restore_and_compare(1, &["a.img", "b.img"]);
+    snapshot(&s, 1, &["a.img", "b.img"]);
+    restore_and_compare(&s, 1, &["a.img", "b.img"]);
 }
 
 #[test]
@@ -265,20 +216,17 @@ fn azurite_identical_disks_share_chunks() {
 /// A log larger than one request (40 MiB of incompressible writes) goes up in parts and
 /// restores exactly.
 fn large_log_uploads_in_parts(kind: ServerKind) {
-    let s = setup(kind);
-    s.tracker.add_disk("big.img", 64 << 20);
+    let s = Site::with_stand_in(kind);
+    s.tracker().add_disk("big.img", 64 << 20);
     s.sync();
     for i in 0..10u64 {
-        s.tracker.write(
-            "big.img",
-            i * (4 << 20) + 512,
-            &pattern(i as u8 + 40, 4 << 20),
-        );
+        s.tracker()
+            .write("big.img", i * (4 << 20) + 512, &data(i as u8 + 40, 4 << 20));
     }
     let r = s.sync();
     assert!(r["log_bytes_uploaded"].as_u64().unwrap() > 40 << 20, "{r}");
-    s.snapshot(2, &["big.img"]);
-    s.restore_and_compare(2, &["big.img"]);
+    snapshot(&s, 2, &["big.img"]);
+    restore_and_compare(&s, 2, &["big.img"]);
 }
 
 #[test]

@@ -2,142 +2,36 @@
 //! away and comes back, wrong credentials, broken chains, damaged objects, typos.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
+use testkit::*;
 
-struct Env {
-    tmp: tempfile::TempDir,
-    dir: PathBuf,
-    run: PathBuf,
-    state: PathBuf,
-    tracker: FakeTracker,
-    server: Server,
-}
-
-fn env(kind: ServerKind) -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("vm1");
-    let run = tmp.path().join("run");
-    let state = tmp.path().join("state");
-    std::fs::create_dir_all(&dir).unwrap();
-    let tracker = FakeTracker::start(&dir, &run);
-    let server = Server::start(kind, "hrlrobust");
-    tracker.add_disk("disk0.img", 4 << 20);
-    Env {
-        tmp,
-        dir,
-        run,
-        state,
-        tracker,
-        server,
-    }
+/// A site served by the stand-in tracker, with one 4 MiB disk `disk0.img`.
+fn site(kind: ServerKind) -> Site {
+    let e = Site::with_stand_in(kind);
+    e.tracker().add_disk("disk0.img", 4 << 20);
+    e
 }
 
 fn data(seed: u8, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&[seed, 3])
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
-
-impl Env {
-    fn shipper_env(&self, args: &[&str], extra: &[(String, String)]) -> std::process::Output {
-        let mut e = self.server.env.clone();
-        e.extend_from_slice(extra);
-        shipper(args, &e, &self.run, &self.state)
-    }
-    fn sync_args(&self) -> Vec<String> {
-        vec![
-            "sync".into(),
-            "--dir".into(),
-            self.dir.to_str().unwrap().into(),
-            "--group".into(),
-            "vm1".into(),
-            "--target".into(),
-            self.server.url.clone(),
-        ]
-    }
-    fn sync(&self, extra: &[(String, String)]) -> std::process::Output {
-        let a = self.sync_args();
-        self.shipper_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), extra)
-    }
-    fn points(&self) -> usize {
-        let out = ok(&self.shipper_env(
-            &[
-                "points",
-                "--target",
-                &self.server.url,
-                "--group",
-                "vm1",
-                "--json",
-            ],
-            &[],
-        ));
-        serde_json::from_str::<serde_json::Value>(&out)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .len()
-    }
-    fn restore(&self, point: &str, to: &Path) -> std::process::Output {
-        self.shipper_env(
-            &[
-                "restore",
-                "--target",
-                &self.server.url,
-                "--group",
-                "vm1",
-                "--point",
-                point,
-                "--to",
-                to.to_str().unwrap(),
-            ],
-            &[],
-        )
-    }
-    fn snapshot(&self, name: &str) -> PathBuf {
-        let p = self.tmp.path().join(name);
-        std::fs::copy(self.dir.join("disk0.img"), &p).unwrap();
-        p
-    }
-    fn status(&self) -> serde_json::Value {
-        let out = ok(&self.shipper_env(
-            &["status", "--dir", self.dir.to_str().unwrap(), "--json"],
-            &[],
-        ));
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
-    }
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    random_bytes(&[seed, 3], len)
 }
 
 /// Runs `sync` stopped at `at` (test hook) and kills it with SIGKILL there.
-fn sync_killed_at(e: &Env, at: &str) {
+fn sync_killed_at(e: &Site, at: &str) {
     let marker = e.state.join(format!("stopped-at-{at}"));
-    let mut sync = Command::new(shipper_bin());
-    sync.args(e.sync_args())
-        .envs(e.server.env.clone())
-        .env("HRL_RUN_DIR", &e.run)
-        .env("HRL_STATE_DIR", &e.state);
-    let st = kill9_at_stop_point(sync, &marker, at);
+    let st = kill9_at_stop_point(e.cmd("sync", &[]), &marker, at);
     assert!(!st.success());
 }
 
 #[test]
 fn kill_between_upload_and_commit_then_next_run_continues() {
-    let e = env(ServerKind::Local);
-    e.tracker.write("disk0.img", 0, &data(1, 100_000));
-    ok(&e.sync(&[]));
-    e.tracker.write("disk0.img", 1 << 20, &data(2, 50_000));
+    let e = site(ServerKind::Local);
+    e.tracker().write("disk0.img", 0, &data(1, 100_000));
+    ok(&e.try_sync(&[]));
+    e.tracker().write("disk0.img", 1 << 20, &data(2, 50_000));
     sync_killed_at(&e, "after-upload");
     assert_eq!(
         e.points(),
@@ -145,60 +39,60 @@ fn kill_between_upload_and_commit_then_next_run_continues() {
         "no point may be committed before its manifest"
     );
     assert!(
-        e.tracker.pending_count() > 0,
+        e.tracker().pending_count() > 0,
         "logs must stay on the host until a point holds them"
     );
-    e.tracker.write("disk0.img", 2 << 20, &data(3, 10_000));
-    ok(&e.sync(&[]));
-    let snap = e.snapshot("after.img");
+    e.tracker().write("disk0.img", 2 << 20, &data(3, 10_000));
+    ok(&e.try_sync(&[]));
+    let snap = e.copy_disk("disk0.img", "after.img");
     assert_eq!(e.points(), 2);
-    assert_eq!(e.tracker.pending_count(), 0);
+    assert_eq!(e.tracker().pending_count(), 0);
     let to = e.tmp.path().join("r");
-    ok(&e.restore("latest", &to));
+    ok(&e.try_restore("latest", &to));
     assert_same_file(&to.join("disk0.img"), &snap);
 }
 
 #[test]
 fn kill_between_commit_and_ack_applies_nothing_twice() {
-    let e = env(ServerKind::Local);
-    e.tracker.write("disk0.img", 0, &data(1, 100_000));
-    ok(&e.sync(&[]));
-    e.tracker.write("disk0.img", 4096, &data(2, 8192));
+    let e = site(ServerKind::Local);
+    e.tracker().write("disk0.img", 0, &data(1, 100_000));
+    ok(&e.try_sync(&[]));
+    e.tracker().write("disk0.img", 4096, &data(2, 8192));
     sync_killed_at(&e, "after-commit");
-    let snap2 = e.snapshot("p2.img");
+    let snap2 = e.copy_disk("disk0.img", "p2.img");
     assert_eq!(e.points(), 2, "the point was committed before the crash");
     assert!(
-        e.tracker.pending_count() > 0,
+        e.tracker().pending_count() > 0,
         "the crash came before the ack"
     );
     // An overlapping write: replaying the committed log twice would be visible if the old
     // write landed after this one.
-    e.tracker.write("disk0.img", 0, &data(4, 16384));
-    ok(&e.sync(&[]));
-    let snap3 = e.snapshot("p3.img");
+    e.tracker().write("disk0.img", 0, &data(4, 16384));
+    ok(&e.try_sync(&[]));
+    let snap3 = e.copy_disk("disk0.img", "p3.img");
     assert_eq!(e.points(), 3);
     assert_eq!(
-        e.tracker.pending_count(),
+        e.tracker().pending_count(),
         0,
         "committed logs are acked by the next run"
     );
     for (p, snap) in [("2", &snap2), ("3", &snap3)] {
         let to = e.tmp.path().join(format!("r{p}"));
-        ok(&e.restore(p, &to));
+        ok(&e.try_restore(p, &to));
         assert_same_file(&to.join("disk0.img"), snap);
     }
 }
 
 #[test]
 fn broken_chain_is_critical_until_resync() {
-    let e = env(ServerKind::Local);
-    e.tracker.write("disk0.img", 0, &data(1, 100_000));
-    ok(&e.sync(&[]));
-    e.tracker.write("disk0.img", 8192, &data(2, 4096));
-    e.tracker.seal_now();
-    e.tracker.lose_sealed_log("disk0.img");
-    e.tracker.write("disk0.img", 16384, &data(3, 4096));
-    let out = e.sync(&[]);
+    let e = site(ServerKind::Local);
+    e.tracker().write("disk0.img", 0, &data(1, 100_000));
+    ok(&e.try_sync(&[]));
+    e.tracker().write("disk0.img", 8192, &data(2, 4096));
+    e.tracker().seal_now();
+    e.tracker().lose_sealed_log("disk0.img");
+    e.tracker().write("disk0.img", 16384, &data(3, 4096));
+    let out = e.try_sync(&[]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -210,25 +104,25 @@ fn broken_chain_is_critical_until_resync() {
     assert_eq!(st["health"], "Critical");
     assert_eq!(st["disks"][0]["state"], "resync_required");
     // The operator's resync takes a new base; only changed chunks upload.
-    let mut a = e.sync_args();
+    let mut a = e.args("sync");
     a.push("--resync".into());
     a.push("--json".into());
-    let out = ok(&e.shipper_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+    let out = ok(&e.shipper(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
     let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(r["base_copies"][0]["uploaded_chunks"], 1, "{r}");
-    let snap = e.snapshot("s.img");
+    let snap = e.copy_disk("disk0.img", "s.img");
     assert_eq!(e.status()["health"], "Normal");
     let to = e.tmp.path().join("r");
-    ok(&e.restore("latest", &to));
+    ok(&e.try_restore("latest", &to));
     assert_same_file(&to.join("disk0.img"), &snap);
 }
 
 #[test]
 fn truncated_sealed_log_is_refused_and_nothing_is_committed() {
-    let e = env(ServerKind::Local);
-    ok(&e.sync(&[]));
-    e.tracker.write("disk0.img", 0, &data(5, 200_000));
-    e.tracker.seal_now();
+    let e = site(ServerKind::Local);
+    ok(&e.try_sync(&[]));
+    e.tracker().write("disk0.img", 0, &data(5, 200_000));
+    e.tracker().seal_now();
     let log = std::fs::read_dir(&e.dir)
         .unwrap()
         .map(|x| x.unwrap().path())
@@ -246,7 +140,7 @@ fn truncated_sealed_log_is_refused_and_nothing_is_committed() {
         .unwrap()
         .set_len(len - 100)
         .unwrap();
-    let out = e.sync(&[]);
+    let out = e.try_sync(&[]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -258,14 +152,14 @@ fn truncated_sealed_log_is_refused_and_nothing_is_committed() {
 
 #[test]
 fn damaged_objects_in_the_store_fail_restore_cleanly() {
-    let e = env(ServerKind::Local);
-    e.tracker.write("disk0.img", 0, &data(1, 300_000));
-    ok(&e.sync(&[]));
-    e.tracker.write("disk0.img", 0, &data(2, 5000));
-    ok(&e.sync(&[]));
-    let store = PathBuf::from(e.server.url.trim_start_matches("file://")).join("vm1");
+    let e = site(ServerKind::Local);
+    e.tracker().write("disk0.img", 0, &data(1, 300_000));
+    ok(&e.try_sync(&[]));
+    e.tracker().write("disk0.img", 0, &data(2, 5000));
+    ok(&e.try_sync(&[]));
+    let store = e.store_group();
     let verify = || {
-        e.shipper_env(
+        e.shipper(
             &["verify", "--target", &e.server.url, "--group", "vm1"],
             &[],
         )
@@ -278,7 +172,7 @@ fn damaged_objects_in_the_store_fail_restore_cleanly() {
     bytes[n / 2] ^= 0xff;
     std::fs::write(&chunk, &bytes).unwrap();
     let to = e.tmp.path().join("r1");
-    let out = e.restore("latest", &to);
+    let out = e.try_restore("latest", &to);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
     assert!(
@@ -306,7 +200,7 @@ fn damaged_objects_in_the_store_fail_restore_cleanly() {
     let b = std::fs::read(&log).unwrap();
     std::fs::write(&log, &b[..b.len() / 2]).unwrap();
     let to = e.tmp.path().join("r2");
-    let out = e.restore("latest", &to);
+    let out = e.try_restore("latest", &to);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("damaged") || stderr(&out).contains("verify"),
@@ -323,7 +217,7 @@ fn damaged_objects_in_the_store_fail_restore_cleanly() {
         b"{not json",
     )
     .unwrap();
-    let out = e.restore("2", &e.tmp.path().join("r3"));
+    let out = e.try_restore("2", &e.tmp.path().join("r3"));
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("recovery point 2") && stderr(&out).contains("damaged"),
@@ -348,8 +242,8 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn bad_urls_and_config_typos_are_clear_errors() {
-    let e = env(ServerKind::Local);
-    let out = e.shipper_env(
+    let e = site(ServerKind::Local);
+    let out = e.shipper(
         &[
             "sync",
             "--dir",
@@ -377,14 +271,14 @@ fn bad_urls_and_config_typos_are_clear_errors() {
         ),
     )
     .unwrap();
-    let out = e.shipper_env(&["run", "--config", cfg.to_str().unwrap()], &[]);
+    let out = e.shipper(&["run", "--config", cfg.to_str().unwrap()], &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
         err.contains("intreval") && err.contains(cfg.to_str().unwrap()),
         "{err}"
     );
-    let out = e.restore("7", &e.tmp.path().join("r"));
+    let out = e.try_restore("7", &e.tmp.path().join("r"));
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("no recovery points"),
@@ -395,12 +289,12 @@ fn bad_urls_and_config_typos_are_clear_errors() {
 
 #[test]
 fn wrong_credentials_are_critical_without_retry_storm() {
-    let e = env(ServerKind::Azurite);
+    let e = site(ServerKind::Azurite);
     let wrong = vec![(
         "AZURE_STORAGE_ACCOUNT_KEY".to_string(),
         "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=".to_string(),
     )];
-    let out = e.sync(&wrong);
+    let out = e.try_sync(&wrong);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("refused the credentials"),
@@ -409,44 +303,23 @@ fn wrong_credentials_are_critical_without_retry_storm() {
     );
     assert_eq!(e.status()["health"], "Critical", "{}", stderr(&out));
     // The service stops the directory in Critical and does not retry on the back-off.
-    let mut envs = e.server.env.clone();
-    envs.extend(wrong);
     let log = e.tmp.path().join("run.log");
-    let child = Command::new(shipper_bin())
-        .args([
-            "run",
-            "--dir",
-            e.dir.to_str().unwrap(),
-            "--group",
-            "vm1",
-            "--target",
-            &e.server.url,
-            "--interval",
-            "1s",
-            "--retry-unit",
-            "1s",
-        ])
-        .envs(envs)
-        .env("HRL_RUN_DIR", &e.run)
-        .env("HRL_STATE_DIR", &e.state)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let child = KillOnDrop(child);
+    let child = e.spawn_service(
+        &["--interval", "1s", "--retry-unit", "1s"],
+        &wrong,
+        Some(&log),
+    );
     // Wait for the service's own verdict, then give it several intervals and retry units in
     // which a retry storm would show.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("replication stopped (Critical)")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the service never stopped in Critical"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        "the service to stop in Critical",
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("replication stopped (Critical)")
+        },
+    );
     std::thread::sleep(Duration::from_secs(5));
     let st = e.status();
     assert_eq!(st["health"], "Critical");
@@ -463,64 +336,20 @@ fn wrong_credentials_are_critical_without_retry_storm() {
 
 #[test]
 fn store_outage_backs_off_with_warning_then_recovers() {
-    let mut e = env(ServerKind::Azurite);
-    e.tracker.write("disk0.img", 0, &data(1, 100_000));
-    let child = Command::new(shipper_bin())
-        .args([
-            "run",
-            "--dir",
-            e.dir.to_str().unwrap(),
-            "--group",
-            "vm1",
-            "--target",
-            &e.server.url,
-            "--interval",
-            "1s",
-            "--retry-unit",
-            "1s",
-        ])
-        .envs(e.server.env.clone())
-        .env("HRL_RUN_DIR", &e.run)
-        .env("HRL_STATE_DIR", &e.state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let wait_for = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = serde_json::Value::Null;
-        loop {
-            if let Ok(out) = Command::new(shipper_bin())
-                .args(["status", "--dir", e.dir.to_str().unwrap(), "--json"])
-                .env("HRL_STATE_DIR", &e.state)
-                .output()
-            {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-                    if f(&v[0]) {
-                        return v[0].clone();
-                    }
-                    last = v[0].clone();
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; status: {last:#}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    wait_for("the first point", &|s| {
+    let mut e = site(ServerKind::Azurite);
+    e.tracker().write("disk0.img", 0, &data(1, 100_000));
+    let mut child = e.service(&["--interval", "1s", "--retry-unit", "1s"]);
+    e.wait_status(Duration::from_secs(60), "the first point", |s| {
         s["last_point_id"].as_u64().is_some_and(|p| p >= 1)
     });
     e.server.stop();
-    e.tracker.write("disk0.img", 1 << 20, &data(2, 70_000));
-    let st = wait_for("a warning", &|s| {
+    e.tracker().write("disk0.img", 1 << 20, &data(2, 70_000));
+    let st = e.wait_status(Duration::from_secs(60), "a warning", |s| {
         s["health"] == "Warning" && !s["next_retry_ns"].is_null()
     });
     assert!(st["last_error"].as_str().unwrap().len() > 10);
     let first_point = st["last_point_id"].as_u64().unwrap();
-    let st = wait_for("back-off to grow", &|s| {
+    let st = e.wait_status(Duration::from_secs(60), "back-off to grow", |s| {
         s["attempt"].as_u64().is_some_and(|a| a >= 2)
     });
     assert_eq!(st["health"], "Warning");
@@ -531,8 +360,8 @@ fn store_outage_backs_off_with_warning_then_recovers() {
     );
     assert!(st["last_point_id"].as_u64().unwrap() == first_point);
     e.server.spawn();
-    e.tracker.write("disk0.img", 2 << 20, &data(3, 30_000));
-    let st = wait_for("recovery", &|s| {
+    e.tracker().write("disk0.img", 2 << 20, &data(3, 30_000));
+    let st = e.wait_status(Duration::from_secs(60), "recovery", |s| {
         s["health"] == "Normal"
             && s["last_point_id"]
                 .as_u64()
@@ -540,28 +369,17 @@ fn store_outage_backs_off_with_warning_then_recovers() {
     });
     assert!(st["last_error"].is_null());
     // SIGTERM stops the service cleanly.
-    let pid = child.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(c) = child.0.try_wait().unwrap() {
-            break c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the service did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    signal(child.id(), "TERM");
+    let code = wait_exit(
+        &mut child.0,
+        Duration::from_secs(20),
+        "the service after SIGTERM",
+    );
     assert!(code.success(), "{code}");
-    ok(&e.sync(&[]));
-    let snap = e.snapshot("s.img");
+    ok(&e.try_sync(&[]));
+    let snap = e.copy_disk("disk0.img", "s.img");
     let to = e.tmp.path().join("r");
-    ok(&e.restore("latest", &to));
+    ok(&e.try_restore("latest", &to));
     assert_same_file(&to.join("disk0.img"), &snap);
 }
 
@@ -595,16 +413,16 @@ fn run_with_config_protects_every_directory_and_stops_on_sigterm() {
         ),
     )
     .unwrap();
-    let child = Command::new(shipper_bin())
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .env("HRL_RUN_DIR", &run)
-        .env("HRL_STATE_DIR", &state)
+    let mut child = KillOnDrop::spawn(
+        shipper_command(
+            &["run", "--config", cfg.to_str().unwrap()],
+            &[],
+            &run,
+            &state,
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
+        .stderr(Stdio::null()),
+    );
     let points = |group: &str| {
         let out = shipper(
             &[
@@ -624,26 +442,17 @@ fn run_with_config_protects_every_directory_and_stops_on_sigterm() {
             .and_then(|v| v.as_array().map(Vec::len))
             .unwrap_or(0)
     };
-    while points("vma") < 3 || points("second") < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the service did not keep both directories replicating"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.0.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the service did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(
+        Duration::from_secs(60),
+        "the service to keep both directories replicating",
+        || points("vma") >= 3 && points("second") >= 2,
+    );
+    signal(child.id(), "TERM");
+    wait_exit(
+        &mut child.0,
+        Duration::from_secs(20),
+        "the service after SIGTERM",
+    );
     let out = ok(&shipper(&["status", "--json"], &[], &run, &state));
     let st: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(st.as_array().unwrap().len(), 2);
@@ -674,12 +483,12 @@ fn run_with_config_protects_every_directory_and_stops_on_sigterm() {
 
 #[test]
 fn pause_stops_cycles_until_resume() {
-    let e = env(ServerKind::Local);
-    e.tracker.write("disk0.img", 0, &data(1, 10_000));
-    ok(&e.sync(&[]));
+    let e = site(ServerKind::Local);
+    e.tracker().write("disk0.img", 0, &data(1, 10_000));
+    ok(&e.try_sync(&[]));
     let d = e.dir.to_str().unwrap();
-    ok(&e.shipper_env(&["pause", "--dir", d], &[]));
-    let out = e.sync(&[]);
+    ok(&e.shipper(&["pause", "--dir", d], &[]));
+    let out = e.try_sync(&[]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("paused") && stderr(&out).contains("resume"),
@@ -690,44 +499,22 @@ fn pause_stops_cycles_until_resume() {
     assert_eq!(st["paused"], true);
     assert_eq!(st["disks"][0]["state"], "paused");
     // The service skips cycles while paused, and picks up on resume.
-    let child = Command::new(shipper_bin())
-        .args([
-            "run",
-            "--dir",
-            d,
-            "--group",
-            "vm1",
-            "--target",
-            &e.server.url,
-            "--interval",
-            "1s",
-            "--retry-unit",
-            "1s",
-        ])
-        .env("HRL_RUN_DIR", &e.run)
-        .env("HRL_STATE_DIR", &e.state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _child = KillOnDrop(child);
-    e.tracker.write("disk0.img", 8192, &data(2, 10_000));
+    let _child = e.service(&["--interval", "1s", "--retry-unit", "1s"]);
+    e.tracker().write("disk0.img", 8192, &data(2, 10_000));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(e.points(), 1, "a paused directory must not ship");
-    ok(&e.shipper_env(&["resume", "--dir", d], &[]));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while e.points() < 2 {
-        assert!(Instant::now() < deadline, "no point after resume");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    ok(&e.shipper(&["resume", "--dir", d], &[]));
+    wait_until(Duration::from_secs(30), "a point after resume", || {
+        e.points() >= 2
+    });
     assert_eq!(e.status()["disks"][0]["state"], "replicating");
 }
 
 /// A missing bucket or container is not something waiting fixes: Critical, with its name.
 fn missing_bucket_is_critical(kind: ServerKind, url: &str) {
-    let e = env(kind);
-    e.tracker.write("disk0.img", 0, &data(1, 10_000));
-    let out = e.shipper_env(
+    let e = site(kind);
+    e.tracker().write("disk0.img", 0, &data(1, 10_000));
+    let out = e.shipper(
         &["sync", "--dir", e.dir.to_str().unwrap(), "--target", url],
         &[],
     );
@@ -754,39 +541,16 @@ fn azurite_missing_container_is_critical() {
 /// racing it for the same point.
 #[test]
 fn sync_beside_the_running_service_does_not_race() {
-    let e = env(ServerKind::Local);
-    e.tracker.write("disk0.img", 0, &data(1, 10_000));
-    let d = e.dir.to_str().unwrap();
-    let child = Command::new(shipper_bin())
-        .args([
-            "run",
-            "--dir",
-            d,
-            "--group",
-            "vm1",
-            "--target",
-            &e.server.url,
-            "--interval",
-            "100ms",
-            "--retry-unit",
-            "1s",
-        ])
-        .env("HRL_RUN_DIR", &e.run)
-        .env("HRL_STATE_DIR", &e.state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _child = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while e.points() < 1 {
-        assert!(Instant::now() < deadline, "the service made no point");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let e = site(ServerKind::Local);
+    e.tracker().write("disk0.img", 0, &data(1, 10_000));
+    let _child = e.service(&["--interval", "100ms", "--retry-unit", "1s"]);
+    wait_until(Duration::from_secs(30), "the service's first point", || {
+        e.points() >= 1
+    });
     for i in 0..8u8 {
-        e.tracker
+        e.tracker()
             .write("disk0.img", u64::from(i) * 8192, &data(i + 2, 8192));
-        let out = e.sync(&[]);
+        let out = e.try_sync(&[]);
         assert!(
             out.status.success(),
             "sync {i} failed beside the service: {}",
@@ -802,12 +566,12 @@ fn sync_beside_the_running_service_does_not_race() {
 /// service, reading only the marked blocks.
 #[test]
 fn resync_waits_for_its_window_unless_requested() {
-    let e = env(ServerKind::Local);
-    e.tracker.write("disk0.img", 0, &data(1, 100_000));
-    ok(&e.sync(&[]));
-    e.tracker
+    let e = site(ServerKind::Local);
+    e.tracker().write("disk0.img", 0, &data(1, 100_000));
+    ok(&e.try_sync(&[]));
+    e.tracker()
         .set_mode("disk0.img", hrl::control::DiskMode::Bitmap);
-    e.tracker.write("disk0.img", 1 << 20, &data(2, 50_000));
+    e.tracker().write("disk0.img", 1 << 20, &data(2, 50_000));
     let hour: u32 = String::from_utf8(Command::new("date").arg("+%H").output().unwrap().stdout)
         .unwrap()
         .trim()
@@ -815,50 +579,36 @@ fn resync_waits_for_its_window_unless_requested() {
         .unwrap();
     let window = format!("{:02}:00-{:02}:00", (hour + 2) % 24, (hour + 3) % 24);
     let log = e.tmp.path().join("run.log");
-    let child = Command::new(shipper_bin())
-        .args([
-            "run",
-            "--dir",
-            e.dir.to_str().unwrap(),
-            "--group",
-            "vm1",
-            "--target",
-            &e.server.url,
+    let child = e.spawn_service(
+        &[
             "--interval",
             "1s",
-        ])
-        .args(["--retry-unit", "1s", "--resync-window", &window])
-        .env("HRL_RUN_DIR", &e.run)
-        .env("HRL_STATE_DIR", &e.state)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let child = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let st = loop {
-        let st = e.status();
-        if st["last_error"]
-            .as_str()
-            .is_some_and(|m| m.contains("waits for the resync window"))
-        {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the service did not defer the resync: {st:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+            "--retry-unit",
+            "1s",
+            "--resync-window",
+            &window,
+        ],
+        &[],
+        Some(&log),
+    );
+    let st = e.wait_status(
+        Duration::from_secs(60),
+        "the service to defer the resync",
+        |st| {
+            st["last_error"]
+                .as_str()
+                .is_some_and(|m| m.contains("waits for the resync window"))
+        },
+    );
     assert_eq!(st["health"], "Warning");
     assert_eq!(st["disks"][0]["state"], "resync_required", "{st:#}");
     assert!(st["disks"][0]["resync_reason"].is_string(), "{st:#}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(e.points(), 1, "no point while the resync waits");
-    let mut a = e.sync_args();
+    let mut a = e.args("sync");
     a[0] = "resync".into();
     a.extend(["--now".into(), "--json".into()]);
-    let out = ok(&e.shipper_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+    let out = ok(&e.shipper(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
     drop(child);
     let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(r["base_copies"].as_array().unwrap().len(), 1, "{r}");
@@ -868,11 +618,11 @@ fn resync_waits_for_its_window_unless_requested() {
     assert_eq!(rs["bytes_read"], 256 * 1024, "{r}");
     assert_eq!(rs["blocks_differing"], 1, "{r}");
     assert!(rs["bytes_sent"].as_u64().unwrap() > 0, "{r}");
-    let snap = e.snapshot("s.img");
+    let snap = e.copy_disk("disk0.img", "s.img");
     let to = e.tmp.path().join("r");
-    ok(&e.restore("latest", &to));
+    ok(&e.try_restore("latest", &to));
     assert_same_file(&to.join("disk0.img"), &snap);
-    let bad = e.shipper_env(
+    let bad = e.shipper(
         &[
             "run",
             "--dir",
@@ -892,53 +642,25 @@ fn resync_waits_for_its_window_unless_requested() {
 /// `resync --resume` lets the service run it, and the replica is exact.
 #[test]
 fn resync_pause_and_resume() {
-    let e = env(ServerKind::Local);
-    e.tracker.write("disk0.img", 0, &data(1, 100_000));
-    ok(&e.sync(&[]));
-    e.tracker
+    let e = site(ServerKind::Local);
+    e.tracker().write("disk0.img", 0, &data(1, 100_000));
+    ok(&e.try_sync(&[]));
+    e.tracker()
         .set_mode("disk0.img", hrl::control::DiskMode::Bitmap);
-    e.tracker.write("disk0.img", 2 << 20, &data(4, 70_000));
+    e.tracker().write("disk0.img", 2 << 20, &data(4, 70_000));
     let dir = e.dir.to_str().unwrap().to_string();
-    let out = ok(&e.shipper_env(&["resync", "--dir", &dir, "--pause"], &[]));
+    let out = ok(&e.shipper(&["resync", "--dir", &dir, "--pause"], &[]));
     assert!(out.contains("paused"), "{out}");
-    let child = Command::new(shipper_bin())
-        .args([
-            "run",
-            "--dir",
-            &dir,
-            "--group",
-            "vm1",
-            "--target",
-            &e.server.url,
-        ])
-        .args([
-            "--interval",
-            "1s",
-            "--retry-unit",
-            "1s",
-            "--resync-window",
-            "any",
-        ])
-        .env("HRL_RUN_DIR", &e.run)
-        .env("HRL_STATE_DIR", &e.state)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _child = KillOnDrop(child);
+    let _child = e.service(&[
+        "--interval",
+        "1s",
+        "--retry-unit",
+        "1s",
+        "--resync-window",
+        "any",
+    ]);
     let wait = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let st = e.status();
-            if f(&st) {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {st:#}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        e.wait_status(Duration::from_secs(60), what, f)
     };
     let st = wait("the paused resync", &|st| {
         st["last_error"]
@@ -948,64 +670,37 @@ fn resync_pause_and_resume() {
     assert_eq!(st["health"], "Warning");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(e.points(), 1, "no point while resyncs are paused");
-    let out = ok(&e.shipper_env(&["resync", "--dir", &dir, "--resume"], &[]));
+    let out = ok(&e.shipper(&["resync", "--dir", &dir, "--resume"], &[]));
     assert!(out.contains("resumed"), "{out}");
     let st = wait("the resync point", &|st| {
         st["last_point_id"].as_u64().is_some_and(|p| p >= 2) && st["health"] == "Normal"
     });
     assert_eq!(st["disks"][0]["last_resync"]["kind"], "targeted", "{st:#}");
     drop(_child);
-    let snap = e.snapshot("s.img");
+    let snap = e.copy_disk("disk0.img", "s.img");
     let to = e.tmp.path().join("r");
-    ok(&e.restore("latest", &to));
+    ok(&e.try_restore("latest", &to));
     assert_same_file(&to.join("disk0.img"), &snap);
-}
-
-fn local_store(e: &Env) -> PathBuf {
-    PathBuf::from(e.server.url.trim_start_matches("file://")).join("vm1")
-}
-
-fn manifest_path(e: &Env, id: u64) -> PathBuf {
-    local_store(e).join("points").join(format!("{id:020}.json"))
-}
-
-fn manifest(e: &Env, id: u64) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(manifest_path(e, id)).unwrap()).unwrap()
-}
-
-fn verify_point(e: &Env, point: &str) -> std::process::Output {
-    e.shipper_env(
-        &[
-            "verify",
-            "--target",
-            &e.server.url,
-            "--group",
-            "vm1",
-            "--point",
-            point,
-        ],
-        &[],
-    )
 }
 
 /// `verify` fails on every point restore refuses: here a point whose recorded size is not
 /// the size its base and logs restore to (what the old seal recorded after a shrink).
 #[test]
 fn verify_fails_on_a_point_restore_refuses_for_its_size() {
-    let e = env(ServerKind::Local);
-    e.tracker.write("disk0.img", 0, &data(1, 100_000));
-    ok(&e.sync(&[]));
-    e.tracker.write("disk0.img", 8192, &data(2, 5000));
-    ok(&e.sync(&[]));
-    assert!(verify_point(&e, "2").status.success());
-    let mut m = manifest(&e, 2);
+    let e = site(ServerKind::Local);
+    e.tracker().write("disk0.img", 0, &data(1, 100_000));
+    ok(&e.try_sync(&[]));
+    e.tracker().write("disk0.img", 8192, &data(2, 5000));
+    ok(&e.try_sync(&[]));
+    assert!(e.verify("2").status.success());
+    let mut m = e.manifest(2);
     let size = m["disks"][0]["disk_size"].as_u64().unwrap();
     m["disks"][0]["disk_size"] = (size + 4096).into();
-    std::fs::write(manifest_path(&e, 2), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
-    let out = e.restore("2", &e.tmp.path().join("r"));
+    std::fs::write(e.manifest_path(2), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let out = e.try_restore("2", &e.tmp.path().join("r"));
     assert!(!out.status.success());
     assert!(stderr(&out).contains("restores to"), "{}", stderr(&out));
-    let out = verify_point(&e, "2");
+    let out = e.verify("2");
     assert!(
         !out.status.success(),
         "verify passed a point restore refuses"
@@ -1023,18 +718,18 @@ fn verify_fails_on_a_point_restore_refuses_for_its_size() {
 /// point is the disk.
 #[test]
 fn lost_store_objects_block_the_next_point_and_resync_repairs_them() {
-    let e = env(ServerKind::Local);
-    let store = local_store(&e);
-    e.tracker.write("disk0.img", 0, &data(1, 3 << 20));
-    ok(&e.sync(&[]));
+    let e = site(ServerKind::Local);
+    let store = e.store_group();
+    e.tracker().write("disk0.img", 0, &data(1, 3 << 20));
+    ok(&e.try_sync(&[]));
     for (i, what) in ["chunk", "log", "index"].iter().enumerate() {
         let seed = 10 * i as u8;
         // A point with a log on top of its base.
-        e.tracker
+        e.tracker()
             .write("disk0.img", 3 << 20, &data(seed + 1, 50_000));
-        ok(&e.sync(&[]));
+        ok(&e.try_sync(&[]));
         let last = e.points() as u64;
-        let m = manifest(&e, last);
+        let m = e.manifest(last);
         let d = &m["disks"][0];
         assert!(
             d["last_seq"].as_u64() > d["base"]["after_seq"].as_u64(),
@@ -1069,9 +764,9 @@ fn lost_store_objects_block_the_next_point_and_resync_repairs_them() {
         for v in &victims {
             std::fs::remove_file(v).unwrap();
         }
-        e.tracker
+        e.tracker()
             .write("disk0.img", 1 << 20, &data(seed + 2, 70_000));
-        let out = e.sync(&[]);
+        let out = e.try_sync(&[]);
         assert!(
             !out.status.success(),
             "lost {what}: a point was committed that cannot be restored"
@@ -1084,20 +779,20 @@ fn lost_store_objects_block_the_next_point_and_resync_repairs_them() {
         assert_eq!(e.points() as u64, last, "lost {what}");
         assert_eq!(e.status()["health"], "Critical", "lost {what}");
         // The repair.
-        let mut a = e.sync_args();
+        let mut a = e.args("sync");
         a.push("--resync".into());
-        ok(&e.shipper_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+        ok(&e.shipper(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
         if *what == "chunk" {
             assert!(
                 victims[0].exists(),
                 "resync did not upload the lost chunk again"
             );
         }
-        let v = verify_point(&e, "latest");
+        let v = e.verify("latest");
         assert!(v.status.success(), "lost {what}: {}", stderr(&v));
-        let snap = e.snapshot(&format!("s{i}.img"));
+        let snap = e.copy_disk("disk0.img", &format!("s{i}.img"));
         let to = e.tmp.path().join(format!("r{i}"));
-        ok(&e.restore("latest", &to));
+        ok(&e.try_restore("latest", &to));
         assert_same_file(&to.join("disk0.img"), &snap);
         assert_eq!(e.status()["health"], "Normal", "lost {what}");
     }
@@ -1109,25 +804,21 @@ fn lost_store_objects_block_the_next_point_and_resync_repairs_them() {
 /// every other test running on it.)
 #[test]
 fn a_time_lookup_after_a_clock_step_back_returns_the_point_of_that_time() {
-    let e = env(ServerKind::Local);
+    let e = site(ServerKind::Local);
     for i in 0..3u8 {
-        e.tracker
+        e.tracker()
             .write("disk0.img", 4096 * u64::from(i), &data(i, 4096));
-        ok(&e.sync(&[]));
+        ok(&e.try_sync(&[]));
     }
-    let t2 = manifest(&e, 2)["time_ns"].as_u64().unwrap();
-    let mut m3 = manifest(&e, 3);
+    let t2 = e.manifest(2)["time_ns"].as_u64().unwrap();
+    let mut m3 = e.manifest(3);
     m3["time_ns"] = (t2 - 3_600_000_000_000).into();
-    std::fs::write(
-        manifest_path(&e, 3),
-        serde_json::to_vec_pretty(&m3).unwrap(),
-    )
-    .unwrap();
+    std::fs::write(e.manifest_path(3), serde_json::to_vec_pretty(&m3).unwrap()).unwrap();
     let at = humantime::format_rfc3339_nanos(std::time::UNIX_EPOCH + Duration::from_nanos(t2))
         .to_string();
-    let out = ok(&e.restore(&at, &e.tmp.path().join("r")));
+    let out = ok(&e.try_restore(&at, &e.tmp.path().join("r")));
     assert!(out.contains("restored point 2 "), "{out}");
-    let list = ok(&e.shipper_env(
+    let list = ok(&e.shipper(
         &["points", "--target", &e.server.url, "--group", "vm1"],
         &[],
     ));
@@ -1136,11 +827,11 @@ fn a_time_lookup_after_a_clock_step_back_returns_the_point_of_that_time() {
         .find(|l| l.trim_start().starts_with("3 "))
         .unwrap();
     assert!(line3.contains("went back"), "{list}");
-    ok(&e.restore("3", &e.tmp.path().join("r3")));
+    ok(&e.try_restore("3", &e.tmp.path().join("r3")));
 }
 
 /// The environment of `e`'s moto server with the shipper sent through `proxy`.
-fn through(e: &Env, proxy: &proxy::FaultyProxy) -> Vec<(String, String)> {
+fn through(e: &Site, proxy: &proxy::FaultyProxy) -> Vec<(String, String)> {
     e.server
         .env
         .iter()
@@ -1159,7 +850,7 @@ fn through(e: &Env, proxy: &proxy::FaultyProxy) -> Vec<(String, String)> {
 /// not "committed by another shipper", Critical, stopped for good.
 #[test]
 fn a_lost_reply_to_the_manifest_put_still_commits_the_point() {
-    let e = env(ServerKind::Moto);
+    let e = site(ServerKind::Moto);
     let proxy = proxy::FaultyProxy::start(e.server.port);
     proxy.add(proxy::Rule {
         method: "PUT",
@@ -1168,39 +859,29 @@ fn a_lost_reply_to_the_manifest_put_still_commits_the_point() {
         times: 1,
     });
     let env = through(&e, &proxy);
-    e.tracker.write("disk0.img", 0, &data(1, 100_000));
-    let a = e.sync_args();
+    e.tracker().write("disk0.img", 0, &data(1, 100_000));
+    let a = e.args("sync");
     let args: Vec<&str> = a.iter().map(String::as_str).collect();
-    let out = shipper(&args, &env, &e.run, &e.state);
+    let out = shipper(&args, &env, &e.run_dir, &e.state);
     assert_eq!(proxy.faults(), 1, "the manifest's reply was never lost");
     ok(&out);
     assert_eq!(e.points(), 1);
     assert_eq!(e.status()["health"], "Normal");
-    e.tracker.write("disk0.img", 50_000, &data(2, 20_000));
-    ok(&shipper(&args, &env, &e.run, &e.state));
+    e.tracker().write("disk0.img", 50_000, &data(2, 20_000));
+    ok(&shipper(&args, &env, &e.run_dir, &e.state));
     assert_eq!(e.points(), 2);
     let to = e.tmp.path().join("r");
-    ok(&e.restore("latest", &to));
-    assert_same_file(&to.join("disk0.img"), &e.snapshot("s.img"));
+    ok(&e.try_restore("latest", &to));
+    assert_same_file(&to.join("disk0.img"), &e.copy_disk("disk0.img", "s.img"));
 }
 
 /// Incomplete multipart uploads of moto's bucket (ListMultipartUploads).
 fn multipart_uploads(port: u16, bucket: &str) -> usize {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(format!(
-            "import urllib.request\nprint(urllib.request.urlopen('http://127.0.0.1:{port}/{bucket}?uploads').read().decode())"
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .matches("<UploadId>")
-        .count()
+    run(Command::new("python3").arg("-c").arg(format!(
+        "import urllib.request\nprint(urllib.request.urlopen('http://127.0.0.1:{port}/{bucket}?uploads').read().decode())"
+    )))
+    .matches("<UploadId>")
+    .count()
 }
 
 /// A multipart upload of a large log that fails part way (the store refuses one part) is
@@ -1208,25 +889,25 @@ fn multipart_uploads(port: u16, bucket: &str) -> usize {
 /// The cycle reports a recoverable error, and the next one ships the log.
 #[test]
 fn a_failed_multipart_upload_is_aborted() {
-    let e = env(ServerKind::Moto);
+    let e = site(ServerKind::Moto);
     let proxy = proxy::FaultyProxy::start(e.server.port);
     let env = through(&e, &proxy);
-    let a = e.sync_args();
+    let a = e.args("sync");
     let args: Vec<&str> = a.iter().map(String::as_str).collect();
-    ok(&shipper(&args, &env, &e.run, &e.state));
+    ok(&shipper(&args, &env, &e.run_dir, &e.state));
     // 40 MiB of incompressible data: a log above the single-PUT limit, in three parts.
-    e.tracker.write("disk0.img", 0, &data(5, 40 << 20));
+    e.tracker().write("disk0.img", 0, &data(5, 40 << 20));
     proxy.add(proxy::Rule {
         method: "PUT",
         contains: "partNumber=2".into(),
         fault: proxy::Fault::Refuse,
         times: 1000,
     });
-    let out = shipper(&args, &env, &e.run, &e.state);
+    let out = shipper(&args, &env, &e.run_dir, &e.state);
     assert!(!out.status.success(), "the upload did not fail");
     assert!(proxy.faults() > 0);
     assert_eq!(
-        multipart_uploads(e.server.port, "hrlrobust"),
+        multipart_uploads(e.server.port, &e.server.bucket),
         0,
         "an incomplete upload was left"
     );
@@ -1238,13 +919,13 @@ fn a_failed_multipart_upload_is_aborted() {
 }
 
 /// Runs the shipper as another host (its own UTS namespace and host name, its own state).
-fn shipper_as_host(e: &Env, host: &str, args: &[&str], state: &Path) -> std::process::Output {
+fn shipper_as_host(e: &Site, host: &str, args: &[&str], state: &Path) -> std::process::Output {
     Command::new("unshare")
         .args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", host])
         .arg(shipper_bin())
         .args(args)
         .envs(e.server.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("HRL_RUN_DIR", &e.run)
+        .env("HRL_RUN_DIR", &e.run_dir)
         .env("HRL_STATE_DIR", state)
         .env("HRL_LOG", "info")
         .output()
@@ -1257,7 +938,7 @@ fn shipper_as_host(e: &Env, host: &str, args: &[&str], state: &Path) -> std::pro
 /// before owner records is claimed by the host of its latest point, another host fenced.
 #[test]
 fn groups_are_per_host_and_directory_and_another_host_is_fenced() {
-    let e = env(ServerKind::Local);
+    let e = site(ServerKind::Local);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
         .trim()
@@ -1265,15 +946,15 @@ fn groups_are_per_host_and_directory_and_another_host_is_fenced() {
     // A second directory also called "vm1", elsewhere.
     let dir2 = e.tmp.path().join("other").join("vm1");
     std::fs::create_dir_all(&dir2).unwrap();
-    let t2 = FakeTracker::start(&dir2, &e.run);
+    let t2 = FakeTracker::start(&dir2, &e.run_dir);
     t2.add_disk("disk0.img", 4 << 20);
     t2.write("disk0.img", 0, &data(7, 100_000));
-    e.tracker.write("disk0.img", 0, &data(8, 100_000));
+    e.tracker().write("disk0.img", 0, &data(8, 100_000));
     let mut groups = Vec::new();
     for d in [&e.dir, &dir2] {
         let dir = d.to_str().unwrap();
-        ok(&e.shipper_env(&["sync", "--dir", dir, "--target", &e.server.url], &[]));
-        let st = ok(&e.shipper_env(&["status", "--dir", dir, "--json"], &[]));
+        ok(&e.shipper(&["sync", "--dir", dir, "--target", &e.server.url], &[]));
+        let st = ok(&e.shipper(&["status", "--dir", dir, "--json"], &[]));
         let st: serde_json::Value = serde_json::from_str(&st).unwrap();
         groups.push(st[0]["group"].as_str().unwrap().to_string());
     }
@@ -1284,7 +965,7 @@ fn groups_are_per_host_and_directory_and_another_host_is_fenced() {
             "{g}"
         );
         let to = e.tmp.path().join(format!("r-{g}"));
-        ok(&e.shipper_env(
+        ok(&e.shipper(
             &[
                 "restore",
                 "--target",
@@ -1310,9 +991,9 @@ fn groups_are_per_host_and_directory_and_another_host_is_fenced() {
         "--target",
         &e.server.url,
     ];
-    let store = PathBuf::from(e.server.url.trim_start_matches("file://")).join(&groups[0]);
+    let store = e.server.local_path().join(&groups[0]);
     let points = || std::fs::read_dir(store.join("points")).unwrap().count();
-    e.tracker.write("disk0.img", 0, &data(9, 1000));
+    e.tracker().write("disk0.img", 0, &data(9, 1000));
     let out = shipper_as_host(&e, "hrl-other-host", &args, &state_b);
     assert!(
         !out.status.success(),
@@ -1333,7 +1014,7 @@ fn groups_are_per_host_and_directory_and_another_host_is_fenced() {
         "{}",
         stderr(&out)
     );
-    ok(&e.shipper_env(&args, &[]));
+    ok(&e.shipper(&args, &[]));
     assert!(store.join("owner.json").exists());
     assert_eq!(points(), 2);
 }

@@ -4,108 +4,35 @@
 //! terminal escapes are printed escaped.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::*;
+use testkit::*;
 
-struct Env {
-    tmp: tempfile::TempDir,
-    dir: PathBuf,
-    run: PathBuf,
-    state: PathBuf,
-    tracker: FakeTracker,
-    server: Server,
-}
-
-fn env(kind: ServerKind, disk: &str) -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("vm1");
-    let run = tmp.path().join("run");
-    let state = tmp.path().join("state");
-    std::fs::create_dir_all(&dir).unwrap();
-    let tracker = FakeTracker::start(&dir, &run);
-    let server = Server::start(kind, "hrlsec");
-    tracker.add_disk(disk, 1 << 20);
-    tracker.write(disk, 4096, b"hello, store");
-    Env {
-        tmp,
-        dir,
-        run,
-        state,
-        tracker,
-        server,
-    }
-}
-
-impl Env {
-    fn run(&self, args: &[&str], extra: &[(String, String)]) -> std::process::Output {
-        let mut e = self.server.env.clone();
-        e.extend_from_slice(extra);
-        shipper(args, &e, &self.run, &self.state)
-    }
-    fn sync(&self) -> std::process::Output {
-        self.run(
-            &[
-                "sync",
-                "--dir",
-                self.dir.to_str().unwrap(),
-                "--target",
-                &self.server.url,
-                "--group",
-                "vm1",
-            ],
-            &[],
-        )
-    }
-    fn restore(&self, to: &Path) -> std::process::Output {
-        self.run(
-            &[
-                "restore",
-                "--target",
-                &self.server.url,
-                "--group",
-                "vm1",
-                "--point",
-                "latest",
-                "--to",
-                to.to_str().unwrap(),
-            ],
-            &[],
-        )
-    }
-    fn store_dir(&self) -> PathBuf {
-        PathBuf::from(self.server.url.trim_start_matches("file://"))
-    }
-    fn manifest(&self, id: u64) -> PathBuf {
-        self.store_dir()
-            .join("vm1/points")
-            .join(format!("{id:020}.json"))
-    }
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// A site served by the stand-in tracker, with one disk `disk` holding a few bytes.
+fn site(kind: ServerKind, disk: &str) -> Site {
+    let e = Site::with_stand_in(kind);
+    e.tracker().add_disk(disk, 1 << 20);
+    e.tracker().write(disk, 4096, b"hello, store");
+    e
 }
 
 /// A change to one disk entry of a manifest.
 type Edit<'a> = dyn Fn(&mut serde_json::Value) + 'a;
 
 /// Copies manifest 1 to id 2 with `edit` applied to its first disk.
-fn forge(e: &Env, edit: impl Fn(&mut serde_json::Value)) {
+fn forge(e: &Site, edit: impl Fn(&mut serde_json::Value)) {
     let mut v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(e.manifest(1)).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(e.manifest_path(1)).unwrap()).unwrap();
     v["id"] = 2.into();
     edit(&mut v["disks"][0]);
-    std::fs::write(e.manifest(2), serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    std::fs::write(e.manifest_path(2), serde_json::to_vec_pretty(&v).unwrap()).unwrap();
 }
 
 #[test]
 fn a_tampered_manifest_cannot_write_outside_the_restore_directory() {
-    let e = env(ServerKind::Local, "disk0.img");
-    ok(&e.sync());
+    let e = site(ServerKind::Local, "disk0.img");
+    ok(&e.try_sync(&[]));
     let outside = e.tmp.path().join("x");
     std::fs::create_dir_all(&outside).unwrap();
     let pwned = outside.join("pwned.img");
@@ -141,11 +68,11 @@ fn a_tampered_manifest_cannot_write_outside_the_restore_directory() {
             ],
             vec!["points", "--target", &e.server.url, "--group", "vm1"],
         ] {
-            let out = e.run(&args, &[]);
+            let out = e.shipper(&args, &[]);
             assert!(!out.status.success(), "{what}: {args:?} accepted it");
             assert!(stderr(&out).contains("refused"), "{what}: {}", stderr(&out));
         }
-        let out = e.restore(&to);
+        let out = e.try_restore("latest", &to);
         assert!(!out.status.success(), "{what}: restore accepted it");
         assert!(!pwned.exists(), "{what}: restore wrote outside --to");
         let left: Vec<_> = std::fs::read_dir(&to)
@@ -154,20 +81,20 @@ fn a_tampered_manifest_cannot_write_outside_the_restore_directory() {
         assert!(left.is_empty(), "{what}: restore left {left:?}");
     }
     // The untouched point still restores.
-    std::fs::remove_file(e.manifest(2)).unwrap();
-    ok(&e.restore(&to));
+    std::fs::remove_file(e.manifest_path(2)).unwrap();
+    ok(&e.try_restore("latest", &to));
     assert_same_file(&to.join("disk0.img"), &e.dir.join("disk0.img"));
 }
 
 #[test]
 fn restore_keeps_the_recorded_mode_and_owner_or_makes_the_disk_private() {
-    let e = env(ServerKind::Local, "disk0.img");
+    let e = site(ServerKind::Local, "disk0.img");
     let disk = e.dir.join("disk0.img");
     std::os::unix::fs::chown(&disk, Some(1234), Some(2345)).unwrap();
     std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o4640)).unwrap();
-    ok(&e.sync());
+    ok(&e.try_sync(&[]));
     let to = e.tmp.path().join("R1");
-    ok(&e.restore(&to));
+    ok(&e.try_restore("latest", &to));
     let md = std::fs::metadata(to.join("disk0.img")).unwrap();
     assert_eq!(
         (md.mode() & 0o7777, md.uid(), md.gid()),
@@ -179,7 +106,7 @@ fn restore_keeps_the_recorded_mode_and_owner_or_makes_the_disk_private() {
         d.as_object_mut().unwrap().remove("file");
     });
     let to = e.tmp.path().join("R2");
-    ok(&e.restore(&to));
+    ok(&e.try_restore("latest", &to));
     let md = std::fs::metadata(to.join("disk0.img")).unwrap();
     assert_eq!((md.mode() & 0o7777, md.uid()), (0o600, 0));
 }
@@ -196,15 +123,15 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn local_store_and_state_are_private() {
-    let e = env(ServerKind::Local, "disk0.img");
+    let e = site(ServerKind::Local, "disk0.img");
     // A state directory left world-readable by an older version is narrowed too.
     std::fs::create_dir_all(&e.state).unwrap();
     std::fs::set_permissions(&e.state, std::fs::Permissions::from_mode(0o755)).unwrap();
-    ok(&e.sync());
-    e.tracker.write("disk0.img", 0, b"second interval");
-    ok(&e.sync());
-    let mut all = vec![e.store_dir(), e.state.clone()];
-    walk(&e.store_dir(), &mut all);
+    ok(&e.try_sync(&[]));
+    e.tracker().write("disk0.img", 0, b"second interval");
+    ok(&e.try_sync(&[]));
+    let mut all = vec![e.server.local_path(), e.state.clone()];
+    walk(&e.server.local_path(), &mut all);
     walk(&e.state, &mut all);
     let wide: Vec<String> = all
         .iter()
@@ -219,7 +146,7 @@ fn local_store_and_state_are_private() {
 }
 
 fn credentials_never_show(kind: ServerKind, secret_var: &str, secret: &str) {
-    let e = env(ServerKind::Local, "disk0.img");
+    let e = site(ServerKind::Local, "disk0.img");
     let server = Server::start(kind, "hrlsecret");
     let mut env_vars = server.env.clone();
     env_vars.retain(|(k, _)| k != secret_var);
@@ -228,12 +155,12 @@ fn credentials_never_show(kind: ServerKind, secret_var: &str, secret: &str) {
     let dir = e.dir.to_str().unwrap();
     let mut outputs = Vec::new();
     let run = |args: &[&str]| {
-        let o = shipper(args, &env_vars, &e.run, &e.state);
+        let o = shipper(args, &env_vars, &e.run_dir, &e.state);
         let mut all = o.stdout.clone();
         all.extend_from_slice(&o.stderr);
         (o, all)
     };
-    let (o, all) = run(&[
+    let sync = [
         "sync",
         "--dir",
         dir,
@@ -241,8 +168,8 @@ fn credentials_never_show(kind: ServerKind, secret_var: &str, secret: &str) {
         &server.url,
         "--group",
         "vm1",
-        "--json",
-    ]);
+    ];
+    let (o, all) = run(&[&sync[..], &["--json"]].concat());
     ok(&o);
     outputs.push(all);
     for args in [
@@ -269,20 +196,7 @@ fn credentials_never_show(kind: ServerKind, secret_var: &str, secret: &str) {
             *v = "http://127.0.0.1:1".into();
         }
     }
-    let o = shipper(
-        &[
-            "sync",
-            "--dir",
-            dir,
-            "--target",
-            &server.url,
-            "--group",
-            "vm1",
-        ],
-        &broken,
-        &e.run,
-        &e.state,
-    );
+    let o = shipper(&sync, &broken, &e.run_dir, &e.state);
     assert!(!o.status.success());
     outputs.push([o.stdout, o.stderr].concat());
     let mut files = Vec::new();
@@ -320,14 +234,14 @@ fn azure_credentials_never_show() {
 #[test]
 fn names_with_terminal_escapes_are_printed_escaped() {
     let name = "\u{1b}]0;pwned\u{7}\u{1b}[2J.img";
-    let e = env(ServerKind::Local, name);
-    ok(&e.sync());
+    let e = site(ServerKind::Local, name);
+    ok(&e.try_sync(&[]));
     let dir = e.dir.to_str().unwrap();
     for args in [
         vec!["points", "--target", &e.server.url, "--group", "vm1"],
         vec!["status", "--dir", dir],
     ] {
-        let out = ok(&e.run(&args, &[]));
+        let out = ok(&e.shipper(&args, &[]));
         assert!(
             !out.contains('\u{1b}'),
             "{args:?} printed raw escapes: {out:?}"
@@ -335,7 +249,7 @@ fn names_with_terminal_escapes_are_printed_escaped() {
         assert!(out.contains("\\u{1b}]0;pwned"), "{args:?}: {out:?}");
     }
     // JSON output keeps the real name.
-    let out = ok(&e.run(
+    let out = ok(&e.shipper(
         &[
             "points",
             "--target",

@@ -5,106 +5,14 @@
 //! in `status`, never skipped in silence.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 
-use common::*;
 use hrl::control::{MountStatus, Request};
+use testkit::*;
 
 const MIB: usize = 1 << 20;
-
-/// A process started before the mount that holds a disk: it prints `ready` once the disk is
-/// open, then runs each line of its stdin as a write command and answers `ok`. Killed on drop.
-struct Holder {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Holder {
-    fn spawn(mut cmd: Command) -> Holder {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut h = Holder {
-            child,
-            stdin,
-            stdout,
-        };
-        assert_eq!(h.answer(), "ready");
-        h
-    }
-
-    /// bash with the disk open in descriptor 3 (`<>` read-write, `<` read-only); a line
-    /// `SEEK SRC` writes 1 MiB of SRC at SEEK MiB through that very descriptor (dd >&3).
-    fn descriptor(disk: &Path, redirect: &str) -> Holder {
-        let script = format!(
-            "exec 3{redirect}\"$1\"; echo ready; while read seek src; do \
-             dd if=\"$src\" bs=1M seek=\"$seek\" count=1 conv=notrunc,fsync status=none >&3 || exit 1; \
-             echo ok; done"
-        );
-        let mut cmd = Command::new("bash");
-        cmd.arg("-c").arg(script).arg("bash").arg(disk);
-        Holder::spawn(cmd)
-    }
-
-    /// python3 with the disk mapped MAP_SHARED writable and its descriptor closed; a line
-    /// `OFFSET BYTE` fills 4 KiB at OFFSET through the mapping and msyncs it.
-    fn mapping(disk: &Path) -> Holder {
-        let script = "import mmap, sys\n\
-             f = open(sys.argv[1], 'r+b'); m = mmap.mmap(f.fileno(), 0); f.close()\n\
-             print('ready', flush=True)\n\
-             for line in sys.stdin:\n    \
-                 off, b = line.split(); off = int(off)\n    \
-                 m[off:off + 4096] = bytes([int(b)]) * 4096; m.flush()\n    \
-                 print('ok', flush=True)\n";
-        let mut cmd = Command::new("python3");
-        cmd.arg("-c").arg(script).arg(disk);
-        Holder::spawn(cmd)
-    }
-
-    fn answer(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    }
-
-    fn command(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").unwrap();
-        assert_eq!(self.answer(), "ok", "the holder's write failed");
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Something attached to the image directory before the mount (a loop device, a bind
-/// mount), undone on drop.
-struct Undo(Vec<Vec<String>>);
-
-impl Drop for Undo {
-    fn drop(&mut self) {
-        for cmd in &self.0 {
-            let _ = Command::new(&cmd[0]).args(&cmd[1..]).status();
-        }
-    }
-}
 
 fn setup(tmp: &Path) -> (PathBuf, PathBuf) {
     let dir = tmp.join("vms");
@@ -252,18 +160,12 @@ fn loop_device_attached_before_mount_is_refused_and_named() {
     let tmp = scratch();
     let (dir, run_dir) = setup(tmp.path());
     let attach = |extra: &[&str], disk: &str| {
-        let out = Command::new("losetup")
+        run(Command::new("losetup")
             .args(["-f", "--show"])
             .args(extra)
-            .arg(dir.join(disk))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+            .arg(dir.join(disk)))
+        .trim()
+        .to_string()
     };
     let ro = attach(&["-r"], "e.img");
     let _undo_ro = Undo(vec![vec!["losetup".into(), "-d".into(), ro.clone()]]);

@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-mod common;
-
 use std::fs::OpenOptions;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 
-use common::*;
 use hrl::control::{DiskMode, Request};
 use hrl::log::{LogReader, Record};
+use testkit::*;
 
 fn records(path: &std::path::Path) -> Vec<Record> {
     LogReader::open(path)

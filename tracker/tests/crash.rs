@@ -2,8 +2,6 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-mod common;
-
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::process::Command;
@@ -11,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use hrl::control::Request;
+use testkit::*;
 
 const MIB: usize = 1 << 20;
 
@@ -331,14 +329,11 @@ fn acked_logs_read_through_the_mount_free_their_space() {
             });
             assert!(r.ok, "{:?}", r.error);
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while free_bytes(&dir) + 4 * (MIB as u64) < start_free {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "round {round}: the space of acked logs was not freed"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(
+            Duration::from_secs(10),
+            &format!("round {round}: the space of acked logs to be freed"),
+            || free_bytes(&dir) + 4 * (MIB as u64) >= start_free,
+        );
     }
     drop(f);
     m.unmount();

@@ -3,16 +3,14 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::*;
 use proptest::prelude::*;
+use testkit::*;
 
 /// Names the operations pick from: disks (tracked in the root), plain files, a subdirectory.
 const NAMES: &[&str] = &["a.img", "b.raw", "c.txt", "d", "sub/e.img", "sub/f"];

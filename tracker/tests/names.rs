@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-mod common;
-
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use common::*;
 use hrl::control::{Request, SealedLog};
+use testkit::*;
 
 fn pending(m: &Mounted) -> Vec<SealedLog> {
     m.request(&Request::Pending).disks.unwrap()

@@ -3,14 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-mod common;
-
 use std::fs::{self, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::process::Command;
 
-use common::*;
+use testkit::*;
 
 /// Runs `sh -c script` as user `nobody`; returns whether it succeeded.
 fn as_nobody(script: &str) -> bool {

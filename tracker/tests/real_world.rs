@@ -3,16 +3,14 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use hrl::control::Request;
+use testkit::*;
 
 /// Detaches a loop device on drop.
 struct Loop(String);

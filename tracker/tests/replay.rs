@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-mod common;
-
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
-use common::*;
+use testkit::*;
 
 const MIB: u64 = 1 << 20;
 

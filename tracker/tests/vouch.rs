@@ -6,16 +6,14 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-mod common;
-
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
 use hrl::control::Request;
+use testkit::*;
 
 const MIB: usize = 1 << 20;
 
@@ -69,15 +67,6 @@ fn assert_whole_disk(unclean: &[(u64, u64)], what: &str) {
     );
 }
 
-/// Kills the tracker with SIGKILL and leaves its dead mount in place (as a crash does).
-fn kill9_leaving_the_dead_mount(mut m: Mounted) {
-    let mut child = m.child.take().unwrap();
-    child.kill().unwrap();
-    let _ = child.wait();
-    // Not dropped: its guard would detach the dead mount (the next mount's job here).
-    std::mem::forget(m);
-}
-
 /// Number of mounts at `dir` in this namespace.
 fn mounts_at(dir: &Path) -> usize {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -85,20 +74,6 @@ fn mounts_at(dir: &Path) -> usize {
     info.lines()
         .filter(|l| l.split(' ').nth(4) == Some(&*d))
         .count()
-}
-
-fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: the tracker did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Issue 16.4: SIGTERM (systemctl stop) while a VM holds a disk open. The mount stays until
@@ -137,7 +112,11 @@ fn sigterm_while_a_disk_is_busy_never_exposes_the_raw_directory() {
     vm.write_all_at(b"vm write during the stop", 9 * MIB as u64)
         .unwrap();
     drop(vm);
-    let st = wait_exit(&mut child, "after the disk was closed");
+    let st = wait_exit(
+        &mut child,
+        Duration::from_secs(20),
+        "the tracker after the disk was closed",
+    );
     assert!(st.success(), "tracker exited with {st}");
     assert!(!is_mounted(&dir));
 
@@ -174,7 +153,11 @@ fn a_lazily_detached_mount_stops_vouching_for_the_image() {
         }
         drop(vm);
         let mut child = m.child.take().unwrap();
-        let st = wait_exit(&mut child, "after the lazy detach");
+        let st = wait_exit(
+            &mut child,
+            Duration::from_secs(20),
+            "the tracker after the lazy detach",
+        );
         assert!(st.success(), "tracker exited with {st}");
         let m = Mounted::in_place(&dir, &run_dir);
         assert_whole_disk(
@@ -315,7 +298,7 @@ fn the_dead_mount_of_a_killed_tracker_is_always_detached() {
         // Attributes cached by the kernel right before the kill.
         std::fs::metadata(&dir).unwrap();
         std::fs::metadata(m.path("d.img")).unwrap();
-        kill9_leaving_the_dead_mount(m);
+        m.kill9_leaving_the_dead_mount();
         assert_eq!(mounts_at(&dir), 1, "round {round}: the dead mount is there");
         m = Mounted::in_place(&dir, &run);
         assert_eq!(

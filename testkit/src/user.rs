@@ -1,7 +1,6 @@
 //! A throwaway non-root user for the security tests: created with `useradd` (own group),
 //! removed with `userdel` on drop, even when the test fails. Commands run as it through
 //! `setpriv` (real and effective ids, its groups).
-#![allow(dead_code)]
 
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
