@@ -104,10 +104,7 @@ fn broken_chain_is_critical_until_resync() {
     assert_eq!(st["health"], "Critical");
     assert_eq!(st["disks"][0]["state"], "resync_required");
     // The operator's resync takes a new base; only changed chunks upload.
-    let mut a = e.args("sync");
-    a.push("--resync".into());
-    a.push("--json".into());
-    let out = ok(&e.shipper(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+    let out = ok(&e.output("sync", &["--resync", "--json"], &[]));
     let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(r["base_copies"][0]["uploaded_chunks"], 1, "{r}");
     let snap = e.copy_disk("disk0.img", "s.img");
@@ -605,10 +602,7 @@ fn resync_waits_for_its_window_unless_requested() {
     assert!(st["disks"][0]["resync_reason"].is_string(), "{st:#}");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(e.points(), 1, "no point while the resync waits");
-    let mut a = e.args("sync");
-    a[0] = "resync".into();
-    a.extend(["--now".into(), "--json".into()]);
-    let out = ok(&e.shipper(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+    let out = ok(&e.output("resync", &["--now", "--json"], &[]));
     drop(child);
     let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(r["base_copies"].as_array().unwrap().len(), 1, "{r}");
@@ -779,9 +773,7 @@ fn lost_store_objects_block_the_next_point_and_resync_repairs_them() {
         assert_eq!(e.points() as u64, last, "lost {what}");
         assert_eq!(e.status()["health"], "Critical", "lost {what}");
         // The repair.
-        let mut a = e.args("sync");
-        a.push("--resync".into());
-        ok(&e.shipper(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
+        ok(&e.output("sync", &["--resync"], &[]));
         if *what == "chunk" {
             assert!(
                 victims[0].exists(),

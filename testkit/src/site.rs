@@ -165,7 +165,7 @@ impl Site {
     }
 
     /// [`Site::args`] of `cmd` followed by `more`, run with `extra` environment.
-    pub fn run(&self, cmd: &str, more: &[&str], extra: &[(String, String)]) -> Output {
+    pub fn output(&self, cmd: &str, more: &[&str], extra: &[(String, String)]) -> Output {
         let mut a = self.args(cmd);
         a.extend(more.iter().map(|s| s.to_string()));
         self.shipper(&a.iter().map(String::as_str).collect::<Vec<_>>(), extra)
@@ -173,18 +173,18 @@ impl Site {
 
     /// `sync --json`, which must succeed: its report.
     pub fn sync(&self) -> serde_json::Value {
-        let out = ok(&self.run("sync", &["--json"], &[]));
+        let out = ok(&self.output("sync", &["--json"], &[]));
         serde_json::from_str(out.trim()).expect("sync --json is JSON")
     }
 
     /// `sync` with `extra` environment, whatever its outcome.
     pub fn try_sync(&self, extra: &[(String, String)]) -> Output {
-        self.run("sync", &[], extra)
+        self.output("sync", &[], extra)
     }
 
     /// `resync --disk DISK --now --json`, which must succeed: its report.
     pub fn resync_now(&self, disk: &str) -> serde_json::Value {
-        let out = ok(&self.run("resync", &["--disk", disk, "--now", "--json"], &[]));
+        let out = ok(&self.output("resync", &["--disk", disk, "--now", "--json"], &[]));
         serde_json::from_str(out.trim()).expect("resync --json is JSON")
     }
 
