@@ -155,6 +155,73 @@ fn file_len_for(bits: u64) -> u64 {
     (HEADER_LEN as u64 + bits.div_ceil(8).max(1)).div_ceil(4096) * 4096
 }
 
+/// What an existing bitmap's header says (or what a new one starts with).
+struct FoundHeader {
+    extent_size: u32,
+    disk_size: u64,
+    /// The last tracker closed it cleanly.
+    clean: bool,
+    stamp: Option<ImageStamp>,
+    log: Option<ClosedLog>,
+    report_stands: bool,
+}
+
+impl FoundHeader {
+    fn fresh(extent_size: u32, disk_size: u64, clean: bool) -> FoundHeader {
+        FoundHeader {
+            extent_size,
+            disk_size,
+            clean,
+            stamp: None,
+            log: None,
+            report_stands: false,
+        }
+    }
+
+    /// Checks and decodes the header of a `len`-byte bitmap file.
+    fn parse(path: &Path, h: &[u8; 112], len: u64) -> Result<FoundHeader, BitmapError> {
+        let bad = |reason: String| BitmapError::Bad {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if len < HEADER_LEN as u64 {
+            return Err(bad(format!("file is {len} bytes, shorter than its header")));
+        }
+        if h[0..8] != MAGIC || u16::from_le_bytes([h[8], h[9]]) != VERSION {
+            return Err(bad("bad magic or version".into()));
+        }
+        let es = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+        let ds = u64::from_le_bytes(h[16..24].try_into().unwrap_or_default());
+        if !es.is_power_of_two() || es < 512 || file_len_for(bits_for(ds, es)) > len {
+            return Err(bad(format!(
+                "extent size {es} / disk size {ds} do not fit a {len}-byte file"
+            )));
+        }
+        let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap_or_default());
+        let clean = h[CLEAN_OFFSET] == 1;
+        let stamp = (h[STAMP_FLAG_OFFSET] == 1).then(|| ImageStamp {
+            size: word(STAMP_OFFSET),
+            mtime_ns: word(STAMP_OFFSET + 8),
+            ctime_ns: word(STAMP_OFFSET + 16),
+        });
+        let log = (h[LOG_FLAG_OFFSET] == 1).then(|| ClosedLog {
+            seq: word(LOG_OFFSET),
+            len: word(LOG_OFFSET + 8),
+            hash: h[LOG_OFFSET + 16..LOG_OFFSET + 48]
+                .try_into()
+                .unwrap_or_default(),
+        });
+        Ok(FoundHeader {
+            extent_size: es,
+            disk_size: ds,
+            clean,
+            stamp,
+            log,
+            report_stands: clean && h[REPORT_FLAG_OFFSET] == 1,
+        })
+    }
+}
+
 impl DirtyBitmap {
     /// Opens the bitmap at `path`, creating it if missing. Returns whether the previous user
     /// closed it cleanly (a new bitmap counts as clean), and marks it in use.
@@ -188,57 +255,30 @@ impl DirtyBitmap {
         if untrusted {
             tracing::warn!(path = %path.display(), "the dirty bitmap has an empty header; it vouches for nothing, the whole disk is marked");
         }
-        let (extent_size, existing_size, was_clean, found_stamp, found_log, report_stands) = if len
-            == 0
-            || untrusted
-        {
+        let found = if len == 0 || untrusted {
             if let Err(e) = reserve(&file, 0, file_len_for(bits_for(disk_size, extent_size))) {
                 if len == 0 {
                     let _ = std::fs::remove_file(path);
                 }
                 return Err(io("reserve bitmap")(e));
             }
-            (extent_size, disk_size, !untrusted, None, None, false)
+            FoundHeader::fresh(extent_size, disk_size, !untrusted)
         } else {
-            let bad = |reason: String| BitmapError::Bad {
-                path: path.to_path_buf(),
-                reason,
-            };
-            if len < HEADER_LEN as u64 {
-                return Err(bad(format!("file is {len} bytes, shorter than its header")));
-            }
-            let h = header;
-            if h[0..8] != MAGIC || u16::from_le_bytes([h[8], h[9]]) != VERSION {
-                return Err(bad("bad magic or version".into()));
-            }
-            let es = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
-            let ds = u64::from_le_bytes(h[16..24].try_into().unwrap_or_default());
-            if !es.is_power_of_two() || es < 512 || file_len_for(bits_for(ds, es)) > len {
-                return Err(bad(format!(
-                    "extent size {es} / disk size {ds} do not fit a {len}-byte file"
-                )));
-            }
-            let word = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap_or_default());
-            let clean = h[CLEAN_OFFSET] == 1;
-            let stamp = (h[STAMP_FLAG_OFFSET] == 1).then(|| ImageStamp {
-                size: word(STAMP_OFFSET),
-                mtime_ns: word(STAMP_OFFSET + 8),
-                ctime_ns: word(STAMP_OFFSET + 16),
-            });
-            let log = (h[LOG_FLAG_OFFSET] == 1).then(|| ClosedLog {
-                seq: word(LOG_OFFSET),
-                len: word(LOG_OFFSET + 8),
-                hash: h[LOG_OFFSET + 16..LOG_OFFSET + 48]
-                    .try_into()
-                    .unwrap_or_default(),
-            });
-            let stands = clean && h[REPORT_FLAG_OFFSET] == 1;
+            let found = FoundHeader::parse(path, &header, len)?;
             // Bitmaps written sparse (by older versions) get their holes filled now.
             if let Err(e) = reserve(&file, 0, len) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot reserve the dirty bitmap's blocks");
             }
-            (es, ds, clean, stamp, log, stands)
+            found
         };
+        let FoundHeader {
+            extent_size,
+            disk_size: existing_size,
+            clean: was_clean,
+            stamp: found_stamp,
+            log: found_log,
+            report_stands,
+        } = found;
         // SAFETY: the file is hrl's own and only this process maps it for writing; the length
         // is fixed while the map lives (resize remaps).
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(io("map bitmap"))?;

@@ -106,62 +106,7 @@ pub fn coalesce<P: AsRef<Path>>(inputs: &[P], output: &Path) -> Result<SealInfo,
             reason: "nothing to coalesce: no input logs".into(),
         });
     };
-
-    let mut extents = ExtentMap::default();
-    // Smallest size a truncate cut the disk to, and the size tracked since the first truncate.
-    let mut min_size: Option<u64> = None;
-    let mut size: Option<u64> = None;
-    // Without any truncate the size is max(base size, furthest write end): remember the latter.
-    let mut write_end: u64 = 0;
-    // Rename and delete events, in order.
-    let mut events: Vec<Record> = Vec::new();
-    let mut sources = Vec::with_capacity(inputs.len());
-
-    for (src, input) in inputs.iter().enumerate() {
-        let path = input.as_ref();
-        sources.push(File::open(path).map_err(|e| LogError::io(path, "open log", e))?);
-        let mut reader = LogReader::open(path)?;
-        while let Some(entry) = reader.next_entry() {
-            let (meta, record) = entry?;
-            match record {
-                Record::Write { offset, data } => {
-                    let end = offset + data.len() as u64;
-                    extents.insert(
-                        offset,
-                        end,
-                        Piece::Data {
-                            src,
-                            pos: meta.offset + RECORD_HEADER_LEN,
-                        },
-                    );
-                    if let Some(sz) = size.as_mut() {
-                        *sz = (*sz).max(end);
-                    }
-                    write_end = write_end.max(end);
-                }
-                Record::Zero { offset, len } => {
-                    extents.insert(offset, offset + len, Piece::Zero { punch: false })
-                }
-                Record::Punch { offset, len } => {
-                    extents.insert(offset, offset + len, Piece::Zero { punch: true })
-                }
-                Record::Truncate { size: new } => {
-                    extents.cut(new, u64::MAX);
-                    min_size = Some(min_size.map_or(new, |m| m.min(new)));
-                    size = Some(new);
-                }
-                Record::Rename { .. } => {
-                    if matches!(events.last(), Some(Record::Rename { .. })) {
-                        events.pop();
-                    }
-                    events.push(record);
-                }
-                Record::Delete => events.push(record),
-                Record::Flush | Record::Seal(_) => {}
-            }
-        }
-    }
-
+    let folded = Folded::read(inputs)?;
     let mut header = LogHeader::new(
         first.header.disk_id,
         first.header.generation,
@@ -174,16 +119,100 @@ pub fn coalesce<P: AsRef<Path>>(inputs: &[P], output: &Path) -> Result<SealInfo,
     header.coalesced_from = last.chain_hash();
 
     let mut out = LogWriter::create(output, &header)?;
-    let result = (|| {
-        if let Some(m) = min_size {
+    let result = folded.write(inputs, &mut out).and_then(|()| out.seal());
+    if result.is_err() {
+        let _ = std::fs::remove_file(output);
+    }
+    result
+}
+
+/// The net effect of a chain of logs: the final piece of every changed range, the size
+/// changes and the rename/delete events, with the source files the data pieces point into.
+struct Folded {
+    extents: ExtentMap,
+    /// Smallest size a truncate cut the disk to.
+    min_size: Option<u64>,
+    /// The size tracked since the first truncate.
+    size: Option<u64>,
+    /// Without any truncate the size is max(base size, furthest write end): the latter.
+    write_end: u64,
+    /// Rename and delete events, in order (consecutive renames: only the last).
+    events: Vec<Record>,
+    sources: Vec<File>,
+}
+
+impl Folded {
+    /// Reads every record of `inputs` in order into their net effect.
+    fn read<P: AsRef<Path>>(inputs: &[P]) -> Result<Folded, LogError> {
+        let mut folded = Folded {
+            extents: ExtentMap::default(),
+            min_size: None,
+            size: None,
+            write_end: 0,
+            events: Vec::new(),
+            sources: Vec::with_capacity(inputs.len()),
+        };
+        for (src, input) in inputs.iter().enumerate() {
+            let path = input.as_ref();
+            folded
+                .sources
+                .push(File::open(path).map_err(|e| LogError::io(path, "open log", e))?);
+            let mut reader = LogReader::open(path)?;
+            while let Some(entry) = reader.next_entry() {
+                let (meta, record) = entry?;
+                folded.add(src, meta.offset + RECORD_HEADER_LEN, record);
+            }
+        }
+        Ok(folded)
+    }
+
+    /// One record of source `src`, whose payload starts at `pos` in that file.
+    fn add(&mut self, src: usize, pos: u64, record: Record) {
+        match record {
+            Record::Write { offset, data } => {
+                let end = offset + data.len() as u64;
+                self.extents.insert(offset, end, Piece::Data { src, pos });
+                if let Some(sz) = self.size.as_mut() {
+                    *sz = (*sz).max(end);
+                }
+                self.write_end = self.write_end.max(end);
+            }
+            Record::Zero { offset, len } => {
+                self.extents
+                    .insert(offset, offset + len, Piece::Zero { punch: false })
+            }
+            Record::Punch { offset, len } => {
+                self.extents
+                    .insert(offset, offset + len, Piece::Zero { punch: true })
+            }
+            Record::Truncate { size: new } => {
+                self.extents.cut(new, u64::MAX);
+                self.min_size = Some(self.min_size.map_or(new, |m| m.min(new)));
+                self.size = Some(new);
+            }
+            Record::Rename { .. } => {
+                if matches!(self.events.last(), Some(Record::Rename { .. })) {
+                    self.events.pop();
+                }
+                self.events.push(record);
+            }
+            Record::Delete => self.events.push(record),
+            Record::Flush | Record::Seal(_) => {}
+        }
+    }
+
+    /// Appends the net effect to `out` (not sealed): the smallest truncate first, then every
+    /// extent in order, the final size, the events.
+    fn write<P: AsRef<Path>>(&self, inputs: &[P], out: &mut LogWriter) -> Result<(), LogError> {
+        if let Some(m) = self.min_size {
             out.append_truncate(m)?;
         }
         // Adjacent data extents are joined into writes of up to 1 MiB.
         let mut pending = PendingWrite::default();
-        for (&start, &(end, piece)) in &extents.0 {
+        for (&start, &(end, piece)) in &self.extents.0 {
             match piece {
                 Piece::Zero { punch } => {
-                    pending.flush(&mut out)?;
+                    pending.flush(out)?;
                     if punch {
                         out.append_punch(start, end - start)?
                     } else {
@@ -191,45 +220,57 @@ pub fn coalesce<P: AsRef<Path>>(inputs: &[P], output: &Path) -> Result<SealInfo,
                     }
                 }
                 Piece::Data { src, pos } => {
-                    let mut done = 0u64;
-                    while done < end - start {
-                        let at = start + done;
-                        if pending.end() != at || pending.data.len() >= 1 << 20 {
-                            pending.flush(&mut out)?;
-                            pending.offset = at;
-                        }
-                        let room = (1u64 << 20) - pending.data.len() as u64;
-                        let n = (end - start - done).min(room);
-                        let from = pending.data.len();
-                        pending.data.resize(from + n as usize, 0);
-                        sources[src]
-                            .read_exact_at(&mut pending.data[from..], pos + done)
-                            .map_err(|e| LogError::io(inputs[src].as_ref(), "read log data", e))?;
-                        done += n;
-                    }
+                    self.copy_data(inputs, src, pos, start..end, &mut pending, out)?
                 }
             }
         }
-        pending.flush(&mut out)?;
-        match size {
+        pending.flush(out)?;
+        match self.size {
             Some(sz) => out.append_truncate(sz)?,
-            None if write_end > 0 && !ends_in_data(&extents, write_end) => {
+            None if self.write_end > 0 && !ends_in_data(&self.extents, self.write_end) => {
                 // The furthest write was zeroed later; its growth of the file must still
                 // happen. Its last byte is zero now: write that one byte.
-                out.append_write(write_end - 1, &[0])?;
+                out.append_write(self.write_end - 1, &[0])?;
             }
             None => {}
         }
-        for event in &events {
+        for event in &self.events {
             match event {
                 Record::Rename { name } => out.append_rename(name)?,
                 _ => out.append_delete()?,
             }
         }
-        out.seal()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(output);
+        Ok(())
     }
-    result
+
+    /// Reads the data of one extent from its source log into `pending`, flushing it as a
+    /// write whenever it would stop being contiguous or pass 1 MiB.
+    fn copy_data<P: AsRef<Path>>(
+        &self,
+        inputs: &[P],
+        src: usize,
+        pos: u64,
+        range: std::ops::Range<u64>,
+        pending: &mut PendingWrite,
+        out: &mut LogWriter,
+    ) -> Result<(), LogError> {
+        let (start, end) = (range.start, range.end);
+        let mut done = 0u64;
+        while done < end - start {
+            let at = start + done;
+            if pending.end() != at || pending.data.len() >= 1 << 20 {
+                pending.flush(out)?;
+                pending.offset = at;
+            }
+            let room = (1u64 << 20) - pending.data.len() as u64;
+            let n = (end - start - done).min(room);
+            let from = pending.data.len();
+            pending.data.resize(from + n as usize, 0);
+            self.sources[src]
+                .read_exact_at(&mut pending.data[from..], pos + done)
+                .map_err(|e| LogError::io(inputs[src].as_ref(), "read log data", e))?;
+            done += n;
+        }
+        Ok(())
+    }
 }
