@@ -46,6 +46,14 @@ kinds! {
     SyncWhileGrowing = "sync_while_growing": "as sync_while_writing, some writes past the end grow the disks (item 2)",
     Qcow2DuringSync = "qcow2_during_sync": "a sync while qemu-io grows a qcow2 (point restores; item 2)",
     Hardlink = "hardlink": "a second name (hard link) of a disk (item 13)",
+    FullFs = "full_fs": "the directory's filesystem full: writes, growth, a new disk get ENOSPC, never a crash (item 10)",
+    DeadMount = "dead_mount": "kill -9 of the tracker, mount again over the dead mount; the next write is logged (item 11)",
+    FiftyPercent = "fifty_percent": "the service, >50% of a 24 MiB disk written, store ok / refusing / paused: logs released (items 12, 18.6)",
+    BindAlias = "bind_alias": "a bind mount of the directory before the mount: refused; --force and a write through it (18.1)",
+    OddNames = "odd_names": "a non-UTF-8 disk name and a symlinked disk: status lists them as not tracked (18.2)",
+    JunkHrl = "junk_hrl": "a junk file named as a sealed log: quarantined, the disk fully compared, the rest mounts (18.8)",
+    FdExhaust = "fd_exhaust": "the tracker under a low open file limit, a crawl of many files: control socket and sync work (18.7)",
+    WorkdirLeak = "workdir_leak": "kill -9 of a sync after a big write; the next good sync leaves work/ empty (18.9)",
 }
 
 impl Kind {

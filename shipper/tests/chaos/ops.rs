@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::action::{Action, Kind};
+use super::faults;
 use super::oracle::{Reference, Write};
 use super::rng::Rng;
 use super::world::{qcow2_guest, store_bind, Finding, SyncHow, World};
@@ -87,10 +88,22 @@ pub fn apply(w: &mut World, act: &Action) -> Result<String, Finding> {
         Kind::LoseObject => lose_object(w, act),
         Kind::SyncWhileWriting | Kind::SyncWhileGrowing => sync_while_writing(w, act, &mut rng),
         Kind::Qcow2DuringSync => qcow2_during_sync(w, act, &mut rng),
+        Kind::FullFs => faults::full_fs(w, act, &mut rng),
+        Kind::DeadMount => faults::dead_mount(w, act, &mut rng),
+        Kind::FiftyPercent => faults::fifty_percent(w, act, &mut rng),
+        Kind::BindAlias => faults::bind_alias(w, act, &mut rng),
+        Kind::OddNames => faults::odd_names(w, act, &mut rng),
+        Kind::JunkHrl => faults::junk_hrl(w, act, &mut rng),
+        Kind::FdExhaust => faults::fd_exhaust(w, act, &mut rng),
+        Kind::WorkdirLeak => faults::workdir_leak(w, act, &mut rng),
     }
 }
 
 /// A sync with writers quiesced: its points must equal the disks now.
+pub fn sync_now(w: &mut World, how: SyncHow) -> Result<(), Finding> {
+    sync(w, how)
+}
+
 fn sync(w: &mut World, how: SyncHow) -> Result<(), Finding> {
     let out = w.run_sync(how);
     let reference = Reference::Exact(w.snapshot()?);
@@ -289,8 +302,11 @@ fn kill_tracker(w: &mut World, act: &Action, _rng: &mut Rng) -> Result<String, F
     ))
 }
 
-/// SIGTERM while a disk is open; a write at the path of a disk while the tracker stops, and
-/// one through the open descriptor; then mount again.
+/// SIGTERM while a disk is open (systemd stopping the tracker while a VM runs): the tracker
+/// keeps serving, never detaching lazily, so a write at the path of a disk meanwhile and one
+/// through the open descriptor are tracked; then the holder closes the disk (the VM shuts
+/// down) and the tracker must exit cleanly (status 0) on its own. Mount again; the next
+/// sync's point must hold both writes.
 fn sigterm_busy(w: &mut World, act: &Action, rng: &mut Rng) -> Result<String, Finding> {
     let Some(d) = w.pick(".img", act.a) else {
         return Ok("(no disk)".into());
@@ -305,12 +321,10 @@ fn sigterm_busy(w: &mut World, act: &Action, rng: &mut Rng) -> Result<String, Fi
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    for _ in 0..100 {
-        if !is_mounted(&w.dir) || child.try_wait().ok().flatten().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // While the disk is held the tracker must keep serving (never a lazy detach).
+    std::thread::sleep(Duration::from_millis(50 + act.c % 700));
+    let early = child.try_wait().ok().flatten();
+    let still_mounted = is_mounted(&w.dir);
     let off = rng.below(len_of(&w.path(&other)).max(1));
     let at_path = OpenOptions::new()
         .write(true)
@@ -318,26 +332,46 @@ fn sigterm_busy(w: &mut World, act: &Action, rng: &mut Rng) -> Result<String, Fi
         .and_then(|f| f.write_all_at(&rng.bytes(4096), off));
     let via_fd = held.write_all_at(&rng.bytes(4096), 0);
     drop(held);
-    let mut exited = false;
+    let mut status = None;
     for _ in 0..2000 {
-        if child.try_wait().ok().flatten().is_some() {
-            exited = true;
+        if let Some(st) = child.try_wait().ok().flatten() {
+            status = Some(st);
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    if !exited {
+    if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
     }
     drop(m);
-    if !exited {
+    if let Some(st) = early {
+        return Err(format!(
+            "the tracker exited ({st}) on SIGTERM while {d} was still open"
+        ));
+    }
+    if !still_mounted {
+        return Err(format!(
+            "the mount was detached on SIGTERM while {d} was still open (the raw directory exposed)"
+        ));
+    }
+    let Some(st) = status else {
         return Err(format!(
             "the tracker did not exit within 20 s of SIGTERM once {d} was closed"
         ));
+    };
+    if !st.success() {
+        return Err(format!("the tracker stopped by SIGTERM exited with {st}"));
+    }
+    if let Err(e) = via_fd {
+        return Err(format!(
+            "a write through the open {d} while the tracker stopped: {e}"
+        ));
     }
     w.mount()?;
-    Ok(format!("SIGTERM tracker with {d} open; write at path {other} @{off}: {at_path:?}; via the fd: {via_fd:?}"))
+    Ok(format!(
+        "SIGTERM tracker with {d} open; write at path {other} @{off}: {at_path:?}; via the fd: ok; clean exit once closed"
+    ))
 }
 
 /// Offline edits in the raw directory: plain, with size and mtime restored, after kill -9,

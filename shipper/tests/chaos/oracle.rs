@@ -36,7 +36,10 @@ pub fn read_disks(dir: &Path) -> std::io::Result<Disks> {
     let mut out = Disks::new();
     for e in std::fs::read_dir(dir)? {
         let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
+        // A name that is not UTF-8 is never tracked (status says so; `odd_names`).
+        let Ok(name) = e.file_name().into_string() else {
+            continue;
+        };
         if is_disk_name(&name) && e.file_type()?.is_file() {
             out.insert(name, std::fs::read(e.path())?);
         }

@@ -37,6 +37,9 @@ pub struct World {
     pub objects_lost: bool,
     /// What ran, one line per action (printed when the seed fails).
     pub log: Vec<String>,
+    /// The directory lives on a small loop-mounted ext4 here (for `full_fs`), with room
+    /// beside it for a filler file.
+    pub fs_mount: Option<PathBuf>,
 }
 
 /// How a sync runs.
@@ -60,10 +63,13 @@ pub struct SyncOutcome {
 }
 
 impl World {
-    pub fn new(seed: u64) -> World {
+    /// A fresh world; `small_fs` puts the directory on its own small ext4 (loop-mounted), so
+    /// that `full_fs` can fill its filesystem without touching the host's.
+    pub fn new(seed: u64, small_fs: bool) -> World {
         let work = PathBuf::from(format!("/tmp/hrl-chaos-{seed}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
-        let dir = work.join(GROUP);
+        let fs_mount = small_fs.then(|| small_ext4(&work));
+        let dir = fs_mount.as_ref().unwrap_or(&work).join(GROUP);
         let (run, state, store) = (work.join("run"), work.join("state"), work.join("store"));
         for d in [
             &dir,
@@ -91,6 +97,7 @@ impl World {
             checked: BTreeMap::new(),
             objects_lost: false,
             log: Vec::new(),
+            fs_mount,
         }
     }
 
@@ -112,7 +119,7 @@ impl World {
         let mut v: Vec<String> = std::fs::read_dir(&self.dir)
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter_map(|e| e.file_name().into_string().ok())
                     .filter(|n| oracle::is_disk_name(n) && n.ends_with(ext))
                     .collect()
             })
@@ -128,11 +135,21 @@ impl World {
 
     /// Mounts the tracker in place; a tracker that refuses to mount is a finding.
     pub fn mount(&mut self) -> Result<(), Finding> {
+        self.mount_how(None, &[])
+    }
+
+    /// Mounts the tracker in place, under an open file limit (`nofile`) or with `extra`
+    /// arguments (`--force`).
+    pub fn mount_how(&mut self, nofile: Option<u32>, extra: &[&str]) -> Result<(), Finding> {
         if self.mount.is_some() {
             return Ok(());
         }
         let (dir, run) = (self.dir.clone(), self.run.clone());
-        match std::panic::catch_unwind(|| Mounted::in_place(&dir, &run)) {
+        let extra: Vec<&str> = extra.to_vec();
+        match std::panic::catch_unwind(|| match nofile {
+            Some(n) => Mounted::start_limited(&dir, &run, n),
+            None => Mounted::start(&dir, &dir, &run, &extra),
+        }) {
             Ok(m) => {
                 self.mount = Some(m);
                 Ok(())
@@ -169,7 +186,7 @@ impl World {
         store_bind(&self.store, ro);
     }
 
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(shipper_bin());
         c.args(args)
             .env("HRL_RUN_DIR", &self.run)
@@ -178,7 +195,7 @@ impl World {
         c
     }
 
-    fn tool(&self, args: &[&str]) -> Output {
+    pub fn tool(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("run hrl-shipper")
     }
 
@@ -259,6 +276,52 @@ impl World {
             killed,
             stderr: std::fs::read_to_string(&err).unwrap_or_default(),
         }
+    }
+
+    /// Starts `hrl-shipper run` for the directory (cycles every hour, retries every second,
+    /// resyncs at any time); stopped by dropping it.
+    pub fn start_service(&self) -> Result<super::faults::Service, Finding> {
+        let dir = self.dir.display().to_string();
+        let log =
+            std::fs::File::create(self.work.join("service.stderr")).map_err(|e| e.to_string())?;
+        let child = self
+            .cmd(&[
+                "run",
+                "--dir",
+                &dir,
+                "--target",
+                &self.url,
+                "--group",
+                GROUP,
+                "--interval",
+                "1h",
+                "--resync-window",
+                "any",
+            ])
+            .env("HRL_RETRY_UNIT", "1s")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start hrl-shipper run: {e}"))?;
+        Ok(super::faults::Service(KillOnDrop(child)))
+    }
+
+    /// Points committed by something the oracle cannot check (the service while writes ran)
+    /// are left out of the checks.
+    pub fn skip_points(&mut self) -> Result<(), Finding> {
+        let ids = self.point_ids()?;
+        let skipped: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|&i| i > self.max_point)
+            .collect();
+        if let Some(&m) = skipped.iter().max() {
+            self.note(format!(
+                "   -> points {skipped:?} committed by the service, not checked"
+            ));
+            self.max_point = m;
+        }
+        Ok(())
     }
 
     /// The ids of the committed points (empty if the store cannot be listed).
@@ -455,7 +518,54 @@ impl Drop for World {
         if is_mounted(&self.dir) {
             force_unmount(&self.dir);
         }
+        if let Some(fs) = self.fs_mount.take() {
+            unmount_small_ext4(&fs);
+        }
     }
+}
+
+/// A 512 MiB ext4 (sparse file, loop-mounted with autoclear) at `work/fs`; panics if it
+/// cannot be made (the seed then fails with what went wrong).
+fn small_ext4(work: &Path) -> PathBuf {
+    let (img, at) = (work.join("fs.ext4"), work.join("fs"));
+    std::fs::create_dir_all(&at).expect("create the small filesystem's mount point");
+    let f = std::fs::File::create(&img).expect("create the small filesystem's image");
+    f.set_len(512 << 20)
+        .expect("size the small filesystem's image");
+    let ok = |c: &mut Command| c.output().is_ok_and(|o| o.status.success());
+    assert!(
+        ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img)),
+        "mkfs.ext4 {} failed",
+        img.display()
+    );
+    assert!(
+        ok(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&at)),
+        "mount -o loop {} failed",
+        img.display()
+    );
+    at
+}
+
+/// Unmounts the small ext4 (its loop device goes with it: autoclear).
+fn unmount_small_ext4(at: &Path) {
+    for _ in 0..50 {
+        if !is_mounted(at) {
+            return;
+        }
+        if Command::new("umount")
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("umount").arg("-l").arg(at).status();
 }
 
 /// Bind-mounts `store` read-only over itself, or removes that bind mount.
