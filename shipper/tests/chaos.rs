@@ -145,11 +145,10 @@ fn drive(w: &mut World, actions: &[action::Action]) -> Result<(), String> {
         },
     )?;
     for (i, a) in actions.iter().enumerate() {
+        let at = w.log.len();
         w.note(format!("#{i} {}", a.kind.name()));
         let what = ops::apply(w, a)?;
-        if let Some(l) = w.log.last_mut() {
-            *l = format!("#{i} {}: {what}", a.kind.name());
-        }
+        w.log[at] = format!("#{i} {}: {what}", a.kind.name());
     }
     w.note("finish: store back, mounted, final sync, all points again".into());
     w.finish()

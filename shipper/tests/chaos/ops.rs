@@ -390,7 +390,10 @@ fn offline_edit(w: &mut World, act: &Action, rng: &mut Rng) -> Result<String, Fi
     let mut what = String::new();
     if act.kind == Kind::LoseBitmap {
         let bm = hrl::naming::bitmap_path(&p);
-        let r = std::fs::rename(&bm, w.work.join("aside").join(format!("{d}.hrl-bitmap")));
+        // Aside on the directory's filesystem (a rename cannot cross to another one).
+        let aside = w.dir.parent().unwrap_or(&w.work).join("aside");
+        let _ = std::fs::create_dir_all(&aside);
+        let r = std::fs::rename(&bm, aside.join(format!("{d}.hrl-bitmap")));
         what = format!("bitmap moved away ({r:?}), ");
     }
     let meta = std::fs::metadata(&p).map_err(|e| e.to_string())?;

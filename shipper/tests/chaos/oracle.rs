@@ -54,6 +54,27 @@ pub fn digests(d: &Disks) -> BTreeMap<String, (usize, String)> {
         .collect()
 }
 
+/// The reference without the disks in `names` (and the writes to them).
+pub fn without(r: &Reference, names: &[String]) -> Reference {
+    let keep = |d: &Disks| -> Disks {
+        d.iter()
+            .filter(|(k, _)| !names.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    match r {
+        Reference::Exact(d) => Reference::Exact(keep(d)),
+        Reference::Prefix { before, writes } => Reference::Prefix {
+            before: keep(before),
+            writes: writes
+                .iter()
+                .filter(|w| !names.contains(&w.disk))
+                .cloned()
+                .collect(),
+        },
+    }
+}
+
 /// `Ok` when `restored` is what the reference allows, else what differs.
 pub fn check(reference: &Reference, restored: &Disks) -> Result<(), String> {
     match reference {

@@ -398,10 +398,49 @@ impl World {
                 ))
             }
         };
-        let got = self.guest_view(&disks, reference)?;
-        oracle::check(reference, &got).map_err(|e| format!("point {id}: {e}"))?;
+        let mut got = self.guest_view(&disks, reference)?;
+        // A disk the tracker found changed outside it (bind_alias) is carried by the point at
+        // its last good state, and the shipper says so; the next cycle resyncs it.
+        let carried = self.carried_disks();
+        for name in &carried {
+            let restored = got
+                .remove(name)
+                .map(|b| oracle::digests(&[(name.clone(), b)].into()));
+            let last_good = self
+                .checked
+                .values()
+                .rev()
+                .find_map(|c| c.get(name).cloned())
+                .map(|d| [(name.clone(), d)].into());
+            if restored.is_some() && restored != last_good {
+                return Err(format!("point {id}: {name} was changed outside the tracker, but the point holds neither the disk at the seal nor its last good state"));
+            }
+        }
+        let reference = oracle::without(reference, &carried);
+        oracle::check(&reference, &got).map_err(|e| format!("point {id}: {e}"))?;
+        if !carried.is_empty() {
+            self.note(format!("   -> point {id} carries {carried:?} at their last good state (changed outside the tracker)"));
+        }
         self.checked.insert(id, oracle::digests(&disks));
         Ok(())
+    }
+
+    /// The disks the shipper's status shows waiting for a resync because they changed
+    /// outside the tracker.
+    fn carried_disks(&self) -> Vec<String> {
+        let dir = self.dir.display().to_string();
+        let o = self.tool(&["status", "--dir", &dir, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let mut out = Vec::new();
+        for st in v.as_array().into_iter().flatten() {
+            for d in st["disks"].as_array().into_iter().flatten() {
+                let why = d["resync_reason"].as_str().unwrap_or_default();
+                if why.contains("changed outside the tracker") {
+                    out.extend(d["disk"].as_str().map(String::from));
+                }
+            }
+        }
+        out
     }
 
     /// Restore `id` into a scratch dir and read it; verify `id`.
