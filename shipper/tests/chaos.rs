@@ -208,6 +208,17 @@ fn soak() {
         count.is_some() || until.is_some(),
         "give CHAOS_SEED, CHAOS_SEEDS or CHAOS_HOURS"
     );
+    if std::env::var("CHAOS_LIST").is_ok() {
+        // Print each seed's action list without running it (to find a seed by its actions).
+        for s in first..first + count.unwrap_or(1) {
+            let kinds: Vec<&str> = action::generate(s, steps, &enabled)
+                .iter()
+                .map(|a| a.kind.name())
+                .collect();
+            eprintln!("seed {s}: {}", kinds.join(" "));
+        }
+        return;
+    }
     let (mut runs, mut actions, mut failed) = (0u64, 0usize, Vec::new());
     let mut seed = first;
     while count.is_none_or(|c| runs < c) && until.is_none_or(|u| Instant::now() < u) {
