@@ -402,20 +402,24 @@ impl World {
         // A disk the tracker found changed outside it (bind_alias) is carried by the point at
         // its last good state, and the shipper says so; the next cycle resyncs it.
         let carried = self.carried_disks();
-        for name in &carried {
+        for (name, was) in &carried {
             let restored = got
                 .remove(name)
-                .map(|b| oracle::digests(&[(name.clone(), b)].into()));
-            let last_good = self
+                .map(|b| blake3::hash(&b).to_hex().to_string());
+            // Its last good state: under the name the shipper knew it by (a rename since
+            // may have given it another disk's name).
+            let last_good: Vec<String> = self
                 .checked
                 .values()
                 .rev()
-                .find_map(|c| c.get(name).cloned())
-                .map(|d| [(name.clone(), d)].into());
-            if restored.is_some() && restored != last_good {
-                return Err(format!("point {id}: {name} was changed outside the tracker, but the point holds neither the disk at the seal nor its last good state"));
+                .filter_map(|c| c.get(was).or_else(|| c.get(name)).map(|d| d.1.clone()))
+                .take(1)
+                .collect();
+            if restored.is_some_and(|r| !last_good.contains(&r)) {
+                return Err(format!("point {id}: {name} (known to the shipper as {was}) was changed outside the tracker, but the point holds neither the disk at the seal nor its last good state"));
             }
         }
+        let carried: Vec<String> = carried.into_iter().map(|(n, _)| n).collect();
         let reference = oracle::without(reference, &carried);
         oracle::check(&reference, &got).map_err(|e| format!("point {id}: {e}"))?;
         if !carried.is_empty() {
@@ -426,18 +430,32 @@ impl World {
     }
 
     /// The disks the shipper's status shows waiting for a resync because they changed
-    /// outside the tracker.
-    fn carried_disks(&self) -> Vec<String> {
+    /// outside the tracker: (name now, by the tracker's disk id; name in the status).
+    fn carried_disks(&self) -> Vec<(String, String)> {
         let dir = self.dir.display().to_string();
         let o = self.tool(&["status", "--dir", &dir, "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let now: Vec<(String, String)> = self
+            .mount
+            .as_ref()
+            .and_then(|m| m.request(&hrl::control::Request::Status).status)
+            .map(|st| st.disks.into_iter().map(|d| (d.disk_id, d.disk)).collect())
+            .unwrap_or_default();
         let mut out = Vec::new();
         for st in v.as_array().into_iter().flatten() {
             for d in st["disks"].as_array().into_iter().flatten() {
                 let why = d["resync_reason"].as_str().unwrap_or_default();
-                if why.contains("changed outside the tracker") {
-                    out.extend(d["disk"].as_str().map(String::from));
+                if !why.contains("changed outside the tracker") {
+                    continue;
                 }
+                let was = d["disk"].as_str().unwrap_or_default().to_string();
+                let id = d["disk_id"].as_str().unwrap_or_default();
+                let name = now
+                    .iter()
+                    .find(|(i, _)| !id.is_empty() && i == id)
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_else(|| was.clone());
+                out.push((name, was));
             }
         }
         out
