@@ -5,10 +5,7 @@
 //!
 //! - The 50% rule: a disk whose unshipped logs exceed half its size goes to bitmap-only
 //!   tracking and resync required; its logs are released. The tracker marks every range of
-//!   the released logs before deleting them, so its bitmap alone covers them. The active log
-//!   is released too (a seal cuts it first: an ack deletes only sealed logs): left in place,
-//!   its records stayed on the host, and once the resync switched the disk back to log mode
-//!   they counted again, so the rule fired again, cancelled the resync and dropped its job.
+//!   the released logs before deleting them, so its bitmap alone covers them.
 //! - The unshipped-bytes figure of every disk is refreshed at each check.
 //! - Free space: below [`MIN_FREE_PERCENT`] of the image directory's filesystem the
 //!   directory is in Warning, before a VM gets ENOSPC.
@@ -109,7 +106,7 @@ pub async fn enforce(dir: &Path, state_dir: &Path, status: &Mutex<DirStatus>) ->
             .iter()
             .find(|l| l.disk == d.disk)
             .map(|l| l.disk_id.clone())
-            .unwrap_or_else(|| d.disk_id.clone());
+            .unwrap_or_default();
         if let Ok(mut s) = status.lock() {
             let entry = s.disk_mut(&d.disk, &id);
             entry.unshipped_bytes = crate::service::status::unshipped_bytes(d);
@@ -140,10 +137,13 @@ async fn release(
     let unshipped = crate::service::status::unshipped_bytes(d);
     warn!(disk = %d.disk, unshipped, size = d.disk_size, "unshipped logs exceed 50% of the disk: switching to bitmap tracking, resync required");
     t.set_mode(&d.disk, DiskMode::Bitmap).await?;
-    let released = released_logs(t, status, d, pending).await;
     // The tracker marks the released logs' ranges itself; the shipper's copy of them is a
     // cache that saves reading the bitmap's coarser extents when it is at hand.
-    let logs: Vec<std::path::PathBuf> = released.iter().map(|l| dir.join(&l.log)).collect();
+    let logs: Vec<std::path::PathBuf> = pending
+        .iter()
+        .filter(|l| l.disk == d.disk)
+        .map(|l| dir.join(&l.log))
+        .collect();
     let dropped = tokio::task::spawn_blocking(move || crate::replicate::resync::log_extents(&logs))
         .await
         .map_err(|e| anyhow::anyhow!("log reader failed: {e}"))?;
@@ -163,7 +163,12 @@ async fn release(
             "unshipped logs exceeded 50% of the disk size (logs dropped, bitmap tracking)".into(),
         );
     }
-    if let Some(max) = released.iter().map(|l| l.seq).max() {
+    if let Some(max) = pending
+        .iter()
+        .filter(|l| l.disk == d.disk)
+        .map(|l| l.seq)
+        .max()
+    {
         t.ack(&d.disk, (!id.is_empty()).then_some(id), max).await?;
     }
     if let Ok(mut s) = status.lock() {
@@ -179,41 +184,6 @@ async fn release(
         );
     }
     Ok(())
-}
-
-/// The logs of `d` the 50% rule releases: its sealed logs, and its active log, sealed now
-/// (in bitmap mode, so the next log takes no records). The seal cuts every disk's log; a
-/// disk it reports changed outside the tracker is marked for a full resync here, as the
-/// cycle would have. If the seal fails, only the sealed logs are released (the rule runs
-/// again at the next check).
-async fn released_logs(
-    t: &mut TrackerClient,
-    status: &Mutex<DirStatus>,
-    d: &hrl::control::DiskStatus,
-    pending: &[hrl::control::SealedLog],
-) -> Vec<hrl::control::SealedLog> {
-    let mut logs: Vec<_> = pending
-        .iter()
-        .filter(|l| l.disk == d.disk)
-        .cloned()
-        .collect();
-    match t.seal().await {
-        Ok(seal) => {
-            let none = std::collections::BTreeMap::<String, ()>::new();
-            let outside = crate::replicate::bypass::changed_outside(&seal, &none);
-            if !outside.is_empty() {
-                let st = t.status().await.ok();
-                if let Ok(mut s) = status.lock() {
-                    crate::replicate::bypass::mark_carried(&mut s, &outside, st.as_ref());
-                }
-            }
-            logs.extend(seal.disks.into_iter().filter(|l| l.disk == d.disk));
-        }
-        Err(e) => {
-            warn!(disk = %d.disk, "cannot seal the active log to release it ({e:#}); only the sealed logs are released now")
-        }
-    }
-    logs
 }
 
 /// Sorts and merges byte ranges (keeps the state file small).
