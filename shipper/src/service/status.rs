@@ -221,6 +221,15 @@ impl DirStatus {
             false => self.health.max(Health::Warning),
         };
         self.last_error = Some(format!("{err:#}"));
+        // A resync runs only inside a cycle: once that failed, the disk waits for the next
+        // one (its job is saved and resumes), so it shows "resync required", not "resyncing".
+        for d in self
+            .disks
+            .iter_mut()
+            .filter(|d| d.state == DiskState::Resyncing)
+        {
+            d.state = DiskState::ResyncRequired;
+        }
     }
 }
 
@@ -545,6 +554,17 @@ mod tests {
             !text.contains("image_stat") && !text.contains("tracker_pid"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_failed_cycle_leaves_its_resync_required_not_resyncing() {
+        let mut s = DirStatus::new(Path::new("/v/a"), "a", "/s");
+        s.disk_mut("a.img", "").state = DiskState::Resyncing;
+        s.disk_mut("b.img", "").state = DiskState::Replicating;
+        s.cycle_failed(false, &anyhow::anyhow!("store refused a write"));
+        assert_eq!(s.disks[0].state, DiskState::ResyncRequired);
+        assert_eq!(s.disks[1].state, DiskState::Replicating);
+        assert_eq!(s.health, Health::Warning);
     }
 
     #[test]
