@@ -228,26 +228,27 @@ impl GroupStore {
     }
 
     pub async fn get(&self, key: &str) -> StoreResult<Vec<u8>> {
+        let (path, r) = self.open_get(key).await?;
+        let b = r.bytes().await.map_err(|e| self.err(Op::Get, &path, e))?;
+        Ok(b.to_vec())
+    }
+
+    /// Starts the GET of `key` (the body is read by the caller).
+    async fn open_get(&self, key: &str) -> StoreResult<(StorePath, object_store::GetResult)> {
         let path = self.path(key);
         let r = self
             .store()
             .get(&path)
             .await
             .map_err(|e| self.err(Op::Get, &path, e))?;
-        let b = r.bytes().await.map_err(|e| self.err(Op::Get, &path, e))?;
-        Ok(b.to_vec())
+        Ok((path, r))
     }
 
     /// Downloads a zstd-compressed object into `dest`, decompressing as it streams (logs can
     /// be large).
     pub async fn get_zstd_to_file(&self, key: &str, dest: &std::path::Path) -> StoreResult<u64> {
         use futures::StreamExt;
-        let path = self.path(key);
-        let r = self
-            .store()
-            .get(&path)
-            .await
-            .map_err(|e| self.err(Op::Get, &path, e))?;
+        let (path, r) = self.open_get(key).await?;
         let compressed = dest.with_extension("zst-part");
         let local = |what: &str, p: &std::path::Path, e: std::io::Error| {
             self.local(Op::Get, &path, format!("{what} {}: {e}", p.display()))
