@@ -113,6 +113,11 @@ pub struct DiskEntry {
     /// points written before hrl recorded them: restore then makes the disk 0600 root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileAttrs>,
+    /// Set when the disk changed outside the tracker before this point's seal: the entry is
+    /// the disk's last good state, that of point `carried_from`, not the disk at this seal
+    /// (its logs miss the change; a later point resyncs it). Restore and `points` say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried_from: Option<u64>,
 }
 
 /// Permission bits and ownership of a disk file.
@@ -280,6 +285,7 @@ mod tests {
                 last_seq: 0,
                 last_chain_hash: "00".repeat(32),
                 file: None,
+                carried_from: None,
             }],
         };
         assert_eq!(PointManifest::from_json(&m.to_json()).unwrap(), m);

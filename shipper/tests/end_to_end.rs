@@ -810,6 +810,27 @@ fn writer_bypassing_the_mount_is_refused_then_detected_and_resynced() {
     let restored2 = s.restore(2);
     assert_same_file(&restored2.join("e.img"), &other);
     assert_same_file(&restored2.join("d.img"), &snap1.join("d.img"));
+    // The point itself says d.img is point 1's state (a status lost to a killed shipper
+    // cannot hide it), and so do `restore` and `points`.
+    let carried: Vec<_> = s.manifest(2)["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["name"].clone(), d["carried_from"].clone()))
+        .collect();
+    assert!(
+        carried.contains(&("d.img".into(), 1.into()))
+            && carried.contains(&("e.img".into(), serde_json::Value::Null)),
+        "{carried:?}"
+    );
+    let note = "d.img is as of point 1: it changed outside the tracker";
+    let out = ok(&s.try_restore("2", &s.tmp.path().join("r2-again")));
+    assert!(out.contains(note), "{out}");
+    let out = ok(&s.shipper(
+        &["points", "--target", &s.server.url, "--group", &s.group],
+        &[],
+    ));
+    assert!(out.contains(note), "{out}");
 
     let r = s.sync();
     assert_eq!(r["point"], 3);
@@ -823,6 +844,14 @@ fn writer_bypassing_the_mount_is_refused_then_detected_and_resynced() {
         "the 1 MiB the writer changed: {r}"
     );
     let snap3 = s.snapshot(3);
+    assert!(
+        s.manifest(3)["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["carried_from"].is_null()),
+        "the resync's point holds d.img itself"
+    );
     drop(holder);
     drop(tracker);
     same_dirs(&s.restore(3), &snap3);

@@ -89,6 +89,22 @@ pub fn fmt_time(ns: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// One line per disk of `m` that the point carries at an earlier point's state (changed
+/// outside the tracker before its seal), for `points` and `restore` to say so.
+pub fn carried_notes(m: &PointManifest) -> Vec<String> {
+    m.disks
+        .iter()
+        .filter_map(|d| {
+            d.carried_from.map(|from| {
+                format!(
+                    "{} is as of point {from}: it changed outside the tracker before this seal (a later point holds it resynced)",
+                    hrl::display::escaped(&d.name)
+                )
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,13 +26,23 @@ pub fn changed_outside<T>(seal: &Seal, rebased: &BTreeMap<String, T>) -> HashSet
 }
 
 /// The entry a point carries for a disk changed outside the tracker: its entry in the last
-/// point, unchanged. A disk with none (copied for the first time in this cycle) is left out
-/// of the point and copied again.
-pub fn carried(previous: &BTreeMap<String, DiskEntry>, sealed: &SealedLog) -> Option<DiskEntry> {
+/// point (`last_id`), marked as that point's state (`carried_from`: restore and `points` say
+/// the disk is not as of this seal, even when no status survives a killed shipper). A disk
+/// with none (copied for the first time in this cycle) is left out of the point and copied
+/// again.
+pub fn carried(
+    previous: &BTreeMap<String, DiskEntry>,
+    last_id: Option<u64>,
+    sealed: &SealedLog,
+) -> Option<DiskEntry> {
     let e = previous
         .get(&sealed.disk_id)
         .filter(|e| e.generation == sealed.generation)
-        .cloned();
+        .cloned()
+        .map(|mut e| {
+            e.carried_from = e.carried_from.or(last_id);
+            e
+        });
     tracing::warn!(
         disk = %sealed.disk,
         carried = e.is_some(),

@@ -130,6 +130,7 @@ mod tests {
             last_seq: 4,
             last_chain_hash: "00".repeat(32),
             file: None,
+            carried_from: None,
         }
     }
 

@@ -104,6 +104,7 @@ mod tests {
                 last_seq: 1,
                 last_chain_hash: "c".into(),
                 file: None,
+                carried_from: None,
             }],
         }
     }

@@ -50,9 +50,11 @@ pub async fn ship(
     };
     for sealed in &seal.disks {
         if outside.contains(&sealed.disk_id) {
-            shipped
-                .entries
-                .extend(crate::replicate::bypass::carried(&c.previous, sealed));
+            shipped.entries.extend(crate::replicate::bypass::carried(
+                &c.previous,
+                c.last.as_ref().map(|m| m.id),
+                sealed,
+            ));
             continue;
         }
         let start = match starts.remove(&sealed.disk_id) {
@@ -159,6 +161,7 @@ async fn ship_disk(
         last_seq,
         last_chain_hash: last_hash,
         file: hrl::store::FileAttrs::of_file(&p.dir.join(&sealed.disk)),
+        carried_from: None,
     })
 }
 

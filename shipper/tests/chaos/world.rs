@@ -401,7 +401,12 @@ impl World {
         let mut got = self.guest_view(&disks, reference)?;
         // A disk the tracker found changed outside it (bind_alias) is carried by the point at
         // its last good state, and the shipper says so; the next cycle resyncs it.
-        let carried = self.carried_disks();
+        let mut carried = self.carried_disks();
+        for c in self.carried_in_point(id)? {
+            if !carried.contains(&c) {
+                carried.push(c);
+            }
+        }
         for (name, was) in &carried {
             let restored = got
                 .remove(name)
@@ -429,18 +434,44 @@ impl World {
         Ok(())
     }
 
+    /// The disks point `id`'s manifest says it carries at an earlier point's state (changed
+    /// outside the tracker before its seal): (name now, by disk id; name in the point). The
+    /// manifest says so even when the shipper was killed before its status did.
+    fn carried_in_point(&self, id: u64) -> Result<Vec<(String, String)>, Finding> {
+        let o = self.tool(&["points", "--target", &self.url, "--group", GROUP, "--json"]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&o.stdout).map_err(|e| format!("points --json: {e}"))?;
+        let now = self.tracker_disk_names();
+        let mut out = Vec::new();
+        for p in v.as_array().into_iter().flatten().filter(|p| p["id"] == id) {
+            for d in p["disks"].as_array().into_iter().flatten() {
+                if d["carried_from"].is_null() {
+                    continue;
+                }
+                let was = d["name"].as_str().unwrap_or_default().to_string();
+                let disk_id = d["disk_id"].as_str().unwrap_or_default();
+                out.push((name_now(&now, disk_id, &was), was));
+            }
+        }
+        Ok(out)
+    }
+
+    /// (disk id, name) of every disk the tracker tracks now.
+    fn tracker_disk_names(&self) -> Vec<(String, String)> {
+        self.mount
+            .as_ref()
+            .and_then(|m| m.request(&hrl::control::Request::Status).status)
+            .map(|st| st.disks.into_iter().map(|d| (d.disk_id, d.disk)).collect())
+            .unwrap_or_default()
+    }
+
     /// The disks the shipper's status shows waiting for a resync because they changed
     /// outside the tracker: (name now, by the tracker's disk id; name in the status).
     fn carried_disks(&self) -> Vec<(String, String)> {
         let dir = self.dir.display().to_string();
         let o = self.tool(&["status", "--dir", &dir, "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        let now: Vec<(String, String)> = self
-            .mount
-            .as_ref()
-            .and_then(|m| m.request(&hrl::control::Request::Status).status)
-            .map(|st| st.disks.into_iter().map(|d| (d.disk_id, d.disk)).collect())
-            .unwrap_or_default();
+        let now = self.tracker_disk_names();
         let mut out = Vec::new();
         for st in v.as_array().into_iter().flatten() {
             for d in st["disks"].as_array().into_iter().flatten() {
@@ -450,12 +481,7 @@ impl World {
                 }
                 let was = d["disk"].as_str().unwrap_or_default().to_string();
                 let id = d["disk_id"].as_str().unwrap_or_default();
-                let name = now
-                    .iter()
-                    .find(|(i, _)| !id.is_empty() && i == id)
-                    .map(|(_, n)| n.clone())
-                    .unwrap_or_else(|| was.clone());
-                out.push((name, was));
+                out.push((name_now(&now, id, &was), was));
             }
         }
         out
@@ -676,4 +702,12 @@ pub fn qcow2_guest(image: &Path) -> Result<Vec<u8>, String> {
 pub fn last_lines(s: &str, n: usize) -> String {
     let v: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
     v[v.len().saturating_sub(n)..].join(" | ")
+}
+
+/// The name the tracker knows disk `id` by now (`was` when it knows none: gone or no mount).
+fn name_now(now: &[(String, String)], id: &str, was: &str) -> String {
+    now.iter()
+        .find(|(i, _)| !id.is_empty() && i == id)
+        .map(|(_, n)| n.clone())
+        .unwrap_or_else(|| was.to_string())
 }

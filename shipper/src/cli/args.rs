@@ -1,0 +1,107 @@
+//! Arguments several commands share, and the one place each of them is turned into what the
+//! commands use: a store of a group, a protected directory's group, a cycle's setup. A new
+//! option of the store (a key, a bandwidth limit) is added here once.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::replicate::{copy as initial, cycle, owner};
+use crate::service::status;
+use crate::store::{self, target};
+
+/// Where the shipper keeps its state, and how it cuts base copies.
+#[derive(Args, Clone)]
+pub struct Common {
+    /// State directory (status files, scratch space).
+    #[arg(long, env = "HRL_STATE_DIR", default_value = status::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Chunk size in bytes for base copies (power of two, 4 KiB..64 MiB).
+    #[arg(long, default_value_t = initial::DEFAULT_CHUNK_SIZE)]
+    pub chunk_size: u32,
+}
+
+/// A group in a store, for the commands that read the store without a protected directory
+/// (points, verify, restore).
+#[derive(Args, Clone)]
+pub struct StoreArgs {
+    /// Store URL: a path, file:///path, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
+    #[arg(long, default_value = target::DEFAULT_TARGET)]
+    pub target: String,
+    /// Group name in the store (`hrl-shipper status` shows a directory's group).
+    #[arg(long)]
+    pub group: String,
+}
+
+impl StoreArgs {
+    /// The group's store.
+    pub fn open(&self) -> Result<store::GroupStore> {
+        store::GroupStore::new(target::open(&self.target)?, &self.group)
+    }
+}
+
+/// A protected directory and where it replicates to (sync, resync).
+#[derive(Args, Clone)]
+pub struct DirArgs {
+    /// Protected directory (the tracker's mount).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Store URL: a path, file:///path, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
+    #[arg(long, default_value = target::DEFAULT_TARGET)]
+    pub target: String,
+    /// Group name in the store (default: <host>-<directory path>, unique per host and
+    /// directory; a directory that shipped before keeps the group its state file records).
+    #[arg(long)]
+    pub group: Option<String>,
+}
+
+/// The group of `dir`: the one given; else the one its state file recorded (installs from
+/// before the per-host default keep their group); else the default, unique per host and
+/// directory (`owner::default_group`).
+pub fn group_for(dir: &Path, group: Option<String>, state_dir: &Path) -> Result<String> {
+    if let Some(g) = group {
+        return Ok(g);
+    }
+    if let Ok(Some(s)) = status::load(state_dir, dir) {
+        if !s.group.is_empty() {
+            return Ok(s.group);
+        }
+    }
+    owner::default_group(dir)
+}
+
+/// Refuses a `--dir` that is not a directory.
+pub fn check_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        bail!(
+            "{} is not a directory; pass the tracker's mount directory with --dir",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// A cycle's setup for `dir` replicating into `group` of `target`.
+pub fn protected(
+    dir: &Path,
+    target: &str,
+    group: &str,
+    common: &Common,
+    force_resync: bool,
+) -> Result<cycle::Protected> {
+    hrl::chunk::check_block_size(common.chunk_size).context("--chunk-size")?;
+    let t = target::open(target)?;
+    Ok(cycle::Protected {
+        dir: dir.to_path_buf(),
+        store: store::GroupStore::new(t, group)?,
+        chunk_size: common.chunk_size,
+        state_dir: common.state_dir.clone(),
+        force_resync,
+        resync_now: false,
+        resync_window: None,
+        progress_bar: std::io::stderr().is_terminal(),
+        reconcile: false,
+    })
+}

@@ -1,0 +1,105 @@
+//! `run`: the background service, for one directory or every directory of a config file.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+use super::args::{check_dir, group_for, protected, Common};
+use crate::service::run as service;
+use crate::service::{config, retry, window};
+use crate::store::target;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Protected directory (the tracker's mount).
+    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    pub dir: Option<PathBuf>,
+    /// Store URL: a path, file:///path, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
+    #[arg(long, default_value = target::DEFAULT_TARGET)]
+    pub target: String,
+    /// Replication interval (30s, 5m, 15m, ...).
+    #[arg(long, default_value = "5m")]
+    pub interval: String,
+    /// Group name in the store (default: <host>-<directory path>, unique per host and
+    /// directory; a directory that shipped before keeps the group its state file records).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Configuration file (TOML) with a target and protected directories.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Back-off unit: retries wait 1, 2, 4, 8, 10, then every 30 units.
+    #[arg(long, env = "HRL_RETRY_UNIT", default_value = "1m")]
+    pub retry_unit: String,
+    /// Daily local-time span (HH:MM-HH:MM) in which automatic resyncs may run, or `any`;
+    /// default 18:00-08:00 (outside office hours). Outside it a disk waits in "resync
+    /// required"; `hrl-shipper resync --dir DIR --now` starts one at once.
+    #[arg(long)]
+    pub resync_window: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
+    let mut jobs = Vec::new();
+    if let Some(path) = &a.config {
+        let cfg = config::load(path)?;
+        let retry_unit = match cfg.retry_unit {
+            Some(u) => u,
+            None => retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
+        };
+        let common = Common {
+            state_dir: cfg.state_dir.clone().unwrap_or(a.common.state_dir.clone()),
+            chunk_size: cfg.chunk_size.unwrap_or(a.common.chunk_size),
+        };
+        let window = window::parse_option(
+            cfg.resync_window
+                .as_deref()
+                .or(a.resync_window.as_deref())
+                .unwrap_or(window::DEFAULT_WINDOW),
+        )?;
+        for d in &cfg.dirs {
+            check_dir(&d.path)?;
+            let group = group_for(&d.path, d.group.clone(), &common.state_dir)?;
+            let mut pr = protected(&d.path, &cfg.target, &group, &common, false)?;
+            pr.resync_window = window;
+            jobs.push(service::DirJob {
+                protected: pr,
+                interval: d.interval,
+                retry_unit,
+            });
+        }
+    } else if let Some(dir) = &a.dir {
+        check_dir(dir)?;
+        let group = group_for(dir, a.group.clone(), &a.common.state_dir)?;
+        let mut pr = protected(dir, &a.target, &group, &a.common, false)?;
+        pr.resync_window =
+            window::parse_option(a.resync_window.as_deref().unwrap_or(window::DEFAULT_WINDOW))?;
+        jobs.push(service::DirJob {
+            protected: pr,
+            interval: retry::parse_duration(&a.interval).context("--interval")?,
+            retry_unit: retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
+        });
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut set = tokio::task::JoinSet::new();
+    for j in jobs {
+        let mut j = j;
+        j.protected.progress_bar = false;
+        set.spawn(service::run_dir(j, rx.clone()));
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = async { while set.join_next().await.is_some() {} } => {}
+    }
+    let _ = tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while set.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(std::process::ExitCode::SUCCESS)
+}
