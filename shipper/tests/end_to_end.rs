@@ -857,6 +857,48 @@ fn writer_bypassing_the_mount_is_refused_then_detected_and_resynced() {
     same_dirs(&s.restore(3), &snap3);
 }
 
+/// Soak seed 30055 (2026-12-02): a resync killed after it read every block, then a write
+/// that bypasses the mount (an old descriptor), then a sync. That sync's seal finds the disk
+/// changed outside the tracker; it used to resume the interrupted job (every block already
+/// compared, before the write) and commit a point missing the write. The job must be
+/// dropped and the disk compared again.
+#[test]
+fn an_interrupted_resync_is_not_resumed_over_a_change_outside_the_tracker() {
+    let s = Site::new(ServerKind::Local);
+    let disk = s.dir.join("d.img");
+    new_disk(&disk, 8 << 20);
+    fill(&disk, 8, 1);
+    let tracker = s.mount();
+    assert_eq!(s.sync()["point"], 1);
+    drop(tracker);
+    // A VM that opened the disk before the next mount: the mount (--force) reports the disk
+    // for a full compare, so the next sync resyncs it; that sync dies after its uploads.
+    let mut holder = Holder::descriptor(&disk, "<>");
+    let tracker = s.mount_with(&["--force"]);
+    let marker = s.state.join("stopped-at-after-upload");
+    assert!(!kill9_at_stop_point(s.cmd("sync", &[]), &marker, "after-upload").success());
+    // The write the tracker never sees, after the killed resync read the disk.
+    let src = s.tmp.path().join("mib");
+    std::fs::write(&src, file_data(77, 1 << 20)).unwrap();
+    holder.command(&format!("2 {}", src.display()));
+    let r = s.sync();
+    let point = r["point"].as_u64().unwrap();
+    drop(holder);
+    let restored = s.restore(point);
+    let m = s.manifest(point);
+    if m["disks"][0]["carried_from"].is_null() {
+        assert_same_file(&restored.join("d.img"), &disk);
+    } else {
+        // Carried at its last good state: the next point must hold the write.
+        let r = s.sync();
+        assert_same_file(
+            &s.restore(r["point"].as_u64().unwrap()).join("d.img"),
+            &disk,
+        );
+    }
+    drop(tracker);
+}
+
 /// Disks that shrink between two points — `truncate`, `qemu-img resize --shrink`, a smaller
 /// file copied over a disk — commit a point that restores to the disk at its seal, at its
 /// new size (the seal used to record the larger of the log's opening size and the size

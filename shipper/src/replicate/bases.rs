@@ -83,7 +83,9 @@ fn tracker_disk<'c>(c: &'c Cycle<'_>, sealed: &SealedLog) -> Option<&'c hrl::con
 }
 
 /// An interrupted resync against this very replica state, unless a newer unclean report
-/// (another tracker process) came since it was planned; a stale one is dropped.
+/// (another tracker process) came since it was planned, or this cycle's seal found the disk
+/// changed outside the tracker (after the job read its blocks: what it compared may be
+/// stale, and no log holds the change); a stale one is dropped.
 fn saved_job(c: &Cycle<'_>, sealed: &SealedLog) -> Option<(ResyncJob, hrl::chunk::ChunkIndex)> {
     let prev = c
         .previous
@@ -95,8 +97,12 @@ fn saved_job(c: &Cycle<'_>, sealed: &SealedLog) -> Option<(ResyncJob, hrl::chunk
         if !answers {
             info!(disk = %sealed.disk, "a newer unclean report replaces the interrupted resync");
         }
+        if sealed.changed_outside {
+            info!(disk = %sealed.disk, "changed outside the tracker since the interrupted resync read it: resyncing again");
+        }
         !c.p.force_resync
             && answers
+            && !sealed.changed_outside
             && j.generation == sealed.generation
             && prev.is_some_and(|e| e.last_seq == j.replica_last_seq)
     });

@@ -102,11 +102,17 @@ pub async fn enforce(dir: &Path, state_dir: &Path, status: &Mutex<DirStatus>) ->
     let st = t.status().await?;
     let pending = t.pending().await?;
     for d in &st.disks {
-        let id = pending
-            .iter()
-            .find(|l| l.disk == d.disk)
-            .map(|l| l.disk_id.clone())
-            .unwrap_or_default();
+        // The tracker's own id for the disk; a disk with no sealed log yet has one too, so
+        // its resync job is dropped below like any other (older trackers: from its logs).
+        let id = if d.disk_id.is_empty() {
+            pending
+                .iter()
+                .find(|l| l.disk == d.disk)
+                .map(|l| l.disk_id.clone())
+                .unwrap_or_default()
+        } else {
+            d.disk_id.clone()
+        };
         if let Ok(mut s) = status.lock() {
             let entry = s.disk_mut(&d.disk, &id);
             entry.unshipped_bytes = crate::service::status::unshipped_bytes(d);

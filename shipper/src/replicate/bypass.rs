@@ -65,3 +65,13 @@ pub fn mark_carried(s: &mut DirStatus, outside: &HashSet<String>, t: Option<&Mou
             .or_else(|| Some(format!("{} {REASON}", d.disk)));
     }
 }
+
+/// Drops the saved resync jobs of the disks in `outside`: a disk changed outside the tracker
+/// after a job read it must be compared again (the point carries its last good state; were
+/// its commit to fail, the next cycle would otherwise resume a job that missed the change,
+/// and that cycle's seal no longer reports it).
+pub fn drop_stale_jobs(state_dir: &std::path::Path, outside: &HashSet<String>) {
+    for id in outside {
+        crate::replicate::resync::drop_job(state_dir, id);
+    }
+}

@@ -56,6 +56,7 @@ pub async fn run_cycle_with(
         &seal,
         &BTreeMap::<String, ()>::new(),
     ));
+    bypass::drop_stale_jobs(&p.state_dir, &outside);
 
     let shipped = ship::ship(&mut c, &seal, &mut starts, &outside).await?;
     stop::at(&p.state_dir, "after-upload");

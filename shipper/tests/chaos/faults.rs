@@ -207,6 +207,10 @@ pub fn dead_mount(w: &mut World, act: &Action, rng: &mut Rng) -> Result<String, 
 pub fn fifty_percent(w: &mut World, act: &Action, rng: &mut Rng) -> Result<String, Finding> {
     let disk = "big.img";
     let p = w.path(disk);
+    // A store outage still running from an earlier action ends first: each variant sets the
+    // store's state itself (seed 30051 started the "store ok" service into a read-only store).
+    w.set_store_ro(false);
+    w.outage_syncs = 0;
     if !p.exists() {
         let f = std::fs::File::create(&p).map_err(|e| format!("create {disk}: {e}"))?;
         f.set_len(24 * MIB).map_err(|e| e.to_string())?;
@@ -233,7 +237,14 @@ pub fn fifty_percent(w: &mut World, act: &Action, rng: &mut Rng) -> Result<Strin
             w.point_ids().is_ok_and(|ids| ids.iter().any(|&i| i > max))
         });
         if !committed {
-            return Err("the service's first cycle committed no point within 120 s".into());
+            let log = std::fs::read_to_string(w.work.join("service.stderr")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            return Err(format!(
+                "the service's first cycle committed no point within 120 s; tracker: {:?}; shipper: {}; its log ends:\n{}",
+                disk_status(w, disk),
+                shipper_reason(w, disk),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
         }
         let done = super::world::SyncOutcome {
             success: true,

@@ -191,7 +191,10 @@ impl World {
         c.args(args)
             .env("HRL_RUN_DIR", &self.run)
             .env("HRL_STATE_DIR", &self.state)
-            .env("HRL_LOG", "warn");
+            .env(
+                "HRL_LOG",
+                std::env::var("CHAOS_HRL_LOG").unwrap_or_else(|_| "warn".into()),
+            );
         c
     }
 
@@ -230,6 +233,22 @@ impl World {
                 }
             }
         };
+        // Every sync's log, kept with the work dir of a failing seed.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.work.join("syncs.log"))
+        {
+            use std::io::Write;
+            let _ = writeln!(
+                f,
+                "=== {} (success {}, killed {})\n{}",
+                args.join(" "),
+                out.success,
+                out.killed,
+                out.stderr
+            );
+        }
         if self.outage_syncs > 0 {
             self.outage_syncs -= 1;
             if self.outage_syncs == 0 {
