@@ -60,7 +60,11 @@ pub fn mark_carried(s: &mut DirStatus, outside: &HashSet<String>, t: Option<&Mou
         d.resync_full = true;
         d.resync_reason = Some(REASON.into());
         d.last_error = t
-            .and_then(|t| t.disks.iter().find(|x| x.disk == d.disk))
+            .and_then(|t| {
+                t.disks
+                    .iter()
+                    .find(|x| (!x.disk_id.is_empty() && x.disk_id == d.disk_id) || x.disk == d.disk)
+            })
             .and_then(|x| x.changed_outside.clone())
             .or_else(|| Some(format!("{} {REASON}", d.disk)));
     }
