@@ -27,11 +27,31 @@ pub const MAX_WRITE: u32 = 1 << 20;
 /// The FUSE filesystem.
 pub struct HrlFs<S: ChangeSink> {
     core: Arc<Core<S>>,
+    /// The kernel allows shared mappings of `FOPEN_DIRECT_IO` files
+    /// (`FUSE_DIRECT_IO_ALLOW_MMAP`, Linux 6.6), so writable opens of disks can bypass its
+    /// page cache without refusing `mmap(MAP_SHARED)`.
+    direct_writes: bool,
 }
 
 impl<S: ChangeSink> HrlFs<S> {
     pub fn new(core: Arc<Core<S>>) -> Self {
-        HrlFs { core }
+        HrlFs {
+            core,
+            direct_writes: false,
+        }
+    }
+
+    /// How the kernel is to treat the open `fh`: a writable open of a disk skips the page
+    /// cache and may have parallel writes in flight (`FOPEN_DIRECT_IO` +
+    /// `FOPEN_PARALLEL_DIRECT_WRITES`): without it the kernel holds the inode lock across
+    /// each write's whole round trip, so writers of one disk queue behind each other there.
+    /// Read-only opens keep the page cache and its readahead.
+    fn open_flags(&self, fh: u64) -> FopenFlags {
+        if self.direct_writes && self.core.writes_tracked(fh) {
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+        } else {
+            FopenFlags::empty()
+        }
     }
 
     fn entry(&self, e: &Entry) -> (Duration, FileAttr) {
@@ -158,6 +178,9 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         // Without it the kernel serves each asynchronous O_DIRECT request (qemu aio=native,
         // fio libaio) synchronously inside io_submit: a queue depth of 16 becomes one.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
+        self.direct_writes = config
+            .add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
         let _ = config.set_max_background(64);
         Ok(())
     }
@@ -339,7 +362,7 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.core.open(ino.0, flags.0, caller(req)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(fh)),
             Err(c) => reply.error(e("open", c)),
         }
     }
@@ -551,7 +574,7 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
                 &attr(c.entry.ino, &c.entry.attr),
                 Generation(0),
                 FileHandle(c.fh),
-                FopenFlags::empty(),
+                self.open_flags(c.fh),
             ),
             Err(c) => reply.error(e("create", c)),
         }

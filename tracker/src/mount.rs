@@ -336,8 +336,10 @@ fn raise_fd_limit() {
 }
 
 /// Readahead for the mount, in KiB. The kernel offers FUSE only 128 KiB at init; sequential
-/// reads of images go much faster with whole 1 MiB requests.
-const READAHEAD_KB: u32 = 1024;
+/// reads of images go much faster with whole 1 MiB requests, and faster again with four of
+/// them in flight (the backing device reads ahead while the tracker copies the last one;
+/// measured 1.3-2x of a 1 MiB window).
+const READAHEAD_KB: u32 = 4096;
 
 /// Sets the readahead of the FUSE mount's backing device info through sysfs. The device
 /// number comes from /proc/self/mountinfo: a stat of the mount would wait for this very

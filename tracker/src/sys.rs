@@ -256,17 +256,18 @@ pub fn utimens_fd(
 
 /// Reads up to `len` bytes at `off` (short only at end of file).
 pub fn pread_full(fd: BorrowedFd<'_>, len: usize, off: u64) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        match rustix::io::pread(fd, &mut buf[done..], off + done as u64) {
+    // Read into the vector's spare capacity: a 1 MiB read request is not zeroed first.
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = off + buf.len() as u64;
+        match rustix::io::pread(fd, rustix::buffer::spare_capacity(&mut buf), at) {
             Ok(0) => break,
-            Ok(n) => done += n,
+            Ok(_) => {}
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    buf.truncate(done);
+    buf.truncate(len);
     Ok(buf)
 }
 

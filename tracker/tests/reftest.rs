@@ -457,3 +457,38 @@ fn lifecycle_of_disks_under_reused_names() {
         w(1, 9000, 10, 7),
     ]);
 }
+
+/// Writable opens of disks are the ones the kernel is told to send uncached and in parallel
+/// (`FOPEN_DIRECT_IO`, parallel direct writes): a read-only open of a disk and a writable
+/// open of a file that is no disk keep the page cache and its readahead.
+#[test]
+fn only_writable_opens_of_disks_bypass_the_page_cache() {
+    let h = Harness::new();
+    fs::write(h.backing.join("notes.txt"), b"not a disk").expect("file");
+    let disk = h
+        .core
+        .create(ROOT_INO, OsStr::new("d.img"), 0o600, libc::O_RDWR, h.who)
+        .expect("create a disk");
+    assert!(
+        h.core.writes_tracked(disk.fh),
+        "a created disk, open for writing"
+    );
+    let open = |name: &str, flags: i32| {
+        let e = h.core.lookup(ROOT_INO, OsStr::new(name)).expect("lookup");
+        let fh = h.core.open(e.ino, flags, h.who).expect("open");
+        let direct = h.core.writes_tracked(fh);
+        h.core.release(fh);
+        direct
+    };
+    assert!(open("d.img", libc::O_WRONLY));
+    assert!(open("d.img", libc::O_RDWR));
+    assert!(
+        !open("d.img", libc::O_RDONLY),
+        "a reader of a disk keeps the cache"
+    );
+    assert!(
+        !open("notes.txt", libc::O_RDWR),
+        "a file that is no disk keeps the cache"
+    );
+    h.core.release(disk.fh);
+}

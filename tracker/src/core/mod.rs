@@ -65,6 +65,8 @@ fn kill_suidgid(fd: BorrowedFd<'_>) -> OpResult<()> {
 struct OpenFile {
     file: File,
     key: BackingKey,
+    /// Opened for writing.
+    writes: bool,
 }
 
 /// An open directory: entries read once at open (stable offsets for readdir).
@@ -388,13 +390,23 @@ impl<S: ChangeSink> Core<S> {
         self.lookup(newparent, newname)
     }
 
-    fn add_file(&self, file: File, key: BackingKey) -> u64 {
+    fn add_file(&self, file: File, key: BackingKey, flags: i32) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let writes = Self::writes(flags);
         self.files
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Arc::new(OpenFile { file, key }));
+            .insert(fh, Arc::new(OpenFile { file, key, writes }));
         fh
+    }
+
+    /// True when `fh` writes a tracked disk: such opens bypass the kernel's page cache
+    /// (`FOPEN_DIRECT_IO`), so the kernel sends parallel writes of one disk in parallel
+    /// instead of serialising them on the inode lock for a whole round trip each.
+    pub fn writes_tracked(&self, fh: u64) -> bool {
+        self.file(fh)
+            .map(|f| f.writes && self.sink.tracked(f.key).is_some())
+            .unwrap_or(false)
     }
 
     /// Flags the backing open must not carry: the kernel computes append offsets and handles
@@ -419,7 +431,7 @@ impl<S: ChangeSink> Core<S> {
             }
             self.truncate_fd(i.key, file.as_fd(), 0)?;
         }
-        Ok(self.add_file(file, i.key))
+        Ok(self.add_file(file, i.key, flags))
     }
 
     fn truncate_fd(&self, key: BackingKey, fd: BorrowedFd<'_>, size: u64) -> OpResult<()> {
@@ -464,7 +476,7 @@ impl<S: ChangeSink> Core<S> {
             }
             self.truncate_fd(key, file.as_fd(), 0)?;
         }
-        let fh = self.add_file(file, key);
+        let fh = self.add_file(file, key, flags);
         Ok(Created { entry, fh })
     }
 
