@@ -10,7 +10,7 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 
 use common::*;
@@ -290,4 +290,108 @@ fn every_acknowledged_fsync_survives_kill_9_in_log_and_image() {
             );
         }
     }
+}
+
+/// The content of block `b` of writer `w`'s region after its writes 1..=`v` (each write `n`
+/// fills block `n % blocks` with a pattern whose first 8 bytes say `n`; 0: never written).
+fn writer_block(w: u64, v: u64, b: u64, blocks: u64) -> Vec<u8> {
+    let last = (1..=v).rev().find(|n| n % blocks == b);
+    match last {
+        None => vec![0; BLOCK],
+        Some(n) => {
+            let mut data = pattern((w << 32) | n, BLOCK);
+            data[..8].copy_from_slice(&n.to_le_bytes());
+            data
+        }
+    }
+}
+
+/// Four writers of one disk write at once (the kernel sends writes of one disk to the
+/// tracker in parallel) while seals cut the log: the logs up to each seal must replay to one
+/// state of each writer's region at the cut. That is, exactly its writes 1..=v for one v
+/// (no later write without every earlier one), with every write that had returned before
+/// the seal was asked for and none that started after it answered.
+#[test]
+fn parallel_writers_replay_to_a_cut_at_every_seal() {
+    const WRITERS: u64 = 4;
+    const BLOCKS: u64 = 2048;
+    const SEALS: usize = 12;
+    let region = BLOCKS as usize * BLOCK;
+    let tmp = scratch();
+    let dir = tmp.path().join("vms");
+    std::fs::create_dir_all(&dir).unwrap();
+    let size = WRITERS as usize * region;
+    std::fs::write(dir.join("vm.img"), vec![0u8; size]).unwrap();
+    let base = tmp.path().join("base.img");
+    std::fs::copy(dir.join("vm.img"), &base).unwrap();
+    std::fs::create_dir_all(tmp.path().join("mnt")).unwrap();
+    let m = Mounted::separate(&dir, &tmp.path().join("mnt"), &tmp.path().join("run"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // Per writer: the last write that returned, and the last one started.
+    let done: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
+    let started: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (path, stop) = (m.path("vm.img"), stop.clone());
+            let (done, started) = (done.clone(), started.clone());
+            std::thread::spawn(move || {
+                let f = OpenOptions::new().write(true).open(&path).unwrap();
+                let mut v = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    v += 1;
+                    let b = v % BLOCKS;
+                    started[w as usize].store(v, Ordering::SeqCst);
+                    let off = w * region as u64 + b * BLOCK as u64;
+                    f.write_all_at(&writer_block(w, v, b, BLOCKS), off).unwrap();
+                    done[w as usize].store(v, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    // For each seal: its log, and per writer the bounds of the cut.
+    let mut cuts = Vec::new();
+    for _ in 0..SEALS {
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        let low: Vec<u64> = done.iter().map(|d| d.load(Ordering::SeqCst)).collect();
+        let sealed = m.seal();
+        let high: Vec<u64> = started.iter().map(|s| s.load(Ordering::SeqCst)).collect();
+        assert_eq!(sealed.len(), 1);
+        cuts.push((dir.join(&sealed[0].log), low, high));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let out = scratch();
+    let mut logs = Vec::new();
+    for (k, (log, low, high)) in cuts.into_iter().enumerate() {
+        logs.push(log);
+        let img = out.path().join("cut.img");
+        std::fs::copy(&base, &img).unwrap();
+        hrl::log::apply_logs(&logs, &img).expect("apply the logs up to the seal");
+        let image = std::fs::read(&img).unwrap();
+        for w in 0..WRITERS {
+            let r = &image[w as usize * region..(w as usize + 1) * region];
+            let v = r
+                .chunks(BLOCK)
+                .map(|c| u64::from_le_bytes(c[..8].try_into().unwrap()))
+                .max()
+                .unwrap();
+            let (lo, hi) = (low[w as usize], high[w as usize]);
+            assert!(
+                lo <= v && v <= hi,
+                "seal {k}: writer {w} at write {v}, outside the cut's bounds {lo}..={hi}"
+            );
+            for (b, c) in r.chunks(BLOCK).enumerate() {
+                assert!(
+                    c == writer_block(w, v, b as u64, BLOCKS).as_slice(),
+                    "seal {k}: writer {w}'s block {b} is not its state after write {v}"
+                );
+            }
+        }
+    }
+    m.seal();
+    assert_replay_equals(&base, &dir, "vm.img", &dir.join("vm.img"));
+    m.unmount();
 }
