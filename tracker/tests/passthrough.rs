@@ -141,3 +141,119 @@ fn xattrs_sparse_files_and_statfs_pass_through() {
     let b = run(Command::new("stat").args(["-f", "-c", "%b %S"]).arg(&dir));
     assert_eq!(m_stat, b);
 }
+
+/// A shared read-only mapping of `len` bytes of `f`, unmapped on drop.
+struct Mapping(*mut libc::c_void, usize);
+
+impl Mapping {
+    fn of(f: &fs::File, len: usize) -> Mapping {
+        // SAFETY: a fresh mapping of an open descriptor; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap");
+        Mapping(p, len)
+    }
+    fn bytes(&self) -> Vec<u8> {
+        // SAFETY: the mapping holds self.1 readable bytes until drop.
+        unsafe { std::slice::from_raw_parts(self.0 as *const u8, self.1) }.to_vec()
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `of` with this length.
+        unsafe { libc::munmap(self.0, self.1) };
+    }
+}
+
+/// Writable opens of a disk bypass the kernel's page cache (parallel direct writes) while
+/// read-only opens keep it: a reader that has the disk cached, read or mapped, must still
+/// see every write at once, of any size and alignment, and through a writer's shared mapping.
+#[test]
+fn readers_see_writes_of_a_disk_at_once() {
+    const LEN: usize = 1 << 20;
+    let tmp = scratch();
+    let dir = tmp.path().join("vms");
+    fs::create_dir_all(&dir).unwrap();
+    let mut model = pattern(1, LEN);
+    fs::write(dir.join("d.img"), &model).unwrap();
+    let base = tmp.path().join("base.img");
+    fs::copy(dir.join("d.img"), &base).unwrap();
+    let m = Mounted::in_place(&dir, &tmp.path().join("run"));
+    let reader = fs::File::open(m.path("d.img")).unwrap();
+    let writer = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("d.img"))
+        .unwrap();
+    let mapped = Mapping::of(&reader, LEN);
+    let read_all = || {
+        let mut buf = vec![0u8; LEN];
+        reader.read_exact_at(&mut buf, 0).unwrap();
+        buf
+    };
+    assert!(read_all() == model && mapped.bytes() == model, "cached");
+    // Odd sizes and offsets, inside a page, across pages, a whole aligned block.
+    for (i, &(off, len)) in [
+        (4097usize, 1usize),
+        (12345, 3000),
+        (8192, 4096),
+        (LEN - 7, 7),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let data = pattern(10 + i as u64, len);
+        writer.write_all_at(&data, off as u64).unwrap();
+        model[off..off + len].copy_from_slice(&data);
+        assert!(read_all() == model, "write {i}: a cached reader sees it");
+        assert!(
+            mapped.bytes() == model,
+            "write {i}: a reader's mapping sees it"
+        );
+        let mut back = vec![0u8; len];
+        writer.read_exact_at(&mut back, off as u64).unwrap();
+        assert_eq!(back, data, "write {i}: the writer reads it back");
+    }
+    // A writer's shared writable mapping: its bytes reach readers once synced.
+    // SAFETY: a fresh mapping of an open descriptor; checked below, unmapped at the end.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            writer.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "a shared writable mapping of a disk");
+    let data = pattern(20, 5000);
+    // SAFETY: [100, 5100) lies inside the LEN-byte mapping.
+    unsafe {
+        std::ptr::copy_nonoverlapping(data.as_ptr(), (p as *mut u8).add(100), data.len());
+        assert_eq!(libc::msync(p, LEN, libc::MS_SYNC), 0);
+        libc::munmap(p, LEN);
+    }
+    model[100..5100].copy_from_slice(&data);
+    assert!(
+        read_all() == model,
+        "a mapped write, synced, reaches a cached reader"
+    );
+    drop((mapped, reader, writer));
+    m.seal();
+    m.unmount();
+    assert!(
+        fs::read(dir.join("d.img")).unwrap() == model,
+        "the image has every write"
+    );
+    assert_replay_equals(&base, &dir, "d.img", &dir.join("d.img"));
+}
