@@ -6,7 +6,8 @@
 //! - [`naming`]: the file names hrl keeps beside a disk;
 //! - [`control`]: the tracker's control-socket protocol (seal, ack, mode, …);
 //! - [`crypto`]: client-side encryption at rest (key file, keyed chunk names, sealed objects);
-//! - [`store`]: the object-store layout and recovery-point manifests.
+//! - [`store`]: the object-store layout and recovery-point manifests;
+//! - [`owner`]: a group's owner records (epochs) and the points a takeover fenced.
 
 pub mod bitmap;
 pub mod chunk;
@@ -15,6 +16,7 @@ pub mod crypto;
 pub mod display;
 pub mod log;
 pub mod naming;
+pub mod owner;
 pub mod sidecar;
 pub mod store;
 pub mod store_check;

@@ -90,6 +90,10 @@ pub struct PointManifest {
     pub committed_ns: u64,
     /// Host that shipped it.
     pub host: String,
+    /// The owner epoch it was committed under (absent in points from before epochs: 0);
+    /// a point a takeover fenced is not in the group's chain (`crate::owner::is_fenced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     pub disks: Vec<DiskEntry>,
 }
 
@@ -270,6 +274,7 @@ mod tests {
             seal_id: 3,
             committed_ns: 4,
             host: "h".into(),
+            epoch: None,
             disks: vec![DiskEntry {
                 name: "d.img".into(),
                 disk_id: "00".repeat(16),

@@ -998,7 +998,7 @@ fn groups_are_per_host_and_directory_and_another_host_is_fenced() {
     );
     assert_eq!(points(), 1);
     // A group without an owner record (written before them): its latest point's host owns it.
-    std::fs::remove_file(store.join("owner.json")).unwrap();
+    std::fs::remove_dir_all(store.join("owner")).unwrap();
     let out = shipper_as_host(&e, "hrl-other-host", &args, &state_b);
     assert!(!out.status.success());
     assert!(
@@ -1007,6 +1007,6 @@ fn groups_are_per_host_and_directory_and_another_host_is_fenced() {
         stderr(&out)
     );
     ok(&e.shipper(&args, &[]));
-    assert!(store.join("owner.json").exists());
+    assert!(store.join("owner").join(format!("{:020}.json", 1)).exists());
     assert_eq!(points(), 2);
 }

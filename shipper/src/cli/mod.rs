@@ -2,6 +2,7 @@
 //! per command family; the arguments they share, and how those open a store, in `args`).
 
 pub mod args;
+pub mod failover_cmd;
 pub mod log_cmd;
 pub mod recover_cmd;
 pub mod run_cmd;
@@ -55,6 +56,11 @@ enum Command {
     /// Check that recovery points can be restored (indexes, every chunk, log chains) without
     /// writing a disk.
     Verify(VerifyArgs),
+    /// On the recovery host: rebuild the disks of a point into a directory and take the
+    /// group over (the old primary is fenced: it commits no more points). Then mount the
+    /// tracker over the directory and `sync --dir` it: replication continues the group's
+    /// chain with no base copy.
+    Failover(failover_cmd::FailoverArgs),
 }
 
 /// Runs the command the arguments name; the exit code is the process's.
@@ -103,6 +109,7 @@ async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
         Command::Resync(a) => cmd_resync(a).await,
         Command::Restore(a) => cmd_restore(a).await,
         Command::Verify(a) => cmd_verify(a).await,
+        Command::Failover(a) => failover_cmd::cmd_failover(a).await,
     }
 }
 

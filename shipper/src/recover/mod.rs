@@ -1,6 +1,9 @@
 //! Recovery: build a point into a directory (`restore`), check points without writing a
-//! disk (`verify`), choose a point by id or time (`points`). Next: failover and failback.
+//! disk (`verify`), choose a point by id or time (`points`), fail over to a point and take
+//! the group (`failover`), leaving what reverse replication needs (`reverse`).
 
+pub mod failover;
 pub mod points;
 pub mod restore;
+pub mod reverse;
 pub mod verify;

@@ -21,7 +21,13 @@ pub async fn select(store: &GroupStore, which: &str) -> Result<PointManifest> {
     }
     let which = which.trim();
     if which.is_empty() || which == "latest" {
-        return Ok(load(store, *ids.last().expect("not empty")).await?);
+        // The latest point of the chain: one a takeover fenced is reached by id only.
+        return latest(store).await?.with_context(|| {
+            format!(
+                "group {:?} has no recovery point that a takeover did not fence; see `hrl-shipper points`",
+                store.group
+            )
+        });
     }
     if let Ok(id) = which.parse::<u64>() {
         if !ids.contains(&id) {
@@ -36,9 +42,14 @@ pub async fn select(store: &GroupStore, which: &str) -> Result<PointManifest> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
+    let records = crate::store::owners::list(store).await?;
     let mut all = Vec::with_capacity(ids.len());
     for &id in &ids {
-        all.push(load(store, id).await?);
+        let m = load(store, id).await?;
+        // A point a takeover fenced is not in the chain: reached by id only.
+        if !hrl::owner::is_fenced(m.id, m.epoch, &records) {
+            all.push(m);
+        }
     }
     let times: Vec<u64> = all.iter().map(|m| m.time_ns).collect();
     at_time(&times, t_ns)

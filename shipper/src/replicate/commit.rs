@@ -17,7 +17,10 @@ use crate::store::Put;
 /// Commits the point of `seal` holding `entries`.
 pub async fn commit(c: &Cycle<'_>, seal: &Seal, entries: Vec<DiskEntry>) -> Result<PointManifest> {
     let p = c.p;
-    let id = c.last.as_ref().map_or(1, |m| m.id + 1);
+    // A takeover since the cycle began fences this host before it commits anything.
+    crate::replicate::stop::pause(&p.state_dir, "before-commit");
+    crate::replicate::owner::still_owner(&p.store, &p.dir, c.epoch).await?;
+    let id = crate::store::manifests::next_id(&p.store).await?;
     c.status
         .edit(|s| s.committing_point = Some((id, seal.seal_id)));
     let manifest = PointManifest {
@@ -27,8 +30,10 @@ pub async fn commit(c: &Cycle<'_>, seal: &Seal, entries: Vec<DiskEntry>) -> Resu
         seal_id: seal.seal_id,
         committed_ns: hrl::now_ns(),
         host: crate::replicate::owner::host_name(),
+        epoch: Some(c.epoch),
         disks: entries,
     };
+    crate::replicate::stop::pause(&p.state_dir, "in-commit");
     if crate::store::manifests::commit(&p.store, &manifest).await? == Put::Existed {
         return Err(Fatal(format!(
             "recovery point {id} of group {:?} was committed by another shipper at the same time; \
@@ -37,6 +42,9 @@ pub async fn commit(c: &Cycle<'_>, seal: &Seal, entries: Vec<DiskEntry>) -> Resu
         ))
         .into());
     }
+    // A takeover between the check and the commit fenced this point (docs/store-layout.md,
+    // "Ownership"): nothing is acked, the logs stay on this host.
+    crate::replicate::owner::still_owner(&p.store, &p.dir, c.epoch).await?;
     info!(
         point = id,
         disks = manifest.disks.len(),

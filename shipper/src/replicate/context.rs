@@ -73,6 +73,8 @@ pub struct Cycle<'a> {
     /// Disks whose resync job is done once the point commits.
     pub jobs_done: Vec<String>,
     pub report: CycleReport,
+    /// The owner epoch this host commits under (checked again around the commit).
+    pub epoch: u64,
 }
 
 impl<'a> Cycle<'a> {
@@ -85,7 +87,20 @@ impl<'a> Cycle<'a> {
     ) -> Result<Cycle<'a>> {
         let work = crate::replicate::workdir::fresh(&p.state_dir, &p.store.group)?;
         let last = crate::store::manifests::latest(&p.store).await?;
-        crate::replicate::owner::ensure(&p.store, &p.dir, last.as_ref()).await?;
+        let epoch = match crate::replicate::owner::owns(&p.store, &p.dir, last.as_ref()).await? {
+            Ok(epoch) => epoch,
+            Err(f) => {
+                status.edit(|s| {
+                    s.epoch = None;
+                    s.fenced_by = Some(f.owner);
+                });
+                return Err(f.error);
+            }
+        };
+        status.edit(|s| {
+            s.epoch = Some(epoch);
+            s.fenced_by = None;
+        });
         let mut tracker = match tracker {
             Some(t) => t,
             None => Box::new(TrackerClient::connect(&p.dir).await?),
@@ -110,6 +125,7 @@ impl<'a> Cycle<'a> {
             flags,
             jobs_done: Vec::new(),
             report: CycleReport::default(),
+            epoch,
         })
     }
 

@@ -4,40 +4,25 @@
 //! the other host's disks. So:
 //!
 //! - the default group name is unique per host and directory ([`default_group`]);
-//! - the first cycle of a group writes `<group>/owner.json` (host and directory,
-//!   create-if-absent), and every cycle checks it: a shipper of another host or directory
-//!   is stopped (Critical) with an error naming the owner, before it writes anything.
+//! - ownership goes by epochs (`hrl::owner`): the first cycle of a group creates the record
+//!   of epoch 1 (host and directory, create-if-absent); a failover creates the next epoch's;
+//!   every cycle checks the highest one when it starts and again just before and after its
+//!   commit: a shipper of another host or directory, or of a group handed over, is stopped
+//!   (Critical, fenced) with an error naming the owner since when and what to run. A
+//!   fenced shipper acks nothing: its logs stay on the host.
 //!
 //! Groups written before owner records existed are claimed by the host that committed their
-//! latest point; another host is fenced.
+//! latest point; another host is fenced. A group's `owner.json` from before epochs is its
+//! epoch 0.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use hrl::owner::{OwnerRecord, OwnerState};
 use hrl::store::PointManifest;
-use serde::{Deserialize, Serialize};
 
 use crate::service::retry::Fatal;
-use crate::store::{GroupStore, Put};
-
-/// Key of the owner record, relative to the group.
-pub const OWNER_KEY: &str = "owner.json";
-
-/// The owner of a group: the host and the protected directory that ship into it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Owner {
-    pub host: String,
-    pub dir: PathBuf,
-    /// When it claimed the group, ns since the Unix epoch.
-    pub since_ns: u64,
-}
-
-impl Owner {
-    fn is(&self, host: &str, dir: &Path) -> bool {
-        self.host == host && self.dir == dir
-    }
-}
+use crate::store::{owners, GroupStore, Put};
 
 /// This host's name (the kernel's; the same name `hostname` prints).
 pub fn host_name() -> String {
@@ -86,69 +71,172 @@ pub fn default_group(dir: &Path) -> Result<String> {
 }
 
 /// Makes sure this host and directory own `store`'s group, claiming it when nobody does;
-/// `latest` is the group's latest point. Another owner is a non-recoverable error naming it.
-pub async fn ensure(store: &GroupStore, dir: &Path, latest: Option<&PointManifest>) -> Result<()> {
+/// `latest` is the group's latest point. Returns the owner epoch this host commits under.
+/// Another owner, or a group handed over, is a non-recoverable error naming who owns it
+/// since when, and what to run.
+pub async fn ensure(store: &GroupStore, dir: &Path, latest: Option<&PointManifest>) -> Result<u64> {
+    match owns(store, dir, latest).await? {
+        Ok(epoch) => Ok(epoch),
+        Err(f) => Err(f.error),
+    }
+}
+
+/// A fenced shipper: who owns the group (one line, for `status`) and the error to stop with.
+pub struct Fenced {
+    pub owner: String,
+    pub error: anyhow::Error,
+}
+
+/// [`ensure`], with the fence as a value (the cycle shows the owner in the status).
+pub async fn owns(
+    store: &GroupStore,
+    dir: &Path,
+    latest: Option<&PointManifest>,
+) -> Result<std::result::Result<u64, Fenced>> {
     let host = host_name();
     let dir = canonical_dir(dir);
-    let owner = match read(store).await? {
-        Some(o) => o,
+    let records = owners::list(store).await?;
+    let current = match records.last() {
+        Some(r) => r.clone(),
         None => {
             if let Some(m) = latest.filter(|m| m.host != host) {
-                return Err(fenced(
-                    store,
-                    &format!(
-                        "host {} (it committed point {}; the group has no owner record)",
-                        m.host, m.id
-                    ),
-                ));
+                let owner = format!(
+                    "host {} (it committed point {}; the group has no owner record)",
+                    m.host, m.id
+                );
+                let error = fenced_by(store, &owner);
+                return Ok(Err(Fenced { owner, error }));
             }
-            let me = Owner {
-                host: host.clone(),
-                dir: dir.clone(),
-                since_ns: hrl::now_ns(),
-            };
-            let json = serde_json::to_vec_pretty(&me).context("encode owner record")?;
-            match store.put_new(OWNER_KEY, json).await? {
-                Put::Created => {
+            // A group from before owner records is claimed at its latest point.
+            let point = latest.map(|m| m.id);
+            match take(store, 1, &host, &dir, point, OwnerState::Active).await? {
+                Ok(r) => {
                     tracing::info!(group = %store.group, %host, dir = %dir.display(), "group claimed");
-                    return Ok(());
+                    return Ok(Ok(r.epoch));
                 }
-                // Claimed by another shipper just now: check whom.
-                Put::Existed => read(store).await?.context("owner record vanished")?,
+                Err(other) => other,
             }
         }
     };
-    if owner.is(&host, &dir) {
-        return Ok(());
-    }
-    Err(fenced(
-        store,
-        &format!("host {} directory {}", owner.host, owner.dir.display()),
-    ))
+    Ok(match check_owner(store, &current, &host, &dir) {
+        Ok(epoch) => Ok(epoch),
+        Err(error) => Err(Fenced {
+            owner: describe(&current),
+            error,
+        }),
+    })
 }
 
-fn fenced(store: &GroupStore, owner: &str) -> anyhow::Error {
+/// Before and after a commit: this host still owns the group at `epoch` (a takeover since
+/// the cycle began fences it; see docs/store-layout.md, "Ownership").
+pub async fn still_owner(store: &GroupStore, dir: &Path, epoch: u64) -> Result<()> {
+    let records = owners::list(store).await?;
+    let current = records
+        .last()
+        .context("the group's owner records vanished")?;
+    let got = check_owner(store, current, &host_name(), &canonical_dir(dir))?;
+    if got != epoch {
+        return Err(fenced(store, current));
+    }
+    Ok(())
+}
+
+/// The epoch `current` gives this host and directory, or the error of a fenced one.
+fn check_owner(store: &GroupStore, current: &OwnerRecord, host: &str, dir: &Path) -> Result<u64> {
+    if current.state == OwnerState::Active && current.host == host && Path::new(&current.dir) == dir
+    {
+        return Ok(current.epoch);
+    }
+    Err(fenced(store, current))
+}
+
+/// Takes the group at `epoch` (the current epoch + 1) with create-if-absent. `Err(record)`:
+/// another host took that epoch first; its record.
+pub async fn take(
+    store: &GroupStore,
+    epoch: u64,
+    host: &str,
+    dir: &Path,
+    point: Option<u64>,
+    state: OwnerState,
+) -> Result<std::result::Result<OwnerRecord, OwnerRecord>> {
+    let me = OwnerRecord {
+        version: hrl::owner::OWNER_VERSION,
+        epoch,
+        host: host.to_string(),
+        dir: dir.display().to_string(),
+        since_ns: hrl::now_ns(),
+        point,
+        state,
+    };
+    match owners::create(store, &me).await? {
+        Put::Created => Ok(Ok(me)),
+        Put::Existed => {
+            let records = owners::list(store).await?;
+            let other = records
+                .into_iter()
+                .find(|r| r.epoch == epoch)
+                .context("an owner record vanished")?;
+            Ok(Err(other))
+        }
+    }
+}
+
+/// The group's owner records (for `failover` and `status`).
+pub async fn records(store: &GroupStore) -> Result<Vec<OwnerRecord>> {
+    Ok(owners::list(store).await?)
+}
+
+/// One line naming who holds the group since when.
+pub fn describe(r: &OwnerRecord) -> String {
+    let since = crate::recover::points::fmt_time(r.since_ns);
+    match r.state {
+        OwnerState::Active => format!(
+            "host {} directory {} since {since} (epoch {}{})",
+            r.host,
+            r.dir,
+            r.epoch,
+            r.point.map(|p| format!(", from point {p}")).unwrap_or_default()
+        ),
+        OwnerState::HandedOver => format!(
+            "nobody: host {} directory {} handed it over at point {} at {since} (epoch {}), waiting for `hrl-shipper failover` on the recovery host",
+            r.host,
+            r.dir,
+            r.point.unwrap_or(0),
+            r.epoch
+        ),
+    }
+}
+
+fn fenced(store: &GroupStore, owner: &OwnerRecord) -> anyhow::Error {
+    let host = host_name();
+    let what = describe(owner);
+    let todo = match owner.state {
+        OwnerState::HandedOver => format!(
+            "on the recovery host run `hrl-shipper failover --target {} --group {} --to DIR`",
+            store.target.url, store.group
+        ),
+        OwnerState::Active => format!(
+            "to make this host the primary again, fail back: on {} run `hrl-shipper failover planned --dir {}`, then here `hrl-shipper failover --target {} --group {} --to DIR`",
+            owner.host, owner.dir, store.target.url, store.group
+        ),
+    };
     Fatal(format!(
-        "group {:?} in {} is owned by {owner}, not by this host ({}); nothing was written. Give this directory its own group (omit --group for the default, unique per host and directory), or, if this host really takes the group over, delete {} first",
-        store.group,
-        store.target.url,
-        host_name(),
-        store.path(OWNER_KEY)
+        "group {:?} in {} is owned by {what}, not by this host ({host}): this host is fenced; nothing was committed and its logs stay on this host. {todo}",
+        store.group, store.target.url
     ))
     .into()
 }
 
-async fn read(store: &GroupStore) -> Result<Option<Owner>> {
-    match store.get(OWNER_KEY).await {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
-            format!(
-                "owner record {} is not valid; delete it (the next cycle writes it again)",
-                store.path(OWNER_KEY)
-            )
-        }),
-        Err(crate::store::StoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+/// The fence of a group whose owner has no record yet (points from before owner records).
+fn fenced_by(store: &GroupStore, owner: &str) -> anyhow::Error {
+    Fatal(format!(
+        "group {:?} in {} is owned by {owner}, not by this host ({}); nothing was written. Give this directory its own group (omit --group for the default, unique per host and directory), or take the group over with `hrl-shipper failover`",
+        store.group,
+        store.target.url,
+        host_name(),
+    ))
+    .into()
 }
 
 #[cfg(test)]

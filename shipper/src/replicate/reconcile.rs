@@ -89,6 +89,7 @@ mod tests {
             seal_id: 1,
             committed_ns: 1,
             host: "h".into(),
+            epoch: None,
             disks: vec![hrl::store::DiskEntry {
                 name: "d.img".into(),
                 disk_id: "00".into(),

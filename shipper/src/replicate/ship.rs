@@ -13,7 +13,7 @@ use hrl::store::{BaseRef, DiskEntry};
 use crate::replicate::context::{Cycle, Protected};
 use crate::service::retry::Fatal;
 use crate::service::status::{DiskState, Health};
-use crate::store::compress_file;
+use crate::store::{compress_file, Put};
 
 /// Where a disk's chain starts for this point: after a base, or after the last point.
 pub struct ChainStart {
@@ -37,6 +37,8 @@ pub async fn ship(
     starts: &mut BTreeMap<String, ChainStart>,
     outside: &HashSet<String>,
 ) -> Result<Shipped> {
+    // A takeover since the cycle began: upload nothing into the new owner's chain.
+    crate::replicate::owner::still_owner(&c.p.store, &c.p.dir, c.epoch).await?;
     let mut by_disk: BTreeMap<String, Vec<SealedLog>> = BTreeMap::new();
     for l in c.tracker.pending().await? {
         by_disk.entry(l.disk_id.clone()).or_default().push(l);
@@ -143,7 +145,7 @@ async fn ship_disk(
     let (last_seq, last_hash) = match logs.last() {
         Some(l) => {
             let (sealed_bytes, coalesced, uploaded) =
-                ship_logs(p, &c.work, &sealed.disk_id, start.generation, logs).await?;
+                ship_logs(p, &c.work, c.epoch, &sealed.disk_id, start.generation, logs).await?;
             c.report.logs_shipped += logs.len();
             c.report.log_bytes_sealed += sealed_bytes;
             c.report.log_bytes_coalesced += coalesced;
@@ -203,6 +205,7 @@ fn check_chain(
 async fn ship_logs(
     p: &Protected,
     work: &Path,
+    epoch: u64,
     disk_id: &str,
     generation: u64,
     logs: &[&SealedLog],
@@ -233,14 +236,34 @@ async fn ship_logs(
     .context("coalesce worker failed")?;
     let _ = std::fs::remove_file(&out);
     let result = match sizes {
-        Ok((coalesced, uploaded)) => p
-            .store
-            .put_file_immutable(&key, &zst)
-            .await
-            .map(|_| (sealed_bytes, coalesced, uploaded))
-            .map_err(anyhow::Error::from),
+        Ok((coalesced, uploaded)) => match p.store.put_file_immutable(&key, &zst).await {
+            Ok(Put::Created) => Ok((sealed_bytes, coalesced, uploaded)),
+            Ok(Put::Existed) => replace_foreign_log(p, epoch, &key, &zst)
+                .await
+                .map(|()| (sealed_bytes, coalesced, uploaded)),
+            Err(e) => Err(e.into()),
+        },
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_file(&zst);
     result
+}
+
+/// A log object with this key exists. Shipping the same logs again (a retry after a crash)
+/// finds its own bytes. Different bytes are a log an earlier owner of the group uploaded
+/// and never committed before a failover fenced it (its point, if any, is fenced too):
+/// the owner replaces it, after checking that it still owns the group
+/// (docs/store-layout.md, "Ownership").
+async fn replace_foreign_log(p: &Protected, epoch: u64, key: &str, zst: &Path) -> Result<()> {
+    let ours = std::fs::read(zst).with_context(|| format!("read {}", zst.display()))?;
+    if p.store.get(key).await? == ours {
+        return Ok(());
+    }
+    crate::replicate::owner::still_owner(&p.store, &p.dir, epoch).await?;
+    tracing::warn!(
+        key,
+        "replacing a log a fenced owner uploaded and never committed"
+    );
+    p.store.put_overwrite(key, ours).await?;
+    Ok(())
 }

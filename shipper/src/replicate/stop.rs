@@ -1,7 +1,9 @@
 //! Crash stop points for tests: with `HRL_SHIPPER_STOP_AT=<point>` (after-seal, after-upload,
 //! after-commit, mid-resync) the process writes `<state dir>/stopped-at-<point>` and freezes
 //! there (SIGSTOP: every thread stops at once, no sleep inside async code) so a test can
-//! kill -9 it at exactly that instant and check what the next run does.
+//! kill -9 it at exactly that instant and check what the next run does. A pause point
+//! ([`pause`]: before-commit, in-commit) freezes once and goes on when the test sends
+//! SIGCONT, so a test can act (a takeover) while the shipper is held between two steps.
 //!
 //! Compiled only into debug builds (the test binaries) or with the `stop-points` feature
 //! (`scripts/chaos`, which tests release builds); a release build has none.
@@ -31,4 +33,16 @@ pub fn at(state_dir: &Path, point: &str) {
         // SAFETY: raise only sends a signal to this process.
         unsafe { libc::raise(libc::SIGSTOP) };
     }
+}
+
+/// Pauses here when `point` is armed: writes the marker, freezes (SIGSTOP), and continues
+/// when the test sends SIGCONT.
+pub fn pause(state_dir: &Path, point: &str) {
+    if !armed(point) {
+        return;
+    }
+    tracing::warn!("HRL_SHIPPER_STOP_AT={point}: paused until SIGCONT");
+    let _ = std::fs::write(state_dir.join(format!("stopped-at-{point}")), b"");
+    // SAFETY: raise only sends a signal to this process.
+    unsafe { libc::raise(libc::SIGSTOP) };
 }

@@ -107,6 +107,14 @@ pub struct DirStatus {
     /// Free space on the image directory's filesystem is below the threshold (Warning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space_warning: Option<String>,
+    /// The owner epoch this directory's shipper commits under (set by each cycle that
+    /// found this host the group's owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// Who owns the group when this host does not (a fenced shipper): one line naming
+    /// the owner since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_by: Option<String>,
     pub disks: Vec<DiskStatus>,
 }
 
@@ -128,6 +136,8 @@ impl DirStatus {
             untracked: Vec::new(),
             committing_point: None,
             space_warning: None,
+            epoch: None,
+            fenced_by: None,
             disks: Vec::new(),
         }
     }
@@ -462,6 +472,15 @@ pub fn render(all: &[DirStatus]) -> String {
             _ => "no recovery point yet".to_string(),
         };
         let _ = writeln!(out, "  health {:?}; last {last}", d.health);
+        match (&d.fenced_by, d.epoch) {
+            (Some(o), _) => {
+                let _ = writeln!(out, "  role: fenced (the group is owned by {})", esc(o));
+            }
+            (None, Some(e)) => {
+                let _ = writeln!(out, "  role: primary (owner, epoch {e})");
+            }
+            (None, None) => {}
+        }
         if let Some(e) = &d.last_error {
             let _ = writeln!(out, "  last error: {}", esc(e));
         }

@@ -22,6 +22,21 @@ pub async fn chain_ranges(
     Ok(log_path(&ranges, entry.base.after_seq, entry.last_seq))
 }
 
+/// Keys of the stored logs of `entry`'s disk generation that end after its point: none of
+/// the points up to `entry`'s needs them. After a takeover at that point they are a fenced
+/// owner's, and would shadow the new owner's logs of the same sequences.
+pub async fn after_point(store: &GroupStore, entry: &DiskEntry) -> StoreResult<Vec<String>> {
+    let names = store
+        .list_names(&logs_dir(&entry.disk_id, entry.generation))
+        .await?;
+    Ok(names
+        .iter()
+        .filter_map(|n| parse_log_name(n))
+        .filter(|&(_, last)| last > entry.last_seq)
+        .map(|r| key(entry, r))
+        .collect())
+}
+
 /// The key of one stored log of `entry`.
 pub fn key(entry: &DiskEntry, (first, last): (u64, u64)) -> String {
     log_key(&entry.disk_id, entry.generation, first, last)

@@ -30,12 +30,27 @@ pub async fn get(store: &GroupStore, id: u64) -> StoreResult<PointManifest> {
     Ok(m)
 }
 
-/// The latest committed point, if any.
+/// The latest point of the group's chain, if any: the highest id a takeover did not fence
+/// (a point its old owner committed after losing the group: `hrl::owner::is_fenced`).
 pub async fn latest(store: &GroupStore) -> StoreResult<Option<PointManifest>> {
-    match list_ids(store).await?.last() {
-        Some(&id) => Ok(Some(get(store, id).await?)),
-        None => Ok(None),
+    let ids = list_ids(store).await?;
+    if ids.is_empty() {
+        return Ok(None);
     }
+    let records = super::owners::list(store).await?;
+    for &id in ids.iter().rev() {
+        let m = get(store, id).await?;
+        if !hrl::owner::is_fenced(m.id, m.epoch, &records) {
+            return Ok(Some(m));
+        }
+    }
+    Ok(None)
+}
+
+/// The id the next point gets: after every committed one, fenced ones included (their ids
+/// are taken).
+pub async fn next_id(store: &GroupStore) -> StoreResult<u64> {
+    Ok(list_ids(store).await?.last().map_or(1, |id| id + 1))
 }
 
 /// Commits `m` unless a point with its id exists: `Existed` means another writer committed

@@ -3,7 +3,8 @@
 //! typed [`StoreError`]. On top of it, small named stores in the spirit of pbs-datastore:
 //! [`chunks::ChunkStore`] (content-addressed blocks), [`index::fetch_base_index`]
 //! (hash-checked), [`logs::fetch_chain`] (the shipped logs after a base) and
-//! [`manifests`] (recovery points: list, get, commit-if-absent).
+//! [`manifests`] (recovery points: list, get, commit-if-absent) and [`owners`] (a group's
+//! owner records, one per epoch, created if absent).
 
 pub mod chunks;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod http;
 pub mod index;
 pub mod logs;
 pub mod manifests;
+pub mod owners;
 pub mod target;
 
 use object_store::path::Path as StorePath;
@@ -215,6 +217,27 @@ impl GroupStore {
                     Ok(Put::Existed)
                 }
             }
+        }
+    }
+
+    /// Replaces the object at `key`: only for a log a fenced owner left under a key this
+    /// owner's chain needs (`replicate::ship`); every other object is immutable.
+    pub async fn put_overwrite(&self, key: &str, bytes: Vec<u8>) -> StoreResult<()> {
+        let path = self.path(key);
+        self.store()
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.err(Op::Put, &path, e))?;
+        Ok(())
+    }
+
+    /// Deletes the object at `key` (gone already is fine): only the logs a fenced owner
+    /// left after the point a takeover continues from (`recover::failover`).
+    pub async fn delete(&self, key: &str) -> StoreResult<()> {
+        let path = self.path(key);
+        match self.store().delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(Op::Put, &path, e)),
         }
     }
 

@@ -1,0 +1,313 @@
+#![allow(clippy::unwrap_used)]
+//! Failover, fencing and reverse replication against real tracker mounts and real stores
+//! (local directory, moto S3, Azurite). The recovery host is this machine under another
+//! host name (its own UTS namespace) with its own state directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use testkit::*;
+
+const RECOVERY: &str = "hrl-recovery-host";
+
+/// `hrl-shipper ARGS` as host `host` with state directory `state`.
+fn as_host(s: &Site, host: &str, state: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", host])
+        .arg(shipper_bin())
+        .args(args)
+        .envs(s.server.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("HRL_RUN_DIR", &s.run_dir)
+        .env("HRL_STATE_DIR", state)
+        .env("HRL_LOG", "info");
+    c
+}
+
+fn run_as(s: &Site, host: &str, state: &Path, args: &[&str]) -> Output {
+    as_host(s, host, state, args).output().unwrap()
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_str(ok(out).trim()).unwrap()
+}
+
+/// The recovery host's side: its directory and state directory.
+struct Recovery {
+    dir: PathBuf,
+    state: PathBuf,
+}
+
+fn recovery(s: &Site) -> Recovery {
+    Recovery {
+        dir: s.tmp.path().join("recovery"),
+        state: s.tmp.path().join("state-recovery"),
+    }
+}
+
+/// `failover --json` on the recovery host into `r.dir`, with `more` arguments.
+fn failover(s: &Site, r: &Recovery, more: &[&str]) -> Output {
+    let dir = r.dir.display().to_string();
+    let mut args = vec![
+        "failover",
+        "--target",
+        &s.server.url,
+        "--group",
+        &s.group,
+        "--to",
+        &dir,
+        "--json",
+    ];
+    args.extend_from_slice(more);
+    run_as(s, RECOVERY, &r.state, &args)
+}
+
+/// `sync --json` of the recovery directory on the recovery host.
+fn sync_recovery(s: &Site, r: &Recovery) -> Output {
+    let dir = r.dir.display().to_string();
+    run_as(
+        s,
+        RECOVERY,
+        &r.state,
+        &[
+            "sync",
+            "--dir",
+            &dir,
+            "--target",
+            &s.server.url,
+            "--group",
+            &s.group,
+            "--json",
+        ],
+    )
+}
+
+fn write_at(path: &Path, off: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(data, off).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Bytes of `disk`'s logs on the host (active and sealed).
+fn logged_bytes(dir: &Path, disk: &str) -> u64 {
+    let active = dir.join(format!("{disk}.hrl"));
+    sealed_logs(dir, disk)
+        .iter()
+        .chain([&active])
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn new_disk(path: &Path, len: usize, seed: u8) {
+    std::fs::write(path, random_bytes(&[seed], len)).unwrap();
+}
+
+/// Unplanned failover to an older point (by id), the old primary fenced when it comes
+/// back (its sync refuses, Critical, its logs stay, `status` names the owner), and reverse
+/// replication from the recovery host with no base copy and about the changed bytes.
+fn unplanned_failover_fences_the_old_primary_and_replicates_back(kind: ServerKind) {
+    let s = Site::new(kind);
+    let m = s.mount();
+    new_disk(&m.path("disk0.img"), 8 << 20, 1);
+    new_disk(&m.path("disk1.raw"), 2 << 20, 2);
+    assert_eq!(s.sync()["point"], 1);
+    let point1 = s.snapshot(1);
+    write_at(&m.path("disk0.img"), 1 << 20, &random_bytes(&[3], 300_000));
+    assert_eq!(s.sync()["point"], 2);
+
+    // The primary is lost; the recovery host fails over to point 1.
+    let r = recovery(&s);
+    let out = json_of(&failover(&s, &r, &["--point", "1"]));
+    assert_eq!(out["point"], 1, "{out}");
+    assert!(out["bytes_downloaded"].as_u64().unwrap() > 0, "{out}");
+    for d in ["disk0.img", "disk1.raw"] {
+        assert_same_file(&r.dir.join(d), &point1.join(d));
+    }
+
+    // The old primary comes back: its next cycle is fenced, nothing is committed, its logs
+    // stay on the host, and `status` says who owns the group.
+    write_at(&m.path("disk1.raw"), 0, &random_bytes(&[4], 4096));
+    let out = s.try_sync(&[]);
+    assert!(!out.status.success(), "the fenced primary committed");
+    let err = stderr(&out);
+    assert!(err.contains(&format!("owned by host {RECOVERY}")), "{err}");
+    assert!(
+        err.contains("fenced") && err.contains("failover planned"),
+        "{err}"
+    );
+    assert_eq!(s.points(), 2);
+    assert!(
+        logged_bytes(&s.dir, "disk1.raw") > 4096,
+        "the fenced primary's change left its host"
+    );
+    let st = s.status();
+    assert_eq!(st["health"], "Critical", "{st}");
+    assert!(st["fenced_by"].as_str().unwrap().contains(RECOVERY), "{st}");
+    let human = ok(&s.shipper(&["status", "--dir", s.dir.to_str().unwrap()], &[]));
+    assert!(human.contains("role: fenced"), "{human}");
+    drop(m);
+
+    // Reverse replication: mount the tracker over the recovery directory and sync.
+    let rm = Mounted::in_place(&r.dir, &s.run_dir);
+    let changed = random_bytes(&[5], 1 << 20);
+    write_at(&rm.path("disk0.img"), 3 << 20, &changed);
+    let rep = json_of(&sync_recovery(&s, &r));
+    assert_eq!(
+        rep["point"], 3,
+        "point 2 was fenced, its id stays taken: {rep}"
+    );
+    assert_eq!(rep["base_copies"].as_array().unwrap().len(), 0, "{rep}");
+    let up = rep["log_bytes_uploaded"].as_u64().unwrap();
+    assert!(
+        up as f64 <= 1.05 * changed.len() as f64,
+        "the first cycle after the failover uploaded {up} bytes for {} changed: {rep}",
+        changed.len()
+    );
+    let st = json_of(&run_as(
+        &s,
+        RECOVERY,
+        &r.state,
+        &["status", "--dir", r.dir.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(st[0]["epoch"], 2, "{st}");
+    assert_eq!(st[0]["disks"][0]["state"], "replicating", "{st}");
+    // The store's latest point is the recovery host's disks.
+    let restored = s.tmp.path().join("restore-latest");
+    ok(&s.try_restore("latest", &restored));
+    rm.unmount();
+    for d in ["disk0.img", "disk1.raw"] {
+        assert_same_file(&restored.join(d), &r.dir.join(d));
+    }
+}
+
+#[test]
+fn unplanned_failover_local() {
+    unplanned_failover_fences_the_old_primary_and_replicates_back(ServerKind::Local);
+}
+
+#[test]
+fn unplanned_failover_moto() {
+    unplanned_failover_fences_the_old_primary_and_replicates_back(ServerKind::Moto);
+}
+
+#[test]
+fn unplanned_failover_azurite() {
+    unplanned_failover_fences_the_old_primary_and_replicates_back(ServerKind::Azurite);
+}
+
+/// Holds the primary's sync at stop point `at`, takes the group over meanwhile, lets the
+/// sync go on; returns whether it succeeded and its stderr.
+fn race(s: &Site, r: &Recovery, at: &str) -> (bool, String) {
+    let err_file = s.tmp.path().join(format!("race-{at}.stderr"));
+    let mut sync = s.cmd("sync", &["--json"]);
+    sync.env("HRL_SHIPPER_STOP_AT", at)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_file).unwrap());
+    let mut child = KillOnDrop::spawn(&mut sync);
+    let marker = s.state.join(format!("stopped-at-{at}"));
+    wait_until(Duration::from_secs(60), "the sync to pause", || {
+        marker.exists()
+    });
+    let out = json_of(&failover(s, r, &[]));
+    assert_eq!(out["epoch"], 2, "{out}");
+    signal(child.id(), "CONT");
+    let status = wait_exit(&mut child.0, Duration::from_secs(60), "the held sync");
+    (
+        status.success(),
+        std::fs::read_to_string(&err_file).unwrap(),
+    )
+}
+
+/// The race between a takeover and a commit on the old owner, both ways round
+/// (docs/store-layout.md, "Ownership"): a takeover before the owner's last check stops the
+/// commit; a takeover between that check and the manifest leaves a point its old owner
+/// committed after losing the group, which is fenced (not `latest`, not in the new
+/// owner's chain), and the old owner acks nothing.
+#[test]
+fn a_takeover_racing_a_commit_fences_it() {
+    for (at, committed) in [("before-commit", false), ("in-commit", true)] {
+        let s = Site::new(ServerKind::Local);
+        let m = s.mount();
+        new_disk(&m.path("disk0.img"), 4 << 20, 1);
+        assert_eq!(s.sync()["point"], 1);
+        write_at(&m.path("disk0.img"), 0, &random_bytes(&[2], 100_000));
+        let r = recovery(&s);
+        let (succeeded, err) = race(&s, &r, at);
+        assert!(!succeeded, "{at}: the old owner's sync succeeded");
+        assert!(err.contains("fenced"), "{at}: {err}");
+        assert_eq!(s.points(), 1 + usize::from(committed), "{at}");
+        assert!(
+            !sealed_logs(&s.dir, "disk0.img").is_empty(),
+            "{at}: the old owner acked its logs"
+        );
+        assert!(logged_bytes(&s.dir, "disk0.img") > 100_000, "{at}");
+        drop(m);
+        // The new owner continues from point 1 either way.
+        let rm = Mounted::in_place(&r.dir, &s.run_dir);
+        write_at(&rm.path("disk0.img"), 1 << 20, &random_bytes(&[3], 4096));
+        let rep = json_of(&sync_recovery(&s, &r));
+        assert_eq!(
+            rep["base_copies"].as_array().unwrap().len(),
+            0,
+            "{at}: {rep}"
+        );
+        assert_eq!(rep["point"], 2 + u64::from(committed), "{at}: {rep}");
+        let restored = s.tmp.path().join("restore-latest");
+        ok(&s.try_restore("latest", &restored));
+        rm.unmount();
+        assert_same_file(&restored.join("disk0.img"), &r.dir.join("disk0.img"));
+    }
+}
+
+/// Bad input: an unknown group or point, a directory that is not empty, a live tracker
+/// mount; each a clear error and nothing changed (no owner record taken).
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let s = Site::new(ServerKind::Local);
+    let m = s.mount();
+    new_disk(&m.path("disk0.img"), 1 << 20, 1);
+    assert_eq!(s.sync()["point"], 1);
+    let r = recovery(&s);
+    let owners = || {
+        std::fs::read_dir(s.store_group().join("owner"))
+            .unwrap()
+            .count()
+    };
+    let dir = r.dir.display().to_string();
+    let fail = |args: &[&str], want: &str| {
+        let out = run_as(&s, RECOVERY, &r.state, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    };
+    let url = s.server.url.clone();
+    fail(
+        &[
+            "failover", "--target", &url, "--group", "nope", "--to", &dir,
+        ],
+        "has no recovery points",
+    );
+    fail(
+        &[
+            "failover", "--target", &url, "--group", "vm1", "--to", &dir, "--point", "7",
+        ],
+        "recovery point 7 does not exist",
+    );
+    std::fs::create_dir_all(&r.dir).unwrap();
+    std::fs::write(r.dir.join("other.txt"), b"x").unwrap();
+    fail(
+        &["failover", "--target", &url, "--group", "vm1", "--to", &dir],
+        "is not empty",
+    );
+    let live = s.dir.display().to_string();
+    fail(
+        &[
+            "failover", "--target", &url, "--group", "vm1", "--to", &live,
+        ],
+        "is a live tracker mount",
+    );
+    assert_eq!(owners(), 1, "a refused failover took the group");
+    assert_eq!(std::fs::read_dir(&r.dir).unwrap().count(), 1);
+    drop(m);
+}
