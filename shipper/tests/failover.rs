@@ -311,3 +311,124 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(std::fs::read_dir(&r.dir).unwrap().count(), 1);
     drop(m);
 }
+
+/// Blocks of `block` bytes in which two files of equal size differ.
+fn differing_blocks(a: &Path, b: &Path, block: usize) -> u64 {
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert_eq!(a.len(), b.len());
+    a.chunks(block)
+        .zip(b.chunks(block))
+        .filter(|(x, y)| x != y)
+        .count() as u64
+}
+
+/// ext4 on a loop device over `disk` (a file under a tracker mount): `f` runs with the
+/// filesystem mounted at `mnt`; unmounted and detached after.
+fn on_ext4(disk: &Path, mnt: &Path, fresh: bool, f: impl FnOnce(&Path)) {
+    if fresh {
+        let fs = LoopFs::create(disk, mnt);
+        f(&fs.mnt);
+    } else {
+        let dev = run(Command::new("losetup").args(["-f", "--show"]).arg(disk))
+            .trim()
+            .to_string();
+        let _undo = Undo(vec![vec!["losetup".into(), "-d".into(), dev.clone()]]);
+        std::fs::create_dir_all(mnt).unwrap();
+        run(Command::new("mount").arg(&dev).arg(mnt));
+        let _umount = Undo(vec![vec!["umount".into(), mnt.display().to_string()]]);
+        f(mnt);
+    }
+}
+
+/// Failback: the original host comes back with its old disk (ext4, with a change of its
+/// own made after it lost the group), and `failover` onto that directory downloads only
+/// what differs from the recovery host's latest point (<= 1.1x the differing blocks), the
+/// disk equals the point byte for byte and fscks clean, and replication resumes with no
+/// base copy; `--full` downloads everything.
+#[test]
+fn failback_onto_the_old_disks_is_a_delta() {
+    const BLOCK: usize = 256 * 1024;
+    let s = Site::new(ServerKind::Local);
+    let m = s.mount();
+    let disk = m.path("disk0.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mnt = s.tmp.path().join("mnt");
+    on_ext4(&disk, &mnt, true, |fs| {
+        std::fs::write(fs.join("a.bin"), random_bytes(&[1], 8 << 20)).unwrap();
+    });
+    assert_eq!(s.sync()["point"], 1);
+    let r = recovery(&s);
+    ok(&failover(&s, &r, &[]));
+    // The old primary, fenced, still changes its disk (the change it cannot ship).
+    on_ext4(&disk, &mnt, false, |fs| {
+        std::fs::write(fs.join("lost.bin"), random_bytes(&[2], 512 << 10)).unwrap();
+    });
+    drop(m);
+    // The recovery host works: a file changed, replicated.
+    let rm = Mounted::in_place(&r.dir, &s.run_dir);
+    on_ext4(&rm.path("disk0.img"), &mnt, false, |fs| {
+        write_at(&fs.join("a.bin"), 1 << 20, &random_bytes(&[3], 600 << 10));
+    });
+    let rep = json_of(&sync_recovery(&s, &r));
+    assert_eq!(rep["base_copies"].as_array().unwrap().len(), 0, "{rep}");
+    rm.unmount();
+    let want = r.dir.join("disk0.img");
+    let differing = differing_blocks(&s.dir.join("disk0.img"), &want, BLOCK);
+    assert!(differing > 0);
+
+    // Failback (unplanned here: the original host takes the group back).
+    let dir = s.dir.display().to_string();
+    let args = [
+        "failover",
+        "--target",
+        &s.server.url,
+        "--group",
+        &s.group,
+        "--to",
+        &dir,
+        "--json",
+    ];
+    let out = json_of(&s.shipper(&args, &[]));
+    assert_eq!(out["disks"][0]["how"], "delta", "{out}");
+    let down = out["bytes_downloaded"].as_u64().unwrap();
+    let limit = 1.1 * (differing as usize * BLOCK) as f64;
+    assert!(
+        down as f64 <= limit,
+        "downloaded {down} bytes for {differing} differing blocks of {BLOCK}: {out}"
+    );
+    assert_same_file(&s.dir.join("disk0.img"), &want);
+    run(Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(s.dir.join("disk0.img")));
+    assert!(
+        std::fs::read_dir(&s.dir).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with("hrl-failback")),
+        "the failback marker stayed"
+    );
+
+    // Replication resumes from the original host with no base copy.
+    let m = s.mount();
+    write_at(&m.path("disk0.img"), 40 << 20, &random_bytes(&[4], 8192));
+    let rep = s.sync();
+    assert_eq!(rep["base_copies"].as_array().unwrap().len(), 0, "{rep}");
+    drop(m);
+
+    // --full downloads every disk whole.
+    let mut full = args.to_vec();
+    full.push("--full");
+    let out = json_of(&s.shipper(&full, &[]));
+    assert_eq!(out["disks"][0]["how"], "full", "{out}");
+    assert!(
+        out["bytes_downloaded"].as_u64().unwrap() >= 8 << 20,
+        "{out}"
+    );
+    let latest = s.tmp.path().join("latest");
+    ok(&s.try_restore("latest", &latest));
+    assert_same_file(&s.dir.join("disk0.img"), &latest.join("disk0.img"));
+}

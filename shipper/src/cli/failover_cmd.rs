@@ -18,10 +18,15 @@ pub struct FailoverArgs {
     /// before it). Default: the point a planned failover handed over, else `latest`.
     #[arg(long)]
     pub point: Option<String>,
-    /// Directory to rebuild the disks into (created 0700 if missing; must be empty). Not a
-    /// live tracker mount: mount the tracker over it afterwards.
+    /// Directory to rebuild the disks into (created 0700 if missing): empty, or holding
+    /// older versions of the group's disks (a failback: only what differs is downloaded).
+    /// Not a live tracker mount: mount the tracker over it afterwards.
     #[arg(long)]
     pub to: PathBuf,
+    /// Download every disk whole, even where DIR holds an older version of it (by default
+    /// only the blocks that differ from the point are downloaded: a failback).
+    #[arg(long)]
+    pub full: bool,
     /// Print what the failover did as JSON (bytes downloaded per disk).
     #[arg(long)]
     pub json: bool,
@@ -37,6 +42,7 @@ pub async fn cmd_failover(a: FailoverArgs) -> Result<std::process::ExitCode> {
         point: a.point.as_deref(),
         to: &a.to,
         state_dir: &a.common.state_dir,
+        full: a.full,
     })
     .await?;
     let dir = crate::replicate::owner::canonical_dir(&a.to);

@@ -1,4 +1,5 @@
-//! Failover on the recovery host: rebuild the disks of a point into a directory, take the
+//! Failover on the recovery host: rebuild the disks of a point into a directory (whole, or
+//! by delta onto older versions already there: a failback, [`super::delta`]), take the
 //! group over (the next owner epoch, create-if-absent: the old primary is fenced), and leave
 //! what reverse replication needs ([`super::reverse`]). Order: the directory is checked
 //! first (nothing changes on a bad input), the disks are rebuilt (each gets its final name
@@ -33,6 +34,8 @@ pub struct FailoverRequest<'a> {
     pub point: Option<&'a str>,
     pub to: &'a Path,
     pub state_dir: &'a Path,
+    /// Download every disk whole, even where the directory holds an older version.
+    pub full: bool,
 }
 
 /// Runs a failover into `r.to`.
@@ -40,14 +43,25 @@ pub async fn failover(r: &FailoverRequest<'_>) -> Result<FailoverReport> {
     check_not_mounted(r.to)?;
     let records = owner::records(r.store).await?;
     let point = choose_point(r.store, r.point, records.last()).await?;
-    check_target(r.to, &point)?;
+    let plan = plan_target(r.to, &point, r.full)?;
     crate::private::create_dir(r.to).with_context(|| format!("create {}", r.to.display()))?;
     let dir = owner::canonical_dir(r.to);
-    let restored = super::restore::restore_point(r.store, &point, &dir).await?;
+    let mut disks = Vec::new();
+    for (e, how) in point.disks.iter().zip(plan) {
+        let (how, down) = rebuild(r.store, e, &dir, how).await.with_context(|| {
+            format!(
+                "failover to point {} stopped at disk {}; run it again to finish (a disk gets its final name only when whole, an interrupted delta keeps a marker)",
+                point.id,
+                hrl::display::escaped(&e.name)
+            )
+        })?;
+        disks.push((e.name.clone(), e.disk_size, down, how));
+    }
     let (epoch, previous_owner) = take_over(r.store, &records, &dir, point.id).await?;
     drop_fenced_logs(r.store, &point).await?;
     for e in &point.disks {
         super::reverse::prepare_disk(&dir, e)?;
+        super::delta::finish(&dir, e)?;
     }
     super::reverse::save_state(
         r.state_dir,
@@ -57,18 +71,47 @@ pub async fn failover(r: &FailoverRequest<'_>) -> Result<FailoverReport> {
         &point,
         epoch,
     )?;
-    let disks = point
-        .disks
-        .iter()
-        .map(|e| (e.name.clone(), e.disk_size, e.disk_size, "full"))
-        .collect();
     Ok(FailoverReport {
         point: point.id,
         epoch,
         previous_owner,
+        bytes_downloaded: disks.iter().map(|d| d.2).sum(),
         disks,
-        bytes_downloaded: restored.chunk_bytes,
     })
+}
+
+/// How a disk of the point is rebuilt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// Not in the directory: downloaded whole under a hidden name, then named.
+    New,
+    /// There, `--full`: downloaded whole, replacing it at the rename.
+    Replace,
+    /// There: only the blocks that differ (whole when its size differs).
+    Delta,
+}
+
+/// Rebuilds disk `e` in `dir`; returns how, and the bytes downloaded.
+async fn rebuild(
+    store: &GroupStore,
+    e: &hrl::store::DiskEntry,
+    dir: &Path,
+    how: How,
+) -> Result<(&'static str, u64)> {
+    let disk = dir.join(&e.name);
+    let delta = how == How::Delta && super::delta::applicable(store, e, &disk).await?;
+    if delta {
+        let d = super::delta::apply(store, e, dir).await?;
+        tracing::info!(disk = %hrl::display::escaped(&e.name), blocks = d.blocks_fetched, bytes = d.bytes_downloaded, "brought up to the point by delta");
+        return Ok(("delta", d.bytes_downloaded));
+    }
+    if how != How::New {
+        super::delta::remove_tracker_files(dir, &e.name)?;
+    }
+    let mut report = super::restore::RestoreReport::default();
+    super::restore::restore_one(store, e, dir, how != How::New, &mut report).await?;
+    let _ = std::fs::remove_file(super::delta::marker(dir, &e.disk_id));
+    Ok(("full", report.chunk_bytes + report.log_bytes))
 }
 
 /// The point to fail over to: the one asked for; else the one a planned failover handed
@@ -182,33 +225,123 @@ fn unescape_mountinfo(s: &str) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
-/// The directory must be missing or empty: every disk of the point is rebuilt there whole.
-fn check_target(to: &Path, point: &PointManifest) -> Result<()> {
+/// How each disk of `point` is rebuilt in `to`. The directory may hold the point's disks
+/// (older versions: a failback) and their tracker files, and what an interrupted failover
+/// left; anything else is refused (nothing changed).
+fn plan_target(to: &Path, point: &PointManifest, full: bool) -> Result<Vec<How>> {
     let entries = match std::fs::read_dir(to) {
         Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(vec![How::New; point.disks.len()])
+        }
         Err(e) => return Err(e).with_context(|| format!("read {}", to.display())),
     };
-    let mut names: Vec<String> = entries
+    let names: Vec<String> = entries
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    names.sort();
-    if !names.is_empty() {
+    let is_disk = |n: &str| point.disks.iter().any(|d| d.name == n);
+    let leftover = |n: &str| {
+        point.disks.iter().any(|d| {
+            n == format!(".{}.hrl-restoring", d.disk_id)
+                || n == format!(".{}.hrl-failback", d.disk_id)
+        }) || n.starts_with(".hrl-failback-logs")
+            || n.starts_with(".hrl-restore-logs")
+    };
+    let of_disk = |n: &str| {
+        use hrl::naming::{classify, HrlFile};
+        match classify(n) {
+            Some(HrlFile::ActiveLog { disk })
+            | Some(HrlFile::SealedLog { disk, .. })
+            | Some(HrlFile::Bitmap { disk }) => is_disk(&disk),
+            _ => false,
+        }
+    };
+    let mut others: Vec<&String> = names
+        .iter()
+        .filter(|n| !is_disk(n) && !leftover(n) && !of_disk(n))
+        .collect();
+    others.sort();
+    if !others.is_empty() {
         bail!(
-            "{} is not empty (it holds {}); fail over into an empty or new directory (point {} has {} disks; nothing was changed)",
+            "{} is not empty: it holds {} that {} not a disk of point {} ({}); fail over into an empty directory, or one that holds only the group's disks (a failback); nothing was changed",
             to.display(),
-            names
+            others
                 .iter()
                 .take(5)
                 .map(|n| hrl::display::escaped(n).to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
+            if others.len() == 1 { "is" } else { "are" },
             point.id,
-            point.disks.len()
+            point
+                .disks
+                .iter()
+                .map(|d| hrl::display::escaped(&d.name).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
-    Ok(())
+    let mut plan = Vec::new();
+    for d in &point.disks {
+        let path = to.join(&d.name);
+        plan.push(match std::fs::symlink_metadata(&path) {
+            Err(_) => How::New,
+            Ok(md) if !md.file_type().is_file() => bail!(
+                "{} is not a regular file; move it aside (nothing was changed)",
+                path.display()
+            ),
+            Ok(_) if full => How::Replace,
+            Ok(_) => How::Delta,
+        });
+        let writers = open_for_writing(&path);
+        if !writers.is_empty() {
+            bail!(
+                "disk {} is open for writing by {}; stop it first (nothing was changed)",
+                path.display(),
+                writers.join(", ")
+            );
+        }
+    }
+    Ok(plan)
+}
+
+/// Processes that hold `path` open for writing: "pid N (comm)".
+fn open_for_writing(path: &Path) -> Vec<String> {
+    let Ok(target) = std::fs::canonicalize(path) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.filter_map(|e| e.ok()) {
+        let pid = p.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let writes = fds.filter_map(|e| e.ok()).any(|fd| {
+            std::fs::read_link(fd.path()).ok().as_deref() == Some(target.as_path())
+                && fd_writable(&p.path(), &fd.file_name().to_string_lossy())
+        });
+        if writes {
+            let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            out.push(format!("pid {pid} ({})", comm.trim()));
+        }
+    }
+    out
+}
+
+/// Whether descriptor `fd` of the process at `proc_dir` was opened for writing.
+fn fd_writable(proc_dir: &Path, fd: &str) -> bool {
+    let info = std::fs::read_to_string(proc_dir.join("fdinfo").join(fd)).unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .is_some_and(|flags| flags & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32)
 }
 
 #[cfg(test)]

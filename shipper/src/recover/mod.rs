@@ -2,6 +2,7 @@
 //! disk (`verify`), choose a point by id or time (`points`), fail over to a point and take
 //! the group (`failover`), leaving what reverse replication needs (`reverse`).
 
+pub mod delta;
 pub mod failover;
 pub mod points;
 pub mod restore;

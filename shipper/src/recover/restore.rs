@@ -27,6 +27,8 @@ pub struct RestoreReport {
     pub disks: Vec<(String, u64)>,
     pub chunk_bytes: u64,
     pub logs: usize,
+    /// Bytes of the logs fetched (uncompressed).
+    pub log_bytes: u64,
 }
 
 /// Restores every disk of `point` into `to` (which must not already hold those names).
@@ -53,31 +55,59 @@ pub async fn restore_point(
     }
     let mut report = RestoreReport::default();
     for d in &point.disks {
-        let dest = to.join(&d.name);
-        let partial = to.join(format!(".{}.hrl-restoring", d.disk_id));
-        let _ = std::fs::remove_file(&partial);
-        let r = restore_disk(store, d, &partial, &mut report).await;
-        match r.and_then(|file| finish_disk(&file, d, &partial, &dest)) {
-            Ok(()) => {}
-            Err(e) => {
-                let _ = std::fs::remove_file(&partial);
-                return Err(e.context(format!(
-                    "restore of disk {} from point {} failed; nothing was left behind",
-                    hrl::display::escaped(&d.name),
-                    point.id
-                )));
-            }
-        }
-        report.disks.push((d.name.clone(), d.disk_size));
-        info!(disk = %hrl::display::escaped(&d.name), size = d.disk_size, "restored");
+        restore_one(store, d, to, false, &mut report)
+            .await
+            .map_err(|e| e.context(format!("point {} was not restored", point.id)))?;
     }
     Ok(report)
+}
+
+/// Restores disk `d` into `to` whole: built under a hidden name and given its final name
+/// only when complete and verified. `replace`: an existing file of that name (an older
+/// version of the disk, a failback) is replaced by that rename; else one is an error.
+pub async fn restore_one(
+    store: &GroupStore,
+    d: &DiskEntry,
+    to: &Path,
+    replace: bool,
+    report: &mut RestoreReport,
+) -> Result<()> {
+    let dest = to.join(&d.name);
+    let partial = to.join(format!(".{}.hrl-restoring", d.disk_id));
+    let _ = std::fs::remove_file(&partial);
+    let r = restore_disk(store, d, &partial, report).await;
+    let done = r.and_then(|file| {
+        if replace {
+            apply_attrs(&file, d, &partial)?;
+            std::fs::rename(&partial, &dest)
+                .with_context(|| format!("rename {} to {}", partial.display(), dest.display()))
+        } else {
+            finish_disk(&file, d, &partial, &dest)
+        }
+    });
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e.context(format!(
+            "restore of disk {} failed; nothing was left behind",
+            hrl::display::escaped(&d.name)
+        )));
+    }
+    report.disks.push((d.name.clone(), d.disk_size));
+    info!(disk = %hrl::display::escaped(&d.name), size = d.disk_size, "restored");
+    Ok(())
 }
 
 /// Gives a restored disk the mode and owner recorded at its seal (0600 root when the point
 /// predates that record; never setuid, setgid or sticky), then its final name, refusing to
 /// replace anything that appeared there meanwhile.
 fn finish_disk(file: &std::fs::File, d: &DiskEntry, partial: &Path, dest: &Path) -> Result<()> {
+    apply_attrs(file, d, partial)?;
+    rename_noreplace(partial, dest)
+}
+
+/// Gives the disk open as `file` (at `path`, for messages) the mode and owner recorded at
+/// its seal (0600 root when the point predates that record; never setuid, setgid, sticky).
+pub fn apply_attrs(file: &std::fs::File, d: &DiskEntry, path: &Path) -> Result<()> {
     let (mode, uid, gid) = match d.file {
         Some(a) => (a.mode & FileAttrs::RESTORE_MASK, a.uid, a.gid),
         None => (0o600, 0, 0),
@@ -86,9 +116,9 @@ fn finish_disk(file: &std::fs::File, d: &DiskEntry, partial: &Path, dest: &Path)
     // SAFETY: plain syscalls on our own descriptor.
     if unsafe { libc::fchown(fd, uid, gid) } != 0 || unsafe { libc::fchmod(fd, mode) } != 0 {
         return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("set owner and mode of {}", partial.display()));
+            .with_context(|| format!("set owner and mode of {}", path.display()));
     }
-    rename_noreplace(partial, dest)
+    Ok(())
 }
 
 fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
@@ -132,7 +162,9 @@ async fn restore_disk(
     let file = Arc::new(file);
     report.chunk_bytes += write_base(store, &index, &file).await?;
     if d.last_seq > d.base.after_seq {
-        report.logs += replay_logs(store, d, image, &file).await?;
+        let (n, bytes) = replay_logs(store, d, image, &file).await?;
+        report.logs += n;
+        report.log_bytes += bytes;
     }
     // The logs leave the size they describe; it must be the disk's size at the seal.
     file.sync_all()
@@ -193,19 +225,24 @@ async fn write_base(
 }
 
 /// Replays `d`'s shipped logs onto `file` (created at `image`), checking the chain ends at
-/// the point's chain hash; returns how many logs it applied.
+/// the point's chain hash; returns how many logs it applied, and their bytes.
 async fn replay_logs(
     store: &GroupStore,
     d: &DiskEntry,
     image: &Path,
     file: &std::fs::File,
-) -> Result<usize> {
+) -> Result<(usize, u64)> {
     let tmp = tempfile::Builder::new()
         .prefix(".hrl-restore-logs")
         .tempdir_in(image.parent().unwrap_or(Path::new(".")))
         .context("create temporary directory for logs")?;
     let local = crate::store::logs::fetch_chain(store, d, tmp.path()).await?;
     let n = local.len();
+    let bytes = local
+        .iter()
+        .filter_map(|l| std::fs::metadata(l).ok())
+        .map(|m| m.len())
+        .sum();
     let prev = hrl::from_hex::<32>(&d.base.after_chain_hash)
         .with_context(|| format!("manifest of disk {} has a bad chain hash", d.name))?;
     // Replay onto the file created above, not whatever has its name by now.
@@ -233,5 +270,5 @@ async fn replay_logs(
         ))
         .into());
     }
-    Ok(n)
+    Ok((n, bytes))
 }

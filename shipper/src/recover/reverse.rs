@@ -26,18 +26,13 @@ use crate::service::status::{self, DirStatus, DiskState, Health};
 pub const EXTENT_SIZE: u32 = 4 << 20;
 
 /// Writes the active log and the clean bitmap of the rebuilt disk `e` in `dir` (replacing
-/// any left by an earlier run or an earlier tracker: the disk now holds the point's state).
+/// any left by an earlier run or an earlier tracker, sealed logs included: the disk now
+/// holds the point's state).
 pub fn prepare_disk(dir: &Path, e: &DiskEntry) -> Result<()> {
     let disk = dir.join(&e.name);
     let log_path = hrl::naming::active_log_path(&disk);
     let bitmap_path = hrl::naming::bitmap_path(&disk);
-    for p in [&log_path, &bitmap_path] {
-        match std::fs::remove_file(p) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err).with_context(|| format!("remove {}", p.display())),
-        }
-    }
+    super::delta::remove_tracker_files(dir, &e.name)?;
     let id = hrl::from_hex::<16>(&e.disk_id)
         .with_context(|| format!("the point names a bad disk id for {}", e.name))?;
     let prev = hrl::from_hex::<32>(&e.last_chain_hash)
