@@ -81,6 +81,9 @@ pub enum Request {
     /// Clear the dirty-bitmap marks of `disk` made before seal `upto_seal` (the shipper has
     /// shipped state covering them). Marks made since that seal stay.
     Clear { disk: String, upto_seal: u64 },
+    /// Switch the mount read-only (`on`: every change through it gets EROFS, for a planned
+    /// failover) or back. Answers the files open for writing (`writers`).
+    ReadOnly { on: bool },
 }
 
 /// One sealed log, as returned by `seal` and `pending`.
@@ -189,6 +192,9 @@ pub struct Response {
     /// `dirty`: merged `(offset, len)` byte ranges.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extents: Option<Vec<(u64, u64)>>,
+    /// `read_only`: backing paths of the files open for writing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writers: Option<Vec<String>>,
 }
 
 impl Response {

@@ -432,3 +432,104 @@ fn failback_onto_the_old_disks_is_a_delta() {
     ok(&s.try_restore("latest", &latest));
     assert_same_file(&s.dir.join("disk0.img"), &latest.join("disk0.img"));
 }
+
+/// Planned failover on ext4 in a disk: refused (naming the file, nothing changed) while the
+/// disk is open for writing; then the directory goes read-only (EROFS), the final point is
+/// shipped and handed over; `failover` on the recovery host defaults to that point and its
+/// disks equal the source byte for byte; replication continues there with no base copy.
+fn planned_failover_is_lossless(kind: ServerKind) {
+    let s = Site::new(kind);
+    let m = s.mount();
+    let disk = m.path("disk0.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mnt = s.tmp.path().join("mnt");
+    on_ext4(&disk, &mnt, true, |fs| {
+        std::fs::write(fs.join("a.bin"), random_bytes(&[1], 4 << 20)).unwrap();
+    });
+    assert_eq!(s.sync()["point"], 1);
+    on_ext4(&disk, &mnt, false, |fs| {
+        std::fs::write(fs.join("b.bin"), random_bytes(&[2], 1 << 20)).unwrap();
+    });
+    let owners = || std::fs::read_dir(s.store_group().join("owner")).map_or(0, |d| d.count());
+    let dir = s.dir.display().to_string();
+    let planned = |json: bool| {
+        let mut a = vec![
+            "failover",
+            "planned",
+            "--dir",
+            &dir,
+            "--target",
+            &s.server.url,
+            "--group",
+            &s.group,
+        ];
+        if json {
+            a.push("--json");
+        }
+        s.shipper(&a, &[])
+    };
+    // Refused while the disk is open for writing.
+    let writer = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    let out = planned(false);
+    assert!(!out.status.success(), "planned failover with a writer");
+    assert!(stderr(&out).contains("disk0.img"), "{}", stderr(&out));
+    assert_eq!(
+        (s.points(), owners()),
+        (1, 1),
+        "a refused hand-over changed the store"
+    );
+    use std::os::unix::fs::FileExt;
+    writer.write_all_at(b"still writable", 0).unwrap();
+    writer.write_all_at(&[0u8; 14], 0).unwrap();
+    drop(writer);
+
+    let h = json_of(&planned(true));
+    assert_eq!(h["point"], 2, "{h}");
+    // Writes after the hand-over are refused: nothing can diverge from point 2.
+    let e = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let e = std::fs::write(m.path("new.img"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let human = ok(&s.shipper(&["status", "--dir", &dir], &[]));
+    assert!(human.contains("handed it over at point 2"), "{human}");
+    // The primary's next sync is fenced.
+    assert!(!s.try_sync(&[]).status.success());
+
+    let r = recovery(&s);
+    let out = json_of(&failover(&s, &r, &[]));
+    assert_eq!(
+        out["point"], 2,
+        "the handed-over point is the default: {out}"
+    );
+    assert_same_file(&r.dir.join("disk0.img"), &disk);
+    run(Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(r.dir.join("disk0.img")));
+    drop(m);
+    let rm = Mounted::in_place(&r.dir, &s.run_dir);
+    write_at(&rm.path("disk0.img"), 50 << 20, &random_bytes(&[3], 65536));
+    let rep = json_of(&sync_recovery(&s, &r));
+    assert_eq!(rep["base_copies"].as_array().unwrap().len(), 0, "{rep}");
+    assert_eq!(rep["point"], 3, "{rep}");
+}
+
+#[test]
+fn planned_failover_local() {
+    planned_failover_is_lossless(ServerKind::Local);
+}
+
+#[test]
+fn planned_failover_moto() {
+    planned_failover_is_lossless(ServerKind::Moto);
+}
+
+#[test]
+fn planned_failover_azurite() {
+    planned_failover_is_lossless(ServerKind::Azurite);
+}

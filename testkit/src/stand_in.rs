@@ -309,5 +309,8 @@ fn handle(st: &Mutex<FakeState>, req: Request) -> Response {
             }
             None => Response::error(format!("no disk {disk}")),
         },
+        Request::ReadOnly { .. } => {
+            Response::error("the stand-in tracker has no read-only switch; use a real mount")
+        }
     }
 }

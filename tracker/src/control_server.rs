@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use hrl::control::{Request, Response};
 
+use crate::core::gate::Gate;
 use crate::seal::seal_all;
 use crate::tracking::Tracker;
 
@@ -19,8 +20,13 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds `path` (replacing a stale socket) and serves it on a background thread.
-    pub fn start(path: &Path, tracker: Arc<Tracker>) -> anyhow::Result<ControlServer> {
+    /// Binds `path` (replacing a stale socket) and serves it on a background thread;
+    /// `gate` is the filesystem core's read-only switch.
+    pub fn start(
+        path: &Path,
+        tracker: Arc<Tracker>,
+        gate: Arc<dyn Gate>,
+    ) -> anyhow::Result<ControlServer> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| {
                 format!("create the control socket directory {}", dir.display())
@@ -56,9 +62,10 @@ impl ControlServer {
                     };
                     let t = tracker.clone();
                     let s = socket.clone();
+                    let g = gate.clone();
                     let _ = std::thread::Builder::new()
                         .name("hrl-control-conn".into())
-                        .spawn(move || serve(conn, &t, &s));
+                        .spawn(move || serve(conn, &t, &*g, &s));
                 }
             })
             .context("spawn the control thread")?;
@@ -92,7 +99,7 @@ fn peer_allowed(conn: &UnixStream) -> bool {
     matches!(peer_uid(conn), Some(uid) if uid == 0 || uid == me)
 }
 
-fn serve(conn: UnixStream, tracker: &Tracker, socket: &Path) {
+fn serve(conn: UnixStream, tracker: &Tracker, gate: &dyn Gate, socket: &Path) {
     let Ok(mut out) = conn.try_clone() else {
         return;
     };
@@ -113,6 +120,15 @@ fn serve(conn: UnixStream, tracker: &Tracker, socket: &Path) {
             continue;
         }
         let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::ReadOnly { on }) => {
+                let writers = gate.set_read_only(on);
+                tracing::warn!(on, writers = writers.len(), "read-only switch");
+                Response {
+                    ok: true,
+                    writers: Some(writers),
+                    ..Default::default()
+                }
+            }
             Ok(req) => handle(tracker, socket, req),
             Err(e) => Response::error(format!(
                 "bad request {line:?}: {e}; expected one JSON object per line such as {{\"op\":\"status\"}}"
@@ -176,6 +192,8 @@ pub fn handle(tracker: &Tracker, socket: &Path, req: Request) -> Response {
             Ok(()) => Response::ok(),
             Err(e) => Response::error(e.to_string()),
         },
+        // Answered by `serve`, which holds the core's switch.
+        Request::ReadOnly { .. } => Response::error("read_only is answered by the mount"),
     }
 }
 

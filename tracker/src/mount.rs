@@ -284,7 +284,7 @@ fn start(
     let core = Arc::new(
         Core::new(tracker.root_fd(), tracker.clone()).context("set up the filesystem core")?,
     );
-    let control = ControlServer::start(socket, tracker.clone())?;
+    let control = ControlServer::start(socket, tracker.clone(), core.clone())?;
     let core_for_removals = core.clone();
     let mut config = fuser::Config::default();
     config.mount_options = vec![

@@ -4,16 +4,45 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
-use super::args::{Common, StoreArgs};
+use super::args::{group_for, protected, Common, DirArgs, StoreArgs};
 use crate::recover::failover::{self, FailoverRequest};
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct FailoverArgs {
+    #[command(subcommand)]
+    pub planned: Option<FailoverSub>,
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub store: Option<StoreArgs>,
+    #[command(flatten)]
+    pub unplanned: UnplannedArgs,
+}
+
+#[derive(clap::Subcommand)]
+pub enum FailoverSub {
+    /// On the primary: switch the tracked directory read-only (writes get EROFS; refused
+    /// while a file is open for writing), seal and ship a final point, and hand the group
+    /// over at it; prints the command to run on the recovery host. No data loss.
+    Planned(PlannedArgs),
+}
+
+#[derive(Args)]
+pub struct PlannedArgs {
+    #[command(flatten)]
+    pub at: DirArgs,
+    /// Print what the hand-over did as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `failover` on the recovery host (or the original host: a failback).
+#[derive(Args)]
+pub struct UnplannedArgs {
     /// `latest`, `latest-app`, a point id, or a time (RFC 3339: the last point sealed at or
     /// before it). Default: the point a planned failover handed over, else `latest`.
     #[arg(long)]
@@ -21,8 +50,8 @@ pub struct FailoverArgs {
     /// Directory to rebuild the disks into (created 0700 if missing): empty, or holding
     /// older versions of the group's disks (a failback: only what differs is downloaded).
     /// Not a live tracker mount: mount the tracker over it afterwards.
-    #[arg(long)]
-    pub to: PathBuf,
+    #[arg(long, required = true)]
+    pub to: Option<PathBuf>,
     /// Download every disk whole, even where DIR holds an older version of it (by default
     /// only the blocks that differ from the point are downloaded: a failback).
     #[arg(long)]
@@ -35,17 +64,78 @@ pub struct FailoverArgs {
 }
 
 pub async fn cmd_failover(a: FailoverArgs) -> Result<std::process::ExitCode> {
-    let store = a.store.open()?;
+    let usage = "give --target URL --group NAME --to DIR (recovery host), or `failover planned --dir DIR` (primary)";
+    match (a.planned, a.store) {
+        (Some(FailoverSub::Planned(p)), _) => cmd_planned(p).await,
+        (None, Some(store)) => cmd_unplanned(store, a.unplanned).await,
+        (None, None) => anyhow::bail!(usage),
+    }
+}
+
+async fn cmd_planned(a: PlannedArgs) -> Result<std::process::ExitCode> {
+    super::args::check_dir(&a.at.dir)?;
+    let group = group_for(&a.at.dir, a.at.group.clone(), &a.common.state_dir)?;
+    let p = protected(&a.at.dir, &a.at.target, &group, &a.common, false)?;
+    let initial = crate::service::status::load(&p.state_dir, &p.dir)?.filter(|s| s.group == group);
+    let st = std::sync::Mutex::new(initial.unwrap_or_else(|| {
+        crate::service::status::DirStatus::new(&p.dir, &group, &p.store.target.url)
+    }));
+    let started = std::time::Instant::now();
+    let result = crate::recover::planned::hand_over(&p, &st).await;
+    let mut s = st
+        .lock()
+        .map_err(|_| anyhow::anyhow!("status lock poisoned"))?
+        .clone();
+    s.updated_ns = hrl::now_ns();
+    let h = match result {
+        Ok(h) => {
+            s.cycle_succeeded();
+            crate::service::status::save(&p.state_dir, &s)?;
+            h
+        }
+        Err(e) => {
+            let _ = crate::service::status::save(&p.state_dir, &s);
+            return Err(e);
+        }
+    };
+    let next = format!(
+        "hrl-shipper failover --target {} --group {} --to DIR",
+        p.store.target.url, group
+    );
+    if a.json {
+        let v = serde_json::json!({
+            "point": h.point, "epoch": h.epoch, "group": group, "disks": h.disks,
+            "bytes_uploaded": h.bytes_uploaded, "seconds": started.elapsed().as_secs_f64(),
+            "next": next,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "handed group {group} over at point {} ({} disks, {} bytes shipped, {:.1}s); {} stays read-only (writes get EROFS) until unmounted",
+            h.point,
+            h.disks,
+            h.bytes_uploaded,
+            started.elapsed().as_secs_f64(),
+            p.dir.display()
+        );
+        println!("on the recovery host run: {next}");
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn cmd_unplanned(store: StoreArgs, a: UnplannedArgs) -> Result<std::process::ExitCode> {
+    let store = store.open()?;
+    let to = a.to.context("--to DIR is required")?;
     let started = std::time::Instant::now();
     let r = failover::failover(&FailoverRequest {
         store: &store,
         point: a.point.as_deref(),
-        to: &a.to,
+        to: &to,
         state_dir: &a.common.state_dir,
         full: a.full,
     })
     .await?;
-    let dir = crate::replicate::owner::canonical_dir(&a.to);
+    let dir = crate::replicate::owner::canonical_dir(&to);
     let next = format!(
         "hrl-tracker mount {0} && hrl-shipper sync --dir {0} --target {1} --group {2}",
         dir.display(),

@@ -1,9 +1,11 @@
 //! Recovery: build a point into a directory (`restore`), check points without writing a
 //! disk (`verify`), choose a point by id or time (`points`), fail over to a point and take
-//! the group (`failover`), leaving what reverse replication needs (`reverse`).
+//! the group (`failover`, whole or by `delta`), leaving what reverse replication needs
+//! (`reverse`); hand a group over at a final point (`planned`).
 
 pub mod delta;
 pub mod failover;
+pub mod planned;
 pub mod points;
 pub mod restore;
 pub mod reverse;

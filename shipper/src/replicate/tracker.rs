@@ -199,6 +199,16 @@ impl TrackerClient {
         Ok(())
     }
 
+    /// Switches the mount read-only (every change through it gets EROFS) or back; returns
+    /// the backing paths of the files open for writing.
+    pub async fn read_only(&mut self, on: bool) -> Result<Vec<String>> {
+        Ok(self
+            .call(&Request::ReadOnly { on })
+            .await?
+            .writers
+            .unwrap_or_default())
+    }
+
     pub async fn status(&mut self) -> Result<hrl::control::MountStatus> {
         self.call(&Request::Status)
             .await?

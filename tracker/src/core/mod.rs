@@ -7,6 +7,7 @@
 //! this core directly.
 
 mod error;
+pub mod gate;
 pub mod inodes;
 mod sink;
 
@@ -128,6 +129,29 @@ pub struct Listed {
     pub next: u64,
 }
 
+impl<S: ChangeSink> gate::Gate for Core<S> {
+    fn set_read_only(&self, on: bool) -> Vec<String> {
+        self.read_only.set(on);
+        let files = self.files.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<String> = files
+            .values()
+            .filter(|f| {
+                rustix::fs::fcntl_getfl(&f.file).is_ok_and(|fl| {
+                    fl.intersects(rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::RDWR)
+                })
+            })
+            .filter_map(|f| {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&f.file);
+                std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
+            })
+            .map(|p| p.display().to_string())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 /// The filesystem core over one backing directory, telling `S` of the changes.
 pub struct Core<S: ChangeSink> {
     inodes: Inodes,
@@ -135,6 +159,7 @@ pub struct Core<S: ChangeSink> {
     dirs: RwLock<HashMap<u64, Arc<OpenDir>>>,
     next_fh: AtomicU64,
     sink: Arc<S>,
+    read_only: gate::ReadOnly,
 }
 
 impl<S: ChangeSink> Core<S> {
@@ -148,6 +173,7 @@ impl<S: ChangeSink> Core<S> {
             dirs: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             sink,
+            read_only: gate::ReadOnly::default(),
         })
     }
 
@@ -212,6 +238,7 @@ impl<S: ChangeSink> Core<S> {
     }
 
     pub fn setattr(&self, ino: u64, fh: Option<u64>, a: SetAttr) -> OpResult<Stat> {
+        self.read_only.check()?;
         let i = self.inode(ino)?;
         if i.protected {
             return Err(Error::errno(libc::EPERM));
@@ -285,6 +312,7 @@ impl<S: ChangeSink> Core<S> {
         rdev: u64,
         who: Caller,
     ) -> OpResult<Entry> {
+        self.read_only.check()?;
         self.refuse_protected(parent, name)?;
         let p = self.inode(parent)?;
         sys::mknodat(p.fd(), name, mode, rdev)?;
@@ -297,6 +325,7 @@ impl<S: ChangeSink> Core<S> {
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, who: Caller) -> OpResult<Entry> {
+        self.read_only.check()?;
         self.refuse_protected(parent, name)?;
         let p = self.inode(parent)?;
         sys::mkdirat(p.fd(), name, mode)?;
@@ -311,6 +340,7 @@ impl<S: ChangeSink> Core<S> {
         target: &OsStr,
         who: Caller,
     ) -> OpResult<Entry> {
+        self.read_only.check()?;
         self.refuse_protected(parent, name)?;
         let p = self.inode(parent)?;
         sys::symlinkat(target, p.fd(), name)?;
@@ -319,6 +349,7 @@ impl<S: ChangeSink> Core<S> {
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> OpResult<()> {
+        self.read_only.check()?;
         self.refuse_protected(parent, name)?;
         let p = self.inode(parent)?;
         let st = sys::statat(p.fd(), name)?;
@@ -338,6 +369,7 @@ impl<S: ChangeSink> Core<S> {
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> OpResult<()> {
+        self.read_only.check()?;
         let p = self.inode(parent)?;
         Ok(sys::unlinkat(p.fd(), name, libc::AT_REMOVEDIR)?)
     }
@@ -350,6 +382,7 @@ impl<S: ChangeSink> Core<S> {
         newname: &OsStr,
         flags: u32,
     ) -> OpResult<()> {
+        self.read_only.check()?;
         self.refuse_protected(parent, name)?;
         self.refuse_protected(newparent, newname)?;
         let p = self.inode(parent)?;
@@ -370,6 +403,7 @@ impl<S: ChangeSink> Core<S> {
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> OpResult<Entry> {
+        self.read_only.check()?;
         let i = self.inode(ino)?;
         if i.protected || self.is_protected(newparent, newname) {
             return Err(Error::errno(libc::EPERM));
@@ -420,6 +454,9 @@ impl<S: ChangeSink> Core<S> {
     }
 
     pub fn open(&self, ino: u64, flags: i32, who: Caller) -> OpResult<u64> {
+        if Self::writes(flags) || flags & libc::O_TRUNC != 0 {
+            self.read_only.check()?;
+        }
         let i = self.inode(ino)?;
         if i.protected && (Self::writes(flags) || flags & libc::O_TRUNC != 0) {
             return Err(Error::errno(libc::EACCES));
@@ -450,6 +487,7 @@ impl<S: ChangeSink> Core<S> {
         flags: i32,
         who: Caller,
     ) -> OpResult<Created> {
+        self.read_only.check()?;
         self.refuse_protected(parent, name)?;
         let p = self.inode(parent)?;
         let base = Self::backing_flags(flags);
@@ -488,6 +526,7 @@ impl<S: ChangeSink> Core<S> {
     /// Writes `data` at `off`; `kill_suidgid` clears setuid/setgid first (the kernel asks
     /// for it when an unprivileged writer changes such a file).
     pub fn write(&self, fh: u64, off: u64, data: &[u8], kill_suidgid: bool) -> OpResult<usize> {
+        self.read_only.check()?;
         let f = self.file(fh)?;
         let fd = f.file.as_fd();
         if kill_suidgid {
@@ -583,6 +622,7 @@ impl<S: ChangeSink> Core<S> {
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> OpResult<()> {
+        self.read_only.check()?;
         let i = self.inode(ino)?;
         if i.protected || i.is_symlink() {
             return Err(Error::errno(libc::EPERM));
@@ -601,6 +641,7 @@ impl<S: ChangeSink> Core<S> {
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> OpResult<()> {
+        self.read_only.check()?;
         let i = self.inode(ino)?;
         if i.protected || i.is_symlink() {
             return Err(Error::errno(libc::EPERM));
@@ -611,6 +652,7 @@ impl<S: ChangeSink> Core<S> {
     }
 
     pub fn fallocate(&self, fh: u64, off: u64, len: u64, mode: i32, who: Caller) -> OpResult<()> {
+        self.read_only.check()?;
         let f = self.file(fh)?;
         let fd = f.file.as_fd();
         if !who.privileged() {
@@ -637,6 +679,7 @@ impl<S: ChangeSink> Core<S> {
         len: u64,
         who: Caller,
     ) -> OpResult<usize> {
+        self.read_only.check()?;
         let fi = self.file(fh_in)?;
         let fo = self.file(fh_out)?;
         let (src, dst) = (fi.file.as_fd(), fo.file.as_fd());
