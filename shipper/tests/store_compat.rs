@@ -140,3 +140,65 @@ fn a_damaged_chunk_of_the_old_store_is_refused_by_name() {
     let name = chunk.file_name().unwrap().to_string_lossy().to_string();
     assert!(err.contains("is damaged") && err.contains(&name), "{err}");
 }
+
+/// A group of the previous release (its `owner.json`, no epochs) can be failed over: the
+/// old record is read as epoch 0, the takeover creates epoch 1 at the latest point, the
+/// disks are those of point 4, and every old point stays in the chain.
+#[test]
+fn a_group_of_the_previous_release_fails_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store_copy(tmp.path());
+    let target = store.to_str().unwrap();
+    let to = tmp.path().join("failover");
+    let state = tmp.path().join("state");
+    let out = shipper(
+        &state,
+        &[
+            "failover",
+            "--group",
+            "fixture",
+            "--target",
+            target,
+            "--to",
+            to.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "failover: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["point"].as_u64(), v["epoch"].as_u64()),
+        (Some(4), Some(1)),
+        "{v}"
+    );
+    assert!(
+        v["previous_owner"].as_str().unwrap().contains("host vm"),
+        "{v}"
+    );
+    let sums = std::fs::read_to_string(fixture().join("point-4.sha256")).unwrap();
+    for line in sums.lines() {
+        let (want, name) = line.split_once("  ").unwrap();
+        assert_eq!(sha256(&to.join(name)), want, "disk {name}");
+    }
+    assert!(
+        store.join("fixture/owner.json").exists(),
+        "the old record is kept"
+    );
+    assert!(store.join(format!("fixture/owner/{:020}.json", 1)).exists());
+    let out = shipper(
+        &state,
+        &[
+            "verify", "--group", "fixture", "--target", target, "--point", "latest",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains('4'));
+}

@@ -56,10 +56,12 @@ enum Command {
     /// Check that recovery points can be restored (indexes, every chunk, log chains) without
     /// writing a disk.
     Verify(VerifyArgs),
-    /// On the recovery host: rebuild the disks of a point into a directory and take the
-    /// group over (the old primary is fenced: it commits no more points). Then mount the
-    /// tracker over the directory and `sync --dir` it: replication continues the group's
-    /// chain with no base copy.
+    /// On the recovery host: rebuild the disks of a point into a directory (over older
+    /// versions of them, a failback, only what differs is downloaded) and take the group
+    /// over (the old primary is fenced: it commits no more points). Then mount the tracker
+    /// over the directory and `sync --dir` it: replication continues the group's chain with
+    /// no base copy. `failover planned --dir DIR` on the primary hands the group over first,
+    /// with no data loss.
     Failover(failover_cmd::FailoverArgs),
 }
 

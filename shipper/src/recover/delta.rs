@@ -55,8 +55,14 @@ pub async fn applicable(store: &GroupStore, e: &DiskEntry, disk: &Path) -> Resul
     Ok(index.disk_size == e.disk_size)
 }
 
-/// Brings `dir/<e.name>` to `e`'s state in place (see the module doc).
-pub async fn apply(store: &GroupStore, e: &DiskEntry, dir: &Path) -> Result<DeltaReport> {
+/// Brings `dir/<e.name>` to `e`'s state in place (see the module doc); `state_dir` is the
+/// shipper's (for the tests' stop point `mid-failback`).
+pub async fn apply(
+    store: &GroupStore,
+    e: &DiskEntry,
+    dir: &Path,
+    state_dir: &Path,
+) -> Result<DeltaReport> {
     let disk = dir.join(&e.name);
     remove_tracker_files(dir, &e.name)?;
     let mark = marker(dir, &e.disk_id);
@@ -102,6 +108,7 @@ pub async fn apply(store: &GroupStore, e: &DiskEntry, dir: &Path) -> Result<Delt
         .with_context(|| format!("open {}", disk.display()))?;
     report.blocks_fetched = fetch.len() as u64;
     report.bytes_downloaded += write_blocks(store, &index, &fetch, &file).await?;
+    crate::replicate::stop::at(state_dir, "mid-failback");
     replay(e, &logs, &disk, &file).await?;
     file.sync_all()
         .with_context(|| format!("sync {}", disk.display()))?;

@@ -48,7 +48,7 @@ pub async fn failover(r: &FailoverRequest<'_>) -> Result<FailoverReport> {
     let dir = owner::canonical_dir(r.to);
     let mut disks = Vec::new();
     for (e, how) in point.disks.iter().zip(plan) {
-        let (how, down) = rebuild(r.store, e, &dir, how).await.with_context(|| {
+        let (how, down) = rebuild(r, e, &dir, how).await.with_context(|| {
             format!(
                 "failover to point {} stopped at disk {}; run it again to finish (a disk gets its final name only when whole, an interrupted delta keeps a marker)",
                 point.id,
@@ -93,15 +93,16 @@ enum How {
 
 /// Rebuilds disk `e` in `dir`; returns how, and the bytes downloaded.
 async fn rebuild(
-    store: &GroupStore,
+    r: &FailoverRequest<'_>,
     e: &hrl::store::DiskEntry,
     dir: &Path,
     how: How,
 ) -> Result<(&'static str, u64)> {
+    let store = r.store;
     let disk = dir.join(&e.name);
     let delta = how == How::Delta && super::delta::applicable(store, e, &disk).await?;
     if delta {
-        let d = super::delta::apply(store, e, dir).await?;
+        let d = super::delta::apply(store, e, dir, r.state_dir).await?;
         tracing::info!(disk = %hrl::display::escaped(&e.name), blocks = d.blocks_fetched, bytes = d.bytes_downloaded, "brought up to the point by delta");
         return Ok(("delta", d.bytes_downloaded));
     }

@@ -1,5 +1,5 @@
 //! Crash stop points for tests: with `HRL_SHIPPER_STOP_AT=<point>` (after-seal, after-upload,
-//! after-commit, mid-resync) the process writes `<state dir>/stopped-at-<point>` and freezes
+//! after-commit, mid-resync, mid-failback) the process writes `<state dir>/stopped-at-<point>` and freezes
 //! there (SIGSTOP: every thread stops at once, no sleep inside async code) so a test can
 //! kill -9 it at exactly that instant and check what the next run does. A pause point
 //! ([`pause`]: before-commit, in-commit) freezes once and goes on when the test sends
