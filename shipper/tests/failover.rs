@@ -173,6 +173,13 @@ fn unplanned_failover_fences_the_old_primary_and_replicates_back(kind: ServerKin
     ));
     assert_eq!(st[0]["epoch"], 2, "{st}");
     assert_eq!(st[0]["disks"][0]["state"], "replicating", "{st}");
+    // `points` says point 2 is fenced.
+    let listing = ok(&s.shipper(
+        &["points", "--target", &s.server.url, "--group", &s.group],
+        &[],
+    ));
+    let fenced: Vec<&str> = listing.lines().filter(|l| l.contains("fenced")).collect();
+    assert_eq!(fenced.len(), 1, "{listing}");
     // The store's latest point is the recovery host's disks.
     let restored = s.tmp.path().join("restore-latest");
     ok(&s.try_restore("latest", &restored));

@@ -53,6 +53,7 @@ pub async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
             a.store.group, a.store.target
         );
     } else {
+        let records = crate::replicate::owner::records(&store).await?;
         println!("{:>6}  {:<26} disks", "point", "sealed at");
         let times: Vec<u64> = all.iter().map(|m| m.time_ns).collect();
         for (m, back) in all.iter().zip(points::time_went_back(&times)) {
@@ -74,6 +75,12 @@ pub async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
             );
             for note in points::carried_notes(m) {
                 println!("{:>6}  note: {note}", "");
+            }
+            if hrl::owner::is_fenced(m.id, m.epoch, &records) {
+                println!(
+                    "{:>6}  note: fenced: its owner committed it after a failover took the group (not in the chain; restore it by id only)",
+                    ""
+                );
             }
         }
     }
