@@ -317,6 +317,28 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(owners(), 1, "a refused failover took the group");
     assert_eq!(std::fs::read_dir(&r.dir).unwrap().count(), 1);
     drop(m);
+    // A point chosen by time.
+    std::fs::remove_file(r.dir.join("other.txt")).unwrap();
+    let now = run(Command::new("date").args(["-u", "-d", "2 seconds", "+%Y-%m-%dT%H:%M:%SZ"]));
+    let out = json_of(&run_as(
+        &s,
+        RECOVERY,
+        &r.state,
+        &[
+            "failover",
+            "--target",
+            &url,
+            "--group",
+            "vm1",
+            "--to",
+            &dir,
+            "--point",
+            now.trim(),
+            "--json",
+        ],
+    ));
+    assert_eq!(out["point"], 1, "{out}");
+    assert_eq!(owners(), 2);
 }
 
 /// Blocks of `block` bytes in which two files of equal size differ.

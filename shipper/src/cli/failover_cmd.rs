@@ -43,8 +43,8 @@ pub struct PlannedArgs {
 /// `failover` on the recovery host (or the original host: a failback).
 #[derive(Args)]
 pub struct UnplannedArgs {
-    /// `latest`, `latest-app`, a point id, or a time (RFC 3339: the last point sealed at or
-    /// before it). Default: the point a planned failover handed over, else `latest`.
+    /// `latest`, a point id, or a time (RFC 3339: the last point sealed at or before it), as
+    /// for `restore`. Default: the point a planned failover handed over, else `latest`.
     #[arg(long)]
     pub point: Option<String>,
     /// Directory to rebuild the disks into (created 0700 if missing): empty, or holding
