@@ -501,3 +501,17 @@ fn raw_header_plus_twenty_bytes_from_the_fuzzer_is_refused() {
         refused(&c, "chunks/ab/abab", ObjectKind::Chunk, input);
     }
 }
+
+#[test]
+fn object_kinds_follow_the_store_keys() {
+    use crate::store::{base_key, chunk_key, log_key, point_key};
+    let k = ObjectKind::of_key;
+    assert_eq!(k(&chunk_key(&[7; 32])), Some(ObjectKind::Chunk));
+    assert_eq!(k(&base_key("d1", 2, 3)), Some(ObjectKind::BaseIndex));
+    assert_eq!(k(&log_key("d1", 2, 3, 4)), Some(ObjectKind::Log));
+    assert_eq!(k(&point_key(9)), Some(ObjectKind::Manifest));
+    assert_eq!(k("owner.json"), Some(ObjectKind::Owner));
+    assert_eq!(k("leases/h-1-ab.json"), Some(ObjectKind::Lease));
+    assert_eq!(k(RECORD_KEY), None);
+    assert_eq!(k("disks/d1/other"), None);
+}

@@ -3,7 +3,8 @@
 //! typed [`StoreError`]. On top of it, small named stores in the spirit of pbs-datastore:
 //! [`chunks::ChunkStore`] (content-addressed blocks), [`index::fetch_base_index`]
 //! (hash-checked), [`logs::fetch_chain`] (the shipped logs after a base) and
-//! [`manifests`] (recovery points: list, get, commit-if-absent).
+//! [`manifests`] (recovery points: list, get, commit-if-absent). Given a key
+//! ([`GroupStore::with_key`]), it seals and opens every object ([`sealing`]).
 
 pub mod chunks;
 pub mod error;
@@ -11,7 +12,10 @@ pub mod http;
 pub mod index;
 pub mod logs;
 pub mod manifests;
+pub mod sealing;
 pub mod target;
+
+use std::sync::Arc;
 
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
@@ -30,6 +34,7 @@ pub struct GroupStore {
     pub target: Target,
     pub group: String,
     root: StorePath,
+    keying: Arc<sealing::Keying>,
 }
 
 /// What a put of an immutable object did.
@@ -50,6 +55,7 @@ impl GroupStore {
             target,
             group: group.to_string(),
             root,
+            keying: Arc::default(),
         })
     }
 
@@ -90,10 +96,24 @@ impl GroupStore {
         }
     }
 
-    /// Writes `bytes` at `key` unless an object is there already. Uses conditional create
-    /// where the store has it; where it does not, checks first (objects are immutable and
-    /// content-named, so a race writes the same bytes).
+    /// Writes `bytes` (the plaintext: sealed first in an encrypted group) at `key` unless an
+    /// object is there already.
     pub async fn put_immutable(&self, key: &str, bytes: Vec<u8>) -> StoreResult<Put> {
+        let stored = self.seal(key, bytes).await?;
+        self.put_raw(key, stored).await
+    }
+
+    /// Writes bytes already as stored ([`GroupStore::seal`]) at `key` unless an object is
+    /// there already.
+    pub async fn put_stored(&self, key: &str, stored: Vec<u8>) -> StoreResult<Put> {
+        self.check_keying(true).await?;
+        self.put_raw(key, stored).await
+    }
+
+    /// Writes `bytes` as they are at `key` unless an object is there already. Uses
+    /// conditional create where the store has it; where it does not, checks first (objects
+    /// are immutable and content-named, so a race writes the same content).
+    async fn put_raw(&self, key: &str, bytes: Vec<u8>) -> StoreResult<Put> {
         let path = self.path(key);
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -118,10 +138,27 @@ impl GroupStore {
         }
     }
 
-    /// Uploads a local file at `key` unless an object is there already; large files go up
-    /// in parts, streamed (a multipart upload is not conditional, which is fine for
-    /// immutable, deterministic content).
+    /// Uploads a local file (the plaintext: sealed into a scratch file beside it first in an
+    /// encrypted group) at `key` unless an object is there already.
     pub async fn put_file_immutable(&self, key: &str, file: &std::path::Path) -> StoreResult<Put> {
+        self.check_keying(true).await?;
+        let Some(c) = self.crypto().cloned() else {
+            return self.put_file_raw(key, file).await;
+        };
+        let sealed = file.with_extension("sealed");
+        let (k, input, output) = (key.to_string(), file.to_path_buf(), sealed.clone());
+        tokio::task::spawn_blocking(move || sealing::seal_file(&c, &k, &input, &output))
+            .await
+            .map_err(|e| self.local(Op::Put, &self.path(key), e))?
+            .map_err(|e| self.local(Op::Put, &self.path(key), format!("seal {}: {e}", file.display())))?;
+        let put = self.put_file_raw(key, &sealed).await;
+        let _ = std::fs::remove_file(&sealed);
+        put
+    }
+
+    /// Uploads a local file as it is; large files go up in parts, streamed (a multipart
+    /// upload is not conditional, which is fine for immutable content).
+    async fn put_file_raw(&self, key: &str, file: &std::path::Path) -> StoreResult<Put> {
         const SINGLE_PUT_MAX: u64 = 32 << 20;
         const PART: usize = 16 << 20;
         let path = self.path(key);
@@ -131,7 +168,7 @@ impl GroupStore {
         if len <= SINGLE_PUT_MAX {
             let bytes = std::fs::read(file)
                 .map_err(|e| self.local(Op::Put, &path, format!("read {}: {e}", file.display())))?;
-            return self.put_immutable(key, bytes).await;
+            return self.put_raw(key, bytes).await;
         }
         if self.exists(key).await? {
             return Ok(Put::Existed);
@@ -203,7 +240,8 @@ impl GroupStore {
     /// `Existed` if another writer committed that key first. When the object there holds
     /// exactly `bytes`, it is this write's own (the store kept it but the reply was lost,
     /// and the retry found it): `Created`. A manifest names its commit instant in ns and its
-    /// host, so another writer's never has the same bytes.
+    /// host, so another writer's never has the same bytes. In an encrypted group the
+    /// plaintexts are compared (sealing is not deterministic).
     pub async fn put_new(&self, key: &str, bytes: Vec<u8>) -> StoreResult<Put> {
         match self.put_immutable(key, bytes.clone()).await? {
             Put::Created => Ok(Put::Created),
@@ -227,7 +265,20 @@ impl GroupStore {
         }
     }
 
+    /// The plaintext of `key` (opened, in an encrypted group: a refused object is
+    /// [`StoreError::Damaged`]).
     pub async fn get(&self, key: &str) -> StoreResult<Vec<u8>> {
+        let stored = self.get_stored(key).await?;
+        self.open(key, stored).await
+    }
+
+    /// The bytes of `key` as stored (sealed, in an encrypted group).
+    pub async fn get_stored(&self, key: &str) -> StoreResult<Vec<u8>> {
+        self.check_keying(false).await?;
+        self.get_raw(key).await
+    }
+
+    async fn get_raw(&self, key: &str) -> StoreResult<Vec<u8>> {
         let (path, r) = self.open_get(key).await?;
         let b = r.bytes().await.map_err(|e| self.err(Op::Get, &path, e))?;
         Ok(b.to_vec())
@@ -244,10 +295,11 @@ impl GroupStore {
         Ok((path, r))
     }
 
-    /// Downloads a zstd-compressed object into `dest`, decompressing as it streams (logs can
-    /// be large).
+    /// Downloads a zstd-compressed object into `dest`, opening (encrypted group) and
+    /// decompressing as it streams (logs can be large).
     pub async fn get_zstd_to_file(&self, key: &str, dest: &std::path::Path) -> StoreResult<u64> {
         use futures::StreamExt;
+        self.check_keying(false).await?;
         let (path, r) = self.open_get(key).await?;
         let compressed = dest.with_extension("zst-part");
         let local = |what: &str, p: &std::path::Path, e: std::io::Error| {
@@ -269,18 +321,22 @@ impl GroupStore {
             .map_err(|e| local("write", &compressed, e))?;
         drop(out);
         let (src, dst) = (compressed.clone(), dest.to_path_buf());
+        let (crypto, k) = (self.crypto().cloned(), key.to_string());
         let n = tokio::task::spawn_blocking(move || -> Result<u64, (bool, std::io::Error)> {
             let input = std::fs::File::open(&src).map_err(|e| (false, e))?;
-            let mut dec = zstd::stream::Decoder::new(input).map_err(|e| (true, e))?;
+            let plain = sealing::open_file(crypto.as_deref(), &k, input).map_err(|e| (false, e))?;
+            let mut dec = zstd::stream::Decoder::new(plain).map_err(|e| (true, e))?;
             let mut output = std::fs::File::create(&dst).map_err(|e| (false, e))?;
             std::io::copy(&mut dec, &mut output).map_err(|e| (is_stream_damage(&e), e))
         })
         .await
         .map_err(|e| self.local(Op::Get, &path, format!("decompress worker failed: {e}")))?;
         let _ = std::fs::remove_file(&compressed);
-        n.map_err(|(damage, e)| match damage {
-            true => self.damaged("object", key, format!("not valid zstd: {e}")),
-            false => local("decompress into", dest, e),
+        n.map_err(|(damage, e)| match (hrl::crypto::CryptoError::from_io(&e), damage) {
+            // Refused by the opener: whatever was written to `dest` is discarded by the caller.
+            (Some(c), _) => self.refused(key, c),
+            (None, true) => self.damaged("object", key, format!("not valid zstd: {e}")),
+            (None, false) => local("decompress into", dest, e),
         })
     }
 
