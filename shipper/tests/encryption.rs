@@ -32,7 +32,12 @@ impl Enc {
     }
 
     /// `restore`/`verify`/`points` of the site's group with `env`.
-    fn store_cmd(&self, cmd: &str, more: &[&str], env: &[(String, String)]) -> std::process::Output {
+    fn store_cmd(
+        &self,
+        cmd: &str,
+        more: &[&str],
+        env: &[(String, String)],
+    ) -> std::process::Output {
         let url = self.site.server.url.clone();
         let mut a = vec![cmd, "--target", &url, "--group", &self.site.group];
         a.extend_from_slice(more);
@@ -69,7 +74,11 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 fn err_text(out: &std::process::Output) -> String {
-    assert!(!out.status.success(), "expected a failure, got success: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "expected a failure, got success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     stderr(out)
 }
 
@@ -104,12 +113,24 @@ fn encrypted_sync_restores_byte_identical_and_stores_no_plaintext() {
     ok(&e.store_cmd("verify", &[], &e.env()));
 
     // No object holds a piece of either write; zstd alone would keep them (random data).
-    let needles = [&base[4096..4160], &base[(1 << 20) + 77..(1 << 20) + 141], &later[1000..1064]];
+    let needles = [
+        &base[4096..4160],
+        &base[(1 << 20) + 77..(1 << 20) + 141],
+        &later[1000..1064],
+    ];
     for n in needles {
-        assert!(contains(&zstd::encode_all(&base[..], 3).unwrap(), n) || contains(&zstd::encode_all(&later[..], 3).unwrap(), n));
+        assert!(
+            contains(&zstd::encode_all(&base[..], 3).unwrap(), n)
+                || contains(&zstd::encode_all(&later[..], 3).unwrap(), n)
+        );
     }
     let objs = objects(&e.site.store_group());
-    assert!(objs.iter().any(|(k, _)| k.starts_with("disks/") && k.contains("/logs/")), "{:?}", objs.iter().map(|o| &o.0).collect::<Vec<_>>());
+    assert!(
+        objs.iter()
+            .any(|(k, _)| k.starts_with("disks/") && k.contains("/logs/")),
+        "{:?}",
+        objs.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
     for (k, bytes) in &objs {
         for n in needles {
             assert!(!contains(bytes, n), "{k} holds plaintext of the disk");
@@ -124,7 +145,11 @@ fn encrypted_sync_restores_byte_identical_and_stores_no_plaintext() {
     // Chunk names are keyed: the plain blake3 of a stored block names no chunk.
     let block = &base[..256 << 10];
     let plain = blake3::hash(block).to_hex().to_string();
-    let chunks: Vec<&String> = objs.iter().map(|o| &o.0).filter(|k| k.starts_with("chunks/")).collect();
+    let chunks: Vec<&String> = objs
+        .iter()
+        .map(|o| &o.0)
+        .filter(|k| k.starts_with("chunks/"))
+        .collect();
     assert_eq!(chunks.len(), 8, "{chunks:?}");
     assert!(chunks.iter().all(|k| !k.ends_with(&plain)), "{chunks:?}");
 }
@@ -138,16 +163,26 @@ fn tree(s: &Site) -> Vec<(String, Vec<u8>)> {
 fn missing_wrong_or_misplaced_key_is_refused_before_anything_is_written() {
     let e = Enc::new(Site::with_stand_in(ServerKind::Local));
     e.site.tracker().add_disk("d.img", 4 << 20);
-    e.site.tracker().write("d.img", 0, &random_bytes(b"k", 1 << 20));
+    e.site
+        .tracker()
+        .write("d.img", 0, &random_bytes(b"k", 1 << 20));
     e.sync();
-    e.site.tracker().write("d.img", 2 << 20, &random_bytes(b"k2", 4096));
+    e.site
+        .tracker()
+        .write("d.img", 2 << 20, &random_bytes(b"k2", 4096));
     let before = tree(&e.site);
     let other = e.site.tmp.path().join("other.key");
-    ok(&e.site.shipper(&["key", "create", "--out", &other.display().to_string()], &[]));
+    ok(&e.site.shipper(
+        &["key", "create", "--out", &other.display().to_string()],
+        &[],
+    ));
     let wrong = vec![("HRL_KEY".to_string(), other.display().to_string())];
 
     let no_key = err_text(&e.site.try_sync(&[]));
-    assert!(no_key.contains("is encrypted") && no_key.contains("--key"), "{no_key}");
+    assert!(
+        no_key.contains("is encrypted") && no_key.contains("--key"),
+        "{no_key}"
+    );
     let bad = err_text(&e.site.try_sync(&wrong));
     assert!(bad.contains("does not match group"), "{bad}");
     let to = e.site.tmp.path().join("r");
@@ -159,7 +194,10 @@ fn missing_wrong_or_misplaced_key_is_refused_before_anything_is_written() {
     assert_eq!(disks_in(&to), 0);
     err_text(&e.store_cmd("verify", &[], &wrong));
     err_text(&e.store_cmd("points", &[], &[]));
-    assert!(tree(&e.site) == before, "a refused command wrote to the store");
+    assert!(
+        tree(&e.site) == before,
+        "a refused command wrote to the store"
+    );
     assert_eq!(e.site.status()["health"], "Critical", "{}", e.site.status());
 
     // A plain group with points refuses a key.
@@ -171,7 +209,10 @@ fn missing_wrong_or_misplaced_key_is_refused_before_anything_is_written() {
     let before = tree(&plain);
     let key = vec![("HRL_KEY".to_string(), e.key.display().to_string())];
     let msg = err_text(&plain.try_sync(&key));
-    assert!(msg.contains("is not encrypted") && msg.contains("--key is refused"), "{msg}");
+    assert!(
+        msg.contains("is not encrypted") && msg.contains("--key is refused"),
+        "{msg}"
+    );
     assert!(tree(&plain) == before, "a refused sync wrote to the store");
     assert!(!plain.store_group().join("encryption.json").exists());
 }
@@ -190,9 +231,13 @@ fn flip(path: &Path) -> Vec<u8> {
 fn a_flipped_bit_or_swapped_objects_are_refused_never_applied() {
     let e = Enc::new(Site::with_stand_in(ServerKind::Local));
     e.site.tracker().add_disk("d.img", 4 << 20);
-    e.site.tracker().write("d.img", 0, &random_bytes(b"f", 1 << 20));
+    e.site
+        .tracker()
+        .write("d.img", 0, &random_bytes(b"f", 1 << 20));
     e.sync();
-    e.site.tracker().write("d.img", 3 << 20, &random_bytes(b"f2", 70_000));
+    e.site
+        .tracker()
+        .write("d.img", 3 << 20, &random_bytes(b"f2", 70_000));
     e.sync();
     let g = e.site.store_group();
     let objs = objects(&g);
@@ -210,10 +255,21 @@ fn a_flipped_bit_or_swapped_objects_are_refused_never_applied() {
     ];
     for (what, key) in &kinds {
         let orig = flip(&g.join(key));
-        let to = e.site.tmp.path().join(format!("r-{}", what.replace(' ', "-")));
+        let to = e
+            .site
+            .tmp
+            .path()
+            .join(format!("r-{}", what.replace(' ', "-")));
         let msg = err_text(&e.restore("2", &to, &e.env()));
-        assert!(msg.contains("failed authentication") || msg.contains("damaged"), "{what}: {msg}");
-        assert_eq!(disks_in(&to), 0, "{what}: a disk was restored from a refused object");
+        assert!(
+            msg.contains("failed authentication") || msg.contains("damaged"),
+            "{what}: {msg}"
+        );
+        assert_eq!(
+            disks_in(&to),
+            0,
+            "{what}: a disk was restored from a refused object"
+        );
         let v = err_text(&e.store_cmd("verify", &["--point", "2"], &e.env()));
         assert!(v.contains(key.rsplit('/').next().unwrap()), "{what}: {v}");
         std::fs::write(g.join(key), orig).unwrap();
@@ -233,7 +289,11 @@ fn a_flipped_bit_or_swapped_objects_are_refused_never_applied() {
     let msg = err_text(&e.restore("2", &e.site.tmp.path().join("swap-m"), &e.env()));
     assert!(msg.contains("failed authentication"), "{msg}");
     std::fs::write(g.join("points/00000000000000000002.json"), &m2).unwrap();
-    let chunks: Vec<String> = objs.iter().map(|o| o.0.clone()).filter(|k| k.starts_with("chunks/")).collect();
+    let chunks: Vec<String> = objs
+        .iter()
+        .map(|o| o.0.clone())
+        .filter(|k| k.starts_with("chunks/"))
+        .collect();
     let (a, b) = (g.join(&chunks[0]), g.join(&chunks[1]));
     let (ca, cb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     std::fs::write(&a, &cb).unwrap();
@@ -249,9 +309,13 @@ fn a_flipped_bit_or_swapped_objects_are_refused_never_applied() {
 fn round_trip_on(kind: ServerKind) {
     let e = Enc::new(Site::with_stand_in(kind));
     e.site.tracker().add_disk("d.img", 4 << 20);
-    e.site.tracker().write("d.img", 0, &random_bytes(b"s3", 1 << 20));
+    e.site
+        .tracker()
+        .write("d.img", 0, &random_bytes(b"s3", 1 << 20));
     e.sync();
-    e.site.tracker().write("d.img", 2 << 20, &random_bytes(b"s3b", 50_000));
+    e.site
+        .tracker()
+        .write("d.img", 2 << 20, &random_bytes(b"s3b", 50_000));
     e.sync();
     let to = e.site.tmp.path().join("r");
     ok(&e.restore("latest", &to, &e.env()));
@@ -278,18 +342,29 @@ fn passphrase_key_file_round_trip() {
     let pass = s.tmp.path().join("pass");
     std::fs::write(&pass, "correct horse\n").unwrap();
     let (k, p) = (key.display().to_string(), pass.display().to_string());
-    ok(&s.shipper(&["key", "create", "--out", &k, "--passphrase-file", &p], &[]));
+    ok(&s.shipper(
+        &["key", "create", "--out", &k, "--passphrase-file", &p],
+        &[],
+    ));
     let again = err_text(&s.shipper(&["key", "create", "--out", &k], &[]));
     assert!(again.contains("exists already"), "{again}");
     s.tracker().add_disk("d.img", 1 << 20);
     s.tracker().write("d.img", 0, b"secret");
-    let env = |p: &str| vec![("HRL_KEY".to_string(), k.clone()), ("HRL_PASSPHRASE_FILE".to_string(), p.to_string())];
+    let env = |p: &str| {
+        vec![
+            ("HRL_KEY".to_string(), k.clone()),
+            ("HRL_PASSPHRASE_FILE".to_string(), p.to_string()),
+        ]
+    };
     let need = err_text(&s.try_sync(&[("HRL_KEY".to_string(), k.clone())]));
     assert!(need.contains("passphrase"), "{need}");
     std::fs::write(s.tmp.path().join("bad"), "wrong\n").unwrap();
     let bad = err_text(&s.try_sync(&env(&s.tmp.path().join("bad").display().to_string())));
     assert!(bad.contains("wrong passphrase"), "{bad}");
-    assert!(!s.store_group().exists(), "a refused sync wrote to the store");
+    assert!(
+        !s.store_group().exists(),
+        "a refused sync wrote to the store"
+    );
     ok(&s.try_sync(&env(&p)));
     assert!(s.store_group().join("encryption.json").exists());
 }

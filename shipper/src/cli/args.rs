@@ -22,7 +22,12 @@ pub struct KeyArgs {
     #[arg(long, env = "HRL_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// File whose first line is the passphrase of a passphrase-protected key file.
-    #[arg(long, env = "HRL_PASSPHRASE_FILE", value_name = "FILE", requires = "key")]
+    #[arg(
+        long,
+        env = "HRL_PASSPHRASE_FILE",
+        value_name = "FILE",
+        requires = "key"
+    )]
     pub passphrase_file: Option<PathBuf>,
 }
 

@@ -36,7 +36,10 @@ pub fn run(a: KeyArgs) -> Result<std::process::ExitCode> {
             out,
             passphrase_file,
         } => {
-            let pass = passphrase_file.as_deref().map(read_passphrase).transpose()?;
+            let pass = passphrase_file
+                .as_deref()
+                .map(read_passphrase)
+                .transpose()?;
             let protection = match &pass {
                 Some(p) => Protection::Passphrase(p.as_slice(), KdfParams::default()),
                 None => Protection::Plain,

@@ -145,7 +145,10 @@ mod tests {
     #[test]
     fn encryption_key_per_file_and_per_directory() {
         let c = parse("target = \"/s\"\nencryption_key = \"/k/all\"\npassphrase_file = \"/k/p\"\n[[dir]]\npath = \"/v/a\"\n[[dir]]\npath = \"/v/b\"\nencryption_key = \"/k/b\"\n").unwrap();
-        assert_eq!(c.dirs[0].encryption_key.as_deref(), Some(Path::new("/k/all")));
+        assert_eq!(
+            c.dirs[0].encryption_key.as_deref(),
+            Some(Path::new("/k/all"))
+        );
         assert_eq!(c.dirs[1].encryption_key.as_deref(), Some(Path::new("/k/b")));
         assert_eq!(c.passphrase_file.as_deref(), Some(Path::new("/k/p")));
         let plain = parse("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\n").unwrap();

@@ -150,7 +150,13 @@ impl GroupStore {
         tokio::task::spawn_blocking(move || sealing::seal_file(&c, &k, &input, &output))
             .await
             .map_err(|e| self.local(Op::Put, &self.path(key), e))?
-            .map_err(|e| self.local(Op::Put, &self.path(key), format!("seal {}: {e}", file.display())))?;
+            .map_err(|e| {
+                self.local(
+                    Op::Put,
+                    &self.path(key),
+                    format!("seal {}: {e}", file.display()),
+                )
+            })?;
         let put = self.put_file_raw(key, &sealed).await;
         let _ = std::fs::remove_file(&sealed);
         put
@@ -332,12 +338,14 @@ impl GroupStore {
         .await
         .map_err(|e| self.local(Op::Get, &path, format!("decompress worker failed: {e}")))?;
         let _ = std::fs::remove_file(&compressed);
-        n.map_err(|(damage, e)| match (hrl::crypto::CryptoError::from_io(&e), damage) {
-            // Refused by the opener: whatever was written to `dest` is discarded by the caller.
-            (Some(c), _) => self.refused(key, c),
-            (None, true) => self.damaged("object", key, format!("not valid zstd: {e}")),
-            (None, false) => local("decompress into", dest, e),
-        })
+        n.map_err(
+            |(damage, e)| match (hrl::crypto::CryptoError::from_io(&e), damage) {
+                // Refused by the opener: whatever was written to `dest` is discarded by the caller.
+                (Some(c), _) => self.refused(key, c),
+                (None, true) => self.damaged("object", key, format!("not valid zstd: {e}")),
+                (None, false) => local("decompress into", dest, e),
+            },
+        )
     }
 
     /// Names (last path part) of the objects directly or indirectly under `dir`.

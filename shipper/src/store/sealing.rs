@@ -173,7 +173,9 @@ pub(super) fn seal_file(
     })?;
     let mut r = std::io::BufReader::new(std::fs::File::open(input)?);
     let out = std::io::BufWriter::new(std::fs::File::create(output)?);
-    let mut w = c.seal_writer(key, kind, out).map_err(std::io::Error::other)?;
+    let mut w = c
+        .seal_writer(key, kind, out)
+        .map_err(std::io::Error::other)?;
     std::io::copy(&mut r, &mut w)?;
     w.finish()?.flush()
 }
@@ -191,5 +193,9 @@ pub(super) fn open_file<'a>(
     let kind = ObjectKind::of_key(key).ok_or_else(|| {
         std::io::Error::other(format!("internal: no sealed object kind for key {key:?}"))
     })?;
-    Ok(Box::new(c.open_reader(key, kind, std::io::BufReader::new(input))))
+    Ok(Box::new(c.open_reader(
+        key,
+        kind,
+        std::io::BufReader::new(input),
+    )))
 }

@@ -92,7 +92,11 @@ impl World {
                 .arg(k)
                 .output()
                 .expect("run hrl-shipper key create");
-            assert!(out.status.success(), "key create: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "key create: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         World {
             work,
