@@ -368,3 +368,41 @@ fn passphrase_key_file_round_trip() {
     ok(&s.try_sync(&env(&p)));
     assert!(s.store_group().join("encryption.json").exists());
 }
+
+/// The store kept an encrypted manifest but its reply was lost: the retry finds other sealed
+/// bytes (sealing is not deterministic), compares the plaintexts, and counts the point as
+/// its own.
+#[test]
+fn a_lost_reply_to_an_encrypted_manifest_put_still_commits_the_point() {
+    let e = Enc::new(Site::with_stand_in(ServerKind::Moto));
+    let proxy = proxy::FaultyProxy::start(e.site.server.port);
+    proxy.add(proxy::Rule {
+        method: "PUT",
+        contains: "/points/".into(),
+        fault: proxy::Fault::LoseReply,
+        times: 1,
+    });
+    let mut env: Vec<(String, String)> = e
+        .site
+        .server
+        .env
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "AWS_ENDPOINT" => (k.clone(), format!("http://127.0.0.1:{}", proxy.port)),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    env.extend(e.env());
+    e.site.tracker().add_disk("d.img", 1 << 20);
+    e.site
+        .tracker()
+        .write("d.img", 0, &random_bytes(b"lost", 100_000));
+    let a = e.site.args("sync");
+    let args: Vec<&str> = a.iter().map(String::as_str).collect();
+    ok(&shipper(&args, &env, &e.site.run_dir, &e.site.state));
+    assert_eq!(proxy.faults(), 1, "the manifest's reply was never lost");
+    assert_eq!(e.site.status()["health"], "Normal");
+    let to = e.site.tmp.path().join("r");
+    ok(&e.restore("latest", &to, &e.env()));
+    assert_files_equal(&to.join("d.img"), &e.site.dir.join("d.img"));
+}

@@ -199,3 +199,42 @@ pub(super) fn open_file<'a>(
         std::io::BufReader::new(input),
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path, key: Option<&MasterKey>) -> GroupStore {
+        let t = super::super::target::open(&dir.display().to_string()).unwrap();
+        GroupStore::new(t, "g").unwrap().with_key(key)
+    }
+
+    /// Sealing is not deterministic: `put_new`'s "the store kept my write" test compares
+    /// plaintexts, so a retry that sealed the same manifest again is still this write's.
+    #[tokio::test]
+    async fn put_new_compares_plaintexts_and_the_record_comes_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate().unwrap();
+        let s = store(tmp.path(), Some(&key));
+        let k = hrl::store::point_key(1);
+        assert_eq!(
+            s.put_immutable(&k, b"m1".to_vec()).await.unwrap(),
+            Put::Created
+        );
+        let stored = std::fs::read(tmp.path().join("g").join(&k)).unwrap();
+        assert!(stored.starts_with(b"hrl-enc\0"));
+        assert!(tmp.path().join("g").join(RECORD_KEY).exists());
+        assert_eq!(s.put_new(&k, b"m1".to_vec()).await.unwrap(), Put::Created);
+        assert_eq!(s.put_new(&k, b"m2".to_vec()).await.unwrap(), Put::Existed);
+        assert_eq!(s.get(&k).await.unwrap(), b"m1");
+        // A plain store of the same group refuses to read it; another key too.
+        let plain = store(tmp.path(), None);
+        assert!(matches!(
+            plain.get(&k).await,
+            Err(StoreError::Encryption { .. })
+        ));
+        let other = store(tmp.path(), Some(&MasterKey::generate().unwrap()));
+        let e = other.get(&k).await.unwrap_err().to_string();
+        assert!(e.contains("does not match group"), "{e}");
+    }
+}
