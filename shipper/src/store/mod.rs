@@ -348,6 +348,17 @@ impl GroupStore {
         )
     }
 
+    /// Whether the group holds any object at all (stops at the first one listed).
+    pub async fn has_any_object(&self) -> StoreResult<bool> {
+        use futures::StreamExt;
+        let mut objects = self.store().list(Some(&self.root));
+        match objects.next().await {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(self.err(Op::List, &self.root, e)),
+        }
+    }
+
     /// Names (last path part) of the objects directly or indirectly under `dir`.
     pub async fn list_names(&self, dir: &str) -> StoreResult<Vec<String>> {
         use futures::TryStreamExt;

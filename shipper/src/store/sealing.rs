@@ -75,6 +75,12 @@ impl GroupStore {
                     // Nothing to read yet; the first write records the key.
                     return Ok(());
                 }
+                if self.has_any_object().await? {
+                    return Err(self.key_error(format!(
+                        "the group holds objects written without a key (an earlier run without --key that committed no point), so it is not encrypted: --key is refused, nothing was written. Replicate encrypted into a new group (--group NAME), or delete {} first",
+                        self.path("")
+                    )));
+                }
                 let put = self
                     .put_raw(RECORD_KEY, c.record().to_json())
                     .await?;
@@ -236,5 +242,25 @@ mod tests {
         let other = store(tmp.path(), Some(&MasterKey::generate().unwrap()));
         let e = other.get(&k).await.unwrap_err().to_string();
         assert!(e.contains("does not match group"), "{e}");
+    }
+
+    /// A group an earlier plain run wrote to (no point yet) is plain: a key is refused
+    /// before anything is written, so no plaintext object is left beside sealed ones.
+    #[tokio::test]
+    async fn a_key_is_refused_for_a_group_holding_plain_objects() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plain = store(tmp.path(), None);
+        plain
+            .put_immutable("owner.json", b"{}".to_vec())
+            .await
+            .unwrap();
+        let keyed = store(tmp.path(), Some(&MasterKey::generate().unwrap()));
+        let e = keyed
+            .put_immutable("chunks/ab/abab", b"x".to_vec())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Encryption { .. }), "{e}");
+        assert!(!tmp.path().join("g").join(RECORD_KEY).exists());
+        assert!(!tmp.path().join("g/chunks").exists());
     }
 }
