@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod failover_cmd;
+pub mod key_cmd;
 pub mod log_cmd;
 pub mod recover_cmd;
 pub mod run_cmd;
@@ -33,6 +34,9 @@ struct Cli {
 enum Command {
     /// Inspect, verify and replay .hrl logs.
     Log(log_cmd::LogArgs),
+    /// Key files for encryption at rest (`key create --out FILE`); give one to every command
+    /// of an encrypted group with `--key FILE` (docs/encryption.md).
+    Key(key_cmd::KeyArgs),
     /// The background service: a replication cycle every interval, for one directory or all
     /// directories of a config file. Stops cleanly on SIGTERM/SIGINT.
     Run(RunArgs),
@@ -78,6 +82,7 @@ pub fn main() -> std::process::ExitCode {
     private::set_umask();
     let result = match cli.command {
         Command::Log(args) => log_cmd::run(args),
+        Command::Key(args) => key_cmd::run(args),
         other => runtime().and_then(|rt| rt.block_on(dispatch(other))),
     };
     match result {
@@ -101,7 +106,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
     match cmd {
-        Command::Log(_) => unreachable_log(),
+        Command::Log(_) | Command::Key(_) => unreachable_log(),
         Command::Run(a) => cmd_run(a).await,
         Command::Sync(a) => cmd_sync(a).await,
         Command::Status(a) => cmd_status(a),
@@ -116,5 +121,5 @@ async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
 }
 
 fn unreachable_log() -> Result<std::process::ExitCode> {
-    bail!("internal: the log subcommand is dispatched before the runtime starts")
+    bail!("internal: the log and key subcommands are dispatched before the runtime starts")
 }

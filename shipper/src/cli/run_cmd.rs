@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
-use super::args::{check_dir, group_for, protected, Common};
+use super::args::{check_dir, group_for, protected, Common, KeyArgs};
 use crate::service::run as service;
 use crate::service::{config, retry, window};
 use crate::store::target;
@@ -52,6 +52,7 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         let common = Common {
             state_dir: cfg.state_dir.clone().unwrap_or(a.common.state_dir.clone()),
             chunk_size: cfg.chunk_size.unwrap_or(a.common.chunk_size),
+            key: a.common.key.clone(),
         };
         let window = window::parse_option(
             cfg.resync_window
@@ -62,6 +63,13 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         for d in &cfg.dirs {
             check_dir(&d.path)?;
             let group = group_for(&d.path, d.group.clone(), &common.state_dir)?;
+            let mut common = common.clone();
+            if let Some(k) = &d.encryption_key {
+                common.key = KeyArgs {
+                    key: Some(k.clone()),
+                    passphrase_file: cfg.passphrase_file.clone().or(common.key.passphrase_file),
+                };
+            }
             let mut pr = protected(&d.path, &cfg.target, &group, &common, false)?;
             pr.resync_window = window;
             jobs.push(service::DirJob {

@@ -9,11 +9,14 @@
 //! chunk_size = 262144                 # optional, bytes, power of two
 //! resync_window = "18:00-08:00"       # optional: local time in which automatic resyncs
 //!                                     # run (default 18:00-08:00; "any": no limit)
+//! encryption_key = "/etc/hrl/group.key"   # optional: key file (`hrl-shipper key create`);
+//! passphrase_file = "/etc/hrl/key.pass"   # its passphrase, if it has one (docs/encryption.md)
 //!
 //! [[dir]]
 //! path = "/vms/vm1"
 //! interval = "5m"                     # 30s, 5m or 15m (any duration works)
 //! group = "vm1"                       # optional: default unique per host and directory
+//! encryption_key = "/etc/hrl/vm1.key"  # optional: this directory's key (else the one above)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,6 +35,8 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     chunk_size: Option<u32>,
     resync_window: Option<String>,
+    encryption_key: Option<PathBuf>,
+    passphrase_file: Option<PathBuf>,
     #[serde(default)]
     dir: Vec<RawDir>,
 }
@@ -42,6 +47,7 @@ struct RawDir {
     path: PathBuf,
     interval: Option<String>,
     group: Option<String>,
+    encryption_key: Option<PathBuf>,
 }
 
 /// A checked configuration.
@@ -53,6 +59,8 @@ pub struct Config {
     pub chunk_size: Option<u32>,
     /// `HH:MM-HH:MM` local time in which resyncs may run (checked when parsed).
     pub resync_window: Option<String>,
+    /// Passphrase file of the key files (`passphrase_file`).
+    pub passphrase_file: Option<PathBuf>,
     pub dirs: Vec<DirConfig>,
 }
 
@@ -63,6 +71,8 @@ pub struct DirConfig {
     /// The group given; `None`: the default (`crate::replicate::owner::default_group`, or the group
     /// the state file recorded).
     pub group: Option<String>,
+    /// Key file of the directory's group (its own `encryption_key`, else the file's).
+    pub encryption_key: Option<PathBuf>,
 }
 
 /// Default replication interval.
@@ -103,6 +113,7 @@ pub fn parse(text: &str) -> Result<Config> {
             path: d.path,
             interval,
             group,
+            encryption_key: d.encryption_key.or_else(|| raw.encryption_key.clone()),
         });
     }
     Ok(Config {
@@ -122,6 +133,7 @@ pub fn parse(text: &str) -> Result<Config> {
             }
             None => None,
         },
+        passphrase_file: raw.passphrase_file,
         dirs,
     })
 }
@@ -129,6 +141,19 @@ pub fn parse(text: &str) -> Result<Config> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encryption_key_per_file_and_per_directory() {
+        let c = parse("target = \"/s\"\nencryption_key = \"/k/all\"\npassphrase_file = \"/k/p\"\n[[dir]]\npath = \"/v/a\"\n[[dir]]\npath = \"/v/b\"\nencryption_key = \"/k/b\"\n").unwrap();
+        assert_eq!(
+            c.dirs[0].encryption_key.as_deref(),
+            Some(Path::new("/k/all"))
+        );
+        assert_eq!(c.dirs[1].encryption_key.as_deref(), Some(Path::new("/k/b")));
+        assert_eq!(c.passphrase_file.as_deref(), Some(Path::new("/k/p")));
+        let plain = parse("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\n").unwrap();
+        assert!(plain.dirs[0].encryption_key.is_none());
+    }
 
     #[test]
     fn a_typo_is_an_error_naming_the_key() {
