@@ -275,7 +275,15 @@ fn a_flipped_bit_or_swapped_objects_are_refused_never_applied() {
         std::fs::write(g.join(key), orig).unwrap();
     }
     // The owner record and the latest manifest are read by every cycle: refused, Critical.
-    for key in ["owner.json", "points/00000000000000000002.json"] {
+    let mut owners: Vec<String> = std::fs::read_dir(g.join("owner"))
+        .unwrap()
+        .map(|e| format!("owner/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    owners.sort();
+    for key in [
+        owners.last().unwrap().as_str(),
+        "points/00000000000000000002.json",
+    ] {
         let orig = flip(&g.join(key));
         let msg = err_text(&e.site.try_sync(&e.env()));
         assert!(msg.contains("failed authentication"), "{key}: {msg}");
