@@ -32,6 +32,7 @@ pub async fn commit(c: &Cycle<'_>, seal: &Seal, entries: Vec<DiskEntry>) -> Resu
         host: crate::replicate::owner::host_name(),
         epoch: Some(c.epoch),
         disks: entries,
+        kind: None,
     };
     crate::replicate::stop::pause(&p.state_dir, "in-commit");
     if crate::store::manifests::commit(&p.store, &manifest).await? == Put::Existed {

@@ -11,6 +11,7 @@ pub mod chunks;
 pub mod error;
 pub mod http;
 pub mod index;
+pub mod leases;
 pub mod logs;
 pub mod manifests;
 pub mod owners;
@@ -397,6 +398,83 @@ impl GroupStore {
             .into_iter()
             .filter_map(|m| m.location.filename().map(str::to_string))
             .collect())
+    }
+}
+
+/// An object of a group as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the group (`chunks/ab/ab..`, `disks/..`).
+    pub key: String,
+    pub size: u64,
+    /// Last write, ns since the Unix epoch (the store's clock).
+    pub modified_ns: u64,
+}
+
+/// ns since the Unix epoch of a listing's or HEAD's timestamp (0 before 1970 or past 2262).
+macro_rules! to_ns {
+    ($t:expr) => {
+        $t.timestamp_nanos_opt().map_or(0, |n| n.max(0) as u64)
+    };
+}
+
+impl GroupStore {
+    /// Every object under `dir` (relative to the group), with size and write time: what
+    /// retention's collection weighs.
+    pub async fn list_objects(&self, dir: &str) -> StoreResult<Vec<ObjectInfo>> {
+        use futures::TryStreamExt;
+        let prefix = self.path(dir);
+        let metas: Vec<_> = self
+            .store()
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(Op::List, &prefix, e))?;
+        let root = format!("{}/", self.root.as_ref());
+        Ok(metas
+            .into_iter()
+            .map(|m| {
+                let full = m.location.as_ref();
+                let key = full.strip_prefix(root.as_str()).unwrap_or(full).to_string();
+                ObjectInfo {
+                    key,
+                    size: m.size,
+                    modified_ns: to_ns!(m.last_modified),
+                }
+            })
+            .collect())
+    }
+
+    /// When `key` was last written (HEAD), `None` if it is gone: collection checks again
+    /// just before it deletes.
+    pub async fn modified_ns(&self, key: &str) -> StoreResult<Option<u64>> {
+        let path = self.path(key);
+        match self.store().head(&path).await {
+            Ok(m) => Ok(Some(to_ns!(m.last_modified))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(Op::Head, &path, e)),
+        }
+    }
+
+    /// Deletes `key`; true if it was there (stores that cannot tell say true).
+    pub async fn delete(&self, key: &str) -> StoreResult<bool> {
+        let path = self.path(key);
+        match self.store().delete(&path).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err(Op::Delete, &path, e)),
+        }
+    }
+
+    /// Writes `key` whether or not it exists (a rewritten manifest, a lease, collection's
+    /// own record): one object replaced whole, never seen half written.
+    pub async fn put_overwrite(&self, key: &str, bytes: Vec<u8>) -> StoreResult<()> {
+        let path = self.path(key);
+        self.store()
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(Op::Put, &path, e))
     }
 }
 
