@@ -282,3 +282,57 @@ fn a_sync_racing_prunes_loses_nothing() {
     });
     assert!(collected > 0, "the prunes collected something meanwhile");
 }
+
+/// The service prunes after its cycles (at most once per `--prune-every`), and `status`
+/// shows what the last prune found.
+#[test]
+fn the_service_prunes_after_cycles() {
+    let (s, _tracker) = site(ServerKind::Local);
+    let svc = s.service(&[
+        "--interval",
+        "1s",
+        "--retention",
+        "0s",
+        "--prune-every",
+        "1s",
+        "--prune-grace",
+        "0s",
+    ]);
+    let wait = Duration::from_secs(90);
+    let mut last = 0;
+    for seed in 1..=3 {
+        write(&s, seed);
+        let st = s.wait_status(wait, "a point after the write", |st| {
+            st["last_point_id"].as_u64().unwrap_or(0) > last + 1
+        });
+        last = st["last_point_id"].as_u64().unwrap();
+    }
+    s.wait_status(wait, "a prune keeping one point", |st| {
+        st["retention"]["retained_points"] == 1 && st["retention"]["last_error"].is_null()
+    });
+    s.stop_service(svc);
+    assert!(s.points() <= 2, "the service pruned the older points");
+    let dir = s.dir.display().to_string();
+    let text = ok(&s.shipper(&["status", "--dir", &dir], &[]));
+    assert!(text.contains("retention: "), "{text}");
+    // The latest point holds the disk as it is (nothing wrote since the last write's point).
+    let latest = s.status()["last_point_id"].as_u64().unwrap();
+    assert!(latest >= last);
+    let snap = s.snapshot(latest);
+    assert_restores(&s, &[(latest, snap)]);
+}
+
+/// `sync --retention` prunes after its cycle.
+#[test]
+fn sync_with_a_retention_prunes() {
+    let (s, _tracker) = site(ServerKind::Local);
+    for seed in 1..=2 {
+        point(&s, seed);
+    }
+    write(&s, 3);
+    ok(&s.output("sync", &["--retention", "0s", "--prune-grace", "0s"], &[]));
+    assert_eq!(s.points(), 1);
+    assert_eq!(s.status()["retention"]["retained_points"], 1);
+    let snap = s.snapshot(3);
+    assert_restores(&s, &[(3, snap)]);
+}

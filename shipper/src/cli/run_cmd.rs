@@ -7,6 +7,9 @@ use clap::Args;
 use std::path::PathBuf;
 
 use super::args::{check_dir, group_for, protected, Common, KeyArgs};
+use super::prune_cmd::PolicyArgs;
+use crate::retain::policy::{self, Policy};
+use crate::service::retention as service_retention;
 use crate::service::run as service;
 use crate::service::{config, retry, window};
 use crate::store::target;
@@ -38,7 +41,33 @@ pub struct RunArgs {
     #[arg(long)]
     pub resync_window: Option<String>,
     #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Prune the group after a cycle at most this often (the config's `prune_every`).
+    #[arg(long)]
+    pub prune_every: Option<String>,
+    /// The prunes' grace period: objects unneeded for less are not collected yet.
+    #[arg(long, default_value = "24h")]
+    pub prune_grace: String,
+    #[command(flatten)]
     pub common: Common,
+}
+
+/// The retention of one directory: the config's (or the defaults) under the flags.
+fn retention_for(
+    a: &RunArgs,
+    policy: Policy,
+    every: Duration,
+) -> Result<service_retention::Retention> {
+    let every = match &a.prune_every {
+        Some(e) => policy::parse_duration("--prune-every", e)?,
+        None => every,
+    };
+    if every.is_zero() {
+        anyhow::bail!("--prune-every must be above zero (like 1h)");
+    }
+    let mut r = service_retention::Retention::new(a.policy.over(policy)?, every);
+    r.grace = policy::parse_duration("--prune-grace", &a.prune_grace)?;
+    Ok(r)
 }
 
 pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
@@ -76,6 +105,7 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
                 protected: pr,
                 interval: d.interval,
                 retry_unit,
+                retention: Some(retention_for(&a, d.policy, d.prune_every)?),
             });
         }
     } else if let Some(dir) = &a.dir {
@@ -88,6 +118,11 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             protected: pr,
             interval: retry::parse_duration(&a.interval).context("--interval")?,
             retry_unit: retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
+            retention: Some(retention_for(
+                &a,
+                Policy::default(),
+                service_retention::DEFAULT_PRUNE_EVERY,
+            )?),
         });
     }
     let (tx, rx) = tokio::sync::watch::channel(false);

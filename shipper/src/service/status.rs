@@ -115,7 +115,23 @@ pub struct DirStatus {
     /// the owner since when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced_by: Option<String>,
+    /// The last prune of the group by this service or `sync` (retention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionStatus>,
     pub disks: Vec<DiskStatus>,
+}
+
+/// What the last prune found: `status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RetentionStatus {
+    /// When it ran, ns since the Unix epoch.
+    pub pruned_ns: u64,
+    pub retained_points: u64,
+    /// Chunks, indexes and logs in the store after it.
+    pub store_bytes: u64,
+    /// Unneeded, waiting for the grace period.
+    pub awaiting_collection_bytes: u64,
+    pub last_error: Option<String>,
 }
 
 impl DirStatus {
@@ -138,6 +154,7 @@ impl DirStatus {
             space_warning: None,
             epoch: None,
             fenced_by: None,
+            retention: None,
             disks: Vec::new(),
         }
     }
@@ -489,6 +506,20 @@ pub fn render(all: &[DirStatus]) -> String {
         }
         if let Some(w) = &d.space_warning {
             let _ = writeln!(out, "  warning: {w}");
+        }
+        if let Some(r) = &d.retention {
+            let _ = writeln!(
+                out,
+                "  retention: {} points retained, store {}, {} awaiting collection (pruned {} ago){}",
+                r.retained_points,
+                human_bytes(r.store_bytes),
+                human_bytes(r.awaiting_collection_bytes),
+                ago(r.pruned_ns, now),
+                r.last_error
+                    .as_ref()
+                    .map(|e| format!("; last prune failed: {}", esc(e)))
+                    .unwrap_or_default()
+            );
         }
         if let Some(t) = d.next_retry_ns {
             let _ = writeln!(
