@@ -336,3 +336,73 @@ fn sync_with_a_retention_prunes() {
     let snap = s.snapshot(3);
     assert_restores(&s, &[(3, snap)]);
 }
+
+/// `sync` with hooks: `(pre, post)` shell commands; the post hook leaves a marker.
+fn hooked_sync(s: &Site, pre: &str, timeout: &str) -> (serde_json::Value, bool) {
+    let marker = s.tmp.path().join("post-ran");
+    let _ = std::fs::remove_file(&marker);
+    let post = format!("touch {}", marker.display());
+    let out = ok(&s.output(
+        "sync",
+        &[
+            "--json",
+            "--pre-seal",
+            pre,
+            "--post-seal",
+            &post,
+            "--hook-timeout",
+            timeout,
+        ],
+        &[],
+    ));
+    (serde_json::from_str(out.trim()).unwrap(), marker.exists())
+}
+
+/// App-consistent points: a pre hook that succeeds tags the point `app`; one that fails
+/// or times out gives a crash-consistent point and a Warning; the post hook ran every
+/// time. `latest-app` picks the app point; `keep_app_consistent` keeps it past the window.
+#[test]
+fn app_consistent_hooks_success_failure_timeout() {
+    let (s, _tracker) = site(ServerKind::Local);
+    write(&s, 1);
+    let (r, post) = hooked_sync(&s, "true", "30s");
+    let app_point = r["point"].as_u64().unwrap();
+    let app_snap = s.snapshot(app_point);
+    assert!(post, "post hook ran after success");
+    assert_eq!(s.manifest(app_point)["kind"], "app");
+    assert_eq!(s.status()["health"], "Normal");
+
+    write(&s, 2);
+    let (r, post) = hooked_sync(&s, "exit 3", "30s");
+    assert!(post, "post hook ran after a failed pre hook");
+    assert!(s.manifest(r["point"].as_u64().unwrap())["kind"].is_null());
+    let st = s.status();
+    assert_eq!(st["health"], "Warning", "{st}");
+    assert!(st["hook_warning"].as_str().unwrap().contains("failed"), "{st}");
+
+    write(&s, 3);
+    let (r, post) = hooked_sync(&s, "sleep 30", "1s");
+    assert!(post, "post hook ran after a timed-out pre hook");
+    let last = r["point"].as_u64().unwrap();
+    assert!(s.manifest(last)["kind"].is_null());
+    assert!(s.status()["hook_warning"].as_str().unwrap().contains("timed out"));
+
+    let list = ok(&s.shipper(
+        &["points", "--target", &s.server.url, "--group", &s.group],
+        &[],
+    ));
+    assert!(list.contains(" app "), "{list}");
+    let to = s.tmp.path().join("latest-app");
+    let out = ok(&s.try_restore("latest-app", &to));
+    assert!(out.contains(&format!("restored point {app_point} ")), "{out}");
+    assert_same_file(&to.join(DISK), &app_snap.join(DISK));
+
+    let r = prune(
+        &s,
+        &["--retention", "0s", "--keep-app-consistent", "1", "--grace", "0s"],
+        &[],
+    );
+    assert_eq!(ids(&r["kept"]), vec![app_point, last], "{r}");
+    let last_snap = s.snapshot(last);
+    assert_restores(&s, &[(app_point, app_snap), (last, last_snap)]);
+}

@@ -1,6 +1,7 @@
 //! The command line of `hrl-shipper`: parses the arguments and runs a command (one module
 //! per command family; the arguments they share, and how those open a store, in `args`).
 
+pub mod app_args;
 pub mod args;
 pub mod failover_cmd;
 pub mod key_cmd;

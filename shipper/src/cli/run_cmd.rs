@@ -7,6 +7,7 @@ use clap::Args;
 use std::path::PathBuf;
 
 use super::args::{check_dir, group_for, protected, Common, KeyArgs};
+use super::app_args::{AppArgs, HookSettings};
 use super::prune_cmd::PolicyArgs;
 use crate::retain::policy::{self, Policy};
 use crate::service::retention as service_retention;
@@ -42,6 +43,8 @@ pub struct RunArgs {
     pub resync_window: Option<String>,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub app: AppArgs,
     /// Prune the group after a cycle at most this often (the config's `prune_every`).
     #[arg(long)]
     pub prune_every: Option<String>,
@@ -101,6 +104,7 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             }
             let mut pr = protected(&d.path, &cfg.target, &group, &common, false)?;
             pr.resync_window = window;
+            pr.app = a.app.over(d.hooks.clone()).hooks(config::DEFAULT_APP_EVERY)?;
             jobs.push(service::DirJob {
                 protected: pr,
                 interval: d.interval,
@@ -114,6 +118,10 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         let mut pr = protected(dir, &a.target, &group, &a.common, false)?;
         pr.resync_window =
             window::parse_option(a.resync_window.as_deref().unwrap_or(window::DEFAULT_WINDOW))?;
+        pr.app = a
+            .app
+            .over(HookSettings::default())
+            .hooks(config::DEFAULT_APP_EVERY)?;
         jobs.push(service::DirJob {
             protected: pr,
             interval: retry::parse_duration(&a.interval).context("--interval")?,

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::args::{check_dir, group_for, protected, Common, DirArgs};
+use super::app_args::{AppArgs, HookSettings};
 use super::prune_cmd::PolicyArgs;
 use crate::private;
 use crate::replicate::{cycle, resync};
@@ -31,6 +32,10 @@ pub struct SyncArgs {
     /// With a policy flag, prune the group after the cycle (as the service does).
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// With hooks, the point is sealed between them (app-consistent when the pre hook
+    /// succeeds).
+    #[command(flatten)]
+    pub app: AppArgs,
     /// The prune's grace period (with a policy flag).
     #[arg(long, default_value = "24h")]
     pub prune_grace: String,
@@ -120,6 +125,7 @@ pub async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
         resync: false,
         reconcile: false,
         policy: PolicyArgs::default(),
+        app: AppArgs::default(),
         prune_grace: "24h".into(),
         json: a.json,
         common: a.common,
@@ -163,6 +169,11 @@ async fn run_sync(a: SyncArgs, resync_now: bool) -> Result<std::process::ExitCod
     let group = group_for(&a.at.dir, a.at.group, &a.common.state_dir)?;
     let mut p = protected(&a.at.dir, &a.at.target, &group, &a.common, a.resync)?;
     p.resync_now = resync_now;
+    // A sync with hooks makes an app-consistent point every time.
+    p.app = a
+        .app
+        .over(HookSettings::default())
+        .hooks(std::time::Duration::ZERO)?;
     p.reconcile = a.reconcile;
     if a.reconcile {
         if let Some(aside) = status::set_aside_if_damaged(&p.state_dir, &p.dir)? {

@@ -23,6 +23,10 @@
 //! keep_app_consistent = 4             # optional: N newest app-consistent points
 //! prune_every = "1h"                  # optional: the service prunes after a cycle at most
 //!                                     # this often (1h)
+//! app_consistent_every = "1h"         # optional, with both hooks: an app-consistent point
+//! pre_seal = "virsh domfsfreeze vm1"  #   this often, sealed between the hooks (sh -c)
+//! post_seal = "virsh domfsthaw vm1"
+//! hook_timeout = "30s"                # optional: a hook running longer is killed
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -59,6 +63,10 @@ struct RawDir {
     keep_daily: Option<i64>,
     keep_app_consistent: Option<i64>,
     prune_every: Option<String>,
+    app_consistent_every: Option<String>,
+    pre_seal: Option<String>,
+    post_seal: Option<String>,
+    hook_timeout: Option<String>,
 }
 
 /// A checked configuration.
@@ -88,7 +96,12 @@ pub struct DirConfig {
     pub policy: crate::retain::policy::Policy,
     /// The service prunes the group after a cycle at most this often.
     pub prune_every: Duration,
+    /// App-consistency hooks (checked when parsed; the flags of `run` go over them).
+    pub hooks: crate::cli::app_args::HookSettings,
 }
+
+/// Default time between app-consistent points (with hooks configured).
+pub const DEFAULT_APP_EVERY: Duration = Duration::from_secs(3600);
 
 /// Default replication interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
@@ -126,6 +139,15 @@ pub fn parse(text: &str) -> Result<Config> {
         }
         let (policy, prune_every) =
             retention_of(&d).with_context(|| format!("[[dir]] {}", d.path.display()))?;
+        let hooks = crate::cli::app_args::HookSettings {
+            pre_seal: d.pre_seal.clone(),
+            post_seal: d.post_seal.clone(),
+            every: d.app_consistent_every.clone(),
+            timeout: d.hook_timeout.clone(),
+        };
+        hooks
+            .hooks(DEFAULT_APP_EVERY)
+            .with_context(|| format!("[[dir]] {}", d.path.display()))?;
         dirs.push(DirConfig {
             path: d.path,
             interval,
@@ -133,6 +155,7 @@ pub fn parse(text: &str) -> Result<Config> {
             encryption_key: d.encryption_key.or_else(|| raw.encryption_key.clone()),
             policy,
             prune_every,
+            hooks,
         });
     }
     Ok(Config {

@@ -118,6 +118,12 @@ pub struct DirStatus {
     /// The last prune of the group by this service or `sync` (retention).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionStatus>,
+    /// Seal time of the last app-consistent point (when the next one is due).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_app_point_ns: Option<u64>,
+    /// The last app-consistency hook failure (a Warning until the hooks succeed again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_warning: Option<String>,
     pub disks: Vec<DiskStatus>,
 }
 
@@ -155,6 +161,8 @@ impl DirStatus {
             epoch: None,
             fenced_by: None,
             retention: None,
+            last_app_point_ns: None,
+            hook_warning: None,
             disks: Vec::new(),
         }
     }
@@ -234,7 +242,10 @@ impl<'a> StatusHandle<'a> {
 impl DirStatus {
     /// A cycle committed its point: nothing is failing any more.
     pub fn cycle_succeeded(&mut self) {
-        self.health = Health::Normal;
+        self.health = match self.hook_warning {
+            Some(_) => Health::Warning,
+            None => Health::Normal,
+        };
         self.last_error = None;
         self.attempt = 0;
         self.next_retry_ns = None;
@@ -506,6 +517,9 @@ pub fn render(all: &[DirStatus]) -> String {
         }
         if let Some(w) = &d.space_warning {
             let _ = writeln!(out, "  warning: {w}");
+        }
+        if let Some(w) = &d.hook_warning {
+            let _ = writeln!(out, "  warning: {}", esc(w));
         }
         if let Some(r) = &d.retention {
             let _ = writeln!(
