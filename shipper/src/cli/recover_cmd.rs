@@ -135,9 +135,23 @@ pub async fn cmd_verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
 
 pub async fn cmd_restore(a: RestoreArgs) -> Result<std::process::ExitCode> {
     let store = a.store.open()?;
-    let point = points::select(&store, &a.point).await?;
+    let chosen = points::select(&store, &a.point).await?;
+    // Leased before the manifest is read again for the restore: retention keeps it whole.
+    // A store this user may only read gets no lease (the grace period still covers it).
+    let lease = match crate::store::leases::hold(&store, chosen.id, "restore").await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!("restoring without a lease (a prune may collect the point meanwhile once its grace period passes): {e}");
+            None
+        }
+    };
+    let point = points::load(&store, chosen.id).await?;
     let started = std::time::Instant::now();
-    let report = restore::restore_point(&store, &point, &a.to).await?;
+    let report = restore::restore_point(&store, &point, &a.to).await;
+    if let Some(l) = lease {
+        l.release().await;
+    }
+    let report = report?;
     let total: u64 = report.disks.iter().map(|(_, s)| s).sum();
     println!(
         "restored point {} (sealed {}) into {}: {} disks, {} bytes, {} logs applied, {:.1}s",

@@ -71,3 +71,41 @@ pub async fn list(store: &GroupStore) -> StoreResult<Vec<(String, Lease)>> {
     }
     Ok(out)
 }
+
+/// A lease held while a point is read, renewed in the background every third of its
+/// life; [`Held::release`] deletes it (a holder killed before leaves it to expire).
+pub struct Held {
+    store: GroupStore,
+    holder: String,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+/// Takes a lease on `point` for `purpose` (default life) and keeps it renewed.
+pub async fn hold(store: &GroupStore, point: u64, purpose: &str) -> StoreResult<Held> {
+    let holder = holder_name();
+    put(store, &holder, point, purpose, DEFAULT_EXPIRY).await?;
+    let (s, h, p) = (store.clone(), holder.clone(), purpose.to_string());
+    let renew = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(DEFAULT_EXPIRY / 3).await;
+            if let Err(e) = put(&s, &h, point, &p, DEFAULT_EXPIRY).await {
+                tracing::warn!("cannot renew the lease on point {point}: {e}");
+            }
+        }
+    });
+    Ok(Held {
+        store: store.clone(),
+        holder,
+        renew,
+    })
+}
+
+impl Held {
+    /// Stops renewing and deletes the lease.
+    pub async fn release(self) {
+        self.renew.abort();
+        if let Err(e) = delete(&self.store, &self.holder).await {
+            tracing::warn!("cannot delete lease {} (it expires by itself): {e}", self.holder);
+        }
+    }
+}
