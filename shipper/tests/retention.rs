@@ -120,7 +120,11 @@ fn prune_keeps_the_window_and_collects_the_rest(kind: ServerKind) {
     let (s, _tracker) = site(kind);
     let (cut, new) = old_and_new(&s);
     let before = ok(&s.verify("all"));
-    let r = prune(&s, &["--retention", &window_since(cut), "--grace", "0s"], &[]);
+    let r = prune(
+        &s,
+        &["--retention", &window_since(cut), "--grace", "0s"],
+        &[],
+    );
     assert_eq!(ids(&r["kept"]), vec![4, 5, 6], "{r}");
     assert_eq!(ids(&r["removed"]), vec![1, 2, 3], "{r}");
     assert_eq!(r["merge"]["disks_merged"], 1, "{r}");
@@ -179,7 +183,11 @@ fn grace_period_and_dry_run_delete_nothing() {
     let (s, _tracker) = site(ServerKind::Local);
     let snaps: Vec<_> = (1..=3).map(|seed| point(&s, seed)).collect();
     let all = local_objects(&s);
-    let dry = prune(&s, &["--retention", "0s", "--grace", "0s", "--dry-run"], &[]);
+    let dry = prune(
+        &s,
+        &["--retention", "0s", "--grace", "0s", "--dry-run"],
+        &[],
+    );
     assert_eq!(ids(&dry["removed"]), vec![1, 2], "{dry}");
     assert_eq!(local_objects(&s), all, "a dry run changes nothing");
     let r = prune(&s, &["--retention", "0s", "--grace", "1h"], &[]);
@@ -199,7 +207,9 @@ fn a_leased_point_is_kept() {
     let expires = rand_suffix() as u64 + 600_000_000_000;
     std::fs::write(
         &lease,
-        format!(r#"{{"version":1,"point":1,"host":"t","purpose":"restore","expires_ns":{expires}}}"#),
+        format!(
+            r#"{{"version":1,"point":1,"host":"t","purpose":"restore","expires_ns":{expires}}}"#
+        ),
     )
     .unwrap();
     let r = prune(&s, &["--retention", "0s", "--grace", "0s"], &[]);
@@ -221,10 +231,18 @@ fn kill9_during(at: &str) {
     kill9_at_stop_point(cmd, &s.state.join(format!("stopped-at-{at}")), at);
     // Killed: every kept point restores, every remaining point verifies.
     assert_restores(&s, &new);
-    let r = prune(&s, &["--retention", &window_since(cut), "--grace", "0s"], &[]);
+    let r = prune(
+        &s,
+        &["--retention", &window_since(cut), "--grace", "0s"],
+        &[],
+    );
     assert_eq!(ids(&r["kept"]), vec![4, 5, 6], "{r}");
     assert_restores(&s, &new);
-    let again = prune(&s, &["--retention", &window_since(cut), "--grace", "0s"], &[]);
+    let again = prune(
+        &s,
+        &["--retention", &window_since(cut), "--grace", "0s"],
+        &[],
+    );
     assert_eq!(again["merge"]["points_rewritten"], 0, "finished: {again}");
     assert_eq!(again["sweep"]["deleted_objects"], 0, "finished: {again}");
     assert!(
@@ -378,14 +396,20 @@ fn app_consistent_hooks_success_failure_timeout() {
     assert!(s.manifest(r["point"].as_u64().unwrap())["kind"].is_null());
     let st = s.status();
     assert_eq!(st["health"], "Warning", "{st}");
-    assert!(st["hook_warning"].as_str().unwrap().contains("failed"), "{st}");
+    assert!(
+        st["hook_warning"].as_str().unwrap().contains("failed"),
+        "{st}"
+    );
 
     write(&s, 3);
     let (r, post) = hooked_sync(&s, "sleep 30", "1s");
     assert!(post, "post hook ran after a timed-out pre hook");
     let last = r["point"].as_u64().unwrap();
     assert!(s.manifest(last)["kind"].is_null());
-    assert!(s.status()["hook_warning"].as_str().unwrap().contains("timed out"));
+    assert!(s.status()["hook_warning"]
+        .as_str()
+        .unwrap()
+        .contains("timed out"));
 
     let list = ok(&s.shipper(
         &["points", "--target", &s.server.url, "--group", &s.group],
@@ -394,12 +418,22 @@ fn app_consistent_hooks_success_failure_timeout() {
     assert!(list.contains(" app "), "{list}");
     let to = s.tmp.path().join("latest-app");
     let out = ok(&s.try_restore("latest-app", &to));
-    assert!(out.contains(&format!("restored point {app_point} ")), "{out}");
+    assert!(
+        out.contains(&format!("restored point {app_point} ")),
+        "{out}"
+    );
     assert_same_file(&to.join(DISK), &app_snap.join(DISK));
 
     let r = prune(
         &s,
-        &["--retention", "0s", "--keep-app-consistent", "1", "--grace", "0s"],
+        &[
+            "--retention",
+            "0s",
+            "--keep-app-consistent",
+            "1",
+            "--grace",
+            "0s",
+        ],
         &[],
     );
     assert_eq!(ids(&r["kept"]), vec![app_point, last], "{r}");
@@ -414,7 +448,10 @@ fn app_consistent_hooks_success_failure_timeout() {
 fn ext4_points_restore_after_a_merge() {
     let s = Site::new(ServerKind::Local);
     let img = s.dir.join("fs.img");
-    std::fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
     let tracker = s.mount();
     let fs = LoopFs::create(&img, &s.tmp.path().join("mnt"));
     let snaps = s.tmp.path().join("snaps");
@@ -442,7 +479,11 @@ fn ext4_points_restore_after_a_merge() {
     }
     drop(fs);
     drop(tracker);
-    let r = prune(&s, &["--retention", &window_since(cut.unwrap()), "--grace", "0s"], &[]);
+    let r = prune(
+        &s,
+        &["--retention", &window_since(cut.unwrap()), "--grace", "0s"],
+        &[],
+    );
     assert_eq!(ids(&r["kept"]), vec![4, 5], "{r}");
     assert_eq!(r["merge"]["points_rewritten"], 2, "{r}");
     for (p, snap) in &kept {
@@ -454,7 +495,11 @@ fn ext4_points_restore_after_a_merge() {
             .arg(&restored)
             .output()
             .unwrap();
-        assert!(fsck.status.success(), "fsck of point {p}: {}", String::from_utf8_lossy(&fsck.stdout));
+        assert!(
+            fsck.status.success(),
+            "fsck of point {p}: {}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
     }
     ok(&s.verify("all"));
 }

@@ -59,7 +59,9 @@ impl HookSettings {
                 }
                 return Ok(None);
             }
-            _ => bail!("pre_seal and post_seal go together: give both (the post hook undoes the pre hook)"),
+            _ => bail!(
+                "pre_seal and post_seal go together: give both (the post hook undoes the pre hook)"
+            ),
         };
         let every = match &self.every {
             Some(e) => parse_duration("app_consistent_every", e)?,

@@ -67,7 +67,11 @@ pub async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
                 "{:>6}  {:<26} {:<5} {}{}",
                 m.id,
                 points::fmt_time(m.time_ns),
-                if m.is_app_consistent() { "app" } else { "crash" },
+                if m.is_app_consistent() {
+                    "app"
+                } else {
+                    "crash"
+                },
                 disks.join(", "),
                 if back {
                     "  [seal time went back (clock stepped back): restore it by id]"

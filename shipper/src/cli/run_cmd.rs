@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use super::args::{check_dir, group_for, protected, Common, KeyArgs};
 use super::app_args::{AppArgs, HookSettings};
+use super::args::{check_dir, group_for, protected, Common};
 use super::prune_cmd::PolicyArgs;
 use crate::retain::policy::{self, Policy};
 use crate::service::retention as service_retention;
@@ -104,7 +105,10 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             }
             let mut pr = protected(&d.path, &cfg.target, &group, &common, false)?;
             pr.resync_window = window;
-            pr.app = a.app.over(d.hooks.clone()).hooks(config::DEFAULT_APP_EVERY)?;
+            pr.app = a
+                .app
+                .over(d.hooks.clone())
+                .hooks(config::DEFAULT_APP_EVERY)?;
             jobs.push(service::DirJob {
                 protected: pr,
                 interval: d.interval,

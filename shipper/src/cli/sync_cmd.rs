@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::args::{check_dir, group_for, protected, Common, DirArgs};
 use super::app_args::{AppArgs, HookSettings};
+use super::args::{check_dir, group_for, protected, Common, DirArgs};
 use super::prune_cmd::PolicyArgs;
 use crate::private;
 use crate::replicate::{cycle, resync};
@@ -188,7 +188,9 @@ async fn run_sync(a: SyncArgs, resync_now: bool) -> Result<std::process::ExitCod
     if let (Ok(_), Some(r)) = (&result, &retention) {
         crate::service::retention::run(&p, r, &st).await;
         if let Some(e) = st.lock().ok().and_then(|s| s.retention.clone()?.last_error) {
-            result = Err(anyhow::anyhow!("the point is committed, but the prune after it failed: {e}"));
+            result = Err(anyhow::anyhow!(
+                "the point is committed, but the prune after it failed: {e}"
+            ));
         }
     }
     let mut s = st

@@ -69,7 +69,9 @@ pub async fn run_hook(which: &str, cmd: &str, timeout: Duration) -> Result<(), S
                 unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
             }
             let _ = child.kill().await;
-            Err(format!("{which} hook {cmd:?} timed out after {timeout:?} (killed)"))
+            Err(format!(
+                "{which} hook {cmd:?} timed out after {timeout:?} (killed)"
+            ))
         }
         Ok(Err(e)) => Err(format!("{which} hook {cmd:?} could not be waited for: {e}")),
         Ok(Ok(st)) if st.success() => Ok(()),
@@ -101,7 +103,10 @@ pub async fn seal(tracker: &mut dyn Tracker, hooks: Option<&AppHooks>) -> Result
     }
     let seal = sealed?;
     if pre.is_ok() {
-        info!(seal = seal.seal_id, "sealed between the app-consistency hooks");
+        info!(
+            seal = seal.seal_id,
+            "sealed between the app-consistency hooks"
+        );
     }
     Ok(HookedSeal {
         seal,
@@ -137,10 +142,16 @@ mod tests {
 
     #[tokio::test]
     async fn hooks_succeed_fail_and_time_out() {
-        assert!(run_hook("pre_seal", "true", DEFAULT_HOOK_TIMEOUT).await.is_ok());
-        let e = run_hook("pre_seal", "exit 3", DEFAULT_HOOK_TIMEOUT).await.unwrap_err();
+        assert!(run_hook("pre_seal", "true", DEFAULT_HOOK_TIMEOUT)
+            .await
+            .is_ok());
+        let e = run_hook("pre_seal", "exit 3", DEFAULT_HOOK_TIMEOUT)
+            .await
+            .unwrap_err();
         assert!(e.contains("failed"), "{e}");
-        let e = run_hook("post_seal", "sleep 5", Duration::from_millis(100)).await.unwrap_err();
+        let e = run_hook("post_seal", "sleep 5", Duration::from_millis(100))
+            .await
+            .unwrap_err();
         assert!(e.contains("timed out"), "{e}");
     }
 

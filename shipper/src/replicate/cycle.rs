@@ -69,7 +69,12 @@ pub async fn run_cycle_with(
     stop::at(&p.state_dir, "after-upload");
     presence::guard_commit(&p.store, &p.dir, c.status, &shipped.entries).await?;
     let manifest = commit::commit(&c, &seal, shipped.entries, is_app).await?;
-    app::record(c.status, hooks.is_some(), is_app.then_some(seal.time_ns), warning);
+    app::record(
+        c.status,
+        hooks.is_some(),
+        is_app.then_some(seal.time_ns),
+        warning,
+    );
     stop::at(&p.state_dir, "after-commit");
     commit::release(&mut c, &manifest, &shipped.acks, seal.seal_id, &outside).await;
     commit::record_point(&mut c, &manifest, &outside).await;

@@ -51,7 +51,11 @@ pub async fn merge(
         return Ok(report);
     }
     let mut changed = BTreeSet::new();
-    for entry in oldest.disks.iter().filter(|e| e.last_seq > e.base.after_seq) {
+    for entry in oldest
+        .disks
+        .iter()
+        .filter(|e| e.last_seq > e.base.after_seq)
+    {
         let Some((base, sent)) = merged_base(store, entry, work).await? else {
             continue;
         };

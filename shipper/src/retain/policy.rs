@@ -90,7 +90,7 @@ const DAY_NS: u64 = 24 * HOUR_NS;
 /// The ids of `points` that `policy` keeps at `now_ns`. Empty only when `points` is.
 pub fn keep(points: &[PointInfo], now_ns: u64, policy: &Policy) -> BTreeSet<u64> {
     let mut newest_first: Vec<PointInfo> = points.to_vec();
-    newest_first.sort_by(|a, b| b.id.cmp(&a.id));
+    newest_first.sort_by_key(|p| std::cmp::Reverse(p.id));
     let mut kept = BTreeSet::new();
     if let Some(latest) = newest_first.first() {
         kept.insert(latest.id);

@@ -15,7 +15,7 @@ use tracing::info;
 
 use super::mark::Marked;
 use super::merge::{merge, MergeReport};
-use super::policy::{keep, Policy, PointInfo};
+use super::policy::{keep, PointInfo, Policy};
 use super::sweep::{sweep, SweepReport};
 use crate::store::{manifests, GroupStore};
 
@@ -94,7 +94,14 @@ pub async fn prune(store: &GroupStore, opts: &PruneOptions) -> Result<PruneRepor
     for m in &kept {
         marked.add(store, m).await?;
     }
-    report.sweep = sweep(store, &mut marked, opts.grace, opts.dry_run, &opts.state_dir).await?;
+    report.sweep = sweep(
+        store,
+        &mut marked,
+        opts.grace,
+        opts.dry_run,
+        &opts.state_dir,
+    )
+    .await?;
     info!(
         kept = report.kept.len(),
         removed = report.removed.len(),

@@ -76,8 +76,7 @@ pub async fn sweep(
             continue;
         }
         let first = old.first_seen_ns.get(&o.key).copied().unwrap_or(now);
-        if now.saturating_sub(first) >= grace_ns && now.saturating_sub(o.modified_ns) >= grace_ns
-        {
+        if now.saturating_sub(first) >= grace_ns && now.saturating_sub(o.modified_ns) >= grace_ns {
             due.push(o);
         } else {
             report.awaiting_objects += 1;

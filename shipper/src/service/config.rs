@@ -196,7 +196,10 @@ fn retention_of(d: &RawDir) -> Result<(crate::retain::policy::Policy, Duration)>
         None => crate::service::retention::DEFAULT_PRUNE_EVERY,
     };
     if every.is_zero() {
-        bail!("prune_every = {:?} is not valid: use a duration above zero, like 1h", d.prune_every.as_deref().unwrap_or(""));
+        bail!(
+            "prune_every = {:?} is not valid: use a duration above zero, like 1h",
+            d.prune_every.as_deref().unwrap_or("")
+        );
     }
     Ok((p, every))
 }
@@ -246,7 +249,10 @@ mod tests {
         assert_eq!(c.dirs[0].policy.keep_daily, 7);
         assert_eq!(c.dirs[0].prune_every, Duration::from_secs(600));
         assert_eq!(c.dirs[1].policy, crate::retain::policy::Policy::default());
-        assert_eq!(c.dirs[1].prune_every, crate::service::retention::DEFAULT_PRUNE_EVERY);
+        assert_eq!(
+            c.dirs[1].prune_every,
+            crate::service::retention::DEFAULT_PRUNE_EVERY
+        );
         for (bad, key) in [
             ("retention = \"a day\"", "retention"),
             ("keep_hourly = -3", "keep_hourly"),

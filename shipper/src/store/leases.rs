@@ -13,10 +13,12 @@ pub const DEFAULT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(6
 pub fn holder_name() -> String {
     let host: String = crate::replicate::owner::host_name()
         .chars()
-        .map(|c| match c.is_ascii_alphanumeric() || c == '.' || c == '_' {
-            true => c,
-            false => '_',
-        })
+        .map(
+            |c| match c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                true => c,
+                false => '_',
+            },
+        )
         .collect();
     let mut rnd = [0u8; 8];
     let _ = getrandom_bytes(&mut rnd);
@@ -105,7 +107,10 @@ impl Held {
     pub async fn release(self) {
         self.renew.abort();
         if let Err(e) = delete(&self.store, &self.holder).await {
-            tracing::warn!("cannot delete lease {} (it expires by itself): {e}", self.holder);
+            tracing::warn!(
+                "cannot delete lease {} (it expires by itself): {e}",
+                self.holder
+            );
         }
     }
 }

@@ -492,8 +492,15 @@ fn prune(w: &mut World, act: &Action) -> Result<String, Finding> {
     let before = w.point_ids()?;
     let retention = if act.a % 2 == 0 { "0s" } else { "1h" };
     let args = [
-        "prune", "--target", &w.url, "--group", super::world::GROUP, "--retention", retention,
-        "--grace", "0s",
+        "prune",
+        "--target",
+        &w.url,
+        "--group",
+        super::world::GROUP,
+        "--retention",
+        retention,
+        "--grace",
+        "0s",
     ];
     let kill = match act.b % 3 {
         0 => Some("mid-merge"),
@@ -504,9 +511,8 @@ fn prune(w: &mut World, act: &Action) -> Result<String, Finding> {
         // Reaches the stop point only when there is something to merge or collect.
         let marker = w.state.join(format!("stopped-at-{at}"));
         let _ = std::fs::remove_file(&marker);
-        let mut child = crate::common::KillOnDrop::spawn(
-            w.cmd(&args).env("HRL_SHIPPER_STOP_AT", at),
-        );
+        let mut child =
+            crate::common::KillOnDrop::spawn(w.cmd(&args).env("HRL_SHIPPER_STOP_AT", at));
         let stopped = crate::common::wait_for(Duration::from_secs(60), at, || {
             match (marker.exists(), child.0.try_wait()) {
                 (true, _) => Ok(true),
@@ -528,13 +534,16 @@ fn prune(w: &mut World, act: &Action) -> Result<String, Finding> {
     }
     let after = w.point_ids()?;
     if !before.is_empty() && after.last() != before.last() {
-        return Err(format!("prune removed the latest point: {before:?} -> {after:?}"));
+        return Err(format!(
+            "prune removed the latest point: {before:?} -> {after:?}"
+        ));
     }
     w.forget_points_not_in(&after);
     w.recheck()?;
     Ok(format!(
         "prune --retention {retention}{}: points {before:?} -> {after:?}",
-        kill.map(|k| format!(" (killed {k} first)")).unwrap_or_default()
+        kill.map(|k| format!(" (killed {k} first)"))
+            .unwrap_or_default()
     ))
 }
 
