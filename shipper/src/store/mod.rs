@@ -386,15 +386,9 @@ impl GroupStore {
 
     /// Names (last path part) of the objects directly or indirectly under `dir`.
     pub async fn list_names(&self, dir: &str) -> StoreResult<Vec<String>> {
-        use futures::TryStreamExt;
-        let prefix = self.path(dir);
-        let metas: Vec<_> = self
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.err(Op::List, &prefix, e))?;
-        Ok(metas
+        Ok(self
+            .list_meta(dir)
+            .await?
             .into_iter()
             .filter_map(|m| m.location.filename().map(str::to_string))
             .collect())
@@ -422,16 +416,10 @@ impl GroupStore {
     /// Every object under `dir` (relative to the group), with size and write time: what
     /// retention's collection weighs.
     pub async fn list_objects(&self, dir: &str) -> StoreResult<Vec<ObjectInfo>> {
-        use futures::TryStreamExt;
-        let prefix = self.path(dir);
-        let metas: Vec<_> = self
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.err(Op::List, &prefix, e))?;
         let root = format!("{}/", self.root.as_ref());
-        Ok(metas
+        Ok(self
+            .list_meta(dir)
+            .await?
             .into_iter()
             .map(|m| {
                 let full = m.location.as_ref();
@@ -443,6 +431,17 @@ impl GroupStore {
                 }
             })
             .collect())
+    }
+
+    /// The listing of every object under `dir` (relative to the group).
+    async fn list_meta(&self, dir: &str) -> StoreResult<Vec<object_store::ObjectMeta>> {
+        use futures::TryStreamExt;
+        let prefix = self.path(dir);
+        self.store()
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(Op::List, &prefix, e))
     }
 
     /// When `key` was last written (HEAD), `None` if it is gone: collection checks again
