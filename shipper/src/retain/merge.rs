@@ -30,8 +30,8 @@ pub struct MergeReport {
 }
 
 /// Merges the logs up to `kept[0]` (the oldest kept point; `kept` ascending by id) into new
-/// bases and rewrites the kept points to use them. Points in `leased` are read by someone:
-/// their manifests are left as they are (and a leased oldest point is not merged).
+/// bases and rewrites the kept points to use them. Points in `leased` (read by someone, or
+/// fenced) are left as they are (and such an oldest point is not merged).
 pub async fn merge(
     store: &GroupStore,
     kept: &mut [PointManifest],

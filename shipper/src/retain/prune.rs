@@ -62,7 +62,11 @@ pub async fn prune(store: &GroupStore, opts: &PruneOptions) -> Result<PruneRepor
             app: m.is_app_consistent(),
         })
         .collect();
-    let by_policy = keep(&infos, now, &opts.policy);
+    let mut by_policy = keep(&infos, now, &opts.policy);
+    // The chain's latest point (a fenced point of a former owner may have a higher id).
+    if let Some(latest) = manifests::latest(store).await? {
+        by_policy.insert(latest.id);
+    }
     let mut report = PruneReport {
         dry_run: opts.dry_run,
         ..PruneReport::default()
@@ -80,10 +84,20 @@ pub async fn prune(store: &GroupStore, opts: &PruneOptions) -> Result<PruneRepor
     if !opts.dry_run {
         // Merged from the oldest point the policy keeps; a point kept only by a lease is
         // left exactly as its reader found it.
+        // A fenced point (committed by a former owner after a takeover) is left as it is
+        // too: after the takeover point its logs are another history of the same sequences.
+        let records = crate::replicate::owner::records(store).await?;
+        let mut untouched = leased.clone();
+        untouched.extend(
+            kept.iter()
+                .filter(|m| hrl::owner::is_fenced(m.id, m.epoch, &records))
+                .map(|m| m.id),
+        );
         let from = kept.iter().position(|m| by_policy.contains(&m.id));
         if let Some(from) = from {
             let work = opts.state_dir.join("retain-work");
-            report.merge = merge(store, &mut kept[from..], &leased, &work, &opts.state_dir).await?;
+            report.merge =
+                merge(store, &mut kept[from..], &untouched, &work, &opts.state_dir).await?;
             let _ = std::fs::remove_dir_all(&work);
         }
         for m in &expired {

@@ -265,8 +265,9 @@ impl GroupStore {
         }
     }
 
-    /// Replaces the object at `key`: only for a log a fenced owner left under a key this
-    /// owner's chain needs (`replicate::ship`); every other object is immutable.
+    /// Replaces the object at `key`: a log a fenced owner left under a key this owner's
+    /// chain needs (`replicate::ship`), a manifest retention moved onto a merged base, a
+    /// lease, collection's own record; chunks, indexes and logs are otherwise immutable.
     pub async fn put_overwrite(&self, key: &str, bytes: Vec<u8>) -> StoreResult<()> {
         let stored = self.seal(key, bytes).await?;
         let path = self.path(key);
@@ -277,13 +278,14 @@ impl GroupStore {
         Ok(())
     }
 
-    /// Deletes the object at `key` (gone already is fine): only the logs a fenced owner
-    /// left after the point a takeover continues from (`recover::failover`).
+    /// Deletes the object at `key` (gone already is fine): the logs a fenced owner left
+    /// after the point a takeover continues from (`recover::failover`), and what retention
+    /// expires or collects (`retain`).
     pub async fn delete(&self, key: &str) -> StoreResult<()> {
         let path = self.path(key);
         match self.store().delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.err(Op::Put, &path, e)),
+            Err(e) => Err(self.err(Op::Delete, &path, e)),
         }
     }
 
@@ -453,27 +455,6 @@ impl GroupStore {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err(Op::Head, &path, e)),
         }
-    }
-
-    /// Deletes `key`; true if it was there (stores that cannot tell say true).
-    pub async fn delete(&self, key: &str) -> StoreResult<bool> {
-        let path = self.path(key);
-        match self.store().delete(&path).await {
-            Ok(()) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(self.err(Op::Delete, &path, e)),
-        }
-    }
-
-    /// Writes `key` whether or not it exists (a rewritten manifest, a lease, collection's
-    /// own record): one object replaced whole, never seen half written.
-    pub async fn put_overwrite(&self, key: &str, bytes: Vec<u8>) -> StoreResult<()> {
-        let path = self.path(key);
-        self.store()
-            .put(&path, PutPayload::from(bytes))
-            .await
-            .map(|_| ())
-            .map_err(|e| self.err(Op::Put, &path, e))
     }
 }
 
