@@ -6,9 +6,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
-use super::args::{check_dir, group_for, protected, Common, KeyArgs};
 use super::app_args::{AppArgs, HookSettings};
-use super::args::{check_dir, group_for, protected, Common};
+use super::args::{check_dir, group_for, protected, Common, KeyArgs};
 use super::prune_cmd::PolicyArgs;
 use crate::retain::policy::{self, Policy};
 use crate::service::retention as service_retention;
