@@ -75,6 +75,45 @@ pub fn parse_point_name(name: &str) -> Option<u64> {
     name.strip_suffix(".json")?.parse().ok()
 }
 
+/// Key of the base index a retention merge writes: the disk as of log `after_seq`, rebuilt
+/// from an older base and its logs (beside, never over, a copy's `base.idx` of that key).
+pub fn merged_base_key(disk_id: &str, generation: u64, after_seq: u64) -> String {
+    format!("disks/{disk_id}/g{generation}-b{after_seq}/merged.idx")
+}
+
+/// Folder of the leases: points in use by a reader, which garbage collection keeps.
+pub const LEASES_DIR: &str = "leases";
+
+/// Key of the lease of `holder` (`<host>-<pid>-<random hex>`, one path component).
+pub fn lease_key(holder: &str) -> String {
+    format!("{LEASES_DIR}/{holder}.json")
+}
+
+/// Version of the lease format.
+pub const LEASE_VERSION: u32 = 1;
+
+/// A reader's claim on a point (mount, restore, verify): while it has not expired, retention
+/// neither rewrites that point's manifest nor collects an object it needs. The holder
+/// writes it before reading the point, renews it at least every third of its life, and
+/// deletes it when done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    pub version: u32,
+    pub point: u64,
+    pub host: String,
+    /// What the point is read for: "mount", "restore", "verify", ...
+    pub purpose: String,
+    /// Expiry, ns since the Unix epoch; an expired lease is ignored.
+    pub expires_ns: u64,
+}
+
+/// Folder of garbage collection's own records.
+pub const GC_DIR: &str = "gc";
+
+/// Key of the objects garbage collection found unreferenced, with when it first did.
+pub const GC_PENDING_KEY: &str = "gc/pending.json";
+
 /// A recovery point: every disk of a group as of one seal instant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +134,20 @@ pub struct PointManifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
     pub disks: Vec<DiskEntry>,
+    /// How consistent the point is: absent means crash-consistent (every point before kinds
+    /// existed); `"app"` when the pre-seal hook (a guest freeze) succeeded before its seal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// The `kind` of an app-consistent point (the pre-seal hook succeeded before its seal).
+pub const KIND_APP: &str = "app";
+
+impl PointManifest {
+    /// Whether the point is app-consistent (a crash-consistent point has no `kind`).
+    pub fn is_app_consistent(&self) -> bool {
+        self.kind.as_deref() == Some(KIND_APP)
+    }
 }
 
 /// One disk in a recovery point: a base copy plus the chain of logs after it.
@@ -292,6 +345,7 @@ mod tests {
                 file: None,
                 carried_from: None,
             }],
+            kind: None,
         };
         assert_eq!(PointManifest::from_json(&m.to_json()).unwrap(), m);
         let mut v: serde_json::Value = serde_json::from_slice(&m.to_json()).unwrap();

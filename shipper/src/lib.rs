@@ -6,6 +6,7 @@
 //! - [`replicate`] — the replication cycle: plan, base copies and resyncs, seal, ship,
 //!   commit, release; the 50% rule; the tracker's control socket;
 //! - [`recover`] — restore and verify recovery points, choose one by id or time;
+//! - [`retain`] — retention: keep policy, merging old logs into new bases, collection;
 //! - [`service`] — the loop per directory, retry schedule, resync window, config, cycle
 //!   lock, the status shown to operators;
 //! - [`cli`] — the command line.
@@ -14,5 +15,6 @@ pub mod cli;
 pub mod private;
 pub mod recover;
 pub mod replicate;
+pub mod retain;
 pub mod service;
 pub mod store;

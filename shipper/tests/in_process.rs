@@ -60,6 +60,7 @@ async fn a_cycle_against_an_in_memory_store_restores_every_point() {
         resync_window: None,
         progress_bar: false,
         reconcile: false,
+        app: None,
     };
     let status = Mutex::new(DirStatus::new(&dir, "vm", "memory:///"));
 

@@ -148,5 +148,6 @@ pub fn protected(
         resync_window: None,
         progress_bar: std::io::stderr().is_terminal(),
         reconcile: false,
+        app: None,
     })
 }

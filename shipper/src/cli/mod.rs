@@ -1,10 +1,12 @@
 //! The command line of `hrl-shipper`: parses the arguments and runs a command (one module
 //! per command family; the arguments they share, and how those open a store, in `args`).
 
+pub mod app_args;
 pub mod args;
 pub mod failover_cmd;
 pub mod key_cmd;
 pub mod log_cmd;
+pub mod prune_cmd;
 pub mod recover_cmd;
 pub mod run_cmd;
 pub mod status_cmd;
@@ -67,6 +69,10 @@ enum Command {
     /// no base copy. `failover planned --dir DIR` on the primary hands the group over first,
     /// with no data loss.
     Failover(failover_cmd::FailoverArgs),
+    /// Retention: keep the points the policy names (always the latest), merge the logs up
+    /// to the oldest kept point into new bases, delete the other points, and collect the
+    /// objects no kept point needs once unneeded for the grace period.
+    Prune(prune_cmd::PruneArgs),
 }
 
 /// Runs the command the arguments name; the exit code is the process's.
@@ -117,6 +123,7 @@ async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
         Command::Restore(a) => cmd_restore(a).await,
         Command::Verify(a) => cmd_verify(a).await,
         Command::Failover(a) => failover_cmd::cmd_failover(a).await,
+        Command::Prune(a) => prune_cmd::cmd_prune(a).await,
     }
 }
 

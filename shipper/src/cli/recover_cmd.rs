@@ -20,7 +20,7 @@ pub struct PointsArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// `all` (default), `latest`, a point id, or a time.
+    /// `all` (default), `latest`, `latest-app`, a point id, or a time.
     #[arg(long, default_value = "all")]
     pub point: String,
 }
@@ -29,7 +29,8 @@ pub struct VerifyArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// `latest`, a point id, or a time (RFC 3339): the last point sealed at or before it.
+    /// `latest`, `latest-app` (the latest app-consistent point), a point id, or a time
+    /// (RFC 3339): the last point sealed at or before it.
     #[arg(long, default_value = "latest")]
     pub point: String,
     /// Directory to restore into (created 0700 if missing; existing disks are never
@@ -54,7 +55,7 @@ pub async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
         );
     } else {
         let records = crate::replicate::owner::records(&store).await?;
-        println!("{:>6}  {:<26} disks", "point", "sealed at");
+        println!("{:>6}  {:<26} {:<5} disks", "point", "sealed at", "kind");
         let times: Vec<u64> = all.iter().map(|m| m.time_ns).collect();
         for (m, back) in all.iter().zip(points::time_went_back(&times)) {
             let disks: Vec<String> = m
@@ -63,9 +64,14 @@ pub async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
                 .map(|d| format!("{} ({} B)", hrl::display::escaped(&d.name), d.disk_size))
                 .collect();
             println!(
-                "{:>6}  {:<26} {}{}",
+                "{:>6}  {:<26} {:<5} {}{}",
                 m.id,
                 points::fmt_time(m.time_ns),
+                if m.is_app_consistent() {
+                    "app"
+                } else {
+                    "crash"
+                },
                 disks.join(", "),
                 if back {
                     "  [seal time went back (clock stepped back): restore it by id]"
@@ -133,9 +139,23 @@ pub async fn cmd_verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
 
 pub async fn cmd_restore(a: RestoreArgs) -> Result<std::process::ExitCode> {
     let store = a.store.open()?;
-    let point = points::select(&store, &a.point).await?;
+    let chosen = points::select(&store, &a.point).await?;
+    // Leased before the manifest is read again for the restore: retention keeps it whole.
+    // A store this user may only read gets no lease (the grace period still covers it).
+    let lease = match crate::store::leases::hold(&store, chosen.id, "restore").await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!("restoring without a lease (a prune may collect the point meanwhile once its grace period passes): {e}");
+            None
+        }
+    };
+    let point = points::load(&store, chosen.id).await?;
     let started = std::time::Instant::now();
-    let report = restore::restore_point(&store, &point, &a.to).await?;
+    let report = restore::restore_point(&store, &point, &a.to).await;
+    if let Some(l) = lease {
+        l.release().await;
+    }
+    let report = report?;
     let total: u64 = report.disks.iter().map(|(_, s)| s).sum();
     println!(
         "restored point {} (sealed {}) into {}: {} disks, {} bytes, {} logs applied, {:.1}s",

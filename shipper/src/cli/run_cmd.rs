@@ -6,7 +6,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
+use super::app_args::{AppArgs, HookSettings};
 use super::args::{check_dir, group_for, protected, Common, KeyArgs};
+use super::prune_cmd::PolicyArgs;
+use crate::retain::policy::{self, Policy};
+use crate::service::retention as service_retention;
 use crate::service::run as service;
 use crate::service::{config, retry, window};
 use crate::store::target;
@@ -38,7 +42,35 @@ pub struct RunArgs {
     #[arg(long)]
     pub resync_window: Option<String>,
     #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// Prune the group after a cycle at most this often (the config's `prune_every`).
+    #[arg(long)]
+    pub prune_every: Option<String>,
+    /// The prunes' grace period: objects unneeded for less are not collected yet.
+    #[arg(long, default_value = "24h")]
+    pub prune_grace: String,
+    #[command(flatten)]
     pub common: Common,
+}
+
+/// The retention of one directory: the config's (or the defaults) under the flags.
+fn retention_for(
+    a: &RunArgs,
+    policy: Policy,
+    every: Duration,
+) -> Result<service_retention::Retention> {
+    let every = match &a.prune_every {
+        Some(e) => policy::parse_duration("--prune-every", e)?,
+        None => every,
+    };
+    if every.is_zero() {
+        anyhow::bail!("--prune-every must be above zero (like 1h)");
+    }
+    let mut r = service_retention::Retention::new(a.policy.over(policy)?, every);
+    r.grace = policy::parse_duration("--prune-grace", &a.prune_grace)?;
+    Ok(r)
 }
 
 pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
@@ -72,10 +104,15 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             }
             let mut pr = protected(&d.path, &cfg.target, &group, &common, false)?;
             pr.resync_window = window;
+            pr.app = a
+                .app
+                .over(d.hooks.clone())
+                .hooks(config::DEFAULT_APP_EVERY)?;
             jobs.push(service::DirJob {
                 protected: pr,
                 interval: d.interval,
                 retry_unit,
+                retention: Some(retention_for(&a, d.policy, d.prune_every)?),
             });
         }
     } else if let Some(dir) = &a.dir {
@@ -84,10 +121,19 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         let mut pr = protected(dir, &a.target, &group, &a.common, false)?;
         pr.resync_window =
             window::parse_option(a.resync_window.as_deref().unwrap_or(window::DEFAULT_WINDOW))?;
+        pr.app = a
+            .app
+            .over(HookSettings::default())
+            .hooks(config::DEFAULT_APP_EVERY)?;
         jobs.push(service::DirJob {
             protected: pr,
             interval: retry::parse_duration(&a.interval).context("--interval")?,
             retry_unit: retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
+            retention: Some(retention_for(
+                &a,
+                Policy::default(),
+                service_retention::DEFAULT_PRUNE_EVERY,
+            )?),
         });
     }
     let (tx, rx) = tokio::sync::watch::channel(false);

@@ -5,7 +5,9 @@ use std::sync::Mutex;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use super::app_args::{AppArgs, HookSettings};
 use super::args::{check_dir, group_for, protected, Common, DirArgs};
+use super::prune_cmd::PolicyArgs;
 use crate::private;
 use crate::replicate::{cycle, resync};
 use crate::service::{retry, status};
@@ -27,6 +29,16 @@ pub struct SyncArgs {
     /// they cannot prove what changed).
     #[arg(long)]
     pub reconcile: bool,
+    /// With a policy flag, prune the group after the cycle (as the service does).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// With hooks, the point is sealed between them (app-consistent when the pre hook
+    /// succeeds).
+    #[command(flatten)]
+    pub app: AppArgs,
+    /// The prune's grace period (with a policy flag).
+    #[arg(long, default_value = "24h")]
+    pub prune_grace: String,
     #[command(flatten)]
     pub common: Common,
 }
@@ -112,10 +124,32 @@ pub async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
         },
         resync: false,
         reconcile: false,
+        policy: PolicyArgs::default(),
+        app: AppArgs::default(),
+        prune_grace: "24h".into(),
         json: a.json,
         common: a.common,
     };
     run_sync(sync, true).await
+}
+
+/// The prune after a sync: only when a policy flag asks for one.
+fn sync_retention(a: &SyncArgs) -> Result<Option<crate::service::retention::Retention>> {
+    use crate::retain::policy;
+    let p = &a.policy;
+    if p.retention.is_none()
+        && p.keep_hourly.is_none()
+        && p.keep_daily.is_none()
+        && p.keep_app_consistent.is_none()
+    {
+        return Ok(None);
+    }
+    let mut r = crate::service::retention::Retention::new(
+        p.over(policy::Policy::default())?,
+        crate::service::retention::DEFAULT_PRUNE_EVERY,
+    );
+    r.grace = policy::parse_duration("--prune-grace", &a.prune_grace)?;
+    Ok(Some(r))
 }
 
 pub async fn cmd_sync(a: SyncArgs) -> Result<std::process::ExitCode> {
@@ -131,9 +165,15 @@ async fn run_sync(a: SyncArgs, resync_now: bool) -> Result<std::process::ExitCod
             a.at.dir.display()
         );
     }
+    let retention = sync_retention(&a)?;
     let group = group_for(&a.at.dir, a.at.group, &a.common.state_dir)?;
     let mut p = protected(&a.at.dir, &a.at.target, &group, &a.common, a.resync)?;
     p.resync_now = resync_now;
+    // A sync with hooks makes an app-consistent point every time.
+    p.app = a
+        .app
+        .over(HookSettings::default())
+        .hooks(std::time::Duration::ZERO)?;
     p.reconcile = a.reconcile;
     if a.reconcile {
         if let Some(aside) = status::set_aside_if_damaged(&p.state_dir, &p.dir)? {
@@ -144,7 +184,15 @@ async fn run_sync(a: SyncArgs, resync_now: bool) -> Result<std::process::ExitCod
     let st = Mutex::new(
         initial.unwrap_or_else(|| status::DirStatus::new(&p.dir, &group, &p.store.target.url)),
     );
-    let result = cycle::run_cycle(&p, &st).await;
+    let mut result = cycle::run_cycle(&p, &st).await;
+    if let (Ok(_), Some(r)) = (&result, &retention) {
+        crate::service::retention::run(&p, r, &st).await;
+        if let Some(e) = st.lock().ok().and_then(|s| s.retention.clone()?.last_error) {
+            result = Err(anyhow::anyhow!(
+                "the point is committed, but the prune after it failed: {e}"
+            ));
+        }
+    }
     let mut s = st
         .lock()
         .map_err(|_| anyhow::anyhow!("status lock poisoned"))?

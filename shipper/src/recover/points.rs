@@ -7,7 +7,7 @@ use crate::store::GroupStore;
 
 pub use crate::store::manifests::{get as load, latest, list_ids};
 
-/// Picks a point: `latest`, a numeric id, or a time (RFC 3339, e.g. `2026-11-23T15:00:00Z`:
+/// Picks a point: `latest`, `latest-app` (the latest app-consistent one), a numeric id, or a time (RFC 3339, e.g. `2026-11-23T15:00:00Z`:
 /// the last point sealed at or before it, among points whose seal time did not go
 /// backwards — see [`at_time`]).
 pub async fn select(store: &GroupStore, which: &str) -> Result<PointManifest> {
@@ -29,6 +29,18 @@ pub async fn select(store: &GroupStore, which: &str) -> Result<PointManifest> {
             )
         });
     }
+    if which == "latest-app" {
+        for &id in ids.iter().rev() {
+            let m = load(store, id).await?;
+            if m.is_app_consistent() {
+                return Ok(m);
+            }
+        }
+        bail!(
+            "group {:?} has no app-consistent recovery point (configure pre_seal / post_seal hooks); see `hrl-shipper points`",
+            store.group
+        );
+    }
     if let Ok(id) = which.parse::<u64>() {
         if !ids.contains(&id) {
             bail!("recovery point {id} does not exist in group {:?} (points: {}); see `hrl-shipper points`", store.group, summary(&ids));
@@ -36,7 +48,7 @@ pub async fn select(store: &GroupStore, which: &str) -> Result<PointManifest> {
         return Ok(load(store, id).await?);
     }
     let t = humantime::parse_rfc3339_weak(which).map_err(|e| {
-        anyhow::anyhow!("--point {which:?} is neither `latest`, a point id nor a time like 2026-11-23T15:00:00Z ({e})")
+        anyhow::anyhow!("--point {which:?} is neither `latest`, `latest-app`, a point id nor a time like 2026-11-23T15:00:00Z ({e})")
     })?;
     let t_ns = t
         .duration_since(std::time::UNIX_EPOCH)

@@ -15,7 +15,13 @@ use crate::service::status::{DiskState, Health};
 use crate::store::Put;
 
 /// Commits the point of `seal` holding `entries`.
-pub async fn commit(c: &Cycle<'_>, seal: &Seal, entries: Vec<DiskEntry>) -> Result<PointManifest> {
+/// `app`: sealed between successful app-consistency hooks (`kind = "app"`).
+pub async fn commit(
+    c: &Cycle<'_>,
+    seal: &Seal,
+    entries: Vec<DiskEntry>,
+    app: bool,
+) -> Result<PointManifest> {
     let p = c.p;
     // A takeover since the cycle began fences this host before it commits anything.
     crate::replicate::stop::pause(&p.state_dir, "before-commit");
@@ -32,6 +38,7 @@ pub async fn commit(c: &Cycle<'_>, seal: &Seal, entries: Vec<DiskEntry>) -> Resu
         host: crate::replicate::owner::host_name(),
         epoch: Some(c.epoch),
         disks: entries,
+        kind: app.then(|| hrl::store::KIND_APP.to_string()),
     };
     crate::replicate::stop::pause(&p.state_dir, "in-commit");
     if crate::store::manifests::commit(&p.store, &manifest).await? == Put::Existed {

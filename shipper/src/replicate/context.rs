@@ -33,6 +33,8 @@ pub struct Protected {
     /// Trust nothing in the shipper's state: reconcile every disk with the store's latest
     /// point and the tracker's marks (`sync --reconcile`).
     pub reconcile: bool,
+    /// Hooks for app-consistent points (`None`: every point crash-consistent).
+    pub app: Option<crate::replicate::app::AppHooks>,
 }
 
 /// What a committed cycle did.

@@ -22,7 +22,7 @@ use anyhow::Result;
 use crate::replicate::context::Cycle;
 pub use crate::replicate::context::{CycleReport, Protected, ResyncDeferred};
 use crate::replicate::tracker::Tracker;
-use crate::replicate::{bases, bypass, commit, presence, ship, stop};
+use crate::replicate::{app, bases, bypass, commit, presence, ship, stop};
 use crate::service::status::{DirStatus, StatusHandle};
 
 /// Runs one cycle against the tracker serving `p.dir`; `status` is updated (and saved) as
@@ -42,16 +42,23 @@ pub async fn run_cycle_with(
     c.defer_resyncs_outside_the_window()?;
     c.switch_bitmap_disks_to_log_mode().await?;
 
-    let first = c.tracker.seal().await?;
+    let hooks = app::hooks_due(p, c.status);
+    let first = app::seal(c.tracker.as_mut(), hooks.as_ref()).await?;
     stop::at(&p.state_dir, "after-seal");
-    let mut starts = bases::establish(&mut c, &first).await?;
+    let mut starts = bases::establish(&mut c, &first.seal).await?;
     // Disks changed outside the tracker before a seal of this cycle miss changes in their
     // logs (unless rebased after that seal): the point carries their last good entry.
-    let mut outside = bypass::changed_outside(&first, &starts);
-    let seal = match starts.is_empty() {
+    let mut outside = bypass::changed_outside(&first.seal, &starts);
+    // The point's seal is the hooked one (the second after a base copy).
+    let sealed = match starts.is_empty() {
         true => first,
-        false => c.tracker.seal().await?,
+        false => app::seal(c.tracker.as_mut(), hooks.as_ref()).await?,
     };
+    let app::HookedSeal {
+        seal,
+        app: is_app,
+        warning,
+    } = sealed;
     outside.extend(bypass::changed_outside(
         &seal,
         &BTreeMap::<String, ()>::new(),
@@ -61,7 +68,13 @@ pub async fn run_cycle_with(
     let shipped = ship::ship(&mut c, &seal, &mut starts, &outside).await?;
     stop::at(&p.state_dir, "after-upload");
     presence::guard_commit(&p.store, &p.dir, c.status, &shipped.entries).await?;
-    let manifest = commit::commit(&c, &seal, shipped.entries).await?;
+    let manifest = commit::commit(&c, &seal, shipped.entries, is_app).await?;
+    app::record(
+        c.status,
+        hooks.is_some(),
+        is_app.then_some(seal.time_ns),
+        warning,
+    );
     stop::at(&p.state_dir, "after-commit");
     commit::release(&mut c, &manifest, &shipped.acks, seal.seal_id, &outside).await;
     commit::record_point(&mut c, &manifest, &outside).await;

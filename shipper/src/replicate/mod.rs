@@ -5,6 +5,7 @@
 //! (`budget`), the tracker's control socket (`tracker`), the cycle's scratch directory
 //! (`workdir`) and the crash stop points of tests (`stop`).
 
+pub mod app;
 pub mod bases;
 pub mod budget;
 pub mod bypass;

@@ -107,6 +107,7 @@ mod tests {
                 file: None,
                 carried_from: None,
             }],
+            kind: None,
         }
     }
 

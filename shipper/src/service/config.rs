@@ -17,6 +17,16 @@
 //! interval = "5m"                     # 30s, 5m or 15m (any duration works)
 //! group = "vm1"                       # optional: default unique per host and directory
 //! encryption_key = "/etc/hrl/vm1.key"  # optional: this directory's key (else the one above)
+//! retention = "24h"                   # optional: points sealed within it are kept (24h)
+//! keep_hourly = 24                    # optional: of older points, newest of N latest hours
+//! keep_daily = 7                      # optional: ... and of N latest days (UTC)
+//! keep_app_consistent = 4             # optional: N newest app-consistent points
+//! prune_every = "1h"                  # optional: the service prunes after a cycle at most
+//!                                     # this often (1h)
+//! app_consistent_every = "1h"         # optional, with both hooks: an app-consistent point
+//! pre_seal = "virsh domfsfreeze vm1"  #   this often, sealed between the hooks (sh -c)
+//! post_seal = "virsh domfsthaw vm1"
+//! hook_timeout = "30s"                # optional: a hook running longer is killed
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -48,6 +58,15 @@ struct RawDir {
     interval: Option<String>,
     group: Option<String>,
     encryption_key: Option<PathBuf>,
+    retention: Option<String>,
+    keep_hourly: Option<i64>,
+    keep_daily: Option<i64>,
+    keep_app_consistent: Option<i64>,
+    prune_every: Option<String>,
+    app_consistent_every: Option<String>,
+    pre_seal: Option<String>,
+    post_seal: Option<String>,
+    hook_timeout: Option<String>,
 }
 
 /// A checked configuration.
@@ -73,7 +92,16 @@ pub struct DirConfig {
     pub group: Option<String>,
     /// Key file of the directory's group (its own `encryption_key`, else the file's).
     pub encryption_key: Option<PathBuf>,
+    /// What the service's prunes keep.
+    pub policy: crate::retain::policy::Policy,
+    /// The service prunes the group after a cycle at most this often.
+    pub prune_every: Duration,
+    /// App-consistency hooks (checked when parsed; the flags of `run` go over them).
+    pub hooks: crate::cli::app_args::HookSettings,
 }
+
+/// Default time between app-consistent points (with hooks configured).
+pub const DEFAULT_APP_EVERY: Duration = Duration::from_secs(3600);
 
 /// Default replication interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
@@ -103,17 +131,31 @@ pub fn parse(text: &str) -> Result<Config> {
                 d.path.display()
             );
         }
-        let group = d.group;
+        let group = d.group.clone();
         if let Some(g) = group.as_ref() {
             if dirs.iter().any(|x: &DirConfig| x.group.as_ref() == Some(g)) {
                 bail!("group {g:?} is used by two directories; give each [[dir]] its own group");
             }
         }
+        let (policy, prune_every) =
+            retention_of(&d).with_context(|| format!("[[dir]] {}", d.path.display()))?;
+        let hooks = crate::cli::app_args::HookSettings {
+            pre_seal: d.pre_seal.clone(),
+            post_seal: d.post_seal.clone(),
+            every: d.app_consistent_every.clone(),
+            timeout: d.hook_timeout.clone(),
+        };
+        hooks
+            .hooks(DEFAULT_APP_EVERY)
+            .with_context(|| format!("[[dir]] {}", d.path.display()))?;
         dirs.push(DirConfig {
             path: d.path,
             interval,
             group,
             encryption_key: d.encryption_key.or_else(|| raw.encryption_key.clone()),
+            policy,
+            prune_every,
+            hooks,
         });
     }
     Ok(Config {
@@ -136,6 +178,30 @@ pub fn parse(text: &str) -> Result<Config> {
         passphrase_file: raw.passphrase_file,
         dirs,
     })
+}
+
+/// The retention keys of a `[[dir]]`; a bad value is an error naming its key.
+fn retention_of(d: &RawDir) -> Result<(crate::retain::policy::Policy, Duration)> {
+    use crate::retain::policy::{check_count, parse_duration, Policy};
+    let mut p = Policy::default();
+    if let Some(r) = &d.retention {
+        p.retention = parse_duration("retention", r)?;
+    }
+    let count = |key: &str, v: Option<i64>| v.map(|n| check_count(key, n)).transpose();
+    p.keep_hourly = count("keep_hourly", d.keep_hourly)?.unwrap_or(0);
+    p.keep_daily = count("keep_daily", d.keep_daily)?.unwrap_or(0);
+    p.keep_app_consistent = count("keep_app_consistent", d.keep_app_consistent)?.unwrap_or(0);
+    let every = match &d.prune_every {
+        Some(e) => parse_duration("prune_every", e)?,
+        None => crate::service::retention::DEFAULT_PRUNE_EVERY,
+    };
+    if every.is_zero() {
+        bail!(
+            "prune_every = {:?} is not valid: use a duration above zero, like 1h",
+            d.prune_every.as_deref().unwrap_or("")
+        );
+    }
+    Ok((p, every))
 }
 
 #[cfg(test)]
@@ -174,5 +240,28 @@ mod tests {
         assert_eq!(c.retry_unit, Some(Duration::from_secs(1)));
         assert!(parse("target = \"/s\"\n").is_err());
         assert!(parse("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\ninterval = \"soon\"\n").is_err());
+    }
+
+    #[test]
+    fn retention_keys_per_directory_and_bad_values_name_the_key() {
+        let c = parse("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\nretention = \"2h\"\nkeep_daily = 7\nprune_every = \"10m\"\n[[dir]]\npath = \"/v/b\"\n").unwrap();
+        assert_eq!(c.dirs[0].policy.retention, Duration::from_secs(7200));
+        assert_eq!(c.dirs[0].policy.keep_daily, 7);
+        assert_eq!(c.dirs[0].prune_every, Duration::from_secs(600));
+        assert_eq!(c.dirs[1].policy, crate::retain::policy::Policy::default());
+        assert_eq!(
+            c.dirs[1].prune_every,
+            crate::service::retention::DEFAULT_PRUNE_EVERY
+        );
+        for (bad, key) in [
+            ("retention = \"a day\"", "retention"),
+            ("keep_hourly = -3", "keep_hourly"),
+            ("keep_app_consistent = 9999999", "keep_app_consistent"),
+            ("prune_every = \"0s\"", "prune_every"),
+        ] {
+            let text = format!("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\n{bad}\n");
+            let err = format!("{:#}", parse(&text).unwrap_err());
+            assert!(err.contains(key), "{bad}: {err}");
+        }
     }
 }

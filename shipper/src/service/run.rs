@@ -21,6 +21,8 @@ pub struct DirJob {
     pub protected: Protected,
     pub interval: Duration,
     pub retry_unit: Duration,
+    /// Prunes of the group after cycles (`None`: never).
+    pub retention: Option<crate::service::retention::Retention>,
 }
 
 fn save(p: &Protected, status: &Mutex<DirStatus>) {
@@ -197,6 +199,10 @@ async fn after_cycle(
                 crate::replicate::budget::apply_space_warning(&mut s, &p.dir);
             }
             save(p, status);
+            if let Some(r) = &job.retention {
+                crate::service::retention::after_cycle(p, r, status).await;
+                save(p, status);
+            }
             job.interval
         }
         Err(e)

@@ -115,7 +115,29 @@ pub struct DirStatus {
     /// the owner since when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced_by: Option<String>,
+    /// The last prune of the group by this service or `sync` (retention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionStatus>,
+    /// Seal time of the last app-consistent point (when the next one is due).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_app_point_ns: Option<u64>,
+    /// The last app-consistency hook failure (a Warning until the hooks succeed again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_warning: Option<String>,
     pub disks: Vec<DiskStatus>,
+}
+
+/// What the last prune found: `status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RetentionStatus {
+    /// When it ran, ns since the Unix epoch.
+    pub pruned_ns: u64,
+    pub retained_points: u64,
+    /// Chunks, indexes and logs in the store after it.
+    pub store_bytes: u64,
+    /// Unneeded, waiting for the grace period.
+    pub awaiting_collection_bytes: u64,
+    pub last_error: Option<String>,
 }
 
 impl DirStatus {
@@ -138,6 +160,9 @@ impl DirStatus {
             space_warning: None,
             epoch: None,
             fenced_by: None,
+            retention: None,
+            last_app_point_ns: None,
+            hook_warning: None,
             disks: Vec::new(),
         }
     }
@@ -217,7 +242,10 @@ impl<'a> StatusHandle<'a> {
 impl DirStatus {
     /// A cycle committed its point: nothing is failing any more.
     pub fn cycle_succeeded(&mut self) {
-        self.health = Health::Normal;
+        self.health = match self.hook_warning {
+            Some(_) => Health::Warning,
+            None => Health::Normal,
+        };
         self.last_error = None;
         self.attempt = 0;
         self.next_retry_ns = None;
@@ -489,6 +517,23 @@ pub fn render(all: &[DirStatus]) -> String {
         }
         if let Some(w) = &d.space_warning {
             let _ = writeln!(out, "  warning: {w}");
+        }
+        if let Some(w) = &d.hook_warning {
+            let _ = writeln!(out, "  warning: {}", esc(w));
+        }
+        if let Some(r) = &d.retention {
+            let _ = writeln!(
+                out,
+                "  retention: {} points retained, store {}, {} awaiting collection (pruned {} ago){}",
+                r.retained_points,
+                human_bytes(r.store_bytes),
+                human_bytes(r.awaiting_collection_bytes),
+                ago(r.pruned_ns, now),
+                r.last_error
+                    .as_ref()
+                    .map(|e| format!("; last prune failed: {}", esc(e)))
+                    .unwrap_or_default()
+            );
         }
         if let Some(t) = d.next_retry_ns {
             let _ = writeln!(

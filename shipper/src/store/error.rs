@@ -21,6 +21,7 @@ pub enum Op {
     Head,
     Put,
     List,
+    Delete,
 }
 
 impl Op {
@@ -30,6 +31,7 @@ impl Op {
             Op::Head => "head",
             Op::Put => "put",
             Op::List => "list",
+            Op::Delete => "delete",
         }
     }
 }

@@ -58,3 +58,15 @@ pub async fn next_id(store: &GroupStore) -> StoreResult<u64> {
 pub async fn commit(store: &GroupStore, m: &PointManifest) -> StoreResult<Put> {
     store.put_new(&point_key(m.id), m.to_json()).await
 }
+
+/// Replaces the manifest of an existing point (retention moved it onto a merged base):
+/// one object replaced whole, so a reader sees the old or the new version.
+pub async fn rewrite(store: &GroupStore, m: &PointManifest) -> StoreResult<()> {
+    store.put_overwrite(&point_key(m.id), m.to_json()).await
+}
+
+/// Deletes the manifest of point `id` (retention expired it); its objects stay until
+/// collection finds nothing else needs them.
+pub async fn delete(store: &GroupStore, id: u64) -> StoreResult<()> {
+    store.delete(&point_key(id)).await.map(|_| ())
+}

@@ -11,6 +11,7 @@ pub mod chunks;
 pub mod error;
 pub mod http;
 pub mod index;
+pub mod leases;
 pub mod logs;
 pub mod manifests;
 pub mod owners;
@@ -264,8 +265,9 @@ impl GroupStore {
         }
     }
 
-    /// Replaces the object at `key`: only for a log a fenced owner left under a key this
-    /// owner's chain needs (`replicate::ship`); every other object is immutable.
+    /// Replaces the object at `key`: a log a fenced owner left under a key this owner's
+    /// chain needs (`replicate::ship`), a manifest retention moved onto a merged base, a
+    /// lease, collection's own record; chunks, indexes and logs are otherwise immutable.
     pub async fn put_overwrite(&self, key: &str, bytes: Vec<u8>) -> StoreResult<()> {
         let stored = self.seal(key, bytes).await?;
         let path = self.path(key);
@@ -276,13 +278,14 @@ impl GroupStore {
         Ok(())
     }
 
-    /// Deletes the object at `key` (gone already is fine): only the logs a fenced owner
-    /// left after the point a takeover continues from (`recover::failover`).
+    /// Deletes the object at `key` (gone already is fine): the logs a fenced owner left
+    /// after the point a takeover continues from (`recover::failover`), and what retention
+    /// expires or collects (`retain`).
     pub async fn delete(&self, key: &str) -> StoreResult<()> {
         let path = self.path(key);
         match self.store().delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.err(Op::Put, &path, e)),
+            Err(e) => Err(self.err(Op::Delete, &path, e)),
         }
     }
 
@@ -385,18 +388,73 @@ impl GroupStore {
 
     /// Names (last path part) of the objects directly or indirectly under `dir`.
     pub async fn list_names(&self, dir: &str) -> StoreResult<Vec<String>> {
-        use futures::TryStreamExt;
-        let prefix = self.path(dir);
-        let metas: Vec<_> = self
-            .store()
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.err(Op::List, &prefix, e))?;
-        Ok(metas
+        Ok(self
+            .list_meta(dir)
+            .await?
             .into_iter()
             .filter_map(|m| m.location.filename().map(str::to_string))
             .collect())
+    }
+}
+
+/// An object of a group as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Key relative to the group (`chunks/ab/ab..`, `disks/..`).
+    pub key: String,
+    pub size: u64,
+    /// Last write, ns since the Unix epoch (the store's clock).
+    pub modified_ns: u64,
+}
+
+/// ns since the Unix epoch of a listing's or HEAD's timestamp (0 before 1970 or past 2262).
+macro_rules! to_ns {
+    ($t:expr) => {
+        $t.timestamp_nanos_opt().map_or(0, |n| n.max(0) as u64)
+    };
+}
+
+impl GroupStore {
+    /// Every object under `dir` (relative to the group), with size and write time: what
+    /// retention's collection weighs.
+    pub async fn list_objects(&self, dir: &str) -> StoreResult<Vec<ObjectInfo>> {
+        let root = format!("{}/", self.root.as_ref());
+        Ok(self
+            .list_meta(dir)
+            .await?
+            .into_iter()
+            .map(|m| {
+                let full = m.location.as_ref();
+                let key = full.strip_prefix(root.as_str()).unwrap_or(full).to_string();
+                ObjectInfo {
+                    key,
+                    size: m.size,
+                    modified_ns: to_ns!(m.last_modified),
+                }
+            })
+            .collect())
+    }
+
+    /// The listing of every object under `dir` (relative to the group).
+    async fn list_meta(&self, dir: &str) -> StoreResult<Vec<object_store::ObjectMeta>> {
+        use futures::TryStreamExt;
+        let prefix = self.path(dir);
+        self.store()
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(Op::List, &prefix, e))
+    }
+
+    /// When `key` was last written (HEAD), `None` if it is gone: collection checks again
+    /// just before it deletes.
+    pub async fn modified_ns(&self, key: &str) -> StoreResult<Option<u64>> {
+        let path = self.path(key);
+        match self.store().head(&path).await {
+            Ok(m) => Ok(Some(to_ns!(m.last_modified))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(Op::Head, &path, e)),
+        }
     }
 }
 

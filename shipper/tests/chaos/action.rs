@@ -54,6 +54,7 @@ kinds! {
     JunkHrl = "junk_hrl": "a junk file named as a sealed log: quarantined, the disk fully compared, the rest mounts (18.8)",
     FdExhaust = "fd_exhaust": "the tracker under a low open file limit, a crawl of many files: control socket and sync work (18.7)",
     WorkdirLeak = "workdir_leak": "kill -9 of a sync after a big write; the next good sync leaves work/ empty (18.9)",
+    Prune = "prune": "hrl-shipper prune (a window of 0 s or 1 h, grace 0 s), at times killed mid-merge or mid-gc: every point left restores as when checked (issue 9)",
 }
 
 impl Kind {

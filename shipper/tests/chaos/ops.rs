@@ -96,6 +96,7 @@ pub fn apply(w: &mut World, act: &Action) -> Result<String, Finding> {
         Kind::JunkHrl => faults::junk_hrl(w, act, &mut rng),
         Kind::FdExhaust => faults::fd_exhaust(w, act, &mut rng),
         Kind::WorkdirLeak => faults::workdir_leak(w, act, &mut rng),
+        Kind::Prune => prune(w, act),
     }
 }
 
@@ -482,6 +483,70 @@ fn store_flap(w: &mut World, act: &Action) -> Result<String, Finding> {
 }
 
 /// Deletes one object (chunk, log or base index) from the store.
+/// A prune (killed at a stop point at times, then run again): the latest point stays, and
+/// every point left restores to what it restored to when it was checked.
+fn prune(w: &mut World, act: &Action) -> Result<String, Finding> {
+    if w.store_ro {
+        return Ok("(store read-only)".into());
+    }
+    let before = w.point_ids()?;
+    let retention = if act.a % 2 == 0 { "0s" } else { "1h" };
+    let args = [
+        "prune",
+        "--target",
+        &w.url,
+        "--group",
+        super::world::GROUP,
+        "--retention",
+        retention,
+        "--grace",
+        "0s",
+    ];
+    let kill = match act.b % 3 {
+        0 => Some("mid-merge"),
+        1 => Some("mid-gc"),
+        _ => None,
+    };
+    if let Some(at) = kill {
+        // Reaches the stop point only when there is something to merge or collect.
+        let marker = w.state.join(format!("stopped-at-{at}"));
+        let _ = std::fs::remove_file(&marker);
+        let mut child =
+            crate::common::KillOnDrop::spawn(w.cmd(&args).env("HRL_SHIPPER_STOP_AT", at));
+        let stopped = crate::common::wait_for(Duration::from_secs(60), at, || {
+            match (marker.exists(), child.0.try_wait()) {
+                (true, _) => Ok(true),
+                (false, Ok(Some(_))) => Ok(false),
+                _ => Err("running"),
+            }
+        });
+        if stopped {
+            crate::common::signal(child.id(), "KILL");
+        }
+        let _ = child.0.wait();
+    }
+    let out = w.tool(&args);
+    if !out.status.success() && !w.objects_lost {
+        return Err(format!(
+            "prune failed with no object lost: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let after = w.point_ids()?;
+    if !before.is_empty() && after.last() != before.last() {
+        return Err(format!(
+            "prune removed the latest point: {before:?} -> {after:?}"
+        ));
+    }
+    w.forget_points_not_in(&after);
+    w.recheck()?;
+    Ok(format!(
+        "prune --retention {retention}{}: points {before:?} -> {after:?}",
+        kill.map(|k| format!(" (killed {k} first)"))
+            .unwrap_or_default()
+    ))
+}
+
 fn lose_object(w: &mut World, act: &Action) -> Result<String, Finding> {
     if w.store_ro {
         return Ok("(store read-only)".into());

@@ -608,6 +608,16 @@ impl World {
         ))
     }
 
+    /// Stops checking the points a prune removed.
+    pub fn forget_points_not_in(&mut self, ids: &[u64]) {
+        self.checked.retain(|id, _| ids.contains(id));
+    }
+
+    /// Every checked point restores as when it was checked (after a prune).
+    pub fn recheck(&mut self) -> Result<(), Finding> {
+        self.sweep()
+    }
+
     fn sweep(&mut self) -> Result<(), Finding> {
         let checked = std::mem::take(&mut self.checked);
         for (id, want) in &checked {
