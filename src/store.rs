@@ -236,6 +236,57 @@ pub fn log_path(ranges: &[(u64, u64)], after: u64, last: u64) -> Option<Vec<(u64
     None
 }
 
+/// Folder of the leases: points in use that retention must keep (CONTRACTS.md).
+pub const LEASES_DIR: &str = "leases";
+
+/// Key of the lease of `holder` (`<host>-<pid>-<random hex>`, one path component).
+pub fn lease_key(holder: &str) -> String {
+    format!("{LEASES_DIR}/{holder}.json")
+}
+
+/// A point in use (mounted, being restored or verified): retention's GC never deletes what
+/// it needs while `expires_ns` is ahead. The holder renews it (overwrites) at least every
+/// third of its expiry and deletes it when done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub version: u32,
+    pub point: u64,
+    pub host: String,
+    /// "mount", "restore", "verify", ...
+    pub purpose: String,
+    pub expires_ns: u64,
+}
+
+/// Folder of the test-failover records.
+pub const TESTS_DIR: &str = "tests";
+
+/// Key of the record of a test of point `point` that started at `started_ns`.
+pub fn test_record_key(point: u64, started_ns: u64) -> String {
+    format!("{TESTS_DIR}/{:0w$}-{started_ns}.json", point, w = SEQ_WIDTH)
+}
+
+/// Parses a test record's file name (`<point>-<started ns>.json`) into (point, started ns).
+pub fn parse_test_record_name(name: &str) -> Option<(u64, u64)> {
+    let (p, t) = name.strip_suffix(".json")?.split_once('-')?;
+    Some((p.parse().ok()?, t.parse().ok()?))
+}
+
+/// A test failover (ASR keeps the same record): point `point` was served by a mount from
+/// `started_ns` to `ended_ns` on `host`; `result` is "ok" for a clean unmount or what went
+/// wrong. Written once when the test ends; `points` shows the point as tested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestRecord {
+    pub version: u32,
+    pub point: u64,
+    pub host: String,
+    pub started_ns: u64,
+    pub ended_ns: u64,
+    pub result: String,
+    /// Bytes written into the throwaway overlay (never into the store).
+    #[serde(default)]
+    pub overlay_bytes: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

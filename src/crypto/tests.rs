@@ -511,7 +511,10 @@ fn object_kinds_follow_the_store_keys() {
     assert_eq!(k(&log_key("d1", 2, 3, 4)), Some(ObjectKind::Log));
     assert_eq!(k(&point_key(9)), Some(ObjectKind::Manifest));
     assert_eq!(k("owner.json"), Some(ObjectKind::Owner));
-    assert_eq!(k("owner/00000000000000000002.json"), Some(ObjectKind::Owner));
+    assert_eq!(
+        k("owner/00000000000000000002.json"),
+        Some(ObjectKind::Owner)
+    );
     assert_eq!(k("leases/h-1-ab.json"), Some(ObjectKind::Lease));
     assert_eq!(k(RECORD_KEY), None);
     assert_eq!(k("disks/d1/other"), None);

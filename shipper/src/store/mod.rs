@@ -11,11 +11,13 @@ pub mod chunks;
 pub mod error;
 pub mod http;
 pub mod index;
+pub mod leases;
 pub mod logs;
 pub mod manifests;
 pub mod owners;
 pub mod sealing;
 pub mod target;
+pub mod tests;
 
 use std::sync::Arc;
 
@@ -95,6 +97,27 @@ impl GroupStore {
             what: what.into(),
             path: self.path(key).to_string(),
             why: why.into(),
+        }
+    }
+
+    /// Writes `bytes` at `key`, replacing what is there: only for the small mutable records
+    /// (leases), never for data a point needs.
+    pub async fn put_replace(&self, key: &str, bytes: Vec<u8>) -> StoreResult<()> {
+        let stored = self.seal(key, bytes).await?;
+        let path = self.path(key);
+        self.store()
+            .put(&path, PutPayload::from(stored))
+            .await
+            .map_err(|e| self.err(Op::Put, &path, e))?;
+        Ok(())
+    }
+
+    /// Deletes `key` (gone already is fine): only for the mutable records (leases).
+    pub async fn delete(&self, key: &str) -> StoreResult<()> {
+        let path = self.path(key);
+        match self.store().delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(Op::Put, &path, e)),
         }
     }
 
