@@ -86,7 +86,9 @@ fn fixture() -> &'static Fixture {
             let report = rt.block_on(async {
                 let socket = hrl::control::socket_path_in(&run, &p.dir);
                 let t = TrackerClient::connect_socket(&p.dir, socket).await.unwrap();
-                run_cycle_with(&p, &status, Some(Box::new(t))).await.unwrap()
+                run_cycle_with(&p, &status, Some(Box::new(t)))
+                    .await
+                    .unwrap()
             });
             let to = tmp.path().join(format!("restored-{}", report.point_id));
             rt.block_on(async {
@@ -131,7 +133,14 @@ fn store_contents(f: &Fixture) -> Vec<(String, Vec<u8>)> {
         let metas: Vec<_> = f.memory.list(None).try_collect().await.unwrap();
         let mut out = Vec::new();
         for m in metas {
-            let b = f.memory.get(&m.location).await.unwrap().bytes().await.unwrap();
+            let b = f
+                .memory
+                .get(&m.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
             out.push((m.location.to_string(), b.to_vec()));
         }
         out.sort();
@@ -143,12 +152,14 @@ fn store_contents(f: &Fixture) -> Vec<(String, Vec<u8>)> {
 fn the_fixture_has_a_base_and_several_logs() {
     let f = fixture();
     assert_eq!(f.restored.len(), 4);
-    let m = f
-        .rt
-        .block_on(hrl_shipper::store::manifests::get(&f.store, 4))
-        .unwrap();
+    let m =
+        f.rt.block_on(hrl_shipper::store::manifests::get(&f.store, 4))
+            .unwrap();
     let d = &m.disks[0];
-    assert!(d.last_seq >= d.base.after_seq + 3, "three logs over the base: {d:?}");
+    assert!(
+        d.last_seq >= d.base.after_seq + 3,
+        "three logs over the base: {d:?}"
+    );
 }
 
 proptest! {
@@ -216,7 +227,11 @@ fn one_small_read_fetches_one_chunk_and_a_second_pass_hits_the_cache() {
     let f = fixture();
     let scratch = tempfile::tempdir_in(f.tmp.path()).unwrap();
     let core = open(f, 1, scratch.path(), true);
-    let fetched = || core.blocks.fetched.load(std::sync::atomic::Ordering::Relaxed);
+    let fetched = || {
+        core.blocks
+            .fetched
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     f.rt.block_on(core.read(0, (1 << 20) + 4096, 4096)).unwrap();
     assert_eq!(fetched(), 1, "one 4 KiB read fetches one chunk");
     f.rt.block_on(core.read(0, (1 << 20) + 8192, 4096)).unwrap();

@@ -5,12 +5,14 @@ pub mod args;
 pub mod failover_cmd;
 pub mod key_cmd;
 pub mod log_cmd;
+pub mod mount_cmd;
 pub mod recover_cmd;
 pub mod run_cmd;
 pub mod status_cmd;
 pub mod sync_cmd;
 
 use crate::private;
+use mount_cmd::{cmd_mount, cmd_unmount, MountArgs, UnmountArgs};
 use recover_cmd::{cmd_points, cmd_restore, cmd_verify, PointsArgs, RestoreArgs, VerifyArgs};
 use run_cmd::{cmd_run, RunArgs};
 use status_cmd::{cmd_pause, cmd_status, PauseArgs, StatusArgs};
@@ -67,6 +69,13 @@ enum Command {
     /// no base copy. `failover planned --dir DIR` on the primary hands the group over first,
     /// with no data loss.
     Failover(failover_cmd::FailoverArgs),
+    /// Serve a recovery point over FUSE at once, without downloading it: one file per disk,
+    /// read on demand from the store, writes into a throwaway local overlay (test failover,
+    /// file-level restore). Returns once the mount is live; the store is not written except
+    /// a lease while mounted and the test record at the end.
+    Mount(MountArgs),
+    /// End a `mount`: unmount, remove the overlay, record the point as tested.
+    Unmount(UnmountArgs),
 }
 
 /// Runs the command the arguments name; the exit code is the process's.
@@ -117,6 +126,8 @@ async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
         Command::Restore(a) => cmd_restore(a).await,
         Command::Verify(a) => cmd_verify(a).await,
         Command::Failover(a) => failover_cmd::cmd_failover(a).await,
+        Command::Mount(a) => cmd_mount(a).await,
+        Command::Unmount(a) => cmd_unmount(a).await,
     }
 }
 

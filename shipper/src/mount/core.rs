@@ -244,6 +244,15 @@ impl MountCore {
         }
     }
 
+    /// Why each disk that cannot be served failed to load.
+    pub fn broken_disks(&self) -> Vec<String> {
+        self.disks
+            .iter()
+            .filter_map(|d| d.data.as_ref().err())
+            .cloned()
+            .collect()
+    }
+
     /// Bytes written into overlays since the mount.
     pub fn overlay_bytes(&self) -> u64 {
         self.disks

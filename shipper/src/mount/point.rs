@@ -35,7 +35,8 @@ pub async fn open_disk(store: &GroupStore, d: &DiskEntry, dir: &Path) -> Result<
         let (d2, paths) = (d.clone(), local.clone());
         model = tokio::task::spawn_blocking(move || build_model(&d2, &paths, model))
             .await
-            .context("log worker failed")??;
+            .context("log worker failed")?
+            .map_err(|e| name_objects(store, d, &local, e))?;
         for p in &local {
             logs.push(File::open(p).with_context(|| format!("open {}", p.display()))?);
         }
@@ -49,6 +50,29 @@ pub async fn open_disk(store: &GroupStore, d: &DiskEntry, dir: &Path) -> Result<
         );
     }
     Ok(DiskData { index, model, logs })
+}
+
+/// The error of a log that does not verify, with the local copies' paths replaced by the
+/// store objects they came from (what the operator must look at).
+fn name_objects(
+    store: &GroupStore,
+    d: &DiskEntry,
+    local: &[PathBuf],
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let mut msg = format!("{e:#}");
+    for p in local {
+        let range = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.strip_prefix(&format!("{}-", d.disk_id)))
+            .and_then(|s| hrl::store::parse_log_name(&format!("{s}.hrl")));
+        if let Some(r) = range {
+            let object = store.path(&crate::store::logs::key(d, r)).to_string();
+            msg = msg.replace(&p.display().to_string(), &format!("store object {object}"));
+        }
+    }
+    anyhow::anyhow!(msg)
 }
 
 /// Verifies the chain (from the base's chain hash to the point's) and lays every record of

@@ -6,8 +6,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use hrl::store::TestRecord;
 
-use super::session::{alive, finish_dead, mount_path, read_info, scratch_dir};
+use super::session::{alive, finish_dead, mount_path, read_info, scratch_dir, MountInfo};
+use crate::store::GroupStore;
 
 /// How long `unmount` waits for the mount process to finish after the kernel let go.
 const WAIT: Duration = Duration::from_secs(120);
@@ -23,8 +25,8 @@ pub fn umount(p: &Path, flags: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Unmounts the point served at `dir`.
-pub async fn unmount(dir: &Path, state_dir: &Path) -> Result<()> {
+/// Unmounts the point served at `dir`; the test record its mount wrote, if readable.
+pub async fn unmount(dir: &Path, state_dir: &Path) -> Result<Option<TestRecord>> {
     let mountpoint = mount_path(dir)?;
     let scratch = scratch_dir(state_dir, &mountpoint);
     let info = read_info(&scratch);
@@ -45,7 +47,7 @@ pub async fn unmount(dir: &Path, state_dir: &Path) -> Result<()> {
         }
     }
     let Some(info) = info else {
-        return Ok(());
+        return Ok(None);
     };
     if live {
         let started = Instant::now();
@@ -59,10 +61,19 @@ pub async fn unmount(dir: &Path, state_dir: &Path) -> Result<()> {
             );
         }
         if read_info(&scratch).is_none() {
-            return Ok(());
+            return Ok(record_of(&info).await);
         }
     }
     // The process died without finishing: release its lease, record the test, clean up.
     finish_dead(&info, &scratch).await;
-    Ok(())
+    Ok(record_of(&info).await)
+}
+
+async fn record_of(info: &MountInfo) -> Option<TestRecord> {
+    let t = crate::store::target::open(&info.target).ok()?;
+    let store = GroupStore::new(t, &info.group).ok()?;
+    crate::store::tests::get(&store, info.point, info.started_ns)
+        .await
+        .ok()
+        .flatten()
 }

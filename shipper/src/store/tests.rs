@@ -16,6 +16,19 @@ pub async fn put(store: &GroupStore, r: &TestRecord) -> StoreResult<()> {
         .map(|_| ())
 }
 
+/// The record of the test of `point` that started at `started_ns`, if there is one.
+pub async fn get(
+    store: &GroupStore,
+    point: u64,
+    started_ns: u64,
+) -> StoreResult<Option<TestRecord>> {
+    match store.get(&test_record_key(point, started_ns)).await {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(super::StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The latest test of each point: point -> (started ns, result), from the record names
 /// and the latest record's content.
 pub async fn latest_by_point(store: &GroupStore) -> StoreResult<BTreeMap<u64, TestRecord>> {
