@@ -6,7 +6,7 @@
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hrl::store::{DiskEntry, FileAttrs, PointManifest};
 
@@ -35,7 +35,7 @@ pub struct MountedDisk {
     data: Result<DiskData, String>,
     overlay: Option<Overlay>,
     /// Serializes the read-modify-write of partial granules.
-    write_lock: Mutex<()>,
+    write_lock: tokio::sync::Mutex<()>,
     /// Where the last read ended (sequential detection).
     last_end: AtomicU64,
 }
@@ -211,7 +211,7 @@ impl MountCore {
         if data.is_empty() {
             return Ok(0);
         }
-        let _g = d.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = d.write_lock.lock().await;
         let start = offset / GRANULE * GRANULE;
         let stop = end.div_ceil(GRANULE) * GRANULE;
         let mut buf = vec![0u8; (stop - start) as usize];
@@ -270,7 +270,7 @@ fn disk(d: &DiskEntry, data: Result<DiskData, String>, overlay: Option<Overlay>)
         file: d.file,
         data,
         overlay,
-        write_lock: Mutex::new(()),
+        write_lock: tokio::sync::Mutex::new(()),
         last_end: AtomicU64::new(u64::MAX),
     }
 }

@@ -88,7 +88,7 @@ impl Overlay {
     /// Writes whole granules at `offset` (granule-aligned; the caller filled partial
     /// granules from the point) and marks them written once they are in the file.
     pub fn write_granules(&self, offset: u64, data: &[u8]) -> MountResult<()> {
-        debug_assert!(offset.is_multiple_of(GRANULE));
+        debug_assert_eq!(offset % GRANULE, 0);
         self.file
             .write_all_at(data, offset)
             .map_err(|e| MountError::local("write overlay", e))?;
