@@ -307,6 +307,19 @@ mod tests {
     }
 
     #[test]
+    fn lease_and_test_record_keys() {
+        assert_eq!(lease_key("hv1-12-ab"), "leases/hv1-12-ab.json");
+        let k = test_record_key(7, 1234);
+        let name = k.strip_prefix("tests/").unwrap();
+        assert_eq!(parse_test_record_name(name), Some((7, 1234)));
+        assert!(
+            test_record_key(9, 5) < test_record_key(10, 1),
+            "listing order is point order"
+        );
+        assert_eq!(parse_test_record_name("x-1.json"), None);
+    }
+
+    #[test]
     fn log_path_prefers_fewest_objects_and_detects_gaps() {
         let r = [(5, 5), (5, 6), (6, 6), (7, 7)];
         assert_eq!(log_path(&r, 4, 7), Some(vec![(5, 6), (7, 7)]));

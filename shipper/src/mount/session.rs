@@ -217,8 +217,11 @@ impl Serving {
         };
         let record = finish(&store, &info, &result, core.overlay_bytes()).await;
         let _ = std::fs::remove_dir_all(&scratch);
+        let stat = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         tracing::info!(mount = %info.mountpoint.display(), point = info.point,
-            fetched = core.blocks.fetched.load(std::sync::atomic::Ordering::Relaxed),
+            chunks_fetched = stat(&core.blocks.fetched),
+            cache_hits = stat(&core.blocks.cache.stats.hits),
+            cache_misses = stat(&core.blocks.cache.stats.misses),
             "unmounted; overlay removed");
         served.context("FUSE session failed")?;
         record
