@@ -453,6 +453,7 @@ fn a_killed_mount_process_unmounts_cleanly_and_mounts_again() {
     );
     signal(child.id(), "KILL");
     wait_exit(&mut child.0, Duration::from_secs(30), "the killed mount");
+    assert!(is_mounted(&dir), "the dead mount stays until unmount");
     let out = ok(&shipper(
         &["unmount", &dir.display().to_string()],
         &site.server.env,
@@ -473,5 +474,26 @@ fn a_killed_mount_process_unmounts_cleanly_and_mounts_again() {
     );
     let m = PointMount::start(&site, "2", &dir, &[], &[]);
     assert!(std::fs::read(m.disk("d.img")).unwrap() == std::fs::read(&restored[1]).unwrap());
-    m.unmount();
+    // Killed again, and mounted again without an unmount between: the new mount takes the
+    // dead one away.
+    let pid = hrl_shipper::mount::session::read_info(&hrl_shipper::mount::session::scratch_dir(
+        &site.state,
+        &dir,
+    ))
+    .unwrap()
+    .pid;
+    signal(pid, "KILL");
+    wait_until(Duration::from_secs(30), "the mount process to die", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let m2 = PointMount::start(&site, "3", &dir, &[], &[]);
+    assert!(std::fs::read(m2.disk("d.img")).unwrap() == std::fs::read(&restored[2]).unwrap());
+    m2.unmount();
+    drop(m);
+    let leases = site
+        .store_group()
+        .join("leases")
+        .read_dir()
+        .map_or(0, |d| d.count());
+    assert_eq!(leases, 0, "no lease left behind");
 }

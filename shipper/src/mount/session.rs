@@ -84,9 +84,6 @@ pub struct Serving {
 /// Takes the lease, opens the point and mounts it; the mount is live when this returns.
 pub async fn start(store: GroupStore, spec: &MountSpec) -> Result<Serving> {
     let mountpoint = mount_path(&spec.dir)?;
-    if !mountpoint.is_dir() {
-        bail!("{}: not a directory", mountpoint.display());
-    }
     let scratch = scratch_dir(&spec.state_dir, &mountpoint);
     if let Some(old) = read_info(&scratch) {
         if alive(old.pid) {
@@ -97,7 +94,12 @@ pub async fn start(store: GroupStore, spec: &MountSpec) -> Result<Serving> {
                 mountpoint.display()
             );
         }
+        // A killed mount process left its dead mount and its lease: take both away.
+        let _ = super::unmount::umount(&mountpoint, libc::MNT_DETACH);
         finish_dead(&old, &scratch).await;
+    }
+    if !mountpoint.is_dir() {
+        bail!("{}: not a directory", mountpoint.display());
     }
     let _ = std::fs::remove_dir_all(&scratch);
     crate::private::create_dir(&scratch)
