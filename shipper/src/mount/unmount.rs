@@ -38,6 +38,9 @@ pub async fn unmount(dir: &Path, state_dir: &Path) -> Result<Option<TestRecord>>
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) && info.is_some() => {
             tracing::info!(dir = %mountpoint.display(), "not mounted any more");
         }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            bail!("{} is not a mount point", mountpoint.display())
+        }
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => bail!(
             "{} is busy (a loop device or a program still uses a disk); detach it and retry",
             mountpoint.display()
