@@ -126,8 +126,14 @@ pub fn test_failover_start(
         point,
     ])
     .arg("--state-dir")
-    .arg(state_dir)
-    .arg(to);
+    .arg(state_dir);
+    if let Some(k) = &store.key.key {
+        cmd.arg("--key").arg(k);
+    }
+    if let Some(p) = &store.key.passphrase_file {
+        cmd.arg("--passphrase-file").arg(p);
+    }
+    cmd.arg(to);
     spawn_and_wait(cmd, state_dir, to)
 }
 

@@ -112,15 +112,6 @@ impl GroupStore {
         Ok(())
     }
 
-    /// Deletes `key` (gone already is fine): only for the mutable records (leases).
-    pub async fn delete(&self, key: &str) -> StoreResult<()> {
-        let path = self.path(key);
-        match self.store().delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.err(Op::Put, &path, e)),
-        }
-    }
-
     /// Writes `bytes` (the plaintext: sealed first in an encrypted group) at `key` unless an
     /// object is there already.
     pub async fn put_immutable(&self, key: &str, bytes: Vec<u8>) -> StoreResult<Put> {
@@ -300,7 +291,7 @@ impl GroupStore {
     }
 
     /// Deletes the object at `key` (gone already is fine): only the logs a fenced owner
-    /// left after the point a takeover continues from (`recover::failover`).
+    /// left after the point a takeover continues from (`recover::failover`), and leases.
     pub async fn delete(&self, key: &str) -> StoreResult<()> {
         let path = self.path(key);
         match self.store().delete(&path).await {
