@@ -289,6 +289,36 @@ pub fn log_path(ranges: &[(u64, u64)], after: u64, last: u64) -> Option<Vec<(u64
     None
 }
 
+/// Folder of the test-failover records.
+pub const TESTS_DIR: &str = "tests";
+
+/// Key of the record of a test of point `point` that started at `started_ns`.
+pub fn test_record_key(point: u64, started_ns: u64) -> String {
+    format!("{TESTS_DIR}/{:0w$}-{started_ns}.json", point, w = SEQ_WIDTH)
+}
+
+/// Parses a test record's file name (`<point>-<started ns>.json`) into (point, started ns).
+pub fn parse_test_record_name(name: &str) -> Option<(u64, u64)> {
+    let (p, t) = name.strip_suffix(".json")?.split_once('-')?;
+    Some((p.parse().ok()?, t.parse().ok()?))
+}
+
+/// A test failover (ASR keeps the same record): point `point` was served by a mount from
+/// `started_ns` to `ended_ns` on `host`; `result` is "ok" for a clean unmount or what went
+/// wrong. Written once when the test ends; `points` shows the point as tested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestRecord {
+    pub version: u32,
+    pub point: u64,
+    pub host: String,
+    pub started_ns: u64,
+    pub ended_ns: u64,
+    pub result: String,
+    /// Bytes written into the throwaway overlay (never into the store).
+    #[serde(default)]
+    pub overlay_bytes: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +336,19 @@ mod tests {
         assert_eq!(parse_log_name("5-3.hrl"), None);
         assert_eq!(parse_log_name("x.hrl"), None);
         assert!(chunk_key(&[0xab; 32]).starts_with("chunks/ab/abab"));
+    }
+
+    #[test]
+    fn lease_and_test_record_keys() {
+        assert_eq!(lease_key("hv1-12-ab"), "leases/hv1-12-ab.json");
+        let k = test_record_key(7, 1234);
+        let name = k.strip_prefix("tests/").unwrap();
+        assert_eq!(parse_test_record_name(name), Some((7, 1234)));
+        assert!(
+            test_record_key(9, 5) < test_record_key(10, 1),
+            "listing order is point order"
+        );
+        assert_eq!(parse_test_record_name("x-1.json"), None);
     }
 
     #[test]

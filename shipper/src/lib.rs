@@ -12,6 +12,7 @@
 //! - [`cli`] — the command line.
 
 pub mod cli;
+pub mod mount;
 pub mod private;
 pub mod recover;
 pub mod replicate;

@@ -57,16 +57,22 @@ pub enum ObjectKind {
     Owner = 5,
     /// A lease on a point (`leases/…`).
     Lease = 6,
+    /// Garbage collection's record of unreferenced objects (`gc/…`).
+    GcRecord = 7,
+    /// A test failover's record (`tests/…`).
+    TestRecord = 8,
 }
 
 impl ObjectKind {
-    pub const ALL: [ObjectKind; 6] = [
+    pub const ALL: [ObjectKind; 8] = [
         ObjectKind::Chunk,
         ObjectKind::BaseIndex,
         ObjectKind::Log,
         ObjectKind::Manifest,
         ObjectKind::Owner,
         ObjectKind::Lease,
+        ObjectKind::GcRecord,
+        ObjectKind::TestRecord,
     ];
 
     pub fn from_byte(b: u8) -> Option<ObjectKind> {
@@ -85,9 +91,13 @@ impl ObjectKind {
             Some(ObjectKind::Owner)
         } else if key.starts_with("leases/") {
             Some(ObjectKind::Lease)
+        } else if key.starts_with("gc/") {
+            Some(ObjectKind::GcRecord)
+        } else if key.starts_with("tests/") {
+            Some(ObjectKind::TestRecord)
         } else if !key.starts_with("disks/") {
             None
-        } else if key.ends_with("/base.idx") {
+        } else if key.ends_with("/base.idx") || key.ends_with("/merged.idx") {
             Some(ObjectKind::BaseIndex)
         } else if key.contains("/logs/") {
             Some(ObjectKind::Log)
@@ -106,6 +116,8 @@ impl std::fmt::Display for ObjectKind {
             ObjectKind::Manifest => "recovery-point manifest",
             ObjectKind::Owner => "owner record",
             ObjectKind::Lease => "lease",
+            ObjectKind::GcRecord => "collection record",
+            ObjectKind::TestRecord => "test-failover record",
         })
     }
 }

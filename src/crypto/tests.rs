@@ -516,6 +516,12 @@ fn object_kinds_follow_the_store_keys() {
         Some(ObjectKind::Owner)
     );
     assert_eq!(k("leases/h-1-ab.json"), Some(ObjectKind::Lease));
+    assert_eq!(k("gc/pending.json"), Some(ObjectKind::GcRecord));
+    assert_eq!(
+        k("tests/00000000000000000003-17.json"),
+        Some(ObjectKind::TestRecord)
+    );
+    assert_eq!(k("disks/d1/g2-b9/merged.idx"), Some(ObjectKind::BaseIndex));
     assert_eq!(k(RECORD_KEY), None);
     assert_eq!(k("disks/d1/other"), None);
 }

@@ -6,6 +6,7 @@ pub mod args;
 pub mod failover_cmd;
 pub mod key_cmd;
 pub mod log_cmd;
+pub mod mount_cmd;
 pub mod prune_cmd;
 pub mod recover_cmd;
 pub mod run_cmd;
@@ -13,6 +14,7 @@ pub mod status_cmd;
 pub mod sync_cmd;
 
 use crate::private;
+use mount_cmd::{cmd_mount, cmd_unmount, MountArgs, UnmountArgs};
 use recover_cmd::{cmd_points, cmd_restore, cmd_verify, PointsArgs, RestoreArgs, VerifyArgs};
 use run_cmd::{cmd_run, RunArgs};
 use status_cmd::{cmd_pause, cmd_status, PauseArgs, StatusArgs};
@@ -73,6 +75,13 @@ enum Command {
     /// to the oldest kept point into new bases, delete the other points, and collect the
     /// objects no kept point needs once unneeded for the grace period.
     Prune(prune_cmd::PruneArgs),
+    /// Serve a recovery point over FUSE at once, without downloading it: one file per disk,
+    /// read on demand from the store, writes into a throwaway local overlay (test failover,
+    /// file-level restore). Returns once the mount is live; the store is not written except
+    /// a lease while mounted and the test record at the end.
+    Mount(MountArgs),
+    /// End a `mount`: unmount, remove the overlay, record the point as tested.
+    Unmount(UnmountArgs),
 }
 
 /// Runs the command the arguments name; the exit code is the process's.
@@ -124,6 +133,8 @@ async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
         Command::Verify(a) => cmd_verify(a).await,
         Command::Failover(a) => failover_cmd::cmd_failover(a).await,
         Command::Prune(a) => prune_cmd::cmd_prune(a).await,
+        Command::Mount(a) => cmd_mount(a).await,
+        Command::Unmount(a) => cmd_unmount(a).await,
     }
 }
 

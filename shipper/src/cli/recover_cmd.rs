@@ -56,6 +56,7 @@ pub async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
     } else {
         let records = crate::replicate::owner::records(&store).await?;
         println!("{:>6}  {:<26} {:<5} disks", "point", "sealed at", "kind");
+        let tested = crate::store::tests::latest_by_point(&store).await?;
         let times: Vec<u64> = all.iter().map(|m| m.time_ns).collect();
         for (m, back) in all.iter().zip(points::time_went_back(&times)) {
             let disks: Vec<String> = m
@@ -86,6 +87,15 @@ pub async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
                 println!(
                     "{:>6}  note: fenced: its owner committed it after a failover took the group (not in the chain; restore it by id only)",
                     ""
+                );
+            }
+            if let Some(t) = tested.get(&m.id) {
+                println!(
+                    "{:>6}  tested {} ({}; mounted {})",
+                    "",
+                    points::fmt_time(t.ended_ns),
+                    hrl::display::escaped(&t.result),
+                    points::fmt_time(t.started_ns)
                 );
             }
         }

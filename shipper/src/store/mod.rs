@@ -17,6 +17,7 @@ pub mod manifests;
 pub mod owners;
 pub mod sealing;
 pub mod target;
+pub mod tests;
 
 use std::sync::Arc;
 
@@ -279,8 +280,8 @@ impl GroupStore {
     }
 
     /// Deletes the object at `key` (gone already is fine): the logs a fenced owner left
-    /// after the point a takeover continues from (`recover::failover`), and what retention
-    /// expires or collects (`retain`).
+    /// after the point a takeover continues from (`recover::failover`), what retention
+    /// expires or collects (`retain`), and leases.
     pub async fn delete(&self, key: &str) -> StoreResult<()> {
         let path = self.path(key);
         match self.store().delete(&path).await {

@@ -623,7 +623,7 @@ impl World {
         for (id, want) in &checked {
             let (restored, verified) = self.restore_and_verify(*id)?;
             match (restored, verified) {
-                (Ok(d), Ok(())) if &oracle::digests(&d) == want => {}
+                (Ok(d), Ok(())) if &oracle::digests(&d) == want => self.check_mount(*id, want)?,
                 (Ok(_), Ok(())) => return Err(format!("final sweep: point {id} now restores to other bytes than when it was committed")),
                 (Err(e), Ok(())) => return Err(format!("final sweep: point {id}: verify all good, restore fails: {e}")),
                 (Ok(_), Err(e)) => return Err(format!("final sweep: point {id}: restore works, verify fails: {e}")),
@@ -632,6 +632,54 @@ impl World {
             }
         }
         self.checked = checked;
+        Ok(())
+    }
+
+    /// A point that restores is served by `hrl-shipper mount` (read on demand from the
+    /// store) with the same bytes, and unmounts cleanly (issue 11).
+    fn check_mount(
+        &self,
+        id: u64,
+        want: &BTreeMap<String, (usize, String)>,
+    ) -> Result<(), Finding> {
+        let m = self.work.join("point-mount");
+        std::fs::create_dir_all(&m).map_err(|e| e.to_string())?;
+        let (ids, ms) = (id.to_string(), m.display().to_string());
+        let o = self.tool(&[
+            "mount",
+            "--target",
+            &self.url,
+            "--group",
+            GROUP,
+            "--point",
+            &ids,
+            "--read-only",
+            &ms,
+        ]);
+        if !o.status.success() {
+            return Err(format!(
+                "point {id} restores but does not mount: {}",
+                last_lines(&String::from_utf8_lossy(&o.stderr), 2)
+            ));
+        }
+        let read = oracle::read_disks(&m);
+        let u = self.tool(&["unmount", &ms]);
+        if is_mounted(&m) {
+            force_unmount(&m);
+        }
+        let read =
+            read.map_err(|e| format!("point {id}: read through `hrl-shipper mount`: {e}"))?;
+        if &oracle::digests(&read) != want {
+            return Err(format!(
+                "point {id}: `hrl-shipper mount` serves other bytes than its restore"
+            ));
+        }
+        if !u.status.success() {
+            return Err(format!(
+                "point {id}: unmount failed: {}",
+                last_lines(&String::from_utf8_lossy(&u.stderr), 2)
+            ));
+        }
         Ok(())
     }
 

@@ -1,0 +1,27 @@
+//! Serving a recovery point over FUSE without downloading it (`hrl-shipper mount`): each
+//! disk of the point is a file whose reads fetch only the base chunks they need (verified,
+//! decompressed, cached, prefetched ahead of sequential readers), with the point's logs laid
+//! over them; writes go to a throwaway copy-on-write overlay. One concern per module:
+//!
+//! - [`model`]: which source (base, a log record's payload, zeros) holds each byte;
+//! - [`point`]: loading a disk at mount (index, log chain verified, model built);
+//! - [`blocks`], [`cache`]: base chunks on demand, one download per chunk, bounded LRU;
+//! - [`overlay`]: the copy-on-write overlay (sparse file and granule map);
+//! - [`core`]: reads and writes without FUSE (what tests drive);
+//! - [`fuse`]: the thin fuser adapter;
+//! - [`session`], [`unmount`]: lease, mount, test record, cleanup, also after a kill -9.
+
+pub mod blocks;
+pub mod cache;
+pub mod core;
+pub mod error;
+pub mod fuse;
+pub mod model;
+pub mod overlay;
+pub mod point;
+pub mod session;
+pub mod unmount;
+
+pub use self::core::{CoreOptions, MountCore};
+pub use error::MountError;
+pub use session::{MountInfo, MountSpec, Serving};
