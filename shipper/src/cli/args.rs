@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::replicate::{copy as initial, cycle, owner};
 use crate::service::status;
-use crate::store::{self, target};
+use crate::store::{self, bandwidth, target};
 
 /// Where the shipper keeps its state, and how it cuts base copies.
 #[derive(Args, Clone)]
@@ -21,6 +21,30 @@ pub struct Common {
     /// Chunk size in bytes for base copies (power of two, 4 KiB..64 MiB).
     #[arg(long, default_value_t = initial::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// Limits every command that moves bytes to or from a store shares.
+#[derive(Args, Clone, Default)]
+pub struct NetArgs {
+    /// Bandwidth limit shared by every upload and download of this process: 50MiB/s,
+    /// 100Mbit/s, 500KB/s or unlimited. Replaces the config's bandwidth and
+    /// bandwidth_schedule.
+    #[arg(long, value_name = "RATE")]
+    pub bandwidth: Option<String>,
+}
+
+impl NetArgs {
+    /// Installs `--bandwidth` as the process's limit (nothing when it is not given: the
+    /// config's schedule, or unlimited, stays).
+    pub fn apply(&self) -> Result<()> {
+        if let Some(r) = &self.bandwidth {
+            let rate = bandwidth::parse_rate(r).map_err(|e| anyhow::anyhow!("--bandwidth: {e}"))?;
+            bandwidth::set_schedule(bandwidth::Schedule::fixed(rate));
+        }
+        Ok(())
+    }
 }
 
 /// A group in a store, for the commands that read the store without a protected directory
@@ -33,11 +57,14 @@ pub struct StoreArgs {
     /// Group name in the store (`hrl-shipper status` shows a directory's group).
     #[arg(long)]
     pub group: String,
+    #[command(flatten)]
+    pub net: NetArgs,
 }
 
 impl StoreArgs {
     /// The group's store.
     pub fn open(&self) -> Result<store::GroupStore> {
+        self.net.apply()?;
         store::GroupStore::new(target::open(&self.target)?, &self.group)
     }
 }
@@ -92,6 +119,7 @@ pub fn protected(
     force_resync: bool,
 ) -> Result<cycle::Protected> {
     hrl::chunk::check_block_size(common.chunk_size).context("--chunk-size")?;
+    common.net.apply()?;
     let t = target::open(target)?;
     Ok(cycle::Protected {
         dir: dir.to_path_buf(),

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use super::args::{check_dir, group_for, protected, Common};
 use crate::service::run as service;
 use crate::service::{config, retry, window};
-use crate::store::target;
+use crate::store::{bandwidth, target};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -52,7 +52,9 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         let common = Common {
             state_dir: cfg.state_dir.clone().unwrap_or(a.common.state_dir.clone()),
             chunk_size: cfg.chunk_size.unwrap_or(a.common.chunk_size),
+            net: a.common.net.clone(),
         };
+        bandwidth::set_schedule(cfg.bandwidth.clone());
         let window = window::parse_option(
             cfg.resync_window
                 .as_deref()

@@ -9,6 +9,10 @@
 //! chunk_size = 262144                 # optional, bytes, power of two
 //! resync_window = "18:00-08:00"       # optional: local time in which automatic resyncs
 //!                                     # run (default 18:00-08:00; "any": no limit)
+//! bandwidth = "50MiB/s"               # optional: one limit for every upload and download
+//! bandwidth_schedule = ["08:00-18:00 20MiB/s", "* unlimited"]
+//!                                     # optional: local time, the first span that holds
+//!                                     # applies, else `bandwidth` (--bandwidth replaces both)
 //!
 //! [[dir]]
 //! path = "/vms/vm1"
@@ -23,6 +27,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::service::retry::parse_duration;
+use crate::store::bandwidth::Schedule;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +37,9 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     chunk_size: Option<u32>,
     resync_window: Option<String>,
+    bandwidth: Option<String>,
+    #[serde(default)]
+    bandwidth_schedule: Vec<String>,
     #[serde(default)]
     dir: Vec<RawDir>,
 }
@@ -53,6 +61,8 @@ pub struct Config {
     pub chunk_size: Option<u32>,
     /// `HH:MM-HH:MM` local time in which resyncs may run (checked when parsed).
     pub resync_window: Option<String>,
+    /// `bandwidth` and `bandwidth_schedule` (unlimited when neither is given).
+    pub bandwidth: Schedule,
     pub dirs: Vec<DirConfig>,
 }
 
@@ -122,6 +132,8 @@ pub fn parse(text: &str) -> Result<Config> {
             }
             None => None,
         },
+        bandwidth: Schedule::parse(raw.bandwidth.as_deref(), &raw.bandwidth_schedule)
+            .map_err(|e| anyhow::anyhow!(e))?,
         dirs,
     })
 }
@@ -137,6 +149,26 @@ mod tests {
             parse("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\nintervall = \"5m\"\n").unwrap_err()
         );
         assert!(err.contains("intervall"), "{err}");
+    }
+
+    #[test]
+    fn bandwidth_keys_parse_and_bad_values_name_the_key() {
+        let c = parse("target = \"/s\"\nbandwidth = \"50MiB/s\"\nbandwidth_schedule = [\"08:00-18:00 20MiB/s\", \"* unlimited\"]\n[[dir]]\npath = \"/v/a\"\n").unwrap();
+        assert_eq!(c.bandwidth.base, Some(50 << 20));
+        assert_eq!(c.bandwidth.rate_at(9 * 60), Some(20 << 20));
+        assert_eq!(c.bandwidth.rate_at(20 * 60), None);
+        let err = format!(
+            "{:#}",
+            parse("target = \"/s\"\nbandwidth = \"50MiBs\"\n[[dir]]\npath = \"/v/a\"\n")
+                .unwrap_err()
+        );
+        assert!(err.contains("bandwidth: \"50MiBs\" is not a rate"), "{err}");
+        let err = format!("{:#}", parse("target = \"/s\"\nbandwidth_schedule = [\"8-18 1MiB/s\"]\n[[dir]]\npath = \"/v/a\"\n").unwrap_err());
+        assert!(err.contains("bandwidth_schedule[0]"), "{err}");
+        assert!(parse("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\n")
+            .unwrap()
+            .bandwidth
+            .is_unlimited());
     }
 
     #[test]

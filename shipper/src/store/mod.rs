@@ -6,6 +6,7 @@
 //! [`manifests`] (recovery points: list, get, commit-if-absent) and [`owners`] (a group's
 //! owner records, one per epoch, created if absent).
 
+pub mod bandwidth;
 pub mod chunks;
 pub mod error;
 pub mod http;

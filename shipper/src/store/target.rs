@@ -65,7 +65,8 @@ pub fn open(url: &str) -> Result<Target> {
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .with_context(|| format!("cannot open the local store directory {dir}"))?;
             let prefix = StorePath::default();
-            return Ok(Target { store: Arc::new(fs.with_automatic_cleanup(true)), prefix, url: url.to_string() });
+            let store = Arc::new(super::bandwidth::Throttled::new(Arc::new(fs.with_automatic_cleanup(true)), &prefix));
+            return Ok(Target { store, prefix, url: url.to_string() });
         }
         "s3" | "s3a" => {
             if bucket.is_empty() {
@@ -116,9 +117,10 @@ pub fn open(url: &str) -> Result<Target> {
             "unknown target URL scheme {other:?} in {url}; use a path, file:///path, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix"
         ),
     };
+    let prefix = StorePath::from(key_prefix);
     Ok(Target {
-        store,
-        prefix: StorePath::from(key_prefix),
+        store: Arc::new(super::bandwidth::Throttled::new(store, &prefix)),
+        prefix,
         url: url.to_string(),
     })
 }
