@@ -3,6 +3,8 @@
 //! bound on the elapsed time is asserted, never an upper one), through the library and
 //! through `sync`/`restore --bandwidth`; bad values are errors naming the option.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Instant;
 
 use hrl_shipper::store::{bandwidth, target, GroupStore};

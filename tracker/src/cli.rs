@@ -134,7 +134,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 .status
                 .context("status missing from the tracker's answer")?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                let mut v = serde_json::to_value(&st)?;
+                if let (Some(c), Some(m)) = (r.counters, v.as_object_mut()) {
+                    m.insert("counters".into(), serde_json::to_value(c)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
             let esc = hrl::display::escaped;

@@ -20,6 +20,7 @@ pub mod disk;
 pub mod error;
 pub mod fuse_adapter;
 pub mod glob;
+pub mod metrics;
 pub mod mount;
 pub mod seal;
 pub mod sys;

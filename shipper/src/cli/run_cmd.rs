@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use super::args::{check_dir, group_for, protected, Common};
 use crate::service::run as service;
-use crate::service::{config, retry, window};
+use crate::service::{config, metrics, retry, window};
 use crate::store::{bandwidth, target};
 
 #[derive(Args)]
@@ -37,14 +37,21 @@ pub struct RunArgs {
     /// required"; `hrl-shipper resync --dir DIR --now` starts one at once.
     #[arg(long)]
     pub resync_window: Option<String>,
+    /// Serve Prometheus metrics (OpenMetrics text) on this address, e.g. 127.0.0.1:9477:
+    /// health, RPO lag, unshipped bytes, resyncs, bytes moved, cycle durations, errors by
+    /// class, store points and bytes (docs/shipper.md#metrics). Config: `metrics = "ADDR"`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     #[command(flatten)]
     pub common: Common,
 }
 
 pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     let mut jobs = Vec::new();
+    let mut metrics_in_config = None;
     if let Some(path) = &a.config {
         let cfg = config::load(path)?;
+        metrics_in_config = cfg.metrics.clone();
         let retry_unit = match cfg.retry_unit {
             Some(u) => u,
             None => retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
@@ -86,6 +93,15 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut set = tokio::task::JoinSet::new();
+    if let Some(addr) = a.metrics.as_deref().or(metrics_in_config.as_deref()) {
+        let listener = metrics::bind(addr).await?;
+        let dirs = jobs
+            .iter()
+            .map(|j| (j.protected.dir.clone(), j.protected.state_dir.clone()))
+            .collect();
+        tracing::info!(addr, "serving metrics on http://{addr}/metrics");
+        tokio::spawn(metrics::serve(listener, dirs, rx.clone()));
+    }
     for j in jobs {
         let mut j = j;
         j.protected.progress_bar = false;

@@ -13,6 +13,7 @@
 //! bandwidth_schedule = ["08:00-18:00 20MiB/s", "* unlimited"]
 //!                                     # optional: local time, the first span that holds
 //!                                     # applies, else `bandwidth` (--bandwidth replaces both)
+//! metrics = "127.0.0.1:9477"          # optional: serve Prometheus metrics (run --metrics)
 //!
 //! [[dir]]
 //! path = "/vms/vm1"
@@ -40,6 +41,7 @@ struct RawConfig {
     bandwidth: Option<String>,
     #[serde(default)]
     bandwidth_schedule: Vec<String>,
+    metrics: Option<String>,
     #[serde(default)]
     dir: Vec<RawDir>,
 }
@@ -63,6 +65,8 @@ pub struct Config {
     pub resync_window: Option<String>,
     /// `bandwidth` and `bandwidth_schedule` (unlimited when neither is given).
     pub bandwidth: Schedule,
+    /// Address to serve Prometheus metrics on (checked when `run` binds it).
+    pub metrics: Option<String>,
     pub dirs: Vec<DirConfig>,
 }
 
@@ -134,6 +138,7 @@ pub fn parse(text: &str) -> Result<Config> {
         },
         bandwidth: Schedule::parse(raw.bandwidth.as_deref(), &raw.bandwidth_schedule)
             .map_err(|e| anyhow::anyhow!(e))?,
+        metrics: raw.metrics,
         dirs,
     })
 }

@@ -1,9 +1,11 @@
 //! The service around the cycle: the loop per directory (`run`), the retry schedule and
 //! error classes (`retry`), the resync window (`window`), the config file (`config`), the
-//! one-cycle-at-a-time lock (`lock`) and the status operators see (`status`).
+//! one-cycle-at-a-time lock (`lock`), the status operators see (`status`) and the same as
+//! Prometheus metrics (`metrics`).
 
 pub mod config;
 pub mod lock;
+pub mod metrics;
 pub mod retry;
 pub mod run;
 pub mod status;

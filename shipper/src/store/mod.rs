@@ -15,6 +15,7 @@ pub mod logs;
 pub mod manifests;
 pub mod owners;
 pub mod target;
+pub mod usage;
 
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
