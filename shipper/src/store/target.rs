@@ -106,10 +106,13 @@ pub fn open(url: &str) -> Result<Target> {
             if bucket.is_empty() {
                 bail!("target {url}: no bucket; use gs://BUCKET/PREFIX");
             }
+            // An emulator on http:// (its URL is the service account key's gcs_base_url)
+            // needs GOOGLE_ALLOW_HTTP=true, as AWS_ALLOW_HTTP does for S3.
+            let http = std::env::var("GOOGLE_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
             let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(bucket)
                 .with_retry(retry_config())
-                .with_client_options(client_options(false))
+                .with_client_options(client_options(http))
                 .with_http_connector(super::http::TypedConnector);
             Arc::new(b.build().with_context(|| format!("cannot configure GCS target {url} (check the GOOGLE_* variables)"))?)
         }
