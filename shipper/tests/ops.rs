@@ -53,3 +53,102 @@ fn completions_and_man_pages_come_from_the_command_lines() {
         "the man page has the options of --help"
     );
 }
+
+/// Issue 13's reproduction: `resync --now` without `--target` used the default store although
+/// the directory replicates elsewhere. Every `--dir` command now uses the target on record; a
+/// different one is refused unless `--retarget`, which starts a new base there.
+#[test]
+fn dir_commands_keep_the_recorded_target_unless_retargeted() {
+    let site = Site::with_stand_in(ServerKind::Local);
+    site.tracker().add_disk("disk0.img", 1 << 20);
+    site.tracker()
+        .write("disk0.img", 0, &random_bytes(b"a", 200_000));
+    let dir = site.dir.to_str().unwrap().to_string();
+    let points = |store: &std::path::Path| {
+        std::fs::read_dir(store.join("vm1").join("points")).map_or(0, |d| d.count())
+    };
+    let a = site.server.local_path();
+    assert_eq!(site.sync()["point"], 1);
+
+    // No --target: the recorded one (before: /var/lib/hrl/store).
+    site.tracker()
+        .write("disk0.img", 4096, &random_bytes(b"b", 8192));
+    let r = site.shipper_ok(
+        &[
+            "resync",
+            "--dir",
+            &dir,
+            "--group",
+            "vm1",
+            "--disk",
+            "disk0.img",
+            "--now",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(r["point"], 2, "{r}");
+    assert_eq!(points(&a), 2);
+    ok(&site.shipper(&["sync", "--dir", &dir, "--group", "vm1"], &[]));
+    assert_eq!(points(&a), 3);
+
+    // Another --target: refused, nothing written there.
+    let b = site.tmp.path().join("store-b");
+    let b_url = b.to_str().unwrap();
+    for cmd in [
+        vec!["sync", "--dir", &dir, "--group", "vm1", "--target", b_url],
+        vec![
+            "resync", "--dir", &dir, "--group", "vm1", "--now", "--target", b_url,
+        ],
+    ] {
+        let out = site.shipper(&cmd, &[]);
+        assert!(!out.status.success(), "{cmd:?}");
+        let e = stderr(&out);
+        assert!(
+            e.contains("--retarget") && e.contains("replicates to"),
+            "{e}"
+        );
+        assert_eq!(points(&b), 0);
+    }
+    // The same store spelled as a file:// URL is the same target.
+    let a_url = format!("file://{}", a.display());
+    ok(&site.shipper(
+        &["sync", "--dir", &dir, "--group", "vm1", "--target", &a_url],
+        &[],
+    ));
+    assert_eq!(points(&a), 4);
+
+    // --retarget: a new base in B, which later commands then use.
+    let r = site.shipper_ok(
+        &[
+            "sync",
+            "--dir",
+            &dir,
+            "--group",
+            "vm1",
+            "--target",
+            b_url,
+            "--retarget",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(r["point"], 1, "a new chain in the new target: {r}");
+    assert_eq!(r["base_copies"].as_array().unwrap().len(), 1, "{r}");
+    ok(&site.shipper(&["sync", "--dir", &dir, "--group", "vm1"], &[]));
+    assert_eq!((points(&a), points(&b)), (4, 2));
+    let to = site.tmp.path().join("restored-b");
+    ok(&site.shipper(
+        &[
+            "restore",
+            "--target",
+            b_url,
+            "--group",
+            "vm1",
+            "--to",
+            to.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert_files_equal(&to.join("disk0.img"), &site.dir.join("disk0.img"));
+}

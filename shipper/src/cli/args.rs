@@ -75,13 +75,75 @@ pub struct DirArgs {
     /// Protected directory (the tracker's mount).
     #[arg(long)]
     pub dir: PathBuf,
-    /// Store URL: a path, file:///path, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
-    #[arg(long, default_value = target::DEFAULT_TARGET)]
-    pub target: String,
+    /// Store URL: a path, file:///path, s3://bucket/prefix, az://container/prefix,
+    /// gs://bucket/prefix. Default: the target the directory replicates to (its state file
+    /// records it), else /var/lib/hrl/store. Another one is refused without --retarget.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Move the directory to the --target given: a new base copy starts there (the points in
+    /// the old target stay, but its chain ends).
+    #[arg(long, requires = "target")]
+    pub retarget: bool,
     /// Group name in the store (default: <host>-<directory path>, unique per host and
     /// directory; a directory that shipped before keeps the group its state file records).
     #[arg(long)]
     pub group: Option<String>,
+}
+
+impl DirArgs {
+    /// The target of the directory: see [`target_for`].
+    pub fn target(&self, state_dir: &Path) -> Result<String> {
+        target_for(&self.dir, self.target.as_deref(), self.retarget, state_dir)
+    }
+}
+
+/// The target `dir` replicates to. Without `given`: the one its state file records, else the
+/// default. A `given` target other than the recorded one is refused (shipping a base there
+/// would ack the tracker's logs and break the recorded target's chain) unless `retarget`,
+/// which moves the state file aside (kept) so that the next cycle starts a new base there.
+pub fn target_for(
+    dir: &Path,
+    given: Option<&str>,
+    retarget: bool,
+    state_dir: &Path,
+) -> Result<String> {
+    let recorded = match status::load(state_dir, dir) {
+        Ok(Some(s)) if !s.target.is_empty() => Some(s.target),
+        _ => None,
+    };
+    let (Some(given), Some(recorded)) = (given, recorded.as_deref()) else {
+        return Ok(given
+            .map(str::to_string)
+            .or(recorded)
+            .unwrap_or_else(|| target::DEFAULT_TARGET.to_string()));
+    };
+    if same_target(given, recorded) {
+        return Ok(given.to_string());
+    }
+    if !retarget {
+        bail!(
+            "{} replicates to {recorded} (its state file says so), not to {given}: drop --target to \
+             keep replicating there, or add --retarget to start a new base copy in {given} (the \
+             points in {recorded} stay, but its chain ends)",
+            dir.display()
+        );
+    }
+    let file = status::state_file(state_dir, dir);
+    let aside = file.with_extension(format!("json.retargeted-{}", hrl::now_ns()));
+    std::fs::rename(&file, &aside)
+        .with_context(|| format!("move {} aside to {}", file.display(), aside.display()))?;
+    tracing::warn!(dir = %dir.display(), from = recorded, to = given, "retargeted: a new base copy starts in the new target; the old state is kept as {}", aside.display());
+    Ok(given.to_string())
+}
+
+/// Whether two target URLs name the same store (a path and its file:// URL do).
+fn same_target(a: &str, b: &str) -> bool {
+    let norm = |u: &str| {
+        let u = u.trim();
+        let u = u.strip_prefix("file://").unwrap_or(u);
+        u.trim_end_matches('/').to_string()
+    };
+    norm(a) == norm(b)
 }
 
 /// The group of `dir`: the one given; else the one its state file recorded (installs from

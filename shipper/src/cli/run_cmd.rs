@@ -6,19 +6,25 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
-use super::args::{check_dir, group_for, protected, Common};
+use super::args::{check_dir, group_for, protected, target_for, Common};
 use crate::service::run as service;
 use crate::service::{config, metrics, retry, window};
-use crate::store::{bandwidth, target};
+use crate::store::bandwidth;
 
 #[derive(Args)]
 pub struct RunArgs {
     /// Protected directory (the tracker's mount).
     #[arg(long, conflicts_with = "config", required_unless_present = "config")]
     pub dir: Option<PathBuf>,
-    /// Store URL: a path, file:///path, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
-    #[arg(long, default_value = target::DEFAULT_TARGET)]
-    pub target: String,
+    /// Store URL: a path, file:///path, s3://bucket/prefix, az://container/prefix,
+    /// gs://bucket/prefix. Default: the target the directory replicates to (its state file
+    /// records it), else /var/lib/hrl/store. Another one is refused without --retarget.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Move the directory (each directory of the config) whose recorded target differs to
+    /// the target given: a new base copy starts there (the old target's chain ends).
+    #[arg(long)]
+    pub retarget: bool,
     /// Replication interval (30s, 5m, 15m, ...).
     #[arg(long, default_value = "5m")]
     pub interval: String,
@@ -71,7 +77,8 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         for d in &cfg.dirs {
             check_dir(&d.path)?;
             let group = group_for(&d.path, d.group.clone(), &common.state_dir)?;
-            let mut pr = protected(&d.path, &cfg.target, &group, &common, false)?;
+            let t = target_for(&d.path, Some(&cfg.target), a.retarget, &common.state_dir)?;
+            let mut pr = protected(&d.path, &t, &group, &common, false)?;
             pr.resync_window = window;
             jobs.push(service::DirJob {
                 protected: pr,
@@ -82,7 +89,8 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     } else if let Some(dir) = &a.dir {
         check_dir(dir)?;
         let group = group_for(dir, a.group.clone(), &a.common.state_dir)?;
-        let mut pr = protected(dir, &a.target, &group, &a.common, false)?;
+        let t = target_for(dir, a.target.as_deref(), a.retarget, &a.common.state_dir)?;
+        let mut pr = protected(dir, &t, &group, &a.common, false)?;
         pr.resync_window =
             window::parse_option(a.resync_window.as_deref().unwrap_or(window::DEFAULT_WINDOW))?;
         jobs.push(service::DirJob {

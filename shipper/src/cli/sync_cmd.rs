@@ -83,6 +83,7 @@ pub async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let group = group_for(&a.at.dir, a.at.group.clone(), &a.common.state_dir)?;
+    let target = a.at.target(&a.common.state_dir)?;
     if let Some(disk) = &a.disk {
         if !a.at.dir.join(disk).is_file() {
             bail!(
@@ -93,7 +94,7 @@ pub async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
         // Mark it: one that needs no resync yet is compared block by block.
         let mut s = status::load(&a.common.state_dir, &a.at.dir)?
             .filter(|s| s.group == group)
-            .unwrap_or_else(|| status::DirStatus::new(&a.at.dir, &group, &a.at.target));
+            .unwrap_or_else(|| status::DirStatus::new(&a.at.dir, &group, &target));
         let d = s.disk_mut(disk, "");
         if !matches!(
             d.state,
@@ -108,6 +109,8 @@ pub async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
     let sync = SyncArgs {
         at: DirArgs {
             group: Some(group),
+            target: Some(target),
+            retarget: false,
             ..a.at
         },
         resync: false,
@@ -131,8 +134,9 @@ async fn run_sync(a: SyncArgs, resync_now: bool) -> Result<std::process::ExitCod
             a.at.dir.display()
         );
     }
-    let group = group_for(&a.at.dir, a.at.group, &a.common.state_dir)?;
-    let mut p = protected(&a.at.dir, &a.at.target, &group, &a.common, a.resync)?;
+    let group = group_for(&a.at.dir, a.at.group.clone(), &a.common.state_dir)?;
+    let target = a.at.target(&a.common.state_dir)?;
+    let mut p = protected(&a.at.dir, &target, &group, &a.common, a.resync)?;
     p.resync_now = resync_now;
     p.reconcile = a.reconcile;
     if a.reconcile {
