@@ -152,3 +152,67 @@ fn dir_commands_keep_the_recorded_target_unless_retargeted() {
     ));
     assert_files_equal(&to.join("disk0.img"), &site.dir.join("disk0.img"));
 }
+
+/// The units parse (`systemd-analyze verify`, warnings included) with the built binaries.
+#[test]
+fn systemd_units_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/systemd");
+    let bin_dir = shipper_bin().parent().unwrap().to_path_buf();
+    assert!(tracker_bin().starts_with(&bin_dir));
+    for (unit, as_name) in [
+        ("hrl-shipper.service", "hrl-shipper.service"),
+        ("hrl-tracker@.service", "hrl-tracker@vms-vm1.service"),
+    ] {
+        let text = std::fs::read_to_string(units.join(unit)).unwrap();
+        assert!(
+            text.contains("Type=notify") && text.contains("WatchdogSec="),
+            "{unit}"
+        );
+        let text = text.replace("/usr/local/bin/", &format!("{}/", bin_dir.display()));
+        std::fs::write(dir.path().join(as_name), text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no", as_name])
+            .current_dir(dir.path())
+            .output()
+            .expect("systemd-analyze (package systemd) is needed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.trim().is_empty(),
+            "{unit}: {err}"
+        );
+    }
+}
+
+/// `run` under systemd: READY once set up, watchdog pings, STOPPING on SIGTERM.
+#[test]
+fn the_service_notifies_systemd() {
+    use std::os::unix::net::UnixDatagram;
+    let site = Site::with_stand_in(ServerKind::Local);
+    site.tracker().add_disk("disk0.img", 1 << 20);
+    let sock_path = site.tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let env = [
+        ("NOTIFY_SOCKET".to_string(), sock_path.display().to_string()),
+        ("WATCHDOG_USEC".to_string(), "300000".to_string()),
+    ];
+    let svc = site.spawn_service(&["--interval", "1s", "--retry-unit", "1s"], &env, None);
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !(seen.contains("READY=1") && seen.matches("WATCHDOG=1").count() >= 2) {
+        let n = sock
+            .recv(&mut buf)
+            .expect("a notification within the deadline");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+    assert!(seen.contains("STATUS=protecting 1 directory"), "{seen}");
+    assert!(site.stop_service(svc).success());
+    sock.set_nonblocking(true).unwrap();
+    while let Ok(n) = sock.recv(&mut buf) {
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("STOPPING=1"), "{seen}");
+}

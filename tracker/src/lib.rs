@@ -24,4 +24,5 @@ pub mod metrics;
 pub mod mount;
 pub mod seal;
 pub mod sys;
+pub mod systemd;
 pub mod tracking;

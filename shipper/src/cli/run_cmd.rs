@@ -115,6 +115,8 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         j.protected.progress_bar = false;
         set.spawn(service::run_dir(j, rx.clone()));
     }
+    crate::service::systemd::ready(set.len());
+    tokio::spawn(crate::service::systemd::watchdog(rx.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install SIGTERM handler")?;
     tokio::select! {
@@ -122,6 +124,7 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         _ = async { while set.join_next().await.is_some() {} } => {}
     }
+    crate::service::systemd::stopping();
     let _ = tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
         while set.join_next().await.is_some() {}

@@ -9,4 +9,5 @@ pub mod metrics;
 pub mod retry;
 pub mod run;
 pub mod status;
+pub mod systemd;
 pub mod window;
