@@ -75,7 +75,10 @@ pub async fn cmd_failover(a: FailoverArgs) -> Result<std::process::ExitCode> {
 async fn cmd_planned(a: PlannedArgs) -> Result<std::process::ExitCode> {
     super::args::check_dir(&a.at.dir)?;
     let group = group_for(&a.at.dir, a.at.group.clone(), &a.common.state_dir)?;
-    let p = protected(&a.at.dir, &a.at.target, &group, &a.common, false)?;
+    // The target on record (another one is refused: a planned failover hands over the
+    // group the directory really replicates to).
+    let target = a.at.target(&a.common.state_dir)?;
+    let p = protected(&a.at.dir, &target, &group, &a.common, false)?;
     let initial = crate::service::status::load(&p.state_dir, &p.dir)?.filter(|s| s.group == group);
     let st = std::sync::Mutex::new(initial.unwrap_or_else(|| {
         crate::service::status::DirStatus::new(&p.dir, &group, &p.store.target.url)
