@@ -2,8 +2,8 @@
 //! per command family; the arguments they share, and how those open a store, in `args`).
 
 pub mod args;
-pub mod failover_cmd;
 pub mod docs_cmd;
+pub mod failover_cmd;
 pub mod log_cmd;
 pub mod recover_cmd;
 pub mod run_cmd;
