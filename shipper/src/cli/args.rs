@@ -21,8 +21,6 @@ pub struct Common {
     /// Chunk size in bytes for base copies (power of two, 4 KiB..64 MiB).
     #[arg(long, default_value_t = initial::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
-    #[command(flatten)]
-    pub net: NetArgs,
 }
 
 /// Limits every command that moves bytes to or from a store shares.
@@ -57,14 +55,11 @@ pub struct StoreArgs {
     /// Group name in the store (`hrl-shipper status` shows a directory's group).
     #[arg(long)]
     pub group: String,
-    #[command(flatten)]
-    pub net: NetArgs,
 }
 
 impl StoreArgs {
     /// The group's store.
     pub fn open(&self) -> Result<store::GroupStore> {
-        self.net.apply()?;
         store::GroupStore::new(target::open(&self.target)?, &self.group)
     }
 }
@@ -84,6 +79,8 @@ pub struct DirArgs {
     /// the old target stay, but its chain ends).
     #[arg(long, requires = "target")]
     pub retarget: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// Group name in the store (default: <host>-<directory path>, unique per host and
     /// directory; a directory that shipped before keeps the group its state file records).
     #[arg(long)]
@@ -91,8 +88,9 @@ pub struct DirArgs {
 }
 
 impl DirArgs {
-    /// The target of the directory: see [`target_for`].
+    /// The target of the directory (see [`target_for`]); installs `--bandwidth` too.
     pub fn target(&self, state_dir: &Path) -> Result<String> {
+        self.net.apply()?;
         target_for(&self.dir, self.target.as_deref(), self.retarget, state_dir)
     }
 }
@@ -181,7 +179,6 @@ pub fn protected(
     force_resync: bool,
 ) -> Result<cycle::Protected> {
     hrl::chunk::check_block_size(common.chunk_size).context("--chunk-size")?;
-    common.net.apply()?;
     let t = target::open(target)?;
     Ok(cycle::Protected {
         dir: dir.to_path_buf(),

@@ -19,6 +19,8 @@ pub struct FailoverArgs {
     pub store: Option<StoreArgs>,
     #[command(flatten)]
     pub unplanned: UnplannedArgs,
+    #[command(flatten)]
+    pub net: super::args::NetArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -64,6 +66,7 @@ pub struct UnplannedArgs {
 }
 
 pub async fn cmd_failover(a: FailoverArgs) -> Result<std::process::ExitCode> {
+    a.net.apply()?;
     let usage = "give --target URL --group NAME --to DIR (recovery host), or `failover planned --dir DIR` (primary)";
     match (a.planned, a.store) {
         (Some(FailoverSub::Planned(p)), _) => cmd_planned(p).await,

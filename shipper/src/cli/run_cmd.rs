@@ -49,6 +49,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
     #[command(flatten)]
+    pub net: super::args::NetArgs,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -65,7 +67,6 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         let common = Common {
             state_dir: cfg.state_dir.clone().unwrap_or(a.common.state_dir.clone()),
             chunk_size: cfg.chunk_size.unwrap_or(a.common.chunk_size),
-            net: a.common.net.clone(),
         };
         bandwidth::set_schedule(cfg.bandwidth.clone());
         let window = window::parse_option(
@@ -99,6 +100,8 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             retry_unit: retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
         });
     }
+    // After the config's schedule: --bandwidth replaces it.
+    a.net.apply()?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut set = tokio::task::JoinSet::new();
     if let Some(addr) = a.metrics.as_deref().or(metrics_in_config.as_deref()) {
