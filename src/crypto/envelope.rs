@@ -352,10 +352,10 @@ impl<'a, R: Read> OpenReader<'a, R> {
         Ok(())
     }
 
-    /// Reads and checks the header, once.
-    fn start(&mut self) -> Result<usize, CryptoError> {
-        if let Some(ctx) = &self.ctx {
-            return Ok(ctx.seg);
+    /// Reads and checks the header (the first call), or hands back the checked one.
+    fn context(&mut self) -> Result<ObjectCtx<'a>, CryptoError> {
+        if let Some(ctx) = self.ctx.take() {
+            return Ok(ctx);
         }
         self.fill(MIN_LEN)?;
         if self.raw.len() < MIN_LEN {
@@ -366,23 +366,26 @@ impl<'a, R: Read> OpenReader<'a, R> {
             });
         }
         let ctx = ObjectCtx::for_opening(self.aead, &self.group, self.key, self.kind, &self.raw)?;
-        let seg = ctx.seg;
         self.raw.drain(..HEADER_LEN);
-        self.ctx = Some(ctx);
-        Ok(seg)
+        Ok(ctx)
     }
 
-    /// Decrypts the next segment into `plain`.
+    /// Decrypts the next segment into `plain`. Every path either opens one segment (its tag
+    /// verified) or fails: none returns without a verified tag.
     fn next_segment(&mut self) -> Result<(), CryptoError> {
-        let seg_len = self.start()? + TAG_LEN;
+        let ctx = self.context()?;
+        let seg_len = ctx.seg + TAG_LEN;
+        let opened = self.open_next(&ctx, seg_len);
+        self.ctx = Some(ctx);
+        opened
+    }
+
+    fn open_next(&mut self, ctx: &ObjectCtx<'a>, seg_len: usize) -> Result<(), CryptoError> {
         self.fill(seg_len + 1)?;
         let last = self.raw.len() <= seg_len;
         let take = self.raw.len().min(seg_len);
         let rest = self.raw.split_off(take);
         let mut piece = std::mem::replace(&mut self.raw, rest);
-        let Some(ctx) = &self.ctx else {
-            return Ok(());
-        };
         let n = ctx.open_segment(self.index, last, &mut piece)?;
         piece.truncate(n);
         self.plain = piece;

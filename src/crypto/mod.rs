@@ -55,19 +55,45 @@ pub enum ObjectKind {
     Manifest = 4,
     /// The group's owner record (`owner.json`).
     Owner = 5,
+    /// A lease on a point (`leases/…`).
+    Lease = 6,
 }
 
 impl ObjectKind {
-    pub const ALL: [ObjectKind; 5] = [
+    pub const ALL: [ObjectKind; 6] = [
         ObjectKind::Chunk,
         ObjectKind::BaseIndex,
         ObjectKind::Log,
         ObjectKind::Manifest,
         ObjectKind::Owner,
+        ObjectKind::Lease,
     ];
 
     pub fn from_byte(b: u8) -> Option<ObjectKind> {
         ObjectKind::ALL.into_iter().find(|k| *k as u8 == b)
+    }
+
+    /// The kind of the object stored at `key` (relative to the group, as
+    /// [`crate::store`] names them); `None` for a key of no sealed kind (the plain
+    /// [`RECORD_KEY`], or a key this version does not know: never sealed as a guess).
+    pub fn of_key(key: &str) -> Option<ObjectKind> {
+        if key.starts_with("chunks/") {
+            Some(ObjectKind::Chunk)
+        } else if key.starts_with("points/") && key.ends_with(".json") {
+            Some(ObjectKind::Manifest)
+        } else if key == "owner.json" || (key.starts_with("owner/") && key.ends_with(".json")) {
+            Some(ObjectKind::Owner)
+        } else if key.starts_with("leases/") {
+            Some(ObjectKind::Lease)
+        } else if !key.starts_with("disks/") {
+            None
+        } else if key.ends_with("/base.idx") {
+            Some(ObjectKind::BaseIndex)
+        } else if key.contains("/logs/") {
+            Some(ObjectKind::Log)
+        } else {
+            None
+        }
     }
 }
 
@@ -79,6 +105,7 @@ impl std::fmt::Display for ObjectKind {
             ObjectKind::Log => "log",
             ObjectKind::Manifest => "recovery-point manifest",
             ObjectKind::Owner => "owner record",
+            ObjectKind::Lease => "lease",
         })
     }
 }

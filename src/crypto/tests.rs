@@ -462,6 +462,23 @@ proptest! {
         prop_assert!(open_streaming(c, KEY, ObjectKind::Log, &sealed[..cut]).is_err());
     }
 
+    /// The fuzzer's claim, swept: a well-formed header (any segment size the reader
+    /// accepts) and any body without a tag made by the key is refused by both openers.
+    #[test]
+    fn prop_valid_header_and_raw_body_is_refused(
+        seg_log2 in 12u8..=24,
+        nonce in proptest::array::uniform24(any::<u8>()),
+        body in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let c = crypto("fuzz");
+        let mut input = b"hrl-enc\0".to_vec();
+        input.extend_from_slice(&[1, ObjectKind::Chunk as u8, seg_log2, 0]);
+        input.extend_from_slice(&nonce);
+        input.extend_from_slice(&body);
+        prop_assert!(c.open(KEY, ObjectKind::Chunk, &input).is_err());
+        prop_assert!(open_streaming(&c, KEY, ObjectKind::Chunk, &input).is_err());
+    }
+
     #[test]
     fn prop_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let c = crypto("g");
@@ -469,4 +486,36 @@ proptest! {
         let _ = open_streaming(&c, KEY, ObjectKind::Chunk, &bytes);
         let _ = MasterKey::decode(Path::new("k"), &bytes, Some(b"pw"));
     }
+}
+
+/// Fuzz finding (fuzz/regressions/crypto_decoders): a valid header and 20 more bytes (no
+/// tag that could verify) must be refused by both openers, under any key.
+#[test]
+fn raw_header_plus_twenty_bytes_from_the_fuzzer_is_refused() {
+    let input = include_bytes!(
+        "../../fuzz/regressions/crypto_decoders/crash-13e9269abc8874778bd4c25680fb47cfc86d4097"
+    );
+    assert_eq!(input.len(), 56);
+    for _ in 0..8 {
+        let c = crypto("fuzz");
+        refused(&c, "chunks/ab/abab", ObjectKind::Chunk, input);
+    }
+}
+
+#[test]
+fn object_kinds_follow_the_store_keys() {
+    use crate::store::{base_key, chunk_key, log_key, point_key};
+    let k = ObjectKind::of_key;
+    assert_eq!(k(&chunk_key(&[7; 32])), Some(ObjectKind::Chunk));
+    assert_eq!(k(&base_key("d1", 2, 3)), Some(ObjectKind::BaseIndex));
+    assert_eq!(k(&log_key("d1", 2, 3, 4)), Some(ObjectKind::Log));
+    assert_eq!(k(&point_key(9)), Some(ObjectKind::Manifest));
+    assert_eq!(k("owner.json"), Some(ObjectKind::Owner));
+    assert_eq!(
+        k("owner/00000000000000000002.json"),
+        Some(ObjectKind::Owner)
+    );
+    assert_eq!(k("leases/h-1-ab.json"), Some(ObjectKind::Lease));
+    assert_eq!(k(RECORD_KEY), None);
+    assert_eq!(k("disks/d1/other"), None);
 }

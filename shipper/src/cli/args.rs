@@ -12,6 +12,45 @@ use crate::replicate::{copy as initial, cycle, owner};
 use crate::service::status;
 use crate::store::{self, bandwidth, target};
 
+/// The group's key (encryption at rest, docs/encryption.md): every command that reads or
+/// writes a store takes it through [`StoreArgs`] or [`Common`].
+#[derive(Args, Clone, Default)]
+pub struct KeyArgs {
+    /// Key file of an encrypted group (`hrl-shipper key create`). A group is encrypted or not
+    /// from its first point: a new group given a key is encrypted; an encrypted group needs
+    /// its key; a plain group refuses one.
+    #[arg(long, env = "HRL_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// File whose first line is the passphrase of a passphrase-protected key file.
+    #[arg(
+        long,
+        env = "HRL_PASSPHRASE_FILE",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    /// The master key, if one is given.
+    pub fn load(&self) -> Result<Option<hrl::crypto::MasterKey>> {
+        let Some(path) = &self.key else {
+            return Ok(None);
+        };
+        let pass = match &self.passphrase_file {
+            Some(f) => Some(super::key_cmd::read_passphrase(f)?),
+            None => None,
+        };
+        let key = hrl::crypto::MasterKey::load(path, pass.as_ref().map(|p| p.as_slice()))?;
+        Ok(Some(key))
+    }
+
+    /// `store` with this key (none: a plain group).
+    pub fn apply(&self, store: store::GroupStore) -> Result<store::GroupStore> {
+        Ok(store.with_key(self.load()?.as_ref()))
+    }
+}
+
 /// Where the shipper keeps its state, and how it cuts base copies.
 #[derive(Args, Clone)]
 pub struct Common {
@@ -21,6 +60,8 @@ pub struct Common {
     /// Chunk size in bytes for base copies (power of two, 4 KiB..64 MiB).
     #[arg(long, default_value_t = initial::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 /// Limits every command that moves bytes to or from a store shares.
@@ -55,12 +96,16 @@ pub struct StoreArgs {
     /// Group name in the store (`hrl-shipper status` shows a directory's group).
     #[arg(long)]
     pub group: String,
+    #[command(flatten)]
+    pub key: KeyArgs,
 }
 
 impl StoreArgs {
-    /// The group's store.
+    /// The group's store, with its key if given (checked against the group's record before
+    /// the first object is read or written).
     pub fn open(&self) -> Result<store::GroupStore> {
-        store::GroupStore::new(target::open(&self.target)?, &self.group)
+        let s = store::GroupStore::new(target::open(&self.target)?, &self.group)?;
+        self.key.apply(s)
     }
 }
 
@@ -182,7 +227,7 @@ pub fn protected(
     let t = target::open(target)?;
     Ok(cycle::Protected {
         dir: dir.to_path_buf(),
-        store: store::GroupStore::new(t, group)?,
+        store: common.key.apply(store::GroupStore::new(t, group)?)?,
         chunk_size: common.chunk_size,
         state_dir: common.state_dir.clone(),
         force_resync,

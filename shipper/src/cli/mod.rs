@@ -4,6 +4,7 @@
 pub mod args;
 pub mod docs_cmd;
 pub mod failover_cmd;
+pub mod key_cmd;
 pub mod log_cmd;
 pub mod recover_cmd;
 pub mod run_cmd;
@@ -44,6 +45,9 @@ struct Cli {
 enum Command {
     /// Inspect, verify and replay .hrl logs.
     Log(log_cmd::LogArgs),
+    /// Key files for encryption at rest (`key create --out FILE`); give one to every command
+    /// of an encrypted group with `--key FILE` (docs/encryption.md).
+    Key(key_cmd::KeyArgs),
     /// The background service: a replication cycle every interval, for one directory or all
     /// directories of a config file. Stops cleanly on SIGTERM/SIGINT.
     Run(RunArgs),
@@ -97,6 +101,7 @@ pub fn main() -> std::process::ExitCode {
         }
         Command::Man(a) => docs_cmd::man_pages(<Cli as clap::CommandFactory>::command(), &a.dir)
             .map(|()| std::process::ExitCode::SUCCESS),
+        Command::Key(args) => key_cmd::run(args),
         other => runtime().and_then(|rt| rt.block_on(dispatch(other))),
     };
     match result {
@@ -120,7 +125,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
     match cmd {
-        Command::Log(_) | Command::Completions(_) | Command::Man(_) => unreachable_log(),
+        Command::Log(_) | Command::Key(_) | Command::Completions(_) | Command::Man(_) => {
+            unreachable_log()
+        }
         Command::Run(a) => cmd_run(a).await,
         Command::Sync(a) => cmd_sync(a).await,
         Command::Status(a) => cmd_status(a),
@@ -135,5 +142,5 @@ async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
 }
 
 fn unreachable_log() -> Result<std::process::ExitCode> {
-    bail!("internal: log, completions and man are dispatched before the runtime starts")
+    bail!("internal: log, key, completions and man are dispatched before the runtime starts")
 }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
-use super::args::{check_dir, group_for, protected, target_for, Common};
+use super::args::{check_dir, group_for, protected, target_for, Common, KeyArgs};
 use crate::service::run as service;
 use crate::service::{config, metrics, retry, window};
 use crate::store::bandwidth;
@@ -67,6 +67,7 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         let common = Common {
             state_dir: cfg.state_dir.clone().unwrap_or(a.common.state_dir.clone()),
             chunk_size: cfg.chunk_size.unwrap_or(a.common.chunk_size),
+            key: a.common.key.clone(),
         };
         bandwidth::set_schedule(cfg.bandwidth.clone());
         let window = window::parse_option(
@@ -78,6 +79,13 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         for d in &cfg.dirs {
             check_dir(&d.path)?;
             let group = group_for(&d.path, d.group.clone(), &common.state_dir)?;
+            let mut common = common.clone();
+            if let Some(k) = &d.encryption_key {
+                common.key = KeyArgs {
+                    key: Some(k.clone()),
+                    passphrase_file: cfg.passphrase_file.clone().or(common.key.passphrase_file),
+                };
+            }
             let t = target_for(&d.path, Some(&cfg.target), a.retarget, &common.state_dir)?;
             let mut pr = protected(&d.path, &t, &group, &common, false)?;
             pr.resync_window = window;

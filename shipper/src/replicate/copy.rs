@@ -79,9 +79,11 @@ pub fn copy_blocks<'a>(
 ) -> impl futures::Stream<Item = Result<CopiedBlock>> + 'a {
     let bs = u64::from(block_size);
     let chunks = ChunkStore::new(store);
+    let crypto = store.crypto().cloned();
     futures::stream::iter(blocks.into_iter().map(move |b| {
         let file = Arc::clone(&file);
         let known = Arc::clone(&known);
+        let crypto = crypto.clone();
         let disk = disk.to_path_buf();
         async move {
             let off = b * bs;
@@ -90,7 +92,7 @@ pub fn copy_blocks<'a>(
                 let mut buf = vec![0u8; len];
                 read_full_at(&file, &mut buf, off)
                     .with_context(|| format!("read {} at {off}", disk.display()))?;
-                prepare(&buf, &known).context("zstd compression failed")
+                prepare(crypto.as_deref(), &buf, &known).context("compress or seal a block")
             })
             .await
             .context("chunk worker failed")??;

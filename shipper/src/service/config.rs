@@ -14,11 +14,14 @@
 //!                                     # optional: local time, the first span that holds
 //!                                     # applies, else `bandwidth` (--bandwidth replaces both)
 //! metrics = "127.0.0.1:9477"          # optional: serve Prometheus metrics (run --metrics)
+//! encryption_key = "/etc/hrl/group.key"   # optional: key file (`hrl-shipper key create`);
+//! passphrase_file = "/etc/hrl/key.pass"   # its passphrase, if it has one (docs/encryption.md)
 //!
 //! [[dir]]
 //! path = "/vms/vm1"
 //! interval = "5m"                     # 30s, 5m or 15m (any duration works)
 //! group = "vm1"                       # optional: default unique per host and directory
+//! encryption_key = "/etc/hrl/vm1.key"  # optional: this directory's key (else the one above)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -42,6 +45,8 @@ struct RawConfig {
     #[serde(default)]
     bandwidth_schedule: Vec<String>,
     metrics: Option<String>,
+    encryption_key: Option<PathBuf>,
+    passphrase_file: Option<PathBuf>,
     #[serde(default)]
     dir: Vec<RawDir>,
 }
@@ -52,6 +57,7 @@ struct RawDir {
     path: PathBuf,
     interval: Option<String>,
     group: Option<String>,
+    encryption_key: Option<PathBuf>,
 }
 
 /// A checked configuration.
@@ -67,6 +73,8 @@ pub struct Config {
     pub bandwidth: Schedule,
     /// Address to serve Prometheus metrics on (checked when `run` binds it).
     pub metrics: Option<String>,
+    /// Passphrase file of the key files (`passphrase_file`).
+    pub passphrase_file: Option<PathBuf>,
     pub dirs: Vec<DirConfig>,
 }
 
@@ -77,6 +85,8 @@ pub struct DirConfig {
     /// The group given; `None`: the default (`crate::replicate::owner::default_group`, or the group
     /// the state file recorded).
     pub group: Option<String>,
+    /// Key file of the directory's group (its own `encryption_key`, else the file's).
+    pub encryption_key: Option<PathBuf>,
 }
 
 /// Default replication interval.
@@ -117,6 +127,7 @@ pub fn parse(text: &str) -> Result<Config> {
             path: d.path,
             interval,
             group,
+            encryption_key: d.encryption_key.or_else(|| raw.encryption_key.clone()),
         });
     }
     Ok(Config {
@@ -139,6 +150,7 @@ pub fn parse(text: &str) -> Result<Config> {
         bandwidth: Schedule::parse(raw.bandwidth.as_deref(), &raw.bandwidth_schedule)
             .map_err(|e| anyhow::anyhow!(e))?,
         metrics: raw.metrics,
+        passphrase_file: raw.passphrase_file,
         dirs,
     })
 }
@@ -146,6 +158,19 @@ pub fn parse(text: &str) -> Result<Config> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encryption_key_per_file_and_per_directory() {
+        let c = parse("target = \"/s\"\nencryption_key = \"/k/all\"\npassphrase_file = \"/k/p\"\n[[dir]]\npath = \"/v/a\"\n[[dir]]\npath = \"/v/b\"\nencryption_key = \"/k/b\"\n").unwrap();
+        assert_eq!(
+            c.dirs[0].encryption_key.as_deref(),
+            Some(Path::new("/k/all"))
+        );
+        assert_eq!(c.dirs[1].encryption_key.as_deref(), Some(Path::new("/k/b")));
+        assert_eq!(c.passphrase_file.as_deref(), Some(Path::new("/k/p")));
+        let plain = parse("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\n").unwrap();
+        assert!(plain.dirs[0].encryption_key.is_none());
+    }
 
     #[test]
     fn a_typo_is_an_error_naming_the_key() {

@@ -98,6 +98,7 @@ pub fn error_class(e: &anyhow::Error) -> &'static str {
         Some(StoreError::PreconditionFailed { .. }) => "precondition_failed",
         Some(StoreError::Damaged { .. }) => "damaged",
         Some(StoreError::Transient { .. }) => "transient",
+        Some(StoreError::Encryption { .. }) => "encryption",
         None => "other",
     }
 }

@@ -1,29 +1,55 @@
-//! The chunk store: fixed-size blocks named by their blake3 digest, stored zstd-compressed
-//! once per group (`chunks/<ab>/<digest>`). All-zero blocks are never stored.
+//! The chunk store: fixed-size blocks named by their blake3 digest (keyed, in an encrypted
+//! group: [`GroupCrypto::chunk_name`]), stored zstd-compressed (then sealed) once per group
+//! (`chunks/<ab>/<digest>`). All-zero blocks are never stored.
 
 use std::collections::HashSet;
 
 use hrl::chunk::ZERO_DIGEST;
+use hrl::crypto::{GroupCrypto, ObjectKind};
 use hrl::Digest;
 
 use super::{compress, GroupStore, Op, Put, StoreError, StoreResult};
 
 /// A block ready to store: its digest and, unless it is all zero or known to be stored,
-/// its compressed bytes.
+/// its bytes as stored (compressed, then sealed in an encrypted group).
 pub struct Prepared {
     pub digest: Digest,
     pub compressed: Option<Vec<u8>>,
 }
 
-/// Hashes a block and compresses it unless it is zero or in `known` (CPU work: call it off
-/// the async threads).
-pub fn prepare(data: &[u8], known: &HashSet<Digest>) -> std::io::Result<Prepared> {
-    let digest = hrl::chunk::block_digest(data);
-    let compressed = match digest == ZERO_DIGEST || known.contains(&digest) {
-        true => None,
-        false => Some(compress(data)?),
-    };
-    Ok(Prepared { digest, compressed })
+/// The name of a block in a group: keyed with the group's key when it is encrypted.
+pub fn chunk_name(crypto: Option<&GroupCrypto>, data: &[u8]) -> Digest {
+    match crypto {
+        Some(c) => c.chunk_name(data),
+        None => hrl::chunk::block_digest(data),
+    }
+}
+
+/// Names a block and compresses (and seals, with `crypto`: [`GroupStore::crypto`]) it
+/// unless it is zero or in `known` (CPU work: call it off the async threads).
+pub fn prepare(
+    crypto: Option<&GroupCrypto>,
+    data: &[u8],
+    known: &HashSet<Digest>,
+) -> std::io::Result<Prepared> {
+    let digest = chunk_name(crypto, data);
+    if digest == ZERO_DIGEST || known.contains(&digest) {
+        return Ok(Prepared {
+            digest,
+            compressed: None,
+        });
+    }
+    let mut bytes = compress(data)?;
+    if let Some(c) = crypto {
+        let key = hrl::store::chunk_key(&digest);
+        bytes = c
+            .seal(&key, ObjectKind::Chunk, &bytes)
+            .map_err(std::io::Error::other)?;
+    }
+    Ok(Prepared {
+        digest,
+        compressed: Some(bytes),
+    })
 }
 
 /// The chunks of one group.
@@ -46,7 +72,7 @@ impl<'a> ChunkStore<'a> {
                 let n = bytes.len() as u64;
                 let put = self
                     .store
-                    .put_immutable(&hrl::store::chunk_key(&p.digest), bytes)
+                    .put_stored(&hrl::store::chunk_key(&p.digest), bytes)
                     .await?;
                 let sent = if put == Put::Created { n } else { 0 };
                 Ok((p.digest, Some(put), sent))
@@ -56,21 +82,28 @@ impl<'a> ChunkStore<'a> {
 
     /// Stores one block unless stored: (digest, compressed bytes sent).
     pub async fn insert(&self, data: &[u8]) -> StoreResult<(Digest, u64)> {
-        let p = prepare(data, &HashSet::new())
+        let p = prepare(self.store.crypto().map(|c| &**c), data, &HashSet::new())
             .map_err(|e| StoreError::local(Op::Put, "chunks", &self.store.target.url, e))?;
         let (digest, _, sent) = self.put(p).await?;
         Ok((digest, sent))
     }
 
-    /// Reads one chunk, decompressed, its content checked against `digest`.
+    /// Reads one chunk, opened, decompressed, its content checked against `digest`.
     pub async fn read(&self, digest: &Digest) -> StoreResult<Vec<u8>> {
         let key = hrl::store::chunk_key(digest);
-        let raw = self.store.get(&key).await?;
+        let stored = self.store.get_stored(&key).await?;
         let digest = *digest;
+        let (crypto, k) = (self.store.crypto().cloned(), key.clone());
         let checked = tokio::task::spawn_blocking(move || {
+            let raw = match &crypto {
+                Some(c) => c
+                    .open(&k, ObjectKind::Chunk, &stored)
+                    .map_err(|e| e.to_string())?,
+                None => stored,
+            };
             let data = zstd::stream::decode_all(raw.as_slice())
                 .map_err(|e| format!("not valid zstd: {e}"))?;
-            match hrl::chunk::block_digest(&data) == digest {
+            match chunk_name(crypto.as_deref(), &data) == digest {
                 true => Ok(data),
                 false => Err("content does not match its digest".to_string()),
             }

@@ -68,6 +68,14 @@ pub enum StoreError {
         path: String,
         why: String,
     },
+    /// The key given does not fit the group (missing, wrong, or given to a plain group):
+    /// found before anything was written or restored.
+    #[error("group {group} in {url}: {why}")]
+    Encryption {
+        group: String,
+        url: String,
+        why: String,
+    },
     /// Network, throttling, a server error, a local I/O error: waiting may fix it.
     #[error("cannot {} {path} in {url}: {source}", .op.verb())]
     Transient {
@@ -144,7 +152,8 @@ impl StoreError {
         match self {
             StoreError::AuthRefused { .. }
             | StoreError::BucketMissing { .. }
-            | StoreError::Damaged { .. } => ErrorClass::Fatal,
+            | StoreError::Damaged { .. }
+            | StoreError::Encryption { .. } => ErrorClass::Fatal,
             // A missing object or a lost race is decided by the caller (a lost chunk stops
             // the cycle through its own check); left alone it is worth another try.
             StoreError::NotFound { .. }
@@ -158,6 +167,7 @@ impl StoreError {
         match self {
             StoreError::AuthRefused { .. } => Some("the store refused the credentials: fix the AWS_*/AZURE_*/GOOGLE_* settings of the shipper, then run `hrl-shipper sync` or restart the service"),
             StoreError::BucketMissing { .. } => Some("the bucket or container of the target does not exist: create it, or fix the target URL"),
+            StoreError::Encryption { .. } => Some("give the group's own key file with --key FILE (encryption_key in the config), or none for a plain group"),
             _ => None,
         }
     }

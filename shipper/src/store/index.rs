@@ -7,10 +7,10 @@ use hrl::store::BaseRef;
 use super::{GroupStore, StoreResult};
 
 /// Fetches the index `base` names; a hash other than the recorded one, or bytes that do not
-/// decode, are [`super::StoreError::Damaged`].
+/// decode, are [`super::StoreError::Damaged`]. The hash is of the stored (sealed) bytes.
 pub async fn fetch_base_index(store: &GroupStore, base: &BaseRef) -> StoreResult<ChunkIndex> {
-    let bytes = store.get(&base.index_key).await?;
-    let hash = blake3::hash(&bytes);
+    let stored = store.get_stored(&base.index_key).await?;
+    let hash = blake3::hash(&stored);
     if hrl::from_hex::<32>(&base.index_hash) != Some(*hash.as_bytes()) {
         return Err(store.damaged(
             "chunk index",
@@ -22,14 +22,16 @@ pub async fn fetch_base_index(store: &GroupStore, base: &BaseRef) -> StoreResult
             ),
         ));
     }
+    let bytes = store.open(&base.index_key, stored).await?;
     ChunkIndex::decode(&bytes)
         .map_err(|e| store.damaged("chunk index", &base.index_key, e.to_string()))
 }
 
-/// Encodes and uploads an index; returns its hash (hex) for the manifest.
+/// Encodes (and seals) and uploads an index; returns the hash (hex) of the stored bytes for
+/// the manifest.
 pub async fn put_index(store: &GroupStore, key: &str, index: &ChunkIndex) -> StoreResult<String> {
-    let encoded = index.encode();
-    let hash = hrl::to_hex(blake3::hash(&encoded).as_bytes());
-    store.put_immutable(key, encoded).await?;
+    let stored = store.seal(key, index.encode()).await?;
+    let hash = hrl::to_hex(blake3::hash(&stored).as_bytes());
+    store.put_stored(key, stored).await?;
     Ok(hash)
 }

@@ -4,7 +4,8 @@
 //! [`chunks::ChunkStore`] (content-addressed blocks), [`index::fetch_base_index`]
 //! (hash-checked), [`logs::fetch_chain`] (the shipped logs after a base) and
 //! [`manifests`] (recovery points: list, get, commit-if-absent) and [`owners`] (a group's
-//! owner records, one per epoch, created if absent).
+//! owner records, one per epoch, created if absent). Given a key ([`GroupStore::with_key`]),
+//! it seals and opens every object ([`sealing`]).
 
 pub mod bandwidth;
 pub mod chunks;
@@ -14,8 +15,11 @@ pub mod index;
 pub mod logs;
 pub mod manifests;
 pub mod owners;
+pub mod sealing;
 pub mod target;
 pub mod usage;
+
+use std::sync::Arc;
 
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
@@ -34,6 +38,7 @@ pub struct GroupStore {
     pub target: Target,
     pub group: String,
     root: StorePath,
+    keying: Arc<sealing::Keying>,
 }
 
 /// What a put of an immutable object did.
@@ -54,6 +59,7 @@ impl GroupStore {
             target,
             group: group.to_string(),
             root,
+            keying: Arc::default(),
         })
     }
 
@@ -94,10 +100,24 @@ impl GroupStore {
         }
     }
 
-    /// Writes `bytes` at `key` unless an object is there already. Uses conditional create
-    /// where the store has it; where it does not, checks first (objects are immutable and
-    /// content-named, so a race writes the same bytes).
+    /// Writes `bytes` (the plaintext: sealed first in an encrypted group) at `key` unless an
+    /// object is there already.
     pub async fn put_immutable(&self, key: &str, bytes: Vec<u8>) -> StoreResult<Put> {
+        let stored = self.seal(key, bytes).await?;
+        self.put_raw(key, stored).await
+    }
+
+    /// Writes bytes already as stored ([`GroupStore::seal`]) at `key` unless an object is
+    /// there already.
+    pub async fn put_stored(&self, key: &str, stored: Vec<u8>) -> StoreResult<Put> {
+        self.check_keying(true).await?;
+        self.put_raw(key, stored).await
+    }
+
+    /// Writes `bytes` as they are at `key` unless an object is there already. Uses
+    /// conditional create where the store has it; where it does not, checks first (objects
+    /// are immutable and content-named, so a race writes the same content).
+    async fn put_raw(&self, key: &str, bytes: Vec<u8>) -> StoreResult<Put> {
         let path = self.path(key);
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -122,10 +142,33 @@ impl GroupStore {
         }
     }
 
-    /// Uploads a local file at `key` unless an object is there already; large files go up
-    /// in parts, streamed (a multipart upload is not conditional, which is fine for
-    /// immutable, deterministic content).
+    /// Uploads a local file (the plaintext: sealed into a scratch file beside it first in an
+    /// encrypted group) at `key` unless an object is there already.
     pub async fn put_file_immutable(&self, key: &str, file: &std::path::Path) -> StoreResult<Put> {
+        self.check_keying(true).await?;
+        let Some(c) = self.crypto().cloned() else {
+            return self.put_file_raw(key, file).await;
+        };
+        let sealed = file.with_extension("sealed");
+        let (k, input, output) = (key.to_string(), file.to_path_buf(), sealed.clone());
+        tokio::task::spawn_blocking(move || sealing::seal_file(&c, &k, &input, &output))
+            .await
+            .map_err(|e| self.local(Op::Put, &self.path(key), e))?
+            .map_err(|e| {
+                self.local(
+                    Op::Put,
+                    &self.path(key),
+                    format!("seal {}: {e}", file.display()),
+                )
+            })?;
+        let put = self.put_file_raw(key, &sealed).await;
+        let _ = std::fs::remove_file(&sealed);
+        put
+    }
+
+    /// Uploads a local file as it is; large files go up in parts, streamed (a multipart
+    /// upload is not conditional, which is fine for immutable content).
+    async fn put_file_raw(&self, key: &str, file: &std::path::Path) -> StoreResult<Put> {
         const SINGLE_PUT_MAX: u64 = 32 << 20;
         const PART: usize = 16 << 20;
         let path = self.path(key);
@@ -135,7 +178,7 @@ impl GroupStore {
         if len <= SINGLE_PUT_MAX {
             let bytes = std::fs::read(file)
                 .map_err(|e| self.local(Op::Put, &path, format!("read {}: {e}", file.display())))?;
-            return self.put_immutable(key, bytes).await;
+            return self.put_raw(key, bytes).await;
         }
         if self.exists(key).await? {
             return Ok(Put::Existed);
@@ -207,7 +250,8 @@ impl GroupStore {
     /// `Existed` if another writer committed that key first. When the object there holds
     /// exactly `bytes`, it is this write's own (the store kept it but the reply was lost,
     /// and the retry found it): `Created`. A manifest names its commit instant in ns and its
-    /// host, so another writer's never has the same bytes.
+    /// host, so another writer's never has the same bytes. In an encrypted group the
+    /// plaintexts are compared (sealing is not deterministic).
     pub async fn put_new(&self, key: &str, bytes: Vec<u8>) -> StoreResult<Put> {
         match self.put_immutable(key, bytes.clone()).await? {
             Put::Created => Ok(Put::Created),
@@ -225,9 +269,10 @@ impl GroupStore {
     /// Replaces the object at `key`: only for a log a fenced owner left under a key this
     /// owner's chain needs (`replicate::ship`); every other object is immutable.
     pub async fn put_overwrite(&self, key: &str, bytes: Vec<u8>) -> StoreResult<()> {
+        let stored = self.seal(key, bytes).await?;
         let path = self.path(key);
         self.store()
-            .put(&path, PutPayload::from(bytes))
+            .put(&path, PutPayload::from(stored))
             .await
             .map_err(|e| self.err(Op::Put, &path, e))?;
         Ok(())
@@ -252,7 +297,20 @@ impl GroupStore {
         }
     }
 
+    /// The plaintext of `key` (opened, in an encrypted group: a refused object is
+    /// [`StoreError::Damaged`]).
     pub async fn get(&self, key: &str) -> StoreResult<Vec<u8>> {
+        let stored = self.get_stored(key).await?;
+        self.open(key, stored).await
+    }
+
+    /// The bytes of `key` as stored (sealed, in an encrypted group).
+    pub async fn get_stored(&self, key: &str) -> StoreResult<Vec<u8>> {
+        self.check_keying(false).await?;
+        self.get_raw(key).await
+    }
+
+    async fn get_raw(&self, key: &str) -> StoreResult<Vec<u8>> {
         let (path, r) = self.open_get(key).await?;
         let b = r.bytes().await.map_err(|e| self.err(Op::Get, &path, e))?;
         Ok(b.to_vec())
@@ -269,10 +327,11 @@ impl GroupStore {
         Ok((path, r))
     }
 
-    /// Downloads a zstd-compressed object into `dest`, decompressing as it streams (logs can
-    /// be large).
+    /// Downloads a zstd-compressed object into `dest`, opening (encrypted group) and
+    /// decompressing as it streams (logs can be large).
     pub async fn get_zstd_to_file(&self, key: &str, dest: &std::path::Path) -> StoreResult<u64> {
         use futures::StreamExt;
+        self.check_keying(false).await?;
         let (path, r) = self.open_get(key).await?;
         let compressed = dest.with_extension("zst-part");
         let local = |what: &str, p: &std::path::Path, e: std::io::Error| {
@@ -294,19 +353,36 @@ impl GroupStore {
             .map_err(|e| local("write", &compressed, e))?;
         drop(out);
         let (src, dst) = (compressed.clone(), dest.to_path_buf());
+        let (crypto, k) = (self.crypto().cloned(), key.to_string());
         let n = tokio::task::spawn_blocking(move || -> Result<u64, (bool, std::io::Error)> {
             let input = std::fs::File::open(&src).map_err(|e| (false, e))?;
-            let mut dec = zstd::stream::Decoder::new(input).map_err(|e| (true, e))?;
+            let plain = sealing::open_file(crypto.as_deref(), &k, input).map_err(|e| (false, e))?;
+            let mut dec = zstd::stream::Decoder::new(plain).map_err(|e| (true, e))?;
             let mut output = std::fs::File::create(&dst).map_err(|e| (false, e))?;
             std::io::copy(&mut dec, &mut output).map_err(|e| (is_stream_damage(&e), e))
         })
         .await
         .map_err(|e| self.local(Op::Get, &path, format!("decompress worker failed: {e}")))?;
         let _ = std::fs::remove_file(&compressed);
-        n.map_err(|(damage, e)| match damage {
-            true => self.damaged("object", key, format!("not valid zstd: {e}")),
-            false => local("decompress into", dest, e),
-        })
+        n.map_err(
+            |(damage, e)| match (hrl::crypto::CryptoError::from_io(&e), damage) {
+                // Refused by the opener: whatever was written to `dest` is discarded by the caller.
+                (Some(c), _) => self.refused(key, c),
+                (None, true) => self.damaged("object", key, format!("not valid zstd: {e}")),
+                (None, false) => local("decompress into", dest, e),
+            },
+        )
+    }
+
+    /// Whether the group holds any object at all (stops at the first one listed).
+    pub async fn has_any_object(&self) -> StoreResult<bool> {
+        use futures::StreamExt;
+        let mut objects = self.store().list(Some(&self.root));
+        match objects.next().await {
+            None => Ok(false),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(self.err(Op::List, &self.root, e)),
+        }
     }
 
     /// Names (last path part) of the objects directly or indirectly under `dir`.

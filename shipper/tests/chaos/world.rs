@@ -40,6 +40,9 @@ pub struct World {
     /// The directory lives on a small loop-mounted ext4 here (for `full_fs`), with room
     /// beside it for a filler file.
     pub fs_mount: Option<PathBuf>,
+    /// Key file of the group: odd seeds replicate encrypted (every command gets `--key`
+    /// through `HRL_KEY`), so every action also runs against sealed objects.
+    pub key: Option<PathBuf>,
 }
 
 /// How a sync runs.
@@ -82,6 +85,19 @@ impl World {
             std::fs::create_dir_all(d).expect("create the work dir");
         }
         let url = format!("file://{}", store.display());
+        let key = (seed % 2 == 1).then(|| work.join("group.key"));
+        if let Some(k) = &key {
+            let out = Command::new(shipper_bin())
+                .args(["key", "create", "--out"])
+                .arg(k)
+                .output()
+                .expect("run hrl-shipper key create");
+            assert!(
+                out.status.success(),
+                "key create: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         World {
             work,
             dir,
@@ -98,6 +114,7 @@ impl World {
             objects_lost: false,
             log: Vec::new(),
             fs_mount,
+            key,
         }
     }
 
@@ -195,6 +212,9 @@ impl World {
                 "HRL_LOG",
                 std::env::var("CHAOS_HRL_LOG").unwrap_or_else(|_| "warn".into()),
             );
+        if let Some(k) = &self.key {
+            c.env("HRL_KEY", k);
+        }
         c
     }
 
