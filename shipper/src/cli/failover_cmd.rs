@@ -16,11 +16,26 @@ pub struct FailoverArgs {
     #[command(subcommand)]
     pub planned: Option<FailoverSub>,
     #[command(flatten)]
-    pub store: Option<StoreArgs>,
+    pub store: FailoverStore,
     #[command(flatten)]
     pub unplanned: UnplannedArgs,
     #[command(flatten)]
     pub net: super::args::NetArgs,
+}
+
+/// The store of a failover on the recovery host: [`StoreArgs`] with the group optional at
+/// parse time (`failover planned` takes none; clap's optional flatten does not see a nested
+/// flatten's arguments).
+#[derive(Args)]
+pub struct FailoverStore {
+    /// Store URL: a path, file:///path, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
+    #[arg(long, default_value = crate::store::target::DEFAULT_TARGET)]
+    pub target: String,
+    /// Group name in the store (`hrl-shipper status` shows a directory's group).
+    #[arg(long)]
+    pub group: Option<String>,
+    #[command(flatten)]
+    pub key: super::args::KeyArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -61,16 +76,25 @@ pub struct UnplannedArgs {
     /// Print what the failover did as JSON (bytes downloaded per disk).
     #[arg(long)]
     pub json: bool,
-    #[command(flatten)]
-    pub common: Common,
+    /// State directory (the state the next `sync --dir DIR` continues from). The store's
+    /// key, if any, is the one of the store arguments.
+    #[arg(long, env = "HRL_STATE_DIR", default_value = crate::service::status::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 pub async fn cmd_failover(a: FailoverArgs) -> Result<std::process::ExitCode> {
     a.net.apply()?;
     let usage = "give --target URL --group NAME --to DIR (recovery host), or `failover planned --dir DIR` (primary)";
-    match (a.planned, a.store) {
+    match (a.planned, a.store.group) {
         (Some(FailoverSub::Planned(p)), _) => cmd_planned(p).await,
-        (None, Some(store)) => cmd_unplanned(store, a.unplanned).await,
+        (None, Some(group)) => {
+            let store = StoreArgs {
+                target: a.store.target,
+                group,
+                key: a.store.key,
+            };
+            cmd_unplanned(store, a.unplanned).await
+        }
         (None, None) => anyhow::bail!(usage),
     }
 }
@@ -78,8 +102,8 @@ pub async fn cmd_failover(a: FailoverArgs) -> Result<std::process::ExitCode> {
 async fn cmd_planned(a: PlannedArgs) -> Result<std::process::ExitCode> {
     super::args::check_dir(&a.at.dir)?;
     let group = group_for(&a.at.dir, a.at.group.clone(), &a.common.state_dir)?;
-    // The target on record (another one is refused: a planned failover hands over the
-    // group the directory really replicates to).
+    // The target on record (a planned failover hands over the group the directory
+    // really replicates to).
     let target = a.at.target(&a.common.state_dir)?;
     let p = protected(&a.at.dir, &target, &group, &a.common, false)?;
     let initial = crate::service::status::load(&p.state_dir, &p.dir)?.filter(|s| s.group == group);
@@ -137,7 +161,7 @@ async fn cmd_unplanned(store: StoreArgs, a: UnplannedArgs) -> Result<std::proces
         store: &store,
         point: a.point.as_deref(),
         to: &to,
-        state_dir: &a.common.state_dir,
+        state_dir: &a.state_dir,
         full: a.full,
     })
     .await?;
