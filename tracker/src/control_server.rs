@@ -174,6 +174,7 @@ pub fn handle(tracker: &Tracker, socket: &Path, req: Request) -> Response {
         Request::Status => Response {
             ok: true,
             status: Some(tracker.status(socket)),
+            counters: Some(crate::metrics::snapshot()),
             ..Default::default()
         },
         Request::Mode { disk, mode } => match tracker.set_mode(&disk, mode) {

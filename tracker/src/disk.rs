@@ -135,6 +135,10 @@ impl DiskState {
         if self.mode != DiskMode::Log {
             return Ok(());
         }
+        crate::metrics::recorded(
+            matches!(change, ChangeRef::Write { .. }),
+            change.logged_bytes(),
+        );
         if let Some(buf) = self.swap_buffer.as_mut() {
             let owned = change.to_owned();
             self.swap_bytes += owned.bytes();
@@ -228,6 +232,14 @@ enum ChangeRef<'a> {
 }
 
 impl ChangeRef<'_> {
+    /// Bytes it takes in a log (for the counters).
+    fn logged_bytes(&self) -> u64 {
+        match self {
+            ChangeRef::Write { data, .. } => 64 + data.len() as u64,
+            ChangeRef::Other(c) => c.bytes() as u64,
+        }
+    }
+
     fn to_owned(&self) -> Change {
         match self {
             ChangeRef::Write { offset, data } => Change::Write {
@@ -573,6 +585,7 @@ impl Disk {
         };
         if bm.mark(off, len).map_err(bitmap_err)? {
             bm.flush().map_err(bitmap_err)?;
+            crate::metrics::mark_set();
         }
         let es = u64::from(bm.extent_size());
         let range = off / es..(off.saturating_add(len)).div_ceil(es);

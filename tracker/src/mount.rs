@@ -245,6 +245,8 @@ fn serve(backing: &Path, mountpoint: &Path, socket: &Path, args: &MountArgs) -> 
     if let Some(mut p) = ready.take() {
         let _ = p.write_all(b"ok\n");
     }
+    crate::systemd::ready(mountpoint);
+    crate::systemd::spawn_watchdog(control.path().to_path_buf());
     tracing::info!(
         mount = %mountpoint.display(),
         backing = %backing.display(),

@@ -67,6 +67,7 @@ pub fn seal_all(tracker: &Tracker) -> Sealed {
     let started = std::time::Instant::now();
     let cuts = cut_all(&disks, seal_id);
     let hold_us = started.elapsed().as_micros() as u64;
+    crate::metrics::sealed(hold_us);
     tracing::debug!(disks = cuts.len(), hold_us, "seal cut");
 
     let mut errors = Vec::new();

@@ -19,6 +19,8 @@ pub struct FailoverArgs {
     pub store: FailoverStore,
     #[command(flatten)]
     pub unplanned: UnplannedArgs,
+    #[command(flatten)]
+    pub net: super::args::NetArgs,
 }
 
 /// The store of a failover on the recovery host: [`StoreArgs`] with the group optional at
@@ -81,6 +83,7 @@ pub struct UnplannedArgs {
 }
 
 pub async fn cmd_failover(a: FailoverArgs) -> Result<std::process::ExitCode> {
+    a.net.apply()?;
     let usage = "give --target URL --group NAME --to DIR (recovery host), or `failover planned --dir DIR` (primary)";
     match (a.planned, a.store.group) {
         (Some(FailoverSub::Planned(p)), _) => cmd_planned(p).await,
@@ -99,7 +102,10 @@ pub async fn cmd_failover(a: FailoverArgs) -> Result<std::process::ExitCode> {
 async fn cmd_planned(a: PlannedArgs) -> Result<std::process::ExitCode> {
     super::args::check_dir(&a.at.dir)?;
     let group = group_for(&a.at.dir, a.at.group.clone(), &a.common.state_dir)?;
-    let p = protected(&a.at.dir, &a.at.target, &group, &a.common, false)?;
+    // The target on record (a planned failover hands over the group the directory
+    // really replicates to).
+    let target = a.at.target(&a.common.state_dir)?;
+    let p = protected(&a.at.dir, &target, &group, &a.common, false)?;
     let initial = crate::service::status::load(&p.state_dir, &p.dir)?.filter(|s| s.group == group);
     let st = std::sync::Mutex::new(initial.unwrap_or_else(|| {
         crate::service::status::DirStatus::new(&p.dir, &group, &p.store.target.url)

@@ -3,6 +3,7 @@
 
 pub mod app_args;
 pub mod args;
+pub mod docs_cmd;
 pub mod failover_cmd;
 pub mod key_cmd;
 pub mod log_cmd;
@@ -32,6 +33,16 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: text (coloured only on a terminal) or json (one object a line,
+    /// for log shippers). Level: HRL_LOG (default info).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "HRL_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: docs_cmd::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -82,21 +93,29 @@ enum Command {
     Mount(MountArgs),
     /// End a `mount`: unmount, remove the overlay, record the point as tested.
     Unmount(UnmountArgs),
+    /// Print a shell completion script (e.g. `hrl-shipper completions bash >
+    /// /etc/bash_completion.d/hrl-shipper`).
+    Completions(docs_cmd::CompletionsArgs),
+    /// Write man pages (hrl-shipper.1 and one per command) into a directory.
+    Man(docs_cmd::ManArgs),
 }
 
 /// Runs the command the arguments name; the exit code is the process's.
 pub fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HRL_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    docs_cmd::init_logging(
+        tracing_subscriber::EnvFilter::try_from_env("HRL_LOG").unwrap_or_else(|_| "info".into()),
+        cli.log_format,
+    );
     private::set_umask();
     let result = match cli.command {
         Command::Log(args) => log_cmd::run(args),
+        Command::Completions(a) => {
+            docs_cmd::completions(<Cli as clap::CommandFactory>::command(), a.shell)
+                .map(|()| std::process::ExitCode::SUCCESS)
+        }
+        Command::Man(a) => docs_cmd::man_pages(<Cli as clap::CommandFactory>::command(), &a.dir)
+            .map(|()| std::process::ExitCode::SUCCESS),
         Command::Key(args) => key_cmd::run(args),
         other => runtime().and_then(|rt| rt.block_on(dispatch(other))),
     };
@@ -121,7 +140,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
     match cmd {
-        Command::Log(_) | Command::Key(_) => unreachable_log(),
+        Command::Log(_) | Command::Key(_) | Command::Completions(_) | Command::Man(_) => {
+            unreachable_log()
+        }
         Command::Run(a) => cmd_run(a).await,
         Command::Sync(a) => cmd_sync(a).await,
         Command::Status(a) => cmd_status(a),
@@ -139,5 +160,5 @@ async fn dispatch(cmd: Command) -> Result<std::process::ExitCode> {
 }
 
 fn unreachable_log() -> Result<std::process::ExitCode> {
-    bail!("internal: the log and key subcommands are dispatched before the runtime starts")
+    bail!("internal: log, key, completions and man are dispatched before the runtime starts")
 }

@@ -17,6 +17,8 @@ pub struct PruneArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
+    pub net: super::args::NetArgs,
+    #[command(flatten)]
     pub policy: PolicyArgs,
     /// Objects unneeded for less than this are not collected yet (a shipper or reader
     /// that read an older manifest must finish within it). `0s` only with nothing else
@@ -65,6 +67,7 @@ impl PolicyArgs {
 }
 
 pub async fn cmd_prune(a: PruneArgs) -> Result<std::process::ExitCode> {
+    a.net.apply()?;
     let opts = PruneOptions {
         policy: a.policy.over(Policy::default())?,
         grace: policy::parse_duration("--grace", &a.grace)?,

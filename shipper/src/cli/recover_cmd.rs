@@ -5,13 +5,15 @@ use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
 
-use super::args::StoreArgs;
+use super::args::{NetArgs, StoreArgs};
 use crate::recover::{points, restore, verify};
 
 #[derive(Args)]
 pub struct PointsArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub net: NetArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -20,6 +22,8 @@ pub struct PointsArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// `all` (default), `latest`, `latest-app`, a point id, or a time.
     #[arg(long, default_value = "all")]
     pub point: String,
@@ -29,6 +33,8 @@ pub struct VerifyArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// `latest`, `latest-app` (the latest app-consistent point), a point id, or a time
     /// (RFC 3339): the last point sealed at or before it.
     #[arg(long, default_value = "latest")]
@@ -40,6 +46,7 @@ pub struct RestoreArgs {
 }
 
 pub async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
+    a.net.apply()?;
     let store = a.store.open()?;
     let ids = points::list_ids(&store).await?;
     let mut all = Vec::new();
@@ -104,6 +111,7 @@ pub async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
 }
 
 pub async fn cmd_verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
+    a.net.apply()?;
     let store = a.store.open()?;
     let selected = if a.point.trim() == "all" {
         let mut all = Vec::new();
@@ -148,6 +156,7 @@ pub async fn cmd_verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
 }
 
 pub async fn cmd_restore(a: RestoreArgs) -> Result<std::process::ExitCode> {
+    a.net.apply()?;
     let store = a.store.open()?;
     let chosen = points::select(&store, &a.point).await?;
     // Leased before the manifest is read again for the restore: retention keeps it whole.

@@ -7,22 +7,28 @@ use clap::Args;
 use std::path::PathBuf;
 
 use super::app_args::{AppArgs, HookSettings};
-use super::args::{check_dir, group_for, protected, Common, KeyArgs};
+use super::args::{check_dir, group_for, protected, target_for, Common, KeyArgs};
 use super::prune_cmd::PolicyArgs;
 use crate::retain::policy::{self, Policy};
 use crate::service::retention as service_retention;
 use crate::service::run as service;
-use crate::service::{config, retry, window};
-use crate::store::target;
+use crate::service::{config, metrics, retry, window};
+use crate::store::bandwidth;
 
 #[derive(Args)]
 pub struct RunArgs {
     /// Protected directory (the tracker's mount).
     #[arg(long, conflicts_with = "config", required_unless_present = "config")]
     pub dir: Option<PathBuf>,
-    /// Store URL: a path, file:///path, s3://bucket/prefix, az://container/prefix, gs://bucket/prefix.
-    #[arg(long, default_value = target::DEFAULT_TARGET)]
-    pub target: String,
+    /// Store URL: a path, file:///path, s3://bucket/prefix, az://container/prefix,
+    /// gs://bucket/prefix. Default: the target the directory replicates to (its state file
+    /// records it), else /var/lib/hrl/store. Another one is refused without --retarget.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Move the directory (each directory of the config) whose recorded target differs to
+    /// the target given: a new base copy starts there (the old target's chain ends).
+    #[arg(long)]
+    pub retarget: bool,
     /// Replication interval (30s, 5m, 15m, ...).
     #[arg(long, default_value = "5m")]
     pub interval: String,
@@ -41,6 +47,13 @@ pub struct RunArgs {
     /// required"; `hrl-shipper resync --dir DIR --now` starts one at once.
     #[arg(long)]
     pub resync_window: Option<String>,
+    /// Serve Prometheus metrics (OpenMetrics text) on this address, e.g. 127.0.0.1:9477:
+    /// health, RPO lag, unshipped bytes, resyncs, bytes moved, cycle durations, errors by
+    /// class, store points and bytes (docs/shipper.md#metrics). Config: `metrics = "ADDR"`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    #[command(flatten)]
+    pub net: super::args::NetArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
     #[command(flatten)]
@@ -75,8 +88,10 @@ fn retention_for(
 
 pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     let mut jobs = Vec::new();
+    let mut metrics_in_config = None;
     if let Some(path) = &a.config {
         let cfg = config::load(path)?;
+        metrics_in_config = cfg.metrics.clone();
         let retry_unit = match cfg.retry_unit {
             Some(u) => u,
             None => retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
@@ -86,6 +101,7 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             chunk_size: cfg.chunk_size.unwrap_or(a.common.chunk_size),
             key: a.common.key.clone(),
         };
+        bandwidth::set_schedule(cfg.bandwidth.clone());
         let window = window::parse_option(
             cfg.resync_window
                 .as_deref()
@@ -102,7 +118,8 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
                     passphrase_file: cfg.passphrase_file.clone().or(common.key.passphrase_file),
                 };
             }
-            let mut pr = protected(&d.path, &cfg.target, &group, &common, false)?;
+            let t = target_for(&d.path, Some(&cfg.target), a.retarget, &common.state_dir)?;
+            let mut pr = protected(&d.path, &t, &group, &common, false)?;
             pr.resync_window = window;
             pr.app = a
                 .app
@@ -118,7 +135,8 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     } else if let Some(dir) = &a.dir {
         check_dir(dir)?;
         let group = group_for(dir, a.group.clone(), &a.common.state_dir)?;
-        let mut pr = protected(dir, &a.target, &group, &a.common, false)?;
+        let t = target_for(dir, a.target.as_deref(), a.retarget, &a.common.state_dir)?;
+        let mut pr = protected(dir, &t, &group, &a.common, false)?;
         pr.resync_window =
             window::parse_option(a.resync_window.as_deref().unwrap_or(window::DEFAULT_WINDOW))?;
         pr.app = a
@@ -136,13 +154,26 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
             )?),
         });
     }
+    // After the config's schedule: --bandwidth replaces it.
+    a.net.apply()?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut set = tokio::task::JoinSet::new();
+    if let Some(addr) = a.metrics.as_deref().or(metrics_in_config.as_deref()) {
+        let listener = metrics::bind(addr).await?;
+        let dirs = jobs
+            .iter()
+            .map(|j| (j.protected.dir.clone(), j.protected.state_dir.clone()))
+            .collect();
+        tracing::info!(addr, "serving metrics on http://{addr}/metrics");
+        tokio::spawn(metrics::serve(listener, dirs, rx.clone()));
+    }
     for j in jobs {
         let mut j = j;
         j.protected.progress_bar = false;
         set.spawn(service::run_dir(j, rx.clone()));
     }
+    crate::service::systemd::ready(set.len());
+    tokio::spawn(crate::service::systemd::watchdog(rx.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install SIGTERM handler")?;
     tokio::select! {
@@ -150,6 +181,7 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         _ = async { while set.join_next().await.is_some() {} } => {}
     }
+    crate::service::systemd::stopping();
     let _ = tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
         while set.join_next().await.is_some() {}

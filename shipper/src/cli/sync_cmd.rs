@@ -95,6 +95,7 @@ pub async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let group = group_for(&a.at.dir, a.at.group.clone(), &a.common.state_dir)?;
+    let target = a.at.target(&a.common.state_dir)?;
     if let Some(disk) = &a.disk {
         if !a.at.dir.join(disk).is_file() {
             bail!(
@@ -105,7 +106,7 @@ pub async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
         // Mark it: one that needs no resync yet is compared block by block.
         let mut s = status::load(&a.common.state_dir, &a.at.dir)?
             .filter(|s| s.group == group)
-            .unwrap_or_else(|| status::DirStatus::new(&a.at.dir, &group, &a.at.target));
+            .unwrap_or_else(|| status::DirStatus::new(&a.at.dir, &group, &target));
         let d = s.disk_mut(disk, "");
         if !matches!(
             d.state,
@@ -120,6 +121,8 @@ pub async fn cmd_resync(a: ResyncArgs) -> Result<std::process::ExitCode> {
     let sync = SyncArgs {
         at: DirArgs {
             group: Some(group),
+            target: Some(target),
+            retarget: false,
             ..a.at
         },
         resync: false,
@@ -166,8 +169,9 @@ async fn run_sync(a: SyncArgs, resync_now: bool) -> Result<std::process::ExitCod
         );
     }
     let retention = sync_retention(&a)?;
-    let group = group_for(&a.at.dir, a.at.group, &a.common.state_dir)?;
-    let mut p = protected(&a.at.dir, &a.at.target, &group, &a.common, a.resync)?;
+    let group = group_for(&a.at.dir, a.at.group.clone(), &a.common.state_dir)?;
+    let target = a.at.target(&a.common.state_dir)?;
+    let mut p = protected(&a.at.dir, &target, &group, &a.common, a.resync)?;
     p.resync_now = resync_now;
     // A sync with hooks makes an app-consistent point every time.
     p.app = a

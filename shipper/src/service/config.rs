@@ -9,6 +9,11 @@
 //! chunk_size = 262144                 # optional, bytes, power of two
 //! resync_window = "18:00-08:00"       # optional: local time in which automatic resyncs
 //!                                     # run (default 18:00-08:00; "any": no limit)
+//! bandwidth = "50MiB/s"               # optional: one limit for every upload and download
+//! bandwidth_schedule = ["08:00-18:00 20MiB/s", "* unlimited"]
+//!                                     # optional: local time, the first span that holds
+//!                                     # applies, else `bandwidth` (--bandwidth replaces both)
+//! metrics = "127.0.0.1:9477"          # optional: serve Prometheus metrics (run --metrics)
 //! encryption_key = "/etc/hrl/group.key"   # optional: key file (`hrl-shipper key create`);
 //! passphrase_file = "/etc/hrl/key.pass"   # its passphrase, if it has one (docs/encryption.md)
 //!
@@ -36,6 +41,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::service::retry::parse_duration;
+use crate::store::bandwidth::Schedule;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +51,10 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     chunk_size: Option<u32>,
     resync_window: Option<String>,
+    bandwidth: Option<String>,
+    #[serde(default)]
+    bandwidth_schedule: Vec<String>,
+    metrics: Option<String>,
     encryption_key: Option<PathBuf>,
     passphrase_file: Option<PathBuf>,
     #[serde(default)]
@@ -78,6 +88,10 @@ pub struct Config {
     pub chunk_size: Option<u32>,
     /// `HH:MM-HH:MM` local time in which resyncs may run (checked when parsed).
     pub resync_window: Option<String>,
+    /// `bandwidth` and `bandwidth_schedule` (unlimited when neither is given).
+    pub bandwidth: Schedule,
+    /// Address to serve Prometheus metrics on (checked when `run` binds it).
+    pub metrics: Option<String>,
     /// Passphrase file of the key files (`passphrase_file`).
     pub passphrase_file: Option<PathBuf>,
     pub dirs: Vec<DirConfig>,
@@ -175,6 +189,9 @@ pub fn parse(text: &str) -> Result<Config> {
             }
             None => None,
         },
+        bandwidth: Schedule::parse(raw.bandwidth.as_deref(), &raw.bandwidth_schedule)
+            .map_err(|e| anyhow::anyhow!(e))?,
+        metrics: raw.metrics,
         passphrase_file: raw.passphrase_file,
         dirs,
     })
@@ -228,6 +245,26 @@ mod tests {
             parse("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\nintervall = \"5m\"\n").unwrap_err()
         );
         assert!(err.contains("intervall"), "{err}");
+    }
+
+    #[test]
+    fn bandwidth_keys_parse_and_bad_values_name_the_key() {
+        let c = parse("target = \"/s\"\nbandwidth = \"50MiB/s\"\nbandwidth_schedule = [\"08:00-18:00 20MiB/s\", \"* unlimited\"]\n[[dir]]\npath = \"/v/a\"\n").unwrap();
+        assert_eq!(c.bandwidth.base, Some(50 << 20));
+        assert_eq!(c.bandwidth.rate_at(9 * 60), Some(20 << 20));
+        assert_eq!(c.bandwidth.rate_at(20 * 60), None);
+        let err = format!(
+            "{:#}",
+            parse("target = \"/s\"\nbandwidth = \"50MiBs\"\n[[dir]]\npath = \"/v/a\"\n")
+                .unwrap_err()
+        );
+        assert!(err.contains("bandwidth: \"50MiBs\" is not a rate"), "{err}");
+        let err = format!("{:#}", parse("target = \"/s\"\nbandwidth_schedule = [\"8-18 1MiB/s\"]\n[[dir]]\npath = \"/v/a\"\n").unwrap_err());
+        assert!(err.contains("bandwidth_schedule[0]"), "{err}");
+        assert!(parse("target = \"/s\"\n[[dir]]\npath = \"/v/a\"\n")
+            .unwrap()
+            .bandwidth
+            .is_unlimited());
     }
 
     #[test]

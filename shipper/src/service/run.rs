@@ -161,6 +161,7 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
         }
         // A cycle that runs while the logs pass their budget is cancelled (as a crash would
         // stop it), so that the 50% rule can release them.
+        let started = std::time::Instant::now();
         let result = tokio::select! {
             r = run_cycle(p, &status) => Some(r),
             _ = crate::replicate::budget::exceeded(&p.dir) => Some(Err(anyhow::anyhow!(
@@ -168,6 +169,9 @@ pub async fn run_dir(job: DirJob, mut stop: watch::Receiver<bool>) {
             ))),
             _ = stop.changed() => None,
         };
+        if let Some(r) = &result {
+            crate::service::metrics::cycle_done(p, started.elapsed(), r).await;
+        }
         let wait = match result {
             None => break,
             Some(r) => match after_cycle(&job, &status, &mut stop, r).await {

@@ -73,7 +73,7 @@ impl std::fmt::Display for Window {
 }
 
 /// Minutes after local midnight now.
-fn local_minute_now() -> u32 {
+pub fn local_minute_now() -> u32 {
     // SAFETY: time(NULL) and localtime_r into a zeroed struct we own.
     unsafe {
         let t = libc::time(std::ptr::null_mut());

@@ -7,6 +7,7 @@
 //! owner records, one per epoch, created if absent). Given a key ([`GroupStore::with_key`]),
 //! it seals and opens every object ([`sealing`]).
 
+pub mod bandwidth;
 pub mod chunks;
 pub mod error;
 pub mod http;
@@ -18,6 +19,7 @@ pub mod owners;
 pub mod sealing;
 pub mod target;
 pub mod tests;
+pub mod usage;
 
 use std::sync::Arc;
 

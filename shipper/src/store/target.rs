@@ -65,7 +65,8 @@ pub fn open(url: &str) -> Result<Target> {
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .with_context(|| format!("cannot open the local store directory {dir}"))?;
             let prefix = StorePath::default();
-            return Ok(Target { store: Arc::new(fs.with_automatic_cleanup(true)), prefix, url: url.to_string() });
+            let store = Arc::new(super::bandwidth::Throttled::new(Arc::new(fs.with_automatic_cleanup(true)), &prefix));
+            return Ok(Target { store, prefix, url: url.to_string() });
         }
         "s3" | "s3a" => {
             if bucket.is_empty() {
@@ -105,10 +106,13 @@ pub fn open(url: &str) -> Result<Target> {
             if bucket.is_empty() {
                 bail!("target {url}: no bucket; use gs://BUCKET/PREFIX");
             }
+            // An emulator on http:// (its URL is the service account key's gcs_base_url)
+            // needs GOOGLE_ALLOW_HTTP=true, as AWS_ALLOW_HTTP does for S3.
+            let http = std::env::var("GOOGLE_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
             let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(bucket)
                 .with_retry(retry_config())
-                .with_client_options(client_options(false))
+                .with_client_options(client_options(http))
                 .with_http_connector(super::http::TypedConnector);
             Arc::new(b.build().with_context(|| format!("cannot configure GCS target {url} (check the GOOGLE_* variables)"))?)
         }
@@ -116,9 +120,10 @@ pub fn open(url: &str) -> Result<Target> {
             "unknown target URL scheme {other:?} in {url}; use a path, file:///path, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix"
         ),
     };
+    let prefix = StorePath::from(key_prefix);
     Ok(Target {
-        store,
-        prefix: StorePath::from(key_prefix),
+        store: Arc::new(super::bandwidth::Throttled::new(store, &prefix)),
+        prefix,
         url: url.to_string(),
     })
 }
