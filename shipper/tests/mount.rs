@@ -196,6 +196,50 @@ fn reads_equal_a_full_restore(kind: ServerKind) {
     assert_eq!(points.matches("tested").count(), 2, "{points}");
 }
 
+/// `failover test` is a mount plus its record: the point's disk is served at once and
+/// equals its restore; `--cleanup` ends it and `points` shows the point as tested.
+#[test]
+fn failover_test_serves_the_point_and_cleanup_records_it() {
+    let (site, restored) = three_points(ServerKind::Local);
+    let to = site.tmp.path().join("test-failover");
+    let to_s = to.display().to_string();
+    let args = [
+        "failover",
+        "test",
+        "--target",
+        &site.server.url,
+        "--group",
+        &site.group,
+        "--point",
+        "2",
+        "--to",
+        &to_s,
+    ];
+    let out = ok(&site.shipper(&args, &[]));
+    assert!(out.contains("point 2"), "{out}");
+    let served = std::fs::read(to.join("d.img"));
+    let cleanup = ok(&site.shipper(&["failover", "test", "--cleanup", "--to", &to_s], &[]));
+    assert!(
+        served.unwrap() == std::fs::read(&restored[1]).unwrap(),
+        "the test failover serves point 2 as its restore"
+    );
+    assert!(
+        cleanup.contains("point 2") && cleanup.contains("ok"),
+        "{cleanup}"
+    );
+    let points = ok(&site.shipper(
+        &[
+            "points",
+            "--target",
+            &site.server.url,
+            "--group",
+            &site.group,
+        ],
+        &[],
+    ));
+    assert_eq!(points.matches("tested").count(), 1, "{points}");
+}
+
 #[test]
 fn reads_equal_a_full_restore_local() {
     reads_equal_a_full_restore(ServerKind::Local);

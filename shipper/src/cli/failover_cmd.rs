@@ -44,6 +44,28 @@ pub enum FailoverSub {
     /// while a file is open for writing), seal and ship a final point, and hand the group
     /// over at it; prints the command to run on the recovery host. No data loss.
     Planned(PlannedArgs),
+    /// Test failover: serve point P at DIR at once (`hrl-shipper mount`: read on demand,
+    /// writable into a throwaway overlay, the store untouched; replication of the group goes
+    /// on); `--cleanup --to DIR` ends it and records the point as tested (`points` shows it).
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub store: FailoverStore,
+    /// `latest`, a point id, or a time (RFC 3339), as for `restore`.
+    #[arg(long, default_value = "latest")]
+    pub point: String,
+    /// Directory to serve the point's disks in (one file per disk).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// End the test failover at DIR: unmount, remove the overlay, record the result.
+    #[arg(long)]
+    pub cleanup: bool,
+    /// State directory (the overlay lives under `mounts/` there).
+    #[arg(long, env = "HRL_STATE_DIR", default_value = crate::service::status::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -87,6 +109,7 @@ pub async fn cmd_failover(a: FailoverArgs) -> Result<std::process::ExitCode> {
     let usage = "give --target URL --group NAME --to DIR (recovery host), or `failover planned --dir DIR` (primary)";
     match (a.planned, a.store.group) {
         (Some(FailoverSub::Planned(p)), _) => cmd_planned(p).await,
+        (Some(FailoverSub::Test(t)), _) => cmd_test(t).await,
         (None, Some(group)) => {
             let store = StoreArgs {
                 target: a.store.target,
@@ -202,5 +225,39 @@ async fn cmd_unplanned(store: StoreArgs, a: UnplannedArgs) -> Result<std::proces
         );
         println!("to replicate from here (continues the group's chain, no base copy): {next}");
     }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `failover test`: a mount of the point (start) or its end and record (`--cleanup`).
+async fn cmd_test(a: TestArgs) -> Result<std::process::ExitCode> {
+    use super::mount_cmd::{test_failover_cleanup, test_failover_start};
+    if a.cleanup {
+        match test_failover_cleanup(&a.to, &a.state_dir).await? {
+            Some(r) => println!(
+                "test failover of point {} at {} ended: {}",
+                r.point,
+                a.to.display(),
+                r.result
+            ),
+            None => println!("test failover at {} ended", a.to.display()),
+        }
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let Some(group) = a.store.group else {
+        anyhow::bail!("give --target URL --group NAME --point P --to DIR (or --cleanup --to DIR)");
+    };
+    let store = StoreArgs {
+        target: a.store.target,
+        group,
+        key: a.store.key,
+    };
+    std::fs::create_dir_all(&a.to).with_context(|| format!("create {}", a.to.display()))?;
+    let id = test_failover_start(&store, &a.point, &a.to, &a.state_dir)?;
+    println!(
+        "test failover: point {id} of group {} served at {} (writes go to a throwaway overlay); end it with `hrl-shipper failover test --cleanup --to {}`",
+        store.group,
+        a.to.display(),
+        a.to.display()
+    );
     Ok(std::process::ExitCode::SUCCESS)
 }
