@@ -99,10 +99,12 @@ async fn merged_base(
 ) -> Result<Option<(BaseRef, u64)>> {
     let key = merged_base_key(&entry.disk_id, entry.generation, entry.last_seq);
     let (hash, block_size, sent) = if store.exists(&key).await? {
+        // Hash of the stored (in an encrypted group: sealed) bytes, as the manifest names it.
         let bytes = store.get(&key).await?;
         let index = hrl::chunk::ChunkIndex::decode(&bytes)
             .map_err(|e| store.damaged("merged chunk index", &key, e.to_string()))?;
-        (hash_hex(&bytes), index.block_size, 0)
+        let hash = crate::store::index::stored_index_hash(store, &key).await?;
+        (hash, index.block_size, 0)
     } else {
         std::fs::create_dir_all(work)
             .with_context(|| format!("create the scratch directory {}", work.display()))?;
@@ -128,8 +130,4 @@ async fn merged_base(
         },
         sent,
     )))
-}
-
-fn hash_hex(bytes: &[u8]) -> String {
-    hrl::to_hex(blake3::hash(bytes).as_bytes())
 }

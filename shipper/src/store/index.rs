@@ -28,10 +28,24 @@ pub async fn fetch_base_index(store: &GroupStore, base: &BaseRef) -> StoreResult
 }
 
 /// Encodes (and seals) and uploads an index; returns the hash (hex) of the stored bytes for
-/// the manifest.
+/// the manifest. When an earlier attempt (a killed cycle or prune) stored this key already,
+/// the hash is the stored object's: sealing is not deterministic, and a fuzzy copy read again
+/// may differ, but that index is as good a base after the same seal (its chunks went up
+/// before it) — the manifest must name what the store holds (chaos seeds 50007, 50009).
 pub async fn put_index(store: &GroupStore, key: &str, index: &ChunkIndex) -> StoreResult<String> {
     let stored = store.seal(key, index.encode()).await?;
     let hash = hrl::to_hex(blake3::hash(&stored).as_bytes());
-    store.put_stored(key, stored).await?;
+    match store.put_stored(key, stored).await? {
+        super::Put::Created => Ok(hash),
+        super::Put::Existed => stored_index_hash(store, key).await,
+    }
+}
+
+/// The hash (hex) of the index stored at `key`, after checking that it opens and decodes.
+pub async fn stored_index_hash(store: &GroupStore, key: &str) -> StoreResult<String> {
+    let stored = store.get_stored(key).await?;
+    let hash = hrl::to_hex(blake3::hash(&stored).as_bytes());
+    let bytes = store.open(key, stored).await?;
+    ChunkIndex::decode(&bytes).map_err(|e| store.damaged("chunk index", key, e.to_string()))?;
     Ok(hash)
 }
