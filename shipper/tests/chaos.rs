@@ -70,6 +70,7 @@ const CI_KINDS: &[Kind] = &[
     Kind::JunkHrl,
     Kind::FdExhaust,
     Kind::WorkdirLeak,
+    Kind::Prune,
 ];
 // Every kind runs in CI (each issue 16 / 18 item's kind was enabled once its fix landed; what
 // each showed before is in docs/chaos.md).
