@@ -126,20 +126,8 @@ pub fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Completions { shell } => {
-            use std::io::Write;
-            let mut c = <Cli as clap::CommandFactory>::command();
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut c, "hrl-tracker", &mut script);
-            std::io::stdout()
-                .write_all(&script)
-                .context("write the completion script")
-        }
-        Cmd::Man { dir } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
-                .with_context(|| format!("write man pages into {}", dir.display()))
-        }
+        Cmd::Completions { shell } => print_completions(shell),
+        Cmd::Man { dir } => write_man_pages(&dir),
         Cmd::Mount {
             dir,
             backing,
@@ -163,58 +151,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             })
         }
         Cmd::Unmount { dir, timeout } => mount::unmount(&dir, Duration::from_secs(timeout)),
-        Cmd::Status { dir, json } => {
-            let socket = mount::socket_for(&dir)?;
-            let r = request(&socket, &Request::Status)?;
-            if !r.ok {
-                anyhow::bail!("{}", r.error.unwrap_or_default());
-            }
-            let st = r
-                .status
-                .context("status missing from the tracker's answer")?;
-            if json {
-                let mut v = serde_json::to_value(&st)?;
-                if let (Some(c), Some(m)) = (r.counters, v.as_object_mut()) {
-                    m.insert("counters".into(), serde_json::to_value(c)?);
-                }
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            let esc = hrl::display::escaped;
-            println!("mount:   {}", esc(&st.mount));
-            println!("socket:  {}", esc(&st.socket));
-            println!("pid:     {}", st.pid);
-            println!(
-                "{:<24} {:<6} {:>14} {:>8} {:>14} {:>8} {:>8}",
-                "DISK", "MODE", "SIZE", "SEQ", "ACTIVE LOG", "PENDING", "DIRTY"
-            );
-            for d in &st.disks {
-                println!(
-                    "{:<24} {:<6} {:>14} {:>8} {:>14} {:>8} {:>8}",
-                    esc(&d.disk),
-                    format!("{:?}", d.mode).to_lowercase(),
-                    d.disk_size,
-                    d.active_seq,
-                    d.active_log_bytes,
-                    d.pending_logs,
-                    d.dirty_extents
-                );
-                if let Some(why) = &d.changed_outside {
-                    println!("  warning: {why}");
-                }
-                if !d.unclean_extents.is_empty() {
-                    println!(
-                        "  unclean stop: {} extent(s) may differ from the logs: {:?}",
-                        d.unclean_extents.len(),
-                        d.unclean_extents
-                    );
-                }
-            }
-            for u in &st.untracked {
-                println!("warning: {u}");
-            }
-            Ok(())
-        }
+        Cmd::Status { dir, json } => show_status(&dir, json),
         Cmd::Ack { dir, disk, seq } => {
             let socket = mount::socket_for(&dir)?;
             let r = request(
@@ -240,4 +177,76 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `completions SHELL`: the completion script on stdout.
+fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut c = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut c, "hrl-tracker", &mut script);
+    std::io::stdout()
+        .write_all(&script)
+        .context("write the completion script")
+}
+
+/// `man DIR`: the man pages.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), dir)
+        .with_context(|| format!("write man pages into {}", dir.display()))
+}
+
+/// `status DIR [--json]`: the tracker's account of its disks.
+fn show_status(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let socket = mount::socket_for(&dir)?;
+    let r = request(&socket, &Request::Status)?;
+    if !r.ok {
+        anyhow::bail!("{}", r.error.unwrap_or_default());
+    }
+    let st = r
+        .status
+        .context("status missing from the tracker's answer")?;
+    if json {
+        let mut v = serde_json::to_value(&st)?;
+        if let (Some(c), Some(m)) = (r.counters, v.as_object_mut()) {
+            m.insert("counters".into(), serde_json::to_value(c)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let esc = hrl::display::escaped;
+    println!("mount:   {}", esc(&st.mount));
+    println!("socket:  {}", esc(&st.socket));
+    println!("pid:     {}", st.pid);
+    println!(
+        "{:<24} {:<6} {:>14} {:>8} {:>14} {:>8} {:>8}",
+        "DISK", "MODE", "SIZE", "SEQ", "ACTIVE LOG", "PENDING", "DIRTY"
+    );
+    for d in &st.disks {
+        println!(
+            "{:<24} {:<6} {:>14} {:>8} {:>14} {:>8} {:>8}",
+            esc(&d.disk),
+            format!("{:?}", d.mode).to_lowercase(),
+            d.disk_size,
+            d.active_seq,
+            d.active_log_bytes,
+            d.pending_logs,
+            d.dirty_extents
+        );
+        if let Some(why) = &d.changed_outside {
+            println!("  warning: {why}");
+        }
+        if !d.unclean_extents.is_empty() {
+            println!(
+                "  unclean stop: {} extent(s) may differ from the logs: {:?}",
+                d.unclean_extents.len(),
+                d.unclean_extents
+            );
+        }
+    }
+    for u in &st.untracked {
+        println!("warning: {u}");
+    }
+    Ok(())
 }

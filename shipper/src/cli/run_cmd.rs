@@ -87,73 +87,11 @@ fn retention_for(
 }
 
 pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
-    let mut jobs = Vec::new();
-    let mut metrics_in_config = None;
-    if let Some(path) = &a.config {
-        let cfg = config::load(path)?;
-        metrics_in_config = cfg.metrics.clone();
-        let retry_unit = match cfg.retry_unit {
-            Some(u) => u,
-            None => retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
-        };
-        let common = Common {
-            state_dir: cfg.state_dir.clone().unwrap_or(a.common.state_dir.clone()),
-            chunk_size: cfg.chunk_size.unwrap_or(a.common.chunk_size),
-            key: a.common.key.clone(),
-        };
-        bandwidth::set_schedule(cfg.bandwidth.clone());
-        let window = window::parse_option(
-            cfg.resync_window
-                .as_deref()
-                .or(a.resync_window.as_deref())
-                .unwrap_or(window::DEFAULT_WINDOW),
-        )?;
-        for d in &cfg.dirs {
-            check_dir(&d.path)?;
-            let group = group_for(&d.path, d.group.clone(), &common.state_dir)?;
-            let mut common = common.clone();
-            if let Some(k) = &d.encryption_key {
-                common.key = KeyArgs {
-                    key: Some(k.clone()),
-                    passphrase_file: cfg.passphrase_file.clone().or(common.key.passphrase_file),
-                };
-            }
-            let t = target_for(&d.path, Some(&cfg.target), a.retarget, &common.state_dir)?;
-            let mut pr = protected(&d.path, &t, &group, &common, false)?;
-            pr.resync_window = window;
-            pr.app = a
-                .app
-                .over(d.hooks.clone())
-                .hooks(config::DEFAULT_APP_EVERY)?;
-            jobs.push(service::DirJob {
-                protected: pr,
-                interval: d.interval,
-                retry_unit,
-                retention: Some(retention_for(&a, d.policy, d.prune_every)?),
-            });
-        }
-    } else if let Some(dir) = &a.dir {
-        check_dir(dir)?;
-        let group = group_for(dir, a.group.clone(), &a.common.state_dir)?;
-        let t = target_for(dir, a.target.as_deref(), a.retarget, &a.common.state_dir)?;
-        let mut pr = protected(dir, &t, &group, &a.common, false)?;
-        pr.resync_window =
-            window::parse_option(a.resync_window.as_deref().unwrap_or(window::DEFAULT_WINDOW))?;
-        pr.app = a
-            .app
-            .over(HookSettings::default())
-            .hooks(config::DEFAULT_APP_EVERY)?;
-        jobs.push(service::DirJob {
-            protected: pr,
-            interval: retry::parse_duration(&a.interval).context("--interval")?,
-            retry_unit: retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
-            retention: Some(retention_for(
-                &a,
-                Policy::default(),
-                service_retention::DEFAULT_PRUNE_EVERY,
-            )?),
-        });
-    }
+    let (jobs, metrics_in_config) = match (&a.config, &a.dir) {
+        (Some(path), _) => jobs_of_config(&a, path)?,
+        (None, Some(dir)) => (vec![job_of_dir(&a, dir)?], None),
+        (None, None) => (Vec::new(), None),
+    };
     // After the config's schedule: --bandwidth replaces it.
     a.net.apply()?;
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -188,4 +126,79 @@ pub async fn cmd_run(a: RunArgs) -> Result<std::process::ExitCode> {
     })
     .await;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The jobs of every directory of the config file at `path` (the config's bandwidth schedule
+/// installed), and its metrics address.
+fn jobs_of_config(
+    a: &RunArgs,
+    path: &std::path::Path,
+) -> Result<(Vec<service::DirJob>, Option<String>)> {
+    let cfg = config::load(path)?;
+    let mut jobs = Vec::new();
+    let retry_unit = match cfg.retry_unit {
+        Some(u) => u,
+        None => retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
+    };
+    let common = Common {
+        state_dir: cfg.state_dir.clone().unwrap_or(a.common.state_dir.clone()),
+        chunk_size: cfg.chunk_size.unwrap_or(a.common.chunk_size),
+        key: a.common.key.clone(),
+    };
+    bandwidth::set_schedule(cfg.bandwidth.clone());
+    let window = window::parse_option(
+        cfg.resync_window
+            .as_deref()
+            .or(a.resync_window.as_deref())
+            .unwrap_or(window::DEFAULT_WINDOW),
+    )?;
+    for d in &cfg.dirs {
+        check_dir(&d.path)?;
+        let group = group_for(&d.path, d.group.clone(), &common.state_dir)?;
+        let mut common = common.clone();
+        if let Some(k) = &d.encryption_key {
+            common.key = KeyArgs {
+                key: Some(k.clone()),
+                passphrase_file: cfg.passphrase_file.clone().or(common.key.passphrase_file),
+            };
+        }
+        let t = target_for(&d.path, Some(&cfg.target), a.retarget, &common.state_dir)?;
+        let mut pr = protected(&d.path, &t, &group, &common, false)?;
+        pr.resync_window = window;
+        pr.app = a
+            .app
+            .over(d.hooks.clone())
+            .hooks(config::DEFAULT_APP_EVERY)?;
+        jobs.push(service::DirJob {
+            protected: pr,
+            interval: d.interval,
+            retry_unit,
+            retention: Some(retention_for(a, d.policy, d.prune_every)?),
+        });
+    }
+    Ok((jobs, cfg.metrics.clone()))
+}
+
+/// The job of the one directory `run --dir` names.
+fn job_of_dir(a: &RunArgs, dir: &std::path::Path) -> Result<service::DirJob> {
+    check_dir(dir)?;
+    let group = group_for(dir, a.group.clone(), &a.common.state_dir)?;
+    let t = target_for(dir, a.target.as_deref(), a.retarget, &a.common.state_dir)?;
+    let mut pr = protected(dir, &t, &group, &a.common, false)?;
+    pr.resync_window =
+        window::parse_option(a.resync_window.as_deref().unwrap_or(window::DEFAULT_WINDOW))?;
+    pr.app = a
+        .app
+        .over(HookSettings::default())
+        .hooks(config::DEFAULT_APP_EVERY)?;
+    Ok(service::DirJob {
+        protected: pr,
+        interval: retry::parse_duration(&a.interval).context("--interval")?,
+        retry_unit: retry::parse_duration(&a.retry_unit).context("--retry-unit")?,
+        retention: Some(retention_for(
+            a,
+            Policy::default(),
+            service_retention::DEFAULT_PRUNE_EVERY,
+        )?),
+    })
 }

@@ -551,43 +551,50 @@ pub fn render(all: &[DirStatus]) -> String {
             );
         }
         for k in &d.disks {
-            let share = if k.disk_size > 0 {
-                100.0 * k.unshipped_bytes as f64 / k.disk_size as f64
-            } else {
-                0.0
-            };
-            let _ = write!(
-                out,
-                "  {:<24} {:<20} {:<8?} unshipped {} ({share:.2}% of {})",
-                esc(&k.disk),
-                if d.paused {
-                    DiskState::Paused.label()
-                } else {
-                    k.state.label()
-                },
-                k.health,
-                human_bytes(k.unshipped_bytes),
-                human_bytes(k.disk_size)
-            );
-            if let Some((done, total)) = k.progress {
-                let _ = write!(out, "  copy {}/{}", human_bytes(done), human_bytes(total));
-            }
-            out.push('\n');
-            if let Some(r) = &k.resync {
-                let _ = writeln!(out, "    {}", render_resync(r));
-            }
-            if let Some(why) = k.resync_reason.as_ref().filter(|_| k.resync.is_none()) {
-                let _ = writeln!(out, "    resync needed: {}", esc(why));
-            }
-            if let Some(e) = &k.last_error {
-                let _ = writeln!(out, "    error: {}", esc(e));
-            }
+            render_disk(&mut out, k, d.paused);
         }
     }
     if all.is_empty() {
         out.push_str("no protected directories (no state files yet)\n");
     }
     out
+}
+
+/// One disk's lines of [`render`].
+fn render_disk(out: &mut String, k: &DiskStatus, paused: bool) {
+    use hrl::display::escaped as esc;
+    use std::fmt::Write;
+    let share = if k.disk_size > 0 {
+        100.0 * k.unshipped_bytes as f64 / k.disk_size as f64
+    } else {
+        0.0
+    };
+    let _ = write!(
+        out,
+        "  {:<24} {:<20} {:<8?} unshipped {} ({share:.2}% of {})",
+        esc(&k.disk),
+        if paused {
+            DiskState::Paused.label()
+        } else {
+            k.state.label()
+        },
+        k.health,
+        human_bytes(k.unshipped_bytes),
+        human_bytes(k.disk_size)
+    );
+    if let Some((done, total)) = k.progress {
+        let _ = write!(out, "  copy {}/{}", human_bytes(done), human_bytes(total));
+    }
+    out.push('\n');
+    if let Some(r) = &k.resync {
+        let _ = writeln!(out, "    {}", render_resync(r));
+    }
+    if let Some(why) = k.resync_reason.as_ref().filter(|_| k.resync.is_none()) {
+        let _ = writeln!(out, "    resync needed: {}", esc(why));
+    }
+    if let Some(e) = &k.last_error {
+        let _ = writeln!(out, "    error: {}", esc(e));
+    }
 }
 
 #[cfg(test)]
