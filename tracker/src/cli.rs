@@ -199,7 +199,7 @@ fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// `status DIR [--json]`: the tracker's account of its disks.
 fn show_status(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let socket = mount::socket_for(&dir)?;
+    let socket = mount::socket_for(dir)?;
     let r = request(&socket, &Request::Status)?;
     if !r.ok {
         anyhow::bail!("{}", r.error.unwrap_or_default());
