@@ -4,6 +4,12 @@
 //! raw input is never accepted as a sealed object (it would need a forged tag); an object
 //! sealed from the input round-trips, and damaged where the input says (a cut or a flipped
 //! bit) it is refused by both openers.
+//!
+//! Two keys: raw input is opened under one that never seals anything. Sealing under the same
+//! key let libFuzzer replay a genuine object: the target's own `bad != sealed` comparison is
+//! a memcmp, which libFuzzer intercepts and feeds back as input bytes, so a 52-byte sealed
+//! empty object came back as "raw input" and was (rightly) accepted. Under a key that seals
+//! nothing, acceptance could only be a forged tag.
 #![no_main]
 
 use std::io::Read;
@@ -19,28 +25,37 @@ use damage::damage;
 
 const KEY: &str = "chunks/ab/abab";
 
-fn crypto() -> &'static GroupCrypto {
-    static C: OnceLock<GroupCrypto> = OnceLock::new();
-    C.get_or_init(|| {
-        let key = MasterKey::generate().expect("random key");
-        GroupCrypto::new(&key, "fuzz")
-    })
+fn new_crypto() -> GroupCrypto {
+    let key = MasterKey::generate().expect("random key");
+    GroupCrypto::new(&key, "fuzz")
 }
 
-fn open_streaming(bytes: &[u8]) -> Option<Vec<u8>> {
+/// Seals and opens the round trips: its objects show up in compares the fuzzer sees.
+fn crypto() -> &'static GroupCrypto {
+    static C: OnceLock<GroupCrypto> = OnceLock::new();
+    C.get_or_init(new_crypto)
+}
+
+/// Only opens raw input: nothing is ever sealed under it.
+fn victim() -> &'static GroupCrypto {
+    static V: OnceLock<GroupCrypto> = OnceLock::new();
+    V.get_or_init(new_crypto)
+}
+
+fn open_streaming(c: &GroupCrypto, bytes: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    crypto()
-        .open_reader(KEY, ObjectKind::Chunk, bytes)
+    c.open_reader(KEY, ObjectKind::Chunk, bytes)
         .read_to_end(&mut out)
         .ok()
         .map(|_| out)
 }
 
 fuzz_target!(|data: &[u8]| {
+    // Raw input: never accepted (that would be a forged tag), never a panic.
+    let v = victim();
+    assert!(v.open(KEY, ObjectKind::Chunk, data).is_err());
+    assert!(open_streaming(v, data).is_none());
     let c = crypto();
-    // Raw input: never accepted, never a panic.
-    assert!(c.open(KEY, ObjectKind::Chunk, data).is_err());
-    assert!(open_streaming(data).is_none());
     let _ = MasterKey::decode(Path::new("fuzz.key"), data, Some(b"pw"));
     let _ = EncryptionRecord::from_json(data);
 
@@ -48,11 +63,11 @@ fuzz_target!(|data: &[u8]| {
     let (ctl, plain) = data.split_at(data.len().min(8));
     let sealed = c.seal(KEY, ObjectKind::Chunk, plain).expect("seal");
     assert_eq!(c.open(KEY, ObjectKind::Chunk, &sealed).expect("open"), plain);
-    assert_eq!(open_streaming(&sealed).as_deref(), Some(plain));
+    assert_eq!(open_streaming(c, &sealed).as_deref(), Some(plain));
     let mut bad = sealed.clone();
     damage(&mut bad, ctl);
     if bad != sealed {
         assert!(c.open(KEY, ObjectKind::Chunk, &bad).is_err());
-        assert!(open_streaming(&bad).is_none());
+        assert!(open_streaming(c, &bad).is_none());
     }
 });
