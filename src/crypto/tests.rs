@@ -488,17 +488,34 @@ proptest! {
     }
 }
 
-/// Fuzz finding (fuzz/regressions/crypto_decoders): a valid header and 20 more bytes (no
-/// tag that could verify) must be refused by both openers, under any key.
+/// The two fuzz findings (fuzz/regressions/crypto_decoders) are genuine sealed objects of a
+/// 4-byte and an empty plaintext (56 and 52 bytes): the fuzz target sealed under the key it
+/// opened raw input with, and libFuzzer fed the sealed bytes back from a memcmp it
+/// intercepts. Under any other key both are refused by both openers.
 #[test]
-fn raw_header_plus_twenty_bytes_from_the_fuzzer_is_refused() {
-    let input = include_bytes!(
-        "../../fuzz/regressions/crypto_decoders/crash-13e9269abc8874778bd4c25680fb47cfc86d4097"
-    );
-    assert_eq!(input.len(), 56);
-    for _ in 0..8 {
-        let c = crypto("fuzz");
-        refused(&c, "chunks/ab/abab", ObjectKind::Chunk, input);
+fn fuzz_findings_are_sealed_objects_of_another_key_and_are_refused() {
+    let findings: [&[u8]; 2] = [
+        include_bytes!(
+            "../../fuzz/regressions/crypto_decoders/crash-13e9269abc8874778bd4c25680fb47cfc86d4097"
+        ),
+        include_bytes!(
+            "../../fuzz/regressions/crypto_decoders/crash-acc0a1b80b421d4ead956be8faeecec57f06f954"
+        ),
+    ];
+    let c = crypto("fuzz");
+    for (input, plain_len) in findings.into_iter().zip([4usize, 0]) {
+        let sealed = c
+            .seal("chunks/ab/abab", ObjectKind::Chunk, &data(plain_len, 1))
+            .unwrap();
+        assert_eq!(
+            input.len(),
+            sealed.len(),
+            "a sealed {plain_len}-byte object"
+        );
+        assert_eq!(input[..12], sealed[..12], "same fixed header");
+        for _ in 0..8 {
+            refused(&crypto("fuzz"), "chunks/ab/abab", ObjectKind::Chunk, input);
+        }
     }
 }
 
