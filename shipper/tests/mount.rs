@@ -1,8 +1,9 @@
 //! `hrl-shipper mount` on real FUSE mounts: every byte read equals a full restore of the
 //! same point (local store, moto, Azurite), damaged store objects give EIO and a log line
 //! naming them, ext4 through a loop device replays its journal into the overlay and checks
-//! clean, the store never changes, one small read fetches one chunk, and a killed mount
-//! process is cleaned up by `unmount`.
+//! clean, the store never changes, one small read fetches one chunk, a killed mount
+//! process is cleaned up by `unmount`, and an encrypted point mounts with its key (a wrong
+//! one is refused before anything is mounted).
 
 #![allow(clippy::unwrap_used)]
 
@@ -540,4 +541,86 @@ fn a_killed_mount_process_unmounts_cleanly_and_mounts_again() {
         .read_dir()
         .map_or(0, |d| d.count());
     assert_eq!(leases, 0, "no lease left behind");
+}
+
+/// The store's leases (a mount holds one while it serves).
+fn leases(site: &Site) -> usize {
+    site.store_group()
+        .join("leases")
+        .read_dir()
+        .map_or(0, |d| d.count())
+}
+
+/// An encrypted point mounts with its `--key` (and `--bandwidth`) and reads byte-identical
+/// to the disk it was replicated from, its log included; no key, a wrong key or a bad rate
+/// is refused with an error that says why before anything is mounted: no FUSE mount, no
+/// lease, no overlay, nothing in the mount directory.
+#[test]
+fn encrypted_point_mounts_with_its_key_and_a_wrong_key_is_refused() {
+    let site = Site::with_stand_in(ServerKind::Local);
+    let key = site.tmp.path().join("group.key");
+    let other = site.tmp.path().join("other.key");
+    for k in [&key, &other] {
+        ok(&site.shipper(&["key", "create", "--out", &k.display().to_string()], &[]));
+    }
+    let keyed = vec![("HRL_KEY".to_string(), key.display().to_string())];
+    let t = site.tracker();
+    t.add_disk("d.img", 8 * MIB);
+    t.write("d.img", 0, &pattern(31, 600_000));
+    t.write("d.img", 6 * MIB, &pattern(32, 100_000));
+    ok(&site.output("sync", &["--json"], &keyed));
+    t.write("d.img", CHUNK - 100, &pattern(33, 5000));
+    ok(&site.output("sync", &["--json"], &keyed));
+    assert!(
+        site.store_group().join("encryption.json").is_file(),
+        "the group is encrypted"
+    );
+    let want = std::fs::read(site.dir.join("d.img")).unwrap();
+
+    let dir = site.tmp.path().join("m");
+    let key_s = key.display().to_string();
+    let other_s = other.display().to_string();
+    let refused = [
+        (vec![], "is encrypted"),
+        (vec!["--key", other_s.as_str()], "does not match group"),
+        (
+            vec!["--key", key_s.as_str(), "--bandwidth", "fast"],
+            "--bandwidth: \"fast\" is not a rate",
+        ),
+    ];
+    for (extra, why) in &refused {
+        let out = mount_output(&site, "latest", &dir, extra, &[]);
+        let e = stderr(&out);
+        assert!(!out.status.success(), "mount {extra:?} succeeded");
+        assert!(e.contains(why), "mount {extra:?}: {e}");
+        assert!(!is_mounted(&dir), "mount {extra:?} left a FUSE mount");
+        assert_eq!(leases(&site), 0, "mount {extra:?} left a lease");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "mount {extra:?} put something in the mount directory"
+        );
+        let scratch = hrl_shipper::mount::session::scratch_dir(
+            &site.state,
+            &hrl_shipper::mount::session::mount_path(&dir).unwrap(),
+        );
+        assert!(!scratch.exists(), "mount {extra:?} left an overlay");
+    }
+
+    let m = PointMount::start(
+        &site,
+        "latest",
+        &dir,
+        &["--key", &key_s, "--bandwidth", "64MiB/s", "--read-only"],
+        &[],
+    );
+    assert_eq!(leases(&site), 1, "a lease while mounted");
+    random_reads_match(&m.disk("d.img"), &want, 7);
+    assert!(
+        std::fs::read(m.disk("d.img")).unwrap() == want,
+        "the encrypted point reads as the disk it was replicated from"
+    );
+    let out = m.unmount();
+    assert!(out.contains("point 2 tested: ok"), "{out}");
+    assert_eq!(leases(&site), 0, "the lease went with the mount");
 }

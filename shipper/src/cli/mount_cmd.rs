@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use hrl::store::TestRecord;
 
-use super::args::StoreArgs;
+use super::args::{NetArgs, StoreArgs};
 use crate::mount::session::{self, MountSpec};
 use crate::mount::CoreOptions;
 use crate::service::status;
@@ -24,6 +24,8 @@ const READY_FD_ENV: &str = "HRL_SHIPPER_READY_FD";
 pub struct MountArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// `latest`, a point id, or a time (RFC 3339): the last point sealed at or before it.
     #[arg(long, default_value = "latest")]
     pub point: String,
@@ -79,6 +81,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 pub async fn cmd_mount(a: MountArgs) -> Result<std::process::ExitCode> {
+    // Here too when the mount goes to the background: a bad rate is refused before anything
+    // starts (the background process gets the same arguments and installs it for itself).
+    a.net.apply()?;
     if a.foreground {
         serve(&a).await?;
     } else {

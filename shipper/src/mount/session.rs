@@ -61,6 +61,20 @@ pub fn scratch_dir(state_dir: &Path, mountpoint: &Path) -> PathBuf {
         .join(hrl::to_hex(&h.as_bytes()[..8]))
 }
 
+/// Where a mount process leaves its test record for `unmount`, beside its log: the store's
+/// copy of an encrypted group is sealed with a key `unmount` is not given.
+pub fn record_path(scratch: &Path) -> PathBuf {
+    scratch.with_extension("record.json")
+}
+
+/// The record a finished mount process left at `scratch` (taken: the file is removed).
+pub fn take_record(scratch: &Path) -> Option<TestRecord> {
+    let p = record_path(scratch);
+    let bytes = std::fs::read(&p).ok()?;
+    let _ = std::fs::remove_file(&p);
+    serde_json::from_slice(&bytes).ok()
+}
+
 pub fn read_info(scratch: &Path) -> Option<MountInfo> {
     let bytes = std::fs::read(scratch.join("mount.json")).ok()?;
     serde_json::from_slice(&bytes).ok()
@@ -101,10 +115,12 @@ pub async fn start(store: GroupStore, spec: &MountSpec) -> Result<Serving> {
     if !mountpoint.is_dir() {
         bail!("{}: not a directory", mountpoint.display());
     }
+    // The point first: a refused key or an unknown point leaves nothing behind.
+    let point = points::select(&store, &spec.point).await?;
     let _ = std::fs::remove_dir_all(&scratch);
+    let _ = std::fs::remove_file(record_path(&scratch));
     crate::private::create_dir(&scratch)
         .with_context(|| format!("create {}", scratch.display()))?;
-    let point = points::select(&store, &spec.point).await?;
     let info = MountInfo {
         pid: std::process::id(),
         mountpoint: mountpoint.clone(),
@@ -114,9 +130,12 @@ pub async fn start(store: GroupStore, spec: &MountSpec) -> Result<Serving> {
         holder: leases::holder_name(),
         started_ns: hrl::now_ns(),
     };
-    write_info(&scratch, &info)?;
-    renew(&store, &info).await?;
-    let opened = open_and_mount(&store, point, &scratch, &mountpoint, spec).await;
+    let opened = async {
+        write_info(&scratch, &info)?;
+        renew(&store, &info).await?;
+        open_and_mount(&store, point, &scratch, &mountpoint, spec).await
+    }
+    .await;
     match opened {
         Ok((core, session)) => Ok(Serving {
             core,
@@ -244,6 +263,14 @@ impl Serving {
             Err(e) => format!("the FUSE session failed: {e}"),
         };
         let record = finish(&store, &info, &result, core.overlay_bytes()).await;
+        if let Ok(r) = &record {
+            let written = serde_json::to_vec(r)
+                .map_err(std::io::Error::other)
+                .and_then(|b| std::fs::write(record_path(&scratch), b));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "cannot leave the test record for unmount");
+            }
+        }
         let _ = std::fs::remove_dir_all(&scratch);
         let stat = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         tracing::info!(mount = %info.mountpoint.display(), point = info.point,

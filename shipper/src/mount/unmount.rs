@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hrl::store::TestRecord;
 
-use super::session::{alive, finish_dead, mount_path, read_info, scratch_dir, MountInfo};
+use super::session::{
+    alive, finish_dead, mount_path, read_info, scratch_dir, take_record, MountInfo,
+};
 use crate::store::GroupStore;
 
 /// How long `unmount` waits for the mount process to finish after the kernel let go.
@@ -64,7 +66,10 @@ pub async fn unmount(dir: &Path, state_dir: &Path) -> Result<Option<TestRecord>>
             );
         }
         if read_info(&scratch).is_none() {
-            return Ok(record_of(&info).await);
+            return Ok(match take_record(&scratch) {
+                Some(r) => Some(r),
+                None => record_of(&info).await,
+            });
         }
     }
     // The process died without finishing: release its lease, record the test, clean up.
