@@ -623,4 +623,38 @@ fn encrypted_point_mounts_with_its_key_and_a_wrong_key_is_refused() {
     let out = m.unmount();
     assert!(out.contains("point 2 tested: ok"), "{out}");
     assert_eq!(leases(&site), 0, "the lease went with the mount");
+
+    // A killed encrypted mount: `unmount` (given no key) still releases its lease and
+    // records the test, with the key file the mount recorded.
+    let m = PointMount::start(&site, "1", &dir, &["--key", &key_s], &[]);
+    let scratch = hrl_shipper::mount::session::scratch_dir(
+        &site.state,
+        &hrl_shipper::mount::session::mount_path(&dir).unwrap(),
+    );
+    let pid = hrl_shipper::mount::session::read_info(&scratch)
+        .unwrap()
+        .pid;
+    signal(pid, "KILL");
+    wait_until(Duration::from_secs(30), "the mount process to die", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let out = m.unmount();
+    assert!(
+        out.contains("point 1 tested") && out.contains("died"),
+        "{out}"
+    );
+    assert_eq!(leases(&site), 0, "the dead mount's lease is released");
+    let points = ok(&site.shipper(
+        &[
+            "points",
+            "--target",
+            &site.server.url,
+            "--group",
+            &site.group,
+            "--key",
+            &key_s,
+        ],
+        &[],
+    ));
+    assert_eq!(points.matches("tested").count(), 2, "{points}");
 }

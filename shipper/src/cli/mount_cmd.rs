@@ -226,6 +226,7 @@ async fn serve(a: &MountArgs) -> Result<()> {
             cache_bytes: a.cache_size,
             prefetch_bytes: a.prefetch,
         },
+        key: a.store.key.clone(),
     };
     let started = match a.store.open() {
         Ok(store) => session::start(store, &spec).await,

@@ -13,17 +13,21 @@ use serde::{Deserialize, Serialize};
 
 use super::core::{CoreOptions, MountCore};
 use super::fuse::PointFs;
+use crate::cli::args::KeyArgs;
 use crate::recover::points;
 use crate::store::{leases, tests, GroupStore};
 
 /// What to mount.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MountSpec {
     /// `latest`, an id or a time (see [`points::select`]).
     pub point: String,
     pub dir: PathBuf,
     pub state_dir: PathBuf,
     pub core: CoreOptions,
+    /// The group's key files, kept (as paths) in `mount.json` so that whoever finishes the
+    /// job of a killed mount can open an encrypted group.
+    pub key: KeyArgs,
 }
 
 /// What a live mount leaves for `unmount` (and a later mount) in its scratch directory.
@@ -36,6 +40,12 @@ pub struct MountInfo {
     pub point: u64,
     pub holder: String,
     pub started_ns: u64,
+    /// `--key` of the mount (a path; none for a plain group).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// `--passphrase-file` of the mount (a path).
+    #[serde(default)]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 /// The fsname mounts of points show in /proc/self/mountinfo.
@@ -73,6 +83,16 @@ pub fn take_record(scratch: &Path) -> Option<TestRecord> {
     let bytes = std::fs::read(&p).ok()?;
     let _ = std::fs::remove_file(&p);
     serde_json::from_slice(&bytes).ok()
+}
+
+/// The store of the mount `info` describes, with its key.
+pub fn store_of(info: &MountInfo) -> Result<GroupStore> {
+    let store = GroupStore::new(crate::store::target::open(&info.target)?, &info.group)?;
+    let key = KeyArgs {
+        key: info.key_file.clone(),
+        passphrase_file: info.passphrase_file.clone(),
+    };
+    key.apply(store)
 }
 
 pub fn read_info(scratch: &Path) -> Option<MountInfo> {
@@ -129,6 +149,8 @@ pub async fn start(store: GroupStore, spec: &MountSpec) -> Result<Serving> {
         point: point.id,
         holder: leases::holder_name(),
         started_ns: hrl::now_ns(),
+        key_file: spec.key.key.clone(),
+        passphrase_file: spec.key.passphrase_file.clone(),
     };
     let opened = async {
         write_info(&scratch, &info)?;
@@ -330,9 +352,7 @@ pub async fn finish(
 
 /// Finishes the job of a mount process that died (kill -9): its lease and its record.
 pub async fn finish_dead(info: &MountInfo, scratch: &Path) {
-    let opened =
-        crate::store::target::open(&info.target).and_then(|t| GroupStore::new(t, &info.group));
-    match opened {
+    match store_of(info) {
         Ok(store) => {
             let why = format!("the mount process (pid {}) died", info.pid);
             if let Err(e) = finish(&store, info, &why, 0).await {

@@ -9,9 +9,8 @@ use anyhow::{bail, Context, Result};
 use hrl::store::TestRecord;
 
 use super::session::{
-    alive, finish_dead, mount_path, read_info, scratch_dir, take_record, MountInfo,
+    alive, finish_dead, mount_path, read_info, scratch_dir, store_of, take_record, MountInfo,
 };
-use crate::store::GroupStore;
 
 /// How long `unmount` waits for the mount process to finish after the kernel let go.
 const WAIT: Duration = Duration::from_secs(120);
@@ -78,8 +77,7 @@ pub async fn unmount(dir: &Path, state_dir: &Path) -> Result<Option<TestRecord>>
 }
 
 async fn record_of(info: &MountInfo) -> Option<TestRecord> {
-    let t = crate::store::target::open(&info.target).ok()?;
-    let store = GroupStore::new(t, &info.group).ok()?;
+    let store = store_of(info).ok()?;
     crate::store::tests::get(&store, info.point, info.started_ns)
         .await
         .ok()
