@@ -624,9 +624,22 @@ fn encrypted_point_mounts_with_its_key_and_a_wrong_key_is_refused() {
     assert!(out.contains("point 2 tested: ok"), "{out}");
     assert_eq!(leases(&site), 0, "the lease went with the mount");
 
-    // A killed encrypted mount: `unmount` (given no key) still releases its lease and
-    // records the test, with the key file the mount recorded.
-    let m = PointMount::start(&site, "1", &dir, &["--key", &key_s], &[]);
+    // A killed encrypted mount: `unmount` (given no key, run from another directory) still
+    // releases its lease and records the test, with the key file the mount recorded, given
+    // to the mount relative to its working directory.
+    let a = mount_args(&site, "1", &dir, &["--key", "group.key"]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    ok(&site
+        .command(&a, &[])
+        .current_dir(site.tmp.path())
+        .output()
+        .unwrap());
+    let m = PointMount {
+        dir: dir.clone(),
+        env: merged_env(&site, &[]),
+        run_dir: site.run_dir.clone(),
+        state: site.state.clone(),
+    };
     let scratch = hrl_shipper::mount::session::scratch_dir(
         &site.state,
         &hrl_shipper::mount::session::mount_path(&dir).unwrap(),

@@ -85,6 +85,11 @@ pub fn take_record(scratch: &Path) -> Option<TestRecord> {
     serde_json::from_slice(&bytes).ok()
 }
 
+fn absolute(p: Option<&Path>) -> Result<Option<PathBuf>> {
+    p.map(|p| std::path::absolute(p).with_context(|| format!("resolve {}", p.display())))
+        .transpose()
+}
+
 /// The store of the mount `info` describes, with its key.
 pub fn store_of(info: &MountInfo) -> Result<GroupStore> {
     let store = GroupStore::new(crate::store::target::open(&info.target)?, &info.group)?;
@@ -149,8 +154,9 @@ pub async fn start(store: GroupStore, spec: &MountSpec) -> Result<Serving> {
         point: point.id,
         holder: leases::holder_name(),
         started_ns: hrl::now_ns(),
-        key_file: spec.key.key.clone(),
-        passphrase_file: spec.key.passphrase_file.clone(),
+        // Absolute: `unmount` may run from another directory.
+        key_file: absolute(spec.key.key.as_deref())?,
+        passphrase_file: absolute(spec.key.passphrase_file.as_deref())?,
     };
     let opened = async {
         write_info(&scratch, &info)?;
