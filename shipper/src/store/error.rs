@@ -36,26 +36,29 @@ impl Op {
     }
 }
 
+/// The store's own error, shown inside ours and deliberately not exposed as the `source`:
+/// object_store's errors already embed their causes' text, so a chain printed with `{:#}`
+/// would repeat it once per level (four times for a GCS refusal).
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What the store answered, by cause.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// 401/403: the credentials are wrong or lack the permission.
-    #[error("the store refused the credentials: {} {path} in {url}: {source}", .op.verb())]
+    #[error("the store refused the credentials: {} {path} in {url}: {cause}", .op.verb())]
     AuthRefused {
         op: Op,
         path: String,
         url: String,
-        source: Source,
+        cause: Source,
     },
     /// The bucket or container of the target does not exist.
-    #[error("the bucket or container of {url} does not exist: {} {path}: {source}", .op.verb())]
+    #[error("the bucket or container of {url} does not exist: {} {path}: {cause}", .op.verb())]
     BucketMissing {
         op: Op,
         path: String,
         url: String,
-        source: Source,
+        cause: Source,
     },
     /// The object is not in the store.
     #[error("{path} is not in {url}")]
@@ -79,12 +82,12 @@ pub enum StoreError {
         why: String,
     },
     /// Network, throttling, a server error, a local I/O error: waiting may fix it.
-    #[error("cannot {} {path} in {url}: {source}", .op.verb())]
+    #[error("cannot {} {path} in {url}: {cause}", .op.verb())]
     Transient {
         op: Op,
         path: String,
         url: String,
-        source: Source,
+        cause: Source,
     },
 }
 
@@ -98,13 +101,13 @@ impl StoreError {
                     op,
                     path,
                     url,
-                    source: e.into(),
+                    cause: e.into(),
                 },
                 super::http::RefusalKind::ContainerMissing => StoreError::BucketMissing {
                     op,
                     path,
                     url,
-                    source: e.into(),
+                    cause: e.into(),
                 },
             };
         }
@@ -114,7 +117,7 @@ impl StoreError {
                 op,
                 path,
                 url,
-                source: e.into(),
+                cause: e.into(),
             },
             // A write or a listing never misses an object: the container is missing.
             object_store::Error::NotFound { .. } if matches!(op, Op::Put | Op::List) => {
@@ -122,7 +125,7 @@ impl StoreError {
                     op,
                     path,
                     url,
-                    source: e.into(),
+                    cause: e.into(),
                 }
             }
             object_store::Error::NotFound { .. } => StoreError::NotFound { path, url },
@@ -134,7 +137,7 @@ impl StoreError {
                 op,
                 path,
                 url,
-                source: e.into(),
+                cause: e.into(),
             },
         }
     }
@@ -145,7 +148,7 @@ impl StoreError {
             op,
             path: path.to_string(),
             url: url.to_string(),
-            source: e.into(),
+            cause: e.into(),
         }
     }
 
@@ -232,5 +235,21 @@ mod tests {
             e(Op::Put, exists),
             StoreError::PreconditionFailed { .. }
         ));
+    }
+
+    #[test]
+    fn a_printed_chain_names_the_store_answer_once() {
+        let generic = object_store::Error::Generic {
+            store: "GCS",
+            source: "400 Bad Request: invalid uploadType".into(),
+        };
+        let e = anyhow::Error::new(StoreError::from_store(Op::Put, "k", "gs://b/p", generic))
+            .context("commit point 3");
+        let shown = format!("{e:#}");
+        assert_eq!(shown.matches("invalid uploadType").count(), 1, "{shown}");
+        assert!(
+            shown.starts_with("commit point 3: cannot put k in gs://b/p"),
+            "{shown}"
+        );
     }
 }
