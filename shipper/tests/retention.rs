@@ -177,7 +177,7 @@ fn prune_keeps_the_window_and_collects_the_rest_azurite() {
 }
 
 /// Within the grace period nothing is collected; a dry run changes nothing (it does not
-/// merge, so it counts only what expiring points frees).
+/// merge: `sweep` counts only what expiring points frees, `merge_plan` what a merge would).
 #[test]
 fn grace_period_and_dry_run_delete_nothing() {
     let (s, _tracker) = site(ServerKind::Local);
@@ -502,4 +502,260 @@ fn ext4_points_restore_after_a_merge() {
         );
     }
     ok(&s.verify("all"));
+}
+
+/// Manifest `id` as `points --json` gives it (any store).
+fn manifest_of(s: &Site, id: u64, env: &[(String, String)]) -> serde_json::Value {
+    let out = ok(&s.shipper(
+        &[
+            "points",
+            "--target",
+            &s.server.url,
+            "--group",
+            &s.group,
+            "--json",
+        ],
+        env,
+    ));
+    let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let found = all.as_array().unwrap().iter().find(|m| m["id"] == id);
+    found
+        .unwrap_or_else(|| panic!("no point {id}: {all}"))
+        .clone()
+}
+
+/// The (first, last) sequences of every log the proxy saw read (GET), in order.
+fn logs_read(proxy: &proxy::FaultyProxy) -> Vec<(u64, u64)> {
+    proxy
+        .targets("GET")
+        .iter()
+        .filter(|t| t.contains("/logs/"))
+        .map(|t| {
+            let name = t.split('?').next().unwrap().rsplit('/').next().unwrap();
+            hrl::store::parse_log_name(name).unwrap_or_else(|| panic!("a log key: {t}"))
+        })
+        .collect()
+}
+
+/// After a prune merged the old logs into a new base, a forced checksum resync (`resync
+/// --disk --now`), a restore of the oldest retained point and one of the latest read no
+/// log from before the window — though the old logs are all still in the store (the grace
+/// period keeps them): every log GET a recording proxy in front of moto sees is of a
+/// sequence after the merged base, and the oldest point reads none.
+#[test]
+fn resync_after_a_merge_reads_no_log_older_than_the_window() {
+    let (s, _tracker) = site(ServerKind::Moto);
+    let (cut, new) = old_and_new(&s);
+    let r = prune(
+        &s,
+        &["--retention", &window_since(cut), "--grace", "1h"],
+        &[],
+    );
+    assert_eq!(r["merge"]["points_rewritten"], 3, "{r}");
+    assert_eq!(r["sweep"]["deleted_objects"], 0, "the old logs stay: {r}");
+    let oldest = manifest_of(&s, 4, &[]);
+    let merged_at = oldest["disks"][0]["base"]["after_seq"].as_u64().unwrap();
+    assert!(merged_at > 1, "point 4 starts from a merged base: {oldest}");
+
+    let proxy = proxy::FaultyProxy::start(s.server.port);
+    let env = proxy.env_for(&s.server);
+    let out = ok(&s.output("resync", &["--disk", DISK, "--now", "--json"], &env));
+    let read = logs_read(&proxy);
+    assert!(
+        !read.is_empty(),
+        "the resync read the window's logs through the proxy: {out}"
+    );
+    assert!(
+        read.iter().all(|(first, _)| *first > merged_at),
+        "the resync read a log from before the window (merged base after {merged_at}): {read:?}"
+    );
+    for (p, snap) in [&new[0], &new[2]] {
+        proxy.clear_seen();
+        let to = s.tmp.path().join(format!("through-proxy-{p}"));
+        let dest = to.display().to_string();
+        let p_arg = p.to_string();
+        ok(&s.shipper(
+            &[
+                "restore",
+                "--target",
+                &s.server.url,
+                "--group",
+                &s.group,
+                "--point",
+                &p_arg,
+                "--to",
+                &dest,
+            ],
+            &env,
+        ));
+        assert_same_file(&to.join(DISK), &snap.join(DISK));
+        let read = logs_read(&proxy);
+        assert!(
+            read.iter().all(|(first, _)| *first > merged_at),
+            "the restore of point {p} read a log from before the window: {read:?}"
+        );
+        if *p == 4 {
+            assert!(
+                read.is_empty(),
+                "point 4 restores from its base alone: {read:?}"
+            );
+        }
+    }
+}
+
+/// `verify --point 2 --json`-less run held at its pause point `verify-leased` (its lease
+/// taken, its manifest read, nothing checked yet); output to `<tmp>/verify.out`.
+fn paused_verify(s: &Site, point: &str) -> (KillOnDrop, PathBuf) {
+    let out = s.tmp.path().join(format!("verify-{point}.out"));
+    let mut cmd = s.command(
+        &[
+            "verify",
+            "--target",
+            &s.server.url,
+            "--group",
+            &s.group,
+            "--point",
+            point,
+        ],
+        &[],
+    );
+    cmd.stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::null());
+    let marker = s.state.join("stopped-at-verify-leased");
+    (spawn_paused_at(cmd, &marker, "verify-leased"), out)
+}
+
+/// Lets a paused verify go on; asserts it passed.
+fn finish_verify(mut v: KillOnDrop, out: &Path) {
+    signal(v.id(), "CONT");
+    let st = wait_exit(&mut v.0, Duration::from_secs(120), "the verify");
+    let text = std::fs::read_to_string(out).unwrap();
+    assert!(
+        st.success() && text.contains("all good"),
+        "verify: {st}: {text}"
+    );
+}
+
+/// Leases in the local store's group.
+fn leases(s: &Site) -> Vec<String> {
+    local_objects(s)
+        .into_iter()
+        .filter(|k| k.starts_with("leases/"))
+        .collect()
+}
+
+/// `verify` reads its point under a lease (as restore and mount do): held after its
+/// manifest is read, a prune at `--grace 0s` that would expire the point keeps it (leased,
+/// not rewritten) and collects nothing it names, and the verify then passes. Without the
+/// lease the prune removes the point and collects its log, and the verify fails.
+#[test]
+fn a_prune_keeps_what_a_verify_is_reading() {
+    let (s, _tracker) = site(ServerKind::Local);
+    for seed in 1..=3 {
+        point(&s, seed);
+    }
+    let (v, out) = paused_verify(&s, "2");
+    assert_eq!(leases(&s).len(), 1, "verify holds a lease while it reads");
+    let r = prune(&s, &["--retention", "0s", "--grace", "0s"], &[]);
+    assert_eq!(ids(&r["leased"]), vec![2], "{r}");
+    assert_eq!(ids(&r["removed"]), vec![1], "{r}");
+    finish_verify(v, &out);
+    assert!(leases(&s).is_empty(), "verify deleted its lease");
+    // Unleased now: the next prune removes it.
+    let r = prune(&s, &["--retention", "0s", "--grace", "0s"], &[]);
+    assert_eq!(ids(&r["removed"]), vec![2], "{r}");
+    ok(&s.verify("all"));
+}
+
+/// A lease taken while a prune runs, after the prune read the leases (it holds at its pause
+/// point `prune-leases-read`): the verify reads the manifest as it was before the merge;
+/// the prune goes on, merges, expires that point, and its sweep — which reads the leases
+/// again just before deleting — keeps what the verify reads. Without that second look the
+/// sweep (`--grace 0s`) collects the point's log and the verify fails.
+#[test]
+fn a_lease_taken_during_a_prune_keeps_what_the_reader_reads() {
+    let (s, _tracker) = site(ServerKind::Local);
+    for seed in 1..=3 {
+        point(&s, seed);
+    }
+    let prune_out = s.tmp.path().join("prune.out");
+    let mut cmd = s.command(
+        &[
+            "prune",
+            "--target",
+            &s.server.url,
+            "--group",
+            &s.group,
+            "--retention",
+            "0s",
+            "--grace",
+            "0s",
+            "--json",
+        ],
+        &[],
+    );
+    cmd.stdout(std::fs::File::create(&prune_out).unwrap())
+        .stderr(std::process::Stdio::null());
+    let mut p = spawn_paused_at(
+        cmd,
+        &s.state.join("stopped-at-prune-leases-read"),
+        "prune-leases-read",
+    );
+    let (v, out) = paused_verify(&s, "2");
+    signal(p.id(), "CONT");
+    let st = wait_exit(&mut p.0, Duration::from_secs(120), "the prune");
+    let text = std::fs::read_to_string(&prune_out).unwrap();
+    assert!(st.success(), "prune: {st}: {text}");
+    let r: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(
+        ids(&r["removed"]),
+        vec![1, 2],
+        "the policy saw no lease: {r}"
+    );
+    finish_verify(v, &out);
+}
+
+/// `prune --dry-run` says what a merge would do and free: the disks it would rebase, the
+/// points it would rewrite, and the indexes and logs no kept point would need afterwards —
+/// exactly the objects under `disks/` the real prune then collects (chunks aside).
+#[test]
+fn a_dry_run_reports_what_the_merge_would_free() {
+    let (s, _tracker) = site(ServerKind::Local);
+    let (cut, new) = old_and_new(&s);
+    let retention = window_since(cut);
+    let root = s.store_group();
+    let before = local_objects(&s);
+    let size = |k: &String| std::fs::metadata(root.join(k)).unwrap().len();
+    let sizes: std::collections::HashMap<String, u64> =
+        before.iter().map(|k| (k.clone(), size(k))).collect();
+    let dry = prune(
+        &s,
+        &["--retention", &retention, "--grace", "0s", "--dry-run"],
+        &[],
+    );
+    assert_eq!(local_objects(&s), before, "a dry run changes nothing");
+    let plan = &dry["merge_plan"];
+    assert_eq!(plan["disks"], 1, "{dry}");
+    assert_eq!(plan["points_rewritten"], 3, "{dry}");
+    assert_eq!(dry["merge"]["points_rewritten"], 0, "{dry}");
+    let real = prune(&s, &["--retention", &retention, "--grace", "0s"], &[]);
+    assert!(real["merge_plan"].is_null(), "{real}");
+    let after = local_objects(&s);
+    let gone: Vec<&String> = before
+        .iter()
+        .filter(|k| k.starts_with("disks/") && !after.contains(k))
+        .collect();
+    assert!(gone.iter().any(|k| k.ends_with("base.idx")), "{gone:?}");
+    assert!(gone.iter().any(|k| k.contains("/logs/")), "{gone:?}");
+    assert_eq!(
+        plan["frees_objects"],
+        gone.len(),
+        "dry: {dry}\ngone: {gone:?}"
+    );
+    let gone_bytes: u64 = gone.iter().map(|k| sizes[*k]).sum();
+    assert_eq!(
+        plan["frees_bytes"], gone_bytes,
+        "dry: {dry}\ngone: {gone:?}"
+    );
+    assert_restores(&s, &new);
 }

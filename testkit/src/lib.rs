@@ -35,7 +35,8 @@ pub use files::{
 pub use holder::Holder;
 pub use mount::{force_unmount, is_mounted, request_at, scratch, Mounted};
 pub use process::{
-    kill9_at_stop_point, kill9_at_stop_point_within, run, signal, wait_exit, KillOnDrop,
+    kill9_at_stop_point, kill9_at_stop_point_within, run, signal, spawn_paused_at, wait_exit,
+    KillOnDrop,
 };
 pub use site::{ok, shipper, shipper_command, stderr, Site};
 pub use stand_in::FakeTracker;

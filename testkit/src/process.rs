@@ -96,3 +96,29 @@ pub fn kill9_at_stop_point_within(
 pub fn kill9_at_stop_point(cmd: Command, marker: &Path, at: &str) -> ExitStatus {
     kill9_at_stop_point_within(cmd, marker, at, Duration::from_secs(30))
 }
+
+/// Spawns `cmd` (a shipper command; its output to files or null as the caller set it) with
+/// `HRL_SHIPPER_STOP_AT=at`, a pause point, and returns once it is frozen there: its
+/// `marker` appeared and the process is stopped (SIGSTOP). `signal(pid, "CONT")` lets it
+/// go on. Killed on drop.
+pub fn spawn_paused_at(mut cmd: Command, marker: &Path, at: &str) -> KillOnDrop {
+    let _ = std::fs::remove_file(marker);
+    let mut child = KillOnDrop::spawn(cmd.env("HRL_SHIPPER_STOP_AT", at));
+    let stat = format!("/proc/{}/stat", child.id());
+    wait_until(
+        Duration::from_secs(60),
+        &format!("the pause point {at}"),
+        || {
+            assert!(
+                child.0.try_wait().expect("wait for the shipper").is_none(),
+                "the shipper exited before reaching {at}"
+            );
+            // The state follows the command name in parentheses: "T" is stopped.
+            let state = std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('T')));
+            marker.exists() && state == Some(true)
+        },
+    );
+    child
+}

@@ -1,6 +1,7 @@
 //! A small HTTP proxy in front of a real store server (moto, Azurite) that loses what a
 //! network loses: the reply to a request the server did handle, or the request itself.
-//! One request per connection (both sides are told `Connection: close`), which keeps it
+//! With no rule it only records what passes ([`FaultyProxy::targets`]: which objects a
+//! command read). One request per connection (both sides are told `Connection: close`), which keeps it
 //! simple and is what a lost reply looks like to the client: the connection ends early.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -56,6 +57,42 @@ impl FaultyProxy {
 
     pub fn add(&self, rule: Rule) {
         self.rules.lock().unwrap().push(rule);
+    }
+
+    /// The environment that reaches `server` (moto or Azurite, the proxy's upstream)
+    /// through this proxy: the shipper's every request is then seen here.
+    pub fn env_for(&self, server: &crate::store::Server) -> Vec<(String, String)> {
+        let through = format!("http://127.0.0.1:{}", self.port);
+        let mut swapped = false;
+        let env = server
+            .env
+            .iter()
+            .map(|(k, v)| match k.as_str() {
+                "AWS_ENDPOINT" | "AZURITE_BLOB_STORAGE_URL" => {
+                    swapped = true;
+                    (k.clone(), through.clone())
+                }
+                _ => (k.clone(), v.clone()),
+            })
+            .collect();
+        assert!(swapped, "env_for: a moto or Azurite server only");
+        env
+    }
+
+    /// The targets (path and query) of the requests seen with `method`, in order.
+    pub fn targets(&self, method: &str) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|x| x.0 == method)
+            .map(|x| x.1.clone())
+            .collect()
+    }
+
+    /// Forgets the requests seen so far.
+    pub fn clear_seen(&self) {
+        self.seen.lock().unwrap().clear();
     }
 
     /// How many requests got a fault so far.

@@ -25,7 +25,8 @@ pub struct PruneArgs {
     /// using the group.
     #[arg(long, default_value = "24h")]
     pub grace: String,
-    /// Say what would be kept, removed and collected; change nothing.
+    /// Say what would be kept, removed and collected, and what a merge would rewrite and
+    /// free (old indexes and logs); change nothing (JSON: `merge_plan`).
     #[arg(long)]
     pub dry_run: bool,
     #[arg(long)]
@@ -100,6 +101,12 @@ fn print_report(r: &PruneReport) {
         println!(
             "merged {} disk(s) into new bases ({} bytes uploaded), {} point(s) rewritten",
             r.merge.disks_merged, r.merge.bytes_sent, r.merge.points_rewritten
+        );
+    }
+    if let Some(p) = &r.merge_plan {
+        println!(
+            "a merge would give {} disk(s) new bases and rewrite {} point(s); afterwards {} object(s), {} bytes (old indexes and logs) would be unneeded, collected once the grace period has passed",
+            p.disks, p.points_rewritten, p.frees_objects, p.frees_bytes
         );
     }
     let s = &r.sweep;

@@ -1,7 +1,7 @@
 //! The commands that read a group's store without a protected directory: `points`,
 //! `verify`, `restore`.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -113,28 +113,15 @@ pub async fn cmd_points(a: PointsArgs) -> Result<std::process::ExitCode> {
 pub async fn cmd_verify(a: VerifyArgs) -> Result<std::process::ExitCode> {
     a.net.apply()?;
     let store = a.store.open()?;
-    let selected = if a.point.trim() == "all" {
-        let mut all = Vec::new();
-        for id in points::list_ids(&store).await? {
-            all.push(points::load(&store, id).await?);
-        }
-        if all.is_empty() {
-            bail!(
-                "group {:?} in {} has no recovery points",
-                a.store.group,
-                a.store.target
-            );
-        }
-        all
-    } else {
-        vec![points::select(&store, &a.point).await?]
-    };
-    let r = verify::verify_points(&store, &selected).await?;
+    let r = verify::verify_selected(&store, &a.point).await?;
     for p in &r.problems {
         eprintln!(
             "hrl-shipper: verify: {}",
             hrl::display::escaped(&p.to_string())
         );
+    }
+    for id in &r.gone {
+        eprintln!("hrl-shipper: verify: point {id} was removed (by a prune) while verify listed the points; not checked");
     }
     println!(
         "{} point(s), {} disk entries, {} chunks, {} logs checked: {}",

@@ -4,6 +4,8 @@
 //! one before, ending at the chain hash the point records), and the size the base and logs
 //! leave, which must be the size the point recorded at its seal (what restore checks last).
 //! Each object is checked once: `verify` fails on every point `restore` would refuse.
+//! [`verify_selected`] (the `verify` command) reads each point under a lease, as restore
+//! and mount do, so a prune running meanwhile keeps what it reads.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -13,8 +15,10 @@ use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
 use hrl::log::SizeEffect;
 use hrl::store::{DiskEntry, PointManifest};
 
+use crate::recover::points;
 use crate::store::chunks::ChunkStore;
-use crate::store::GroupStore;
+use crate::store::leases::{self, Held};
+use crate::store::{GroupStore, StoreError};
 
 /// Chunk downloads in flight.
 const IN_FLIGHT: usize = 16;
@@ -27,6 +31,79 @@ pub struct VerifyReport {
     pub logs: usize,
     /// What is wrong, one line each; empty when everything verified.
     pub problems: Vec<String>,
+    /// Points listed but removed (by a prune) before their lease was taken: not verified.
+    pub gone: Vec<u64>,
+}
+
+/// Verifies the points `which` names: `all`, or one as [`points::select`] reads it. Each is
+/// leased (`leases::hold`, purpose `verify`) before its manifest is read for the check and
+/// until the check ends, so a prune meanwhile keeps it whole and rewrites nothing it names
+/// (docs/store-layout.md, "Retention"). A point of `all` removed between the listing and
+/// its lease is skipped (in `gone`). A store this user may only read gets no lease (a
+/// warning; the grace period still covers the read).
+pub async fn verify_selected(store: &GroupStore, which: &str) -> Result<VerifyReport> {
+    let all = which.trim() == "all";
+    let ids = if all {
+        points::list_ids(store).await?
+    } else {
+        vec![points::select(store, which).await?.id]
+    };
+    if ids.is_empty() {
+        anyhow::bail!(
+            "group {:?} in {} has no recovery points",
+            store.group,
+            store.target.url
+        );
+    }
+    let held = hold_all(store, &ids).await;
+    let r = verify_leased(store, &ids, all).await;
+    futures::future::join_all(held.into_iter().map(Held::release)).await;
+    r
+}
+
+/// Leases on `ids`; none once one cannot be written (a read-only store: a warning).
+async fn hold_all(store: &GroupStore, ids: &[u64]) -> Vec<Held> {
+    let results: Vec<_> = futures::stream::iter(
+        ids.iter()
+            .map(|&id| async move { leases::hold(store, id, "verify").await }),
+    )
+    .buffered(IN_FLIGHT)
+    .collect()
+    .await;
+    let mut held = Vec::new();
+    for r in results {
+        match r {
+            Ok(h) => held.push(h),
+            Err(e) => {
+                tracing::warn!("verifying without a lease (a prune may collect a point meanwhile once its grace period passes): {e}");
+                futures::future::join_all(held.into_iter().map(Held::release)).await;
+                return Vec::new();
+            }
+        }
+    }
+    held
+}
+
+/// Reads the (leased) manifests of `ids` and verifies them.
+async fn verify_leased(store: &GroupStore, ids: &[u64], all: bool) -> Result<VerifyReport> {
+    let mut manifests = Vec::new();
+    let mut gone = Vec::new();
+    for &id in ids {
+        match points::load(store, id).await {
+            Ok(m) => manifests.push(m),
+            Err(StoreError::NotFound { .. }) if all => gone.push(id),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Test stop point: every lease taken and every manifest read, nothing else yet.
+    let state_dir: std::path::PathBuf = std::env::var_os("HRL_STATE_DIR").map_or_else(
+        || crate::service::status::DEFAULT_STATE_DIR.into(),
+        Into::into,
+    );
+    crate::replicate::stop::pause(&state_dir, "verify-leased");
+    let mut r = verify_points(store, &manifests).await?;
+    r.gone = gone;
+    Ok(r)
 }
 
 /// Verifies `points` (their disks, chunks and logs).

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use hrl::chunk::ZERO_DIGEST;
-use hrl::store::{log_path, logs_dir, parse_log_name, point_key, PointManifest};
+use hrl::store::{log_path, logs_dir, parse_log_name, point_key, BaseRef, PointManifest};
 use hrl::Digest;
 
 use crate::store::index::fetch_base_index;
@@ -31,11 +31,24 @@ impl Marked {
     /// Marks everything `m` needs. An index that cannot be read is an error: collection
     /// must not guess which chunks a point needs.
     pub async fn add(&mut self, store: &GroupStore, m: &PointManifest) -> Result<()> {
+        self.add_planned(store, m, &HashMap::new()).await
+    }
+
+    /// [`Marked::add`] for a point as a merge would leave it (`merge::plan`): a base whose
+    /// index key is in `replaces` is not built yet; its key is marked, and the chunks of the
+    /// base it replaces stand in for its own.
+    pub async fn add_planned(
+        &mut self,
+        store: &GroupStore,
+        m: &PointManifest,
+        replaces: &HashMap<String, BaseRef>,
+    ) -> Result<()> {
         self.keys.insert(point_key(m.id));
         self.points.insert(m.id);
         for d in &m.disks {
             if self.indexes.insert(d.base.index_key.clone()) {
-                let index = fetch_base_index(store, &d.base).await.with_context(|| {
+                let base = replaces.get(&d.base.index_key).unwrap_or(&d.base);
+                let index = fetch_base_index(store, base).await.with_context(|| {
                     format!(
                         "read the base index of disk {} of point {} (nothing is collected while a kept point's index cannot be read)",
                         d.name, m.id

@@ -9,7 +9,7 @@
 //! so a kill at any step leaves every point restorable. A rerun finds the merged index
 //! already there and rewrites the points still naming an older base.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -61,12 +61,7 @@ pub async fn merge(
         };
         report.disks_merged += 1;
         report.bytes_sent += sent;
-        for m in kept.iter_mut().filter(|m| !leased.contains(&m.id)) {
-            for d in m.disks.iter_mut().filter(|d| passes_through(d, entry)) {
-                d.base = base.clone();
-                changed.insert(m.id);
-            }
-        }
+        changed.extend(rebase(kept, leased, entry, &base));
     }
     // Newest first, the oldest kept point last: a rerun after a kill finds the oldest one
     // still naming the old base and finishes the rest.
@@ -76,6 +71,69 @@ pub async fn merge(
         crate::replicate::stop::at(state_dir, "mid-merge");
     }
     Ok(report)
+}
+
+/// Points every kept point (but those in `leased`) whose chain passes through `entry` (a
+/// disk of the oldest kept point) at `base`; returns the ids of the points changed.
+fn rebase(
+    kept: &mut [PointManifest],
+    leased: &BTreeSet<u64>,
+    entry: &DiskEntry,
+    base: &BaseRef,
+) -> BTreeSet<u64> {
+    let mut changed = BTreeSet::new();
+    for m in kept.iter_mut().filter(|m| !leased.contains(&m.id)) {
+        for d in m.disks.iter_mut().filter(|d| passes_through(d, entry)) {
+            d.base = base.clone();
+            changed.insert(m.id);
+        }
+    }
+    changed
+}
+
+/// What a merge of `kept` (ascending by id; `leased` as for [`merge`]) would do, without
+/// reading or writing anything: the kept points as it would leave them, each merged base
+/// named by its key (`index_hash` empty: not built), and for each such key the base it
+/// replaces (whose chunks stand in for its own, unknown until built). A disk the merge
+/// would find it cannot rebuild (its logs change its size, an object is lost) is counted
+/// as merged.
+pub struct Plan {
+    pub kept: Vec<PointManifest>,
+    pub replaces: HashMap<String, BaseRef>,
+    pub disks: u64,
+    pub points_rewritten: u64,
+}
+
+pub fn plan(kept: &[PointManifest], leased: &BTreeSet<u64>) -> Plan {
+    let mut out = Plan {
+        kept: kept.to_vec(),
+        replaces: HashMap::new(),
+        disks: 0,
+        points_rewritten: 0,
+    };
+    let Some(oldest) = kept.first().filter(|m| !leased.contains(&m.id)) else {
+        return out;
+    };
+    let mut changed = BTreeSet::new();
+    for entry in oldest
+        .disks
+        .iter()
+        .filter(|e| e.last_seq > e.base.after_seq)
+    {
+        let base = BaseRef {
+            index_key: merged_base_key(&entry.disk_id, entry.generation, entry.last_seq),
+            index_hash: String::new(),
+            block_size: entry.base.block_size,
+            after_seq: entry.last_seq,
+            after_chain_hash: entry.last_chain_hash.clone(),
+        };
+        out.replaces
+            .insert(base.index_key.clone(), entry.base.clone());
+        out.disks += 1;
+        changed.extend(rebase(&mut out.kept, leased, entry, &base));
+    }
+    out.points_rewritten = changed.len() as u64;
+    out
 }
 
 /// Whether `d` (a disk of a kept point) reaches the state of `at` (that disk in the oldest

@@ -14,9 +14,9 @@ use serde::Serialize;
 use tracing::info;
 
 use super::mark::Marked;
-use super::merge::{merge, MergeReport};
+use super::merge::{self, merge, MergeReport};
 use super::policy::{keep, PointInfo, Policy};
-use super::sweep::{sweep, SweepReport};
+use super::sweep::{sweep, Found, SweepReport};
 use crate::store::{manifests, GroupStore};
 
 /// Default grace period: an object unneeded for less is never collected (as Proxmox
@@ -43,7 +43,22 @@ pub struct PruneReport {
     /// Points kept only because a reader holds a lease on them.
     pub leased: Vec<u64>,
     pub merge: MergeReport,
+    /// A dry run: what the merge would do (`null` otherwise; `merge` says what it did).
+    pub merge_plan: Option<MergePlan>,
     pub sweep: SweepReport,
+}
+
+/// What a merge would do (a dry run, which builds nothing): the disks it would give new
+/// bases, the points it would rewrite, and the objects (indexes and logs; bytes as stored)
+/// no kept point would need afterwards, which collection then takes once the grace period
+/// has passed. The chunks of the blocks the merged logs rewrote are not counted (knowing
+/// them takes reading the logs); the merge stores as many new ones.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct MergePlan {
+    pub disks: u64,
+    pub points_rewritten: u64,
+    pub frees_objects: u64,
+    pub frees_bytes: u64,
 }
 
 /// Prunes `store` by `opts`.
@@ -54,6 +69,9 @@ pub async fn prune(store: &GroupStore, opts: &PruneOptions) -> Result<PruneRepor
     }
     let now = hrl::now_ns();
     let leased = live_leases(store, now).await?;
+    // Test stop point: a reader may take a lease from here on, unseen by this prune's policy.
+    crate::replicate::stop::pause(&opts.state_dir, "prune-leases-read");
+    let before = all.clone();
     let infos: Vec<PointInfo> = all
         .iter()
         .map(|m| PointInfo {
@@ -81,18 +99,34 @@ pub async fn prune(store: &GroupStore, opts: &PruneOptions) -> Result<PruneRepor
         .map(|m| m.id)
         .filter(|id| !by_policy.contains(id))
         .collect();
-    if !opts.dry_run {
+    let mut after_merge = None;
+    if opts.dry_run {
+        let plan = merge::plan(
+            kept_from(&kept, &by_policy),
+            &untouched(store, &kept, &leased).await?,
+        );
+        let mut after = Marked::default();
+        for m in kept
+            .iter()
+            .filter(|m| !plan.kept.iter().any(|p| p.id == m.id))
+        {
+            after.add(store, m).await?;
+        }
+        for m in &plan.kept {
+            after.add_planned(store, m, &plan.replaces).await?;
+        }
+        report.merge_plan = Some(MergePlan {
+            disks: plan.disks,
+            points_rewritten: plan.points_rewritten,
+            ..MergePlan::default()
+        });
+        after_merge = Some(after);
+    } else {
         // Merged from the oldest point the policy keeps; a point kept only by a lease is
         // left exactly as its reader found it.
         // A fenced point (committed by a former owner after a takeover) is left as it is
         // too: after the takeover point its logs are another history of the same sequences.
-        let records = crate::replicate::owner::records(store).await?;
-        let mut untouched = leased.clone();
-        untouched.extend(
-            kept.iter()
-                .filter(|m| hrl::owner::is_fenced(m.id, m.epoch, &records))
-                .map(|m| m.id),
-        );
+        let untouched = untouched(store, &kept, &leased).await?;
         let from = kept.iter().position(|m| by_policy.contains(&m.id));
         if let Some(from) = from {
             let work = opts.state_dir.join("retain-work");
@@ -108,20 +142,55 @@ pub async fn prune(store: &GroupStore, opts: &PruneOptions) -> Result<PruneRepor
     for m in &kept {
         marked.add(store, m).await?;
     }
-    report.sweep = sweep(
+    let found = Found {
+        before: &before,
+        leased: &leased,
+    };
+    let (sweep_report, freed) = sweep(
         store,
         &mut marked,
+        &found,
         opts.grace,
         opts.dry_run,
+        after_merge.as_ref(),
         &opts.state_dir,
     )
     .await?;
+    report.sweep = sweep_report;
+    if let Some(p) = report.merge_plan.as_mut() {
+        p.frees_objects = freed.objects;
+        p.frees_bytes = freed.bytes;
+    }
     info!(
         kept = report.kept.len(),
         removed = report.removed.len(),
         "prune done"
     );
     Ok(report)
+}
+
+/// The kept points from the oldest one the policy keeps (a merge starts there).
+fn kept_from<'a>(kept: &'a [PointManifest], by_policy: &BTreeSet<u64>) -> &'a [PointManifest] {
+    let from = kept.iter().position(|m| by_policy.contains(&m.id));
+    from.map_or(&[], |f| &kept[f..])
+}
+
+/// The kept points a merge leaves as they are: those leased by a reader, and fenced ones
+/// (committed by a former owner after a takeover: after the takeover point their logs are
+/// another history of the same sequences).
+async fn untouched(
+    store: &GroupStore,
+    kept: &[PointManifest],
+    leased: &BTreeSet<u64>,
+) -> Result<BTreeSet<u64>> {
+    let records = crate::replicate::owner::records(store).await?;
+    let mut out = leased.clone();
+    out.extend(
+        kept.iter()
+            .filter(|m| hrl::owner::is_fenced(m.id, m.epoch, &records))
+            .map(|m| m.id),
+    );
+    Ok(out)
 }
 
 /// Points named by an unexpired lease.

@@ -9,10 +9,10 @@
 //! the points are listed again and any new one is marked, and each object's write time is
 //! read again (a writer that re-uploaded it keeps it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
-use hrl::store::GC_PENDING_KEY;
+use hrl::store::{PointManifest, GC_PENDING_KEY};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -51,15 +51,35 @@ async fn load_pending(store: &GroupStore) -> Result<Pending> {
     }
 }
 
-/// Sweeps the group. `marked` must come from every point the store keeps.
+/// What the points as a merge would leave them no longer need (a dry run's estimate).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Freed {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// The points of the group as the prune found them, before it merged or expired any, and
+/// the points leased then: a lease that appears during the prune names a point whose
+/// reader may hold either version of its manifest.
+pub struct Found<'a> {
+    pub before: &'a [PointManifest],
+    pub leased: &'a BTreeSet<u64>,
+}
+
+/// Sweeps the group. `marked` must come from every point the store keeps. `after_merge`
+/// (a dry run: those points as a merge would leave them): also count what a merge would
+/// free, objects `marked` needs and it does not.
 pub async fn sweep(
     store: &GroupStore,
     marked: &mut Marked,
+    found: &Found<'_>,
     grace: std::time::Duration,
     dry_run: bool,
+    after_merge: Option<&Marked>,
     state_dir: &std::path::Path,
-) -> Result<SweepReport> {
+) -> Result<(SweepReport, Freed)> {
     let mut report = SweepReport::default();
+    let mut freed = Freed::default();
     let now = hrl::now_ns();
     let grace_ns = grace.as_nanos() as u64;
     let mut objects = store.list_objects("chunks").await?;
@@ -73,6 +93,10 @@ pub async fn sweep(
     for o in objects {
         if marked.needs(&o.key) {
             report.store_bytes += o.size;
+            if after_merge.is_some_and(|a| !a.needs(&o.key)) {
+                freed.objects += 1;
+                freed.bytes += o.size;
+            }
             continue;
         }
         let first = old.first_seen_ns.get(&o.key).copied().unwrap_or(now);
@@ -88,12 +112,13 @@ pub async fn sweep(
     if dry_run {
         report.deleted_objects = due.len() as u64;
         report.deleted_bytes = due.iter().map(|o| o.size).sum();
-        return Ok(report);
+        return Ok((report, freed));
     }
     // Recorded before anything is deleted: a kill from here on loses no first-seen time.
     let bytes = serde_json::to_vec(&pending).context("encode gc/pending.json")?;
     store.put_overwrite(GC_PENDING_KEY, bytes).await?;
     mark_new_points(store, marked).await?;
+    mark_newly_leased(store, marked, found).await?;
     for o in due {
         if marked.needs(&o.key) {
             report.store_bytes += o.size;
@@ -115,7 +140,7 @@ pub async fn sweep(
         awaiting = report.awaiting_objects,
         "collection swept"
     );
-    Ok(report)
+    Ok((report, freed))
 }
 
 /// Marks the points committed since the mark (a shipper racing this sweep).
@@ -124,6 +149,38 @@ async fn mark_new_points(store: &GroupStore, marked: &mut Marked) -> Result<()> 
         if !marked.points.contains(&id) {
             let m = crate::store::manifests::get(store, id).await?;
             marked.add(store, &m).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Marks both versions of every point leased since the prune read the leases (a reader
+/// that took its lease meanwhile read the manifest before or after the merge rewrote or
+/// expiry deleted it): the objects it reads stay for this sweep, whatever the grace.
+/// Listed just before the deletes, after the merge and the expiry: a lease taken after
+/// this reads a manifest already rewritten (or none), which the mark holds.
+async fn mark_newly_leased(
+    store: &GroupStore,
+    marked: &mut Marked,
+    found: &Found<'_>,
+) -> Result<()> {
+    let now = hrl::now_ns();
+    let fresh: BTreeSet<u64> = crate::store::leases::list(store)
+        .await?
+        .into_iter()
+        .filter(|(_, l)| l.expires_ns >= now && !found.leased.contains(&l.point))
+        .map(|(_, l)| l.point)
+        .collect();
+    for m in found.before.iter().filter(|m| fresh.contains(&m.id)) {
+        info!(
+            point = m.id,
+            "leased during the prune: its objects are kept"
+        );
+        marked.add(store, m).await?;
+        match crate::store::manifests::get(store, m.id).await {
+            Ok(now) => marked.add(store, &now).await?,
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
