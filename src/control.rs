@@ -8,6 +8,8 @@
 //! <- {"ok":true,"seal_id":7,"time_ns":...,"disks":[{"disk":"disk0.img",...}]}
 //! -> {"op":"ack","disk":"disk0.img","seq":3}
 //! <- {"ok":true}
+//! -> {"op":"open_disk","disk":"disk0.img"}
+//! <- {"ok":true,"fd":true}          (a read-only descriptor rides along: SCM_RIGHTS)
 //! -> {"op":"bogus"}
 //! <- {"ok":false,"error":"..."}
 //! ```
@@ -84,6 +86,18 @@ pub enum Request {
     /// Switch the mount read-only (`on`: every change through it gets EROFS, for a planned
     /// failover) or back. Answers the files open for writing (`writers`).
     ReadOnly { on: bool },
+    /// A read-only descriptor of `disk`'s backing image, passed with the answer
+    /// (SCM_RIGHTS), so the shipper reads it without a FUSE round trip per request.
+    /// Root only; opened `O_RDONLY | O_NOFOLLOW | O_CLOEXEC` on the backing directory.
+    OpenDisk { disk: String },
+    /// A read-only descriptor of one of `disk`'s sealed logs listed in `pending` (never the
+    /// active log), as `open_disk`; with `disk_id`, only that disk id's log.
+    OpenLog {
+        disk: String,
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk_id: Option<String>,
+    },
 }
 
 /// One sealed log, as returned by `seal` and `pending`.
@@ -198,6 +212,9 @@ pub struct Response {
     /// `status`: the tracker's counters since it started (absent from older trackers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<TrackerCounters>,
+    /// `open_disk`, `open_log`: the answer carries one descriptor (SCM_RIGHTS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<bool>,
 }
 
 /// The tracker's counters since it started (`status`; `hrl-tracker status --json` shows
@@ -218,6 +235,15 @@ pub struct TrackerCounters {
     pub seal_hold_us_total: u64,
     pub seal_hold_us_max: u64,
     pub seal_hold_us_last: u64,
+    /// Reads served through the mount, and their bytes (a shipper reading through the
+    /// descriptors of `open_disk`/`open_log` adds none). Absent from older trackers.
+    #[serde(default)]
+    pub reads: u64,
+    #[serde(default)]
+    pub bytes_read: u64,
+    /// Descriptors handed out by `open_disk` and `open_log`.
+    #[serde(default)]
+    pub descriptors_passed: u64,
 }
 
 impl Response {
@@ -268,6 +294,23 @@ mod tests {
             r#"{"op":"seal"}"#
         );
         assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
+        let o: Request =
+            serde_json::from_str(r#"{"op":"open_log","disk":"d.img","seq":3}"#).unwrap();
+        assert_eq!(
+            o,
+            Request::OpenLog {
+                disk: "d.img".into(),
+                seq: 3,
+                disk_id: None
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::OpenDisk {
+                disk: "d.img".into()
+            })
+            .unwrap(),
+            r#"{"op":"open_disk","disk":"d.img"}"#
+        );
     }
 
     #[test]

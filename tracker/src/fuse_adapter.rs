@@ -379,7 +379,10 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         reply: ReplyData,
     ) {
         match self.core.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
+            Ok(d) => {
+                crate::metrics::read(d.len() as u64);
+                reply.data(&d)
+            }
             Err(c) => reply.error(e("read", c)),
         }
     }

@@ -4,7 +4,8 @@
 //!
 //! Layers, each using only those below it:
 //! - `cli`, `mount`: the command line; mounting, daemonizing, signals.
-//! - `fuse_adapter`: fuser requests to [`core`] calls; `control_server`: the shipper's socket.
+//! - `fuse_adapter`: fuser requests to [`core`] calls; `control_server`: the shipper's socket
+//!   (with [`descriptors`]: read-only descriptors of the backing files for the shipper).
 //! - [`seal`]: the one-instant cut of every disk's log.
 //! - [`tracking`]: which files are disks, their lifecycle; implements the core's
 //!   [`core::ChangeSink`].
@@ -16,6 +17,7 @@ pub mod bypass;
 pub mod cli;
 pub mod control_server;
 pub mod core;
+pub mod descriptors;
 pub mod disk;
 pub mod error;
 pub mod fuse_adapter;

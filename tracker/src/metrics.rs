@@ -14,6 +14,9 @@ static SEALS: AtomicU64 = AtomicU64::new(0);
 static SEAL_HOLD_US_TOTAL: AtomicU64 = AtomicU64::new(0);
 static SEAL_HOLD_US_MAX: AtomicU64 = AtomicU64::new(0);
 static SEAL_HOLD_US_LAST: AtomicU64 = AtomicU64::new(0);
+static READS: AtomicU64 = AtomicU64::new(0);
+static BYTES_READ: AtomicU64 = AtomicU64::new(0);
+static DESCRIPTORS_PASSED: AtomicU64 = AtomicU64::new(0);
 
 /// A change recorded for a disk (`data` bytes of a write, 0 otherwise; `bytes` as logged,
 /// with the record header).
@@ -38,6 +41,17 @@ pub fn sealed(us: u64) {
     SEAL_HOLD_US_LAST.store(us, Relaxed);
 }
 
+/// A read served through the mount (`bytes` returned).
+pub fn read(bytes: u64) {
+    READS.fetch_add(1, Relaxed);
+    BYTES_READ.fetch_add(bytes, Relaxed);
+}
+
+/// A read-only descriptor handed out on the control socket.
+pub fn descriptor_passed() {
+    DESCRIPTORS_PASSED.fetch_add(1, Relaxed);
+}
+
 /// The counters now.
 pub fn snapshot() -> TrackerCounters {
     TrackerCounters {
@@ -49,6 +63,9 @@ pub fn snapshot() -> TrackerCounters {
         seal_hold_us_total: SEAL_HOLD_US_TOTAL.load(Relaxed),
         seal_hold_us_max: SEAL_HOLD_US_MAX.load(Relaxed),
         seal_hold_us_last: SEAL_HOLD_US_LAST.load(Relaxed),
+        reads: READS.load(Relaxed),
+        bytes_read: BYTES_READ.load(Relaxed),
+        descriptors_passed: DESCRIPTORS_PASSED.load(Relaxed),
     }
 }
 
@@ -64,10 +81,14 @@ mod tests {
         mark_set();
         sealed(7);
         sealed(3);
+        read(4096);
+        descriptor_passed();
         let after = snapshot();
         assert!(after.writes > before.writes && after.records >= before.records + 2);
         assert!(after.bytes_logged >= before.bytes_logged + 4224);
         assert!(after.marks_set > before.marks_set);
         assert!(after.seals >= before.seals + 2 && after.seal_hold_us_max >= 7);
+        assert!(after.reads > before.reads && after.bytes_read >= before.bytes_read + 4096);
+        assert!(after.descriptors_passed > before.descriptors_passed);
     }
 }

@@ -232,3 +232,169 @@ fn include_patterns_choose_the_disks() {
     assert!(!m.path("b.img.hrl").exists());
     m.unmount();
 }
+
+/// `open_disk` and `open_log` hand out read-only descriptors of the backing files
+/// themselves (not of the mount), which reading does not count as reads through the mount;
+/// the active log, unknown disks, non-disks and names that are not one plain name are
+/// refused without a descriptor.
+#[test]
+fn backing_descriptors_are_read_only_and_skip_the_mount() {
+    use hrl_tracker::control_server::request_descriptor;
+    use std::os::unix::fs::MetadataExt;
+
+    let tmp = scratch();
+    let dir = tmp.path().join("vms");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("a.img"), pattern(5, 1 << 20)).unwrap();
+    std::fs::write(dir.join("sub").join("b.img"), pattern(6, 4096)).unwrap();
+    std::fs::write(dir.join("notes.txt"), b"not a disk").unwrap();
+    let backing = std::fs::metadata(dir.join("a.img")).unwrap();
+    let m = Mounted::in_place(&dir, &tmp.path().join("run"));
+    let socket = m.socket();
+    let mut model = pattern(5, 1 << 20);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(m.path("a.img"))
+        .unwrap();
+    f.write_all_at(b"through the mount", 4096).unwrap();
+    model[4096..4096 + 17].copy_from_slice(b"through the mount");
+    drop(f);
+    let sealed = m.seal();
+    let a = sealed.iter().find(|s| s.disk == "a.img").unwrap().clone();
+    let counters = || m.request(&Request::Status).counters.unwrap();
+    let before = counters();
+
+    // The disk: the backing inode, read-only, the content the mount shows.
+    let (r, fd) = request_descriptor(
+        &socket,
+        &Request::OpenDisk {
+            disk: "a.img".into(),
+        },
+    )
+    .unwrap();
+    assert!(r.ok && r.fd == Some(true), "{r:?}");
+    let disk = std::fs::File::from(fd.expect("a descriptor with the answer"));
+    let md = disk.metadata().unwrap();
+    assert_eq!((md.dev(), md.ino()), (backing.dev(), backing.ino()));
+    let mounted = std::fs::metadata(m.path("a.img")).unwrap();
+    assert_ne!(
+        md.dev(),
+        mounted.dev(),
+        "a descriptor of the mount, not of the backing file"
+    );
+    let mut got = vec![0u8; model.len()];
+    disk.read_exact_at(&mut got, 0).unwrap();
+    assert!(
+        got == model,
+        "the descriptor reads what was written through the mount"
+    );
+    let e = disk.write_at(b"x", 0).unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EBADF),
+        "a disk descriptor is writable"
+    );
+    // SAFETY: fcntl F_GETFD/F_GETFL on a descriptor we own.
+    let (fd_flags, fl) = unsafe {
+        use std::os::fd::AsRawFd;
+        (
+            libc::fcntl(disk.as_raw_fd(), libc::F_GETFD),
+            libc::fcntl(disk.as_raw_fd(), libc::F_GETFL),
+        )
+    };
+    assert!(fd_flags & libc::FD_CLOEXEC != 0, "not close-on-exec");
+    assert_eq!(fl & libc::O_ACCMODE, libc::O_RDONLY);
+
+    // A sealed log listed in pending: the same bytes as through the mount, read-only.
+    let (r, fd) = request_descriptor(
+        &socket,
+        &Request::OpenLog {
+            disk: "a.img".into(),
+            seq: a.seq,
+            disk_id: Some(a.disk_id.clone()),
+        },
+    )
+    .unwrap();
+    assert!(r.ok, "{r:?}");
+    let log = std::fs::File::from(fd.unwrap());
+    assert_eq!(
+        log.write_at(b"x", 0).unwrap_err().raw_os_error(),
+        Some(libc::EBADF)
+    );
+    let mut log_bytes = vec![0u8; a.bytes as usize];
+    log.read_exact_at(&mut log_bytes, 0).unwrap();
+    let after = counters();
+    assert_eq!(
+        (after.reads, after.bytes_read),
+        (before.reads, before.bytes_read),
+        "reading through the descriptors went through the mount"
+    );
+    assert!(after.descriptors_passed >= before.descriptors_passed + 2);
+    assert_eq!(log_bytes, std::fs::read(m.path(&a.log)).unwrap());
+    assert!(
+        counters().reads > after.reads,
+        "reads through the mount are counted"
+    );
+
+    // Refusals: no descriptor, an error that says why.
+    let st = m.request(&Request::Status).status.unwrap();
+    let active = st
+        .disks
+        .iter()
+        .find(|d| d.disk == "a.img")
+        .unwrap()
+        .active_seq;
+    let refused = [
+        Request::OpenLog {
+            disk: "a.img".into(),
+            seq: active,
+            disk_id: None,
+        },
+        Request::OpenLog {
+            disk: "a.img".into(),
+            seq: a.seq + 100,
+            disk_id: None,
+        },
+        Request::OpenLog {
+            disk: "a.img".into(),
+            seq: a.seq,
+            disk_id: Some("0".repeat(32)),
+        },
+        Request::OpenLog {
+            disk: "../vms/a.img".into(),
+            seq: a.seq,
+            disk_id: None,
+        },
+        Request::OpenDisk {
+            disk: "nope.img".into(),
+        },
+        Request::OpenDisk {
+            disk: "notes.txt".into(),
+        },
+        Request::OpenDisk {
+            disk: a.log.clone(),
+        },
+        Request::OpenDisk {
+            disk: "sub/b.img".into(),
+        },
+        Request::OpenDisk {
+            disk: "../vms/a.img".into(),
+        },
+        Request::OpenDisk {
+            disk: "./a.img".into(),
+        },
+        Request::OpenDisk { disk: "..".into() },
+        Request::OpenDisk { disk: ".".into() },
+        Request::OpenDisk { disk: "".into() },
+    ];
+    for req in &refused {
+        let (r, fd) = request_descriptor(&socket, req).unwrap();
+        assert!(
+            !r.ok && fd.is_none() && r.error.is_some(),
+            "{req:?} was answered {r:?} (descriptor: {})",
+            fd.is_some()
+        );
+    }
+    drop((disk, log));
+    m.unmount();
+}

@@ -437,3 +437,65 @@ fn only_root_may_use_the_control_socket() {
     );
     m.unmount();
 }
+
+/// Descriptors of the backing files (`open_disk`) go only to a root sender of the request
+/// itself: another user on a socket made wider by mistake gets none, and neither does a
+/// process that connected as root and then dropped to another user (its connection's
+/// SO_PEERCRED still says root; the request's own credentials do not).
+#[test]
+fn descriptors_go_only_to_a_root_sender() {
+    let (_tmp, dir, run, user) = setup(0o755);
+    std::fs::write(dir.join("d.img"), vec![1u8; 1 << 20]).unwrap();
+    let m = Mounted::in_place(&dir, &run);
+    let socket = m.socket();
+    // Connects, optionally drops to `uid` (after connecting), asks for the disk's
+    // descriptor; prints the answer and how many descriptors came with it.
+    let script = |drop_to: Option<(u32, u32)>| {
+        format!(
+            "import array,json,os,socket,sys\n\
+             s=socket.socket(socket.AF_UNIX)\n\
+             s.connect({sock:?})\n\
+             d={drop}\n\
+             if d:\n    os.setgroups([]); os.setgid(d[1]); os.setuid(d[0])\n\
+             s.sendall(b'{{\"op\":\"open_disk\",\"disk\":\"d.img\"}}\\n')\n\
+             msg,anc,_,_=s.recvmsg(4096, socket.CMSG_SPACE(16))\n\
+             n=sum(len(c[2])//4 for c in anc if c[0]==socket.SOL_SOCKET and c[1]==socket.SCM_RIGHTS)\n\
+             sys.stdout.write(msg.decode().strip()+' fds=%d' % n)\n",
+            sock = socket.to_str().unwrap(),
+            drop = match drop_to {
+                Some((u, g)) => format!("({u},{g})"),
+                None => "None".into(),
+            },
+        )
+    };
+    let as_root = |drop_to| {
+        let out = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(script(drop_to))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &text(&out)
+    };
+    // Root gets one (the check below sees a descriptor when there is one).
+    let root = as_root(None);
+    assert!(
+        root.contains(r#""ok":true"#) && root.contains("fds=1"),
+        "{root}"
+    );
+    // Root that drops its privileges after connecting gets none.
+    let dropped = as_root(Some((user.uid, user.gid)));
+    assert!(
+        !dropped.contains(r#""ok":true"#) && dropped.contains("fds=0"),
+        "a descriptor went to a sender that is not root: {dropped}"
+    );
+    // Another user, through a socket made wider by mistake, gets none.
+    chmod(&socket, 0o666);
+    let out = user.python(&script(None));
+    let other = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !other.contains(r#""ok":true"#) && other.contains("fds=0"),
+        "a descriptor went to another user: {other} ({})",
+        text(&out)
+    );
+    m.unmount();
+}

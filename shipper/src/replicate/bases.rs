@@ -157,7 +157,17 @@ async fn resync_disk(
     let Some((mut job, mut index)) = planned else {
         return Ok(None);
     };
-    let stats = run_resync(c.p, c.status, &sealed.disk, &mut job, &mut index, known).await?;
+    let source = crate::replicate::local::disk(c.tracker.as_mut(), &c.p.dir, &sealed.disk).await?;
+    let stats = run_resync(
+        c.p,
+        c.status,
+        &source,
+        &sealed.disk,
+        &mut job,
+        &mut index,
+        known,
+    )
+    .await?;
     let start = ChainStart {
         base: BaseRef {
             index_key: job.index_key.clone(),
@@ -176,7 +186,7 @@ async fn resync_disk(
 
 /// Copies `sealed`'s disk as a new base after its seal.
 async fn copy_as_base(
-    c: &Cycle<'_>,
+    c: &mut Cycle<'_>,
     sealed: &SealedLog,
     state: DiskState,
     known: &Arc<HashSet<Digest>>,
@@ -184,9 +194,11 @@ async fn copy_as_base(
     let p = c.p;
     let index_key = hrl::store::base_key(&sealed.disk_id, sealed.generation, sealed.seq);
     info!(disk = %sealed.disk, state = state.label(), "copying disk into the store");
+    let source = crate::replicate::local::disk(c.tracker.as_mut(), &p.dir, &sealed.disk).await?;
     let stats = copy_with_progress(
         p,
         c.status,
+        &source,
         &sealed.disk,
         &sealed.disk_id,
         &index_key,
@@ -218,6 +230,7 @@ async fn copy_as_base(
 async fn copy_with_progress(
     p: &Protected,
     status: StatusHandle<'_>,
+    source: &crate::replicate::local::Source,
     disk: &str,
     disk_id: &str,
     index_key: &str,
@@ -247,15 +260,7 @@ async fn copy_with_progress(
             }
         }
     };
-    let r = copy_disk(
-        &p.store,
-        &p.dir.join(disk),
-        p.chunk_size,
-        index_key,
-        known,
-        &progress,
-    )
-    .await;
+    let r = copy_disk(&p.store, source, p.chunk_size, index_key, known, &progress).await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -278,7 +283,7 @@ async fn plan_resync(
     work: &Path,
 ) -> Result<Option<(ResyncJob, hrl::chunk::ChunkIndex)>> {
     use crate::replicate::resync::{
-        blocks_of, full_compare_blocks, log_extents, ResyncJob, ResyncKind,
+        blocks_of, full_compare_blocks, source_extents, ResyncJob, ResyncKind,
     };
     let Some((replica, rebuilt_sent)) =
         crate::replicate::resync::replica_index(&p.store, prev, work).await?
@@ -286,9 +291,11 @@ async fn plan_resync(
         info!(disk = %sealed.disk, "the replica's size changed since its base: copying the disk");
         return Ok(None);
     };
-    let disk_path = p.dir.join(&sealed.disk);
-    let size = std::fs::metadata(&disk_path)
-        .with_context(|| format!("stat disk {}", disk_path.display()))?
+    let source = crate::replicate::local::disk(tracker, &p.dir, &sealed.disk).await?;
+    let disk_file = source.open()?;
+    let size = disk_file
+        .metadata()
+        .with_context(|| format!("stat disk {}", source.shown.display()))?
         .len();
     if size != replica.disk_size {
         info!(disk = %sealed.disk, size, replica = replica.disk_size, "disk size differs from the replica: copying the disk");
@@ -311,7 +318,7 @@ async fn plan_resync(
                 extents.extend(d.resync_extents.iter().copied());
             }
         });
-        let logs: Vec<PathBuf> = pending
+        let logs: Vec<&SealedLog> = pending
             .iter()
             .filter(|l| {
                 l.disk_id == sealed.disk_id
@@ -319,9 +326,9 @@ async fn plan_resync(
                     && l.seq > prev.last_seq
                     && l.seq <= sealed.seq
             })
-            .map(|l| p.dir.join(&l.log))
             .collect();
-        let from_logs = tokio::task::spawn_blocking(move || log_extents(&logs))
+        let logs = crate::replicate::local::logs(tracker, &p.dir, &logs).await?;
+        let from_logs = tokio::task::spawn_blocking(move || source_extents(&logs))
             .await
             .context("log reader failed")?;
         match from_logs {
@@ -339,8 +346,8 @@ async fn plan_resync(
         }
     }
     if kind == ResyncKind::Full {
-        let (d, r) = (disk_path.clone(), replica.clone());
-        blocks = tokio::task::spawn_blocking(move || full_compare_blocks(&d, &r))
+        let r = replica.clone();
+        blocks = tokio::task::spawn_blocking(move || full_compare_blocks(&disk_file, &r))
             .await
             .context("block planner failed")??;
     }
@@ -370,6 +377,7 @@ async fn plan_resync(
 async fn run_resync(
     p: &Protected,
     status: StatusHandle<'_>,
+    source: &crate::replicate::local::Source,
     disk: &str,
     job: &mut ResyncJob,
     index: &mut hrl::chunk::ChunkIndex,
@@ -384,16 +392,16 @@ async fn run_resync(
         });
     };
     let paused = || !p.resync_now && crate::replicate::resync::is_paused(&p.state_dir, &p.dir);
-    let stop_after_blocks =
-        crate::replicate::stop::armed("mid-resync").then(|| (job.blocks.len() as u64 / 2).max(1));
+    let stop_after_blocks = (crate::replicate::stop::armed("mid-resync")
+        || crate::replicate::stop::armed("mid-resync-pause"))
+    .then(|| (job.blocks.len() as u64 / 2).max(1));
     let ctl = crate::replicate::resync::ResyncControl {
         state_dir: &p.state_dir,
         paused: &paused,
         progress: &progress,
         stop_after_blocks: stop_after_blocks.filter(|n| *n > job.cursor as u64),
     };
-    let r = crate::replicate::resync::run_job(&p.store, &p.dir.join(disk), job, index, known, &ctl)
-        .await;
+    let r = crate::replicate::resync::run_job(&p.store, source, job, index, known, &ctl).await;
     match r {
         Ok(mut stats) => {
             stats.resync = Some(job.progress.clone());

@@ -145,14 +145,12 @@ async fn release(
     t.set_mode(&d.disk, DiskMode::Bitmap).await?;
     // The tracker marks the released logs' ranges itself; the shipper's copy of them is a
     // cache that saves reading the bitmap's coarser extents when it is at hand.
-    let logs: Vec<std::path::PathBuf> = pending
-        .iter()
-        .filter(|l| l.disk == d.disk)
-        .map(|l| dir.join(&l.log))
-        .collect();
-    let dropped = tokio::task::spawn_blocking(move || crate::replicate::resync::log_extents(&logs))
-        .await
-        .map_err(|e| anyhow::anyhow!("log reader failed: {e}"))?;
+    let logs: Vec<&hrl::control::SealedLog> = pending.iter().filter(|l| l.disk == d.disk).collect();
+    let logs = crate::replicate::local::logs(t, dir, &logs).await?;
+    let dropped =
+        tokio::task::spawn_blocking(move || crate::replicate::resync::source_extents(&logs))
+            .await
+            .map_err(|e| anyhow::anyhow!("log reader failed: {e}"))?;
     if let Ok(mut s) = status.lock() {
         let entry = s.disk_mut(&d.disk, id);
         match dropped {

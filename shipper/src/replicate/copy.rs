@@ -14,6 +14,7 @@ use futures::StreamExt;
 use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
 use hrl::Digest;
 
+use crate::replicate::local::Source;
 use crate::store::chunks::{prepare, ChunkStore, Prepared};
 use crate::store::{GroupStore, Put};
 
@@ -109,19 +110,21 @@ pub fn copy_blocks<'a>(
     .buffered(IN_FLIGHT)
 }
 
-/// Copies `disk` into `store`, skipping chunks whose digest is in `known` (already stored),
-/// and uploads its index at `index_key`. `progress(done_bytes, total_bytes)` is called as
-/// blocks complete.
+/// Copies `source` (a disk) into `store`, skipping chunks whose digest is in `known`
+/// (already stored), and uploads its index at `index_key`. `progress(done_bytes,
+/// total_bytes)` is called as blocks complete.
 pub async fn copy_disk(
     store: &GroupStore,
-    disk: &Path,
+    source: &Source,
     block_size: u32,
     index_key: &str,
     known: &Arc<HashSet<Digest>>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<CopyStats> {
     hrl::chunk::check_block_size(block_size)?;
-    let file = File::open(disk)
+    let disk = source.shown.as_path();
+    let file = source
+        .open()
         .with_context(|| format!("open disk {} for the initial copy", disk.display()))?;
     let disk_size = file
         .metadata()

@@ -2,7 +2,8 @@
 //! `plan` (pure), `bases`, `ship`, `commit` — with what it needs: base copies (`copy`) and resyncs (`resync`), the store checks before a
 //! commit (`presence`), the fence of a group's owner (`owner`), changes made outside the
 //! tracker (`bypass`), a state out of step with the store (`reconcile`), the 50% rule
-//! (`budget`), the tracker's control socket (`tracker`), the cycle's scratch directory
+//! (`budget`), the tracker's control socket (`tracker`), reading the backing files through
+//! the tracker's read-only descriptors instead of the mount (`local`), the cycle's scratch directory
 //! (`workdir`) and the crash stop points of tests (`stop`).
 
 pub mod app;
@@ -13,6 +14,7 @@ pub mod commit;
 pub mod context;
 pub mod copy;
 pub mod cycle;
+pub mod local;
 pub mod owner;
 pub mod plan;
 pub mod presence;

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::replicate::copy::{copy_blocks, data_blocks, CopyStats};
+use crate::replicate::local::Source;
 use crate::service::retry::Fatal;
 use crate::store::chunks::ChunkStore;
 use crate::store::index::fetch_base_index;
@@ -194,6 +195,14 @@ pub fn log_extents(logs: &[PathBuf]) -> Result<Option<Vec<(u64, u64)>>> {
     })
 }
 
+/// [`log_extents`] of sealed logs read through their sources (named as the mount names
+/// them in the error).
+pub fn source_extents(logs: &[Source]) -> Result<Option<Vec<(u64, u64)>>> {
+    let paths = crate::replicate::local::paths(logs);
+    hrl::log::log_extents(&paths)
+        .with_context(|| format!("read logs {}", crate::replicate::local::shown(logs)))
+}
+
 /// The digests of the replica of `entry` as of its point: the base index, with every block
 /// the later shipped logs touch rebuilt (base chunk, then the logs replayed), hashed, and
 /// stored as a chunk (a new base refers to it, and until now it lived only in logs).
@@ -309,11 +318,10 @@ async fn replay_on_scratch(
     Ok(summary.final_size == entry.disk_size)
 }
 
-/// Blocks a full compare reads: those holding data in the source, and those holding data
-/// in the replica (a hole in the source where the replica has data differs).
-pub fn full_compare_blocks(disk: &Path, replica: &ChunkIndex) -> Result<Vec<u64>> {
-    let file = File::open(disk).with_context(|| format!("open disk {}", disk.display()))?;
-    let mut set: BTreeSet<u64> = data_blocks(&file, replica.disk_size, replica.block_size)
+/// Blocks a full compare reads: those holding data in the source (`file`), and those
+/// holding data in the replica (a hole in the source where the replica has data differs).
+pub fn full_compare_blocks(file: &File, replica: &ChunkIndex) -> Result<Vec<u64>> {
+    let mut set: BTreeSet<u64> = data_blocks(file, replica.disk_size, replica.block_size)
         .into_iter()
         .collect();
     set.extend(
@@ -367,21 +375,24 @@ pub struct ResyncControl<'a> {
 )]
 pub struct ResyncPaused(pub String);
 
-/// Runs (or continues) `job`: reads its remaining blocks of `disk`, replaces the digests of
+/// Runs (or continues) `job`: reads its remaining blocks of `source` (the disk), replaces the digests of
 /// those that differ in `index` (the replica's index, updated in place), uploads their
 /// chunks unless `known` (the chunks the store holds) has them, then uploads the new index
 /// at `job.index_key`. Blocks whose replica chunk the store lacks are read too (the new base
 /// needs them), whether the job planned them or not.
 pub async fn run_job(
     store: &GroupStore,
-    disk: &Path,
+    source: &Source,
     job: &mut ResyncJob,
     index: &mut ChunkIndex,
     known: &Arc<HashSet<Digest>>,
     ctl: &ResyncControl<'_>,
 ) -> Result<CopyStats> {
+    let disk = source.shown.as_path();
     let file = Arc::new(
-        File::open(disk).with_context(|| format!("open disk {} for the resync", disk.display()))?,
+        source
+            .open()
+            .with_context(|| format!("open disk {} for the resync", disk.display()))?,
     );
     let size = file
         .metadata()
@@ -448,6 +459,7 @@ pub async fn run_job(
             (ctl.progress)(&job.progress);
             if stop_here {
                 crate::replicate::stop::at(ctl.state_dir, "mid-resync");
+                crate::replicate::stop::pause(ctl.state_dir, "mid-resync-pause");
             }
             if done < total && (ctl.paused)() {
                 return Err(ResyncPaused(disk.display().to_string()).into());

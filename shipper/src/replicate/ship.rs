@@ -144,8 +144,17 @@ async fn ship_disk(
     }
     let (last_seq, last_hash) = match logs.last() {
         Some(l) => {
-            let (sealed_bytes, coalesced, uploaded) =
-                ship_logs(p, &c.work, c.epoch, &sealed.disk_id, start.generation, logs).await?;
+            let sources = crate::replicate::local::logs(c.tracker.as_mut(), &p.dir, logs).await?;
+            let (sealed_bytes, coalesced, uploaded) = ship_logs(
+                p,
+                &c.work,
+                c.epoch,
+                &sealed.disk_id,
+                start.generation,
+                logs,
+                sources,
+            )
+            .await?;
             c.report.logs_shipped += logs.len();
             c.report.log_bytes_sealed += sealed_bytes;
             c.report.log_bytes_coalesced += coalesced;
@@ -200,8 +209,8 @@ fn check_chain(
     Ok(())
 }
 
-/// Coalesces `logs` (one disk, consecutive) into one log and uploads it compressed.
-/// Returns (sealed bytes, coalesced bytes, uploaded bytes).
+/// Coalesces `logs` (one disk, consecutive; read through `sources`) into one log and
+/// uploads it compressed. Returns (sealed bytes, coalesced bytes, uploaded bytes).
 async fn ship_logs(
     p: &Protected,
     work: &Path,
@@ -209,10 +218,11 @@ async fn ship_logs(
     disk_id: &str,
     generation: u64,
     logs: &[&SealedLog],
+    sources: Vec<crate::replicate::local::Source>,
 ) -> Result<(u64, u64, u64)> {
     let (first, last) = (logs[0].seq, logs[logs.len() - 1].seq);
     let key = hrl::store::log_key(disk_id, generation, first, last);
-    let inputs: Vec<PathBuf> = logs.iter().map(|l| p.dir.join(&l.log)).collect();
+    let inputs: Vec<PathBuf> = crate::replicate::local::paths(&sources);
     let sealed_bytes: u64 = logs.iter().map(|l| l.bytes).sum();
     let out = work.join(format!("{}-{disk_id}-{first}-{last}.hrl", p.store.group));
     let zst = out.with_extension("hrl.zst");
@@ -220,12 +230,15 @@ async fn ship_logs(
     let _ = std::fs::remove_file(&zst);
     let (out2, zst2) = (out.clone(), zst.clone());
     let sizes = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+        // `sources` keeps the descriptors behind `inputs` open until the logs are read.
+        let named = crate::replicate::local::shown(&sources);
         hrl::log::coalesce(&inputs, &out2).map_err(|e| {
             // A log that does not verify cannot be shipped: its chain must be restarted.
             anyhow::Error::new(Fatal(format!(
-                "a sealed log does not verify ({e}); the disk needs a resync: run `hrl-shipper sync --resync`"
+                "a sealed log of {named} does not verify ({e}); the disk needs a resync: run `hrl-shipper sync --resync`"
             )))
         })?;
+        drop(sources);
         let coalesced = std::fs::metadata(&out2)
             .with_context(|| format!("stat {}", out2.display()))?
             .len();

@@ -2,7 +2,7 @@
 //! after-commit, mid-resync, mid-failback) the process writes `<state dir>/stopped-at-<point>` and freezes
 //! there (SIGSTOP: every thread stops at once, no sleep inside async code) so a test can
 //! kill -9 it at exactly that instant and check what the next run does. A pause point
-//! ([`pause`]: before-commit, in-commit) freezes once and goes on when the test sends
+//! ([`pause`]: before-commit, in-commit, mid-resync-pause) freezes once and goes on when the test sends
 //! SIGCONT, so a test can act (a takeover) while the shipper is held between two steps.
 //!
 //! Compiled only into debug builds (the test binaries) or with the `stop-points` feature

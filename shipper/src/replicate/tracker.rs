@@ -1,5 +1,7 @@
-//! Client of the tracker's control socket (one JSON object per line each way).
+//! Client of the tracker's control socket (one JSON object per line each way; the answers
+//! of `open_disk` and `open_log` carry a descriptor, SCM_RIGHTS).
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -49,6 +51,15 @@ pub trait Tracker: Send + Sync {
     async fn dirty(&mut self, disk: &str) -> Result<Vec<(u64, u64)>>;
     /// Switches `disk` between log and bitmap tracking.
     async fn set_mode(&mut self, disk: &str, mode: DiskMode) -> Result<()>;
+    /// A read-only descriptor of `disk`'s backing image; `None` when the tracker hands out
+    /// none (an older tracker, a stand-in, a refusal): read through the mount then.
+    async fn open_disk(&mut self, _disk: &str) -> Result<Option<OwnedFd>> {
+        Ok(None)
+    }
+    /// A read-only descriptor of the sealed log `log` (as [`Tracker::open_disk`]).
+    async fn open_log(&mut self, _log: &SealedLog) -> Result<Option<OwnedFd>> {
+        Ok(None)
+    }
 }
 
 #[async_trait::async_trait]
@@ -73,6 +84,20 @@ impl Tracker for TrackerClient {
     }
     async fn set_mode(&mut self, disk: &str, mode: DiskMode) -> Result<()> {
         TrackerClient::set_mode(self, disk, mode).await
+    }
+    async fn open_disk(&mut self, disk: &str) -> Result<Option<OwnedFd>> {
+        let req = Request::OpenDisk {
+            disk: disk.to_string(),
+        };
+        TrackerClient::descriptor(self, &req).await
+    }
+    async fn open_log(&mut self, log: &SealedLog) -> Result<Option<OwnedFd>> {
+        let req = Request::OpenLog {
+            disk: log.disk.clone(),
+            seq: log.seq,
+            disk_id: Some(log.disk_id.clone()),
+        };
+        TrackerClient::descriptor(self, &req).await
     }
 }
 
@@ -100,7 +125,7 @@ impl TrackerClient {
         })
     }
 
-    async fn call(&mut self, req: &Request) -> Result<Response> {
+    async fn send(&mut self, req: &Request) -> Result<String> {
         let mut line = serde_json::to_vec(req).context("encode control request")?;
         line.push(b'\n');
         let op = format!("{req:?}");
@@ -108,6 +133,11 @@ impl TrackerClient {
             .write_all(&line)
             .await
             .with_context(|| format!("send {op} to tracker at {}", self.socket.display()))?;
+        Ok(op)
+    }
+
+    async fn call(&mut self, req: &Request) -> Result<Response> {
+        let op = self.send(req).await?;
         let mut answer = String::new();
         let n = self.reader.read_line(&mut answer).await.with_context(|| {
             format!(
@@ -121,6 +151,12 @@ impl TrackerClient {
                 self.socket.display()
             );
         }
+        self.answer(&op, &answer)
+    }
+
+    /// Parses an answer line; a refusal is a [`TrackerRefused`].
+    fn answer(&self, op: &str, answer: &str) -> Result<Response> {
+        let op = op.to_string();
         let resp: Response = serde_json::from_str(answer.trim_end()).with_context(|| {
             format!(
                 "tracker at {} sent an answer that is not valid: {answer:?}",
@@ -136,6 +172,33 @@ impl TrackerClient {
             .into());
         }
         Ok(resp)
+    }
+
+    /// Sends `open_disk` or `open_log` and reads the answer with its descriptor. A refusal
+    /// (an older tracker answers that it does not know the request) is `None`; a tracker
+    /// that went away is an error.
+    async fn descriptor(&mut self, req: &Request) -> Result<Option<OwnedFd>> {
+        if !self.reader.buffer().is_empty() {
+            // Never happens (one answer per request); the descriptor would be lost.
+            return Ok(None);
+        }
+        let op = self.send(req).await?;
+        let stream: &UnixStream = self.reader.get_ref().as_ref();
+        let (line, fd) = recv_answer(stream).await.with_context(|| {
+            format!(
+                "read answer to {op} from tracker at {}",
+                self.socket.display()
+            )
+        })?;
+        match self.answer(&op, &String::from_utf8_lossy(&line)) {
+            Ok(r) if r.fd == Some(true) && fd.is_some() => Ok(fd),
+            Ok(_) => Ok(None),
+            Err(e) if e.downcast_ref::<TrackerRefused>().is_some() => {
+                tracing::debug!("{e:#}");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Seals the active logs of every disk at one instant.
@@ -214,5 +277,54 @@ impl TrackerClient {
             .await?
             .status
             .context("tracker answered status without a status")
+    }
+}
+
+/// Reads one answer line from `stream` with the descriptor that came with it (SCM_RIGHTS;
+/// any more are closed).
+async fn recv_answer(stream: &UnixStream) -> Result<(Vec<u8>, Option<OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    use std::io::IoSliceMut;
+    use std::mem::MaybeUninit;
+    let mut line = Vec::new();
+    let mut fd: Option<OwnedFd> = None;
+    loop {
+        stream
+            .readable()
+            .await
+            .context("wait for the tracker's answer")?;
+        let mut chunk = [0u8; 4096];
+        let got = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+            let mut anc = RecvAncillaryBuffer::new(&mut space);
+            let r = rustix::net::recvmsg(
+                stream,
+                &mut [IoSliceMut::new(&mut chunk)],
+                &mut anc,
+                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+            )?;
+            for m in anc.drain() {
+                if let RecvAncillaryMessage::ScmRights(fds) = m {
+                    for f in fds {
+                        fd.get_or_insert(f);
+                    }
+                }
+            }
+            Ok(r.bytes)
+        });
+        let n = match got {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("receive the tracker's answer"),
+        };
+        if n == 0 {
+            bail!("the tracker closed the connection");
+        }
+        line.extend_from_slice(&chunk[..n]);
+        if line.ends_with(b"\n") {
+            line.pop();
+            return Ok((line, fd));
+        }
     }
 }
