@@ -312,5 +312,9 @@ fn handle(st: &Mutex<FakeState>, req: Request) -> Response {
         Request::ReadOnly { .. } => {
             Response::error("the stand-in tracker has no read-only switch; use a real mount")
         }
+        // Like an older tracker: the shipper reads through the directory.
+        Request::OpenDisk { .. } | Request::OpenLog { .. } => {
+            Response::error("the stand-in tracker hands out no descriptors")
+        }
     }
 }

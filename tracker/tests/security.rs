@@ -457,8 +457,8 @@ fn descriptors_go_only_to_a_root_sender() {
              s.connect({sock:?})\n\
              d={drop}\n\
              if d:\n    os.setgroups([]); os.setgid(d[1]); os.setuid(d[0])\n\
-             s.sendall(b'{{\"op\":\"open_disk\",\"disk\":\"d.img\"}}\\n')\n\
-             msg,anc,_,_=s.recvmsg(4096, socket.CMSG_SPACE(16))\n\
+             try:\n    s.sendall(b'{{\"op\":\"open_disk\",\"disk\":\"d.img\"}}\\n'); msg,anc,_,_=s.recvmsg(4096, socket.CMSG_SPACE(16))\n\
+             except OSError as e:\n    msg,anc=('refused: %s' % e).encode(),[]\n\
              n=sum(len(c[2])//4 for c in anc if c[0]==socket.SOL_SOCKET and c[1]==socket.SCM_RIGHTS)\n\
              sys.stdout.write(msg.decode().strip()+' fds=%d' % n)\n",
             sock = socket.to_str().unwrap(),

@@ -4,7 +4,7 @@
 //! after the copy make it consistent at the cycle's second seal.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::replicate::tracker::Seal;
