@@ -21,6 +21,8 @@ mod ops;
 mod oracle;
 #[path = "chaos/rng.rs"]
 mod rng;
+#[path = "chaos/roundtrip.rs"]
+mod roundtrip;
 #[path = "chaos/world.rs"]
 mod world;
 
