@@ -284,7 +284,9 @@ fn print_prepared(
             r.bytes_downloaded,
             started.elapsed().as_secs_f64()
         );
-        println!("run it again to catch up, or fail over (only the logs since are fetched): {next}");
+        println!(
+            "run it again to catch up, or fail over (only the logs since are fetched): {next}"
+        );
     }
     std::process::ExitCode::SUCCESS
 }

@@ -154,7 +154,10 @@ impl Marker {
         match Stamp::of(&path) {
             Ok(s) if s == e.stamp && s.size == e.size => Some(e),
             _ => {
-                tracing::warn!(disk_id, "the prepared disk changed since its prepare; it falls back to the delta");
+                tracing::warn!(
+                    disk_id,
+                    "the prepared disk changed since its prepare; it falls back to the delta"
+                );
                 None
             }
         }

@@ -45,9 +45,8 @@ pub async fn prepare(r: &FailoverRequest<'_>) -> Result<FailoverReport> {
             // A failback: the older disk becomes the prepared one (its tracker files go
             // first: they describe a disk that is no longer there).
             super::delta::remove_tracker_files(&dir, &e.name)?;
-            std::fs::rename(&named, &hidden).with_context(|| {
-                format!("rename {} to {}", named.display(), hidden.display())
-            })?;
+            std::fs::rename(&named, &hidden)
+                .with_context(|| format!("rename {} to {}", named.display(), hidden.display()))?;
             marker::sync_dir(&dir)?;
         }
         let (how, down) = bring_up(r.store, point.id, e, &dir, &mut mk, r.full, &pause)
@@ -243,8 +242,7 @@ fn remove_leftovers(dir: &Path) -> Result<()> {
         let path = entry.path();
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
         if is_dir && name.starts_with(".hrl-prepare-") {
-            std::fs::remove_dir_all(&path)
-                .with_context(|| format!("remove {}", path.display()))?;
+            std::fs::remove_dir_all(&path).with_context(|| format!("remove {}", path.display()))?;
         } else if name == format!("{}.tmp", marker::MARKER) {
             std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
         }
