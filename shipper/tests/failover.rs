@@ -700,9 +700,11 @@ fn names(dir: &Path) -> Vec<String> {
 /// What a prepare may leave: the hidden disks and the marker, and in the state directory
 /// only the key (no shipper state, no tracker files, no final names).
 fn assert_only_prepared(r: &Recovery, disk_id: &str) {
+    let mut want = vec![".hrl-prepared.json".to_string(), format!(".{disk_id}.hrl-prepared")];
+    want.sort();
     assert_eq!(
         names(&r.dir),
-        vec![".hrl-prepared.json".to_string(), format!(".{disk_id}.hrl-prepared")],
+        want,
         "a prepare left more than its hidden disk and marker"
     );
     let state: Vec<String> = names(&r.state)

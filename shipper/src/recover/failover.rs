@@ -91,7 +91,7 @@ pub async fn failover(r: &FailoverRequest<'_>) -> Result<FailoverReport> {
 
 /// How a disk of the point is rebuilt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum How {
+pub(super) enum How {
     /// Not in the directory: downloaded whole under a hidden name, then named.
     New,
     /// There, `--full`: downloaded whole, replacing it at the rename.
