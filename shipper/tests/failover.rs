@@ -324,13 +324,19 @@ fn bad_input_is_refused_and_changes_nothing() {
     let live = s.dir.display().to_string();
     let live_before = names(&s.dir);
     for prepare in [false, true] {
-        let mut args = vec!["failover", "--target", &url, "--group", "vm1", "--to", &live];
+        let mut args = vec![
+            "failover", "--target", &url, "--group", "vm1", "--to", &live,
+        ];
         if prepare {
             args.push("--prepare");
         }
         fail(&args, "is a live tracker mount");
     }
-    assert_eq!(names(&s.dir), live_before, "a refused prepare changed the mount");
+    assert_eq!(
+        names(&s.dir),
+        live_before,
+        "a refused prepare changed the mount"
+    );
     assert_eq!(owners(), 1, "a refused failover took the group");
     assert_eq!(std::fs::read_dir(&r.dir).unwrap().count(), 1);
     assert!(
@@ -700,7 +706,10 @@ fn names(dir: &Path) -> Vec<String> {
 /// What a prepare may leave: the hidden disks and the marker, and in the state directory
 /// only the key (no shipper state, no tracker files, no final names).
 fn assert_only_prepared(r: &Recovery, disk_id: &str) {
-    let mut want = vec![".hrl-prepared.json".to_string(), format!(".{disk_id}.hrl-prepared")];
+    let mut want = vec![
+        ".hrl-prepared.json".to_string(),
+        format!(".{disk_id}.hrl-prepared"),
+    ];
     want.sort();
     assert_eq!(
         names(&r.dir),
@@ -711,7 +720,11 @@ fn assert_only_prepared(r: &Recovery, disk_id: &str) {
         .into_iter()
         .filter(|n| !n.starts_with("stopped-at-"))
         .collect();
-    assert_eq!(state, vec!["prepare.key".to_string()], "a prepare wrote state");
+    assert_eq!(
+        state,
+        vec!["prepare.key".to_string()],
+        "a prepare wrote state"
+    );
 }
 
 /// Prepared failover: `--prepare` while the primary is live and writing (and committing a
@@ -763,7 +776,11 @@ fn prepared_failover(kind: ServerKind) {
     assert_eq!(how(&first), "full", "{first}");
     let disk_id = names(&r.dir)
         .iter()
-        .find_map(|n| n.strip_prefix('.')?.strip_suffix(".hrl-prepared").map(str::to_string))
+        .find_map(|n| {
+            n.strip_prefix('.')?
+                .strip_suffix(".hrl-prepared")
+                .map(str::to_string)
+        })
         .unwrap();
     let hidden = r.dir.join(format!(".{disk_id}.hrl-prepared"));
     assert_only_prepared(&r, &disk_id);
@@ -867,17 +884,17 @@ fn prepare_is_resumable_and_trusts_only_its_own_marker() {
     let mut n = 1u8;
     let mut new_point = || {
         n += 1;
-        write_at(
-            &disk,
-            u64::from(n) * 300_000,
-            &random_bytes(&[n], 100_000),
-        );
+        write_at(&disk, u64::from(n) * 300_000, &random_bytes(&[n], 100_000));
         s.sync()["point"].as_u64().unwrap()
     };
     let before = tree(&s.store_group());
     let p = prepare(&s, &r);
     assert_eq!(how(&p), "full", "{p}");
-    assert_eq!(tree(&s.store_group()), before, "a prepare wrote to the store");
+    assert_eq!(
+        tree(&s.store_group()),
+        before,
+        "a prepare wrote to the store"
+    );
     assert_only_prepared(&r, &disk_id);
     assert_same_file(&hidden, &disk);
 
@@ -891,8 +908,7 @@ fn prepare_is_resumable_and_trusts_only_its_own_marker() {
     let mut child = spawn_paused_at(cmd, &paused, "mid-prepare");
     signal(child.id(), "KILL");
     let _ = child.0.wait();
-    let left: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    let left: serde_json::Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
     assert_eq!(left["disks"].as_array().unwrap().len(), 0, "{left}");
     let p = prepare(&s, &r);
     assert_eq!(how(&p), "delta", "{p}");
@@ -927,7 +943,11 @@ fn prepare_is_resumable_and_trusts_only_its_own_marker() {
     new_point();
     let other = s.tmp.path().join("state-other");
     let p = json_of(&prepare_as(&s, &r, &other, &[]).output().unwrap());
-    assert_eq!(how(&p), "delta", "another key's prepare trusted the marker: {p}");
+    assert_eq!(
+        how(&p),
+        "delta",
+        "another key's prepare trusted the marker: {p}"
+    );
     new_point();
     let p = prepare(&s, &r);
     assert_eq!(how(&p), "delta", "a foreign marker was trusted: {p}");
@@ -940,7 +960,11 @@ fn prepare_is_resumable_and_trusts_only_its_own_marker() {
     write_at(&hidden, 5 << 20, b"written after the prepare");
     new_point();
     let p = prepare(&s, &r);
-    assert_eq!(how(&p), "delta", "a prepared disk written since was trusted: {p}");
+    assert_eq!(
+        how(&p),
+        "delta",
+        "a prepared disk written since was trusted: {p}"
+    );
     assert_same_file(&hidden, &disk);
     assert_eq!(owners(), 1, "a prepare took the group");
 

@@ -242,9 +242,9 @@ fn failover_test_serves_the_point_and_cleanup_records_it() {
     // The limit reaches the mount it started.
     let mounts = mount_command_lines(&to_s);
     assert!(
-        mounts
-            .iter()
-            .any(|c| c.windows(2).any(|w| w[0] == "--bandwidth" && w[1] == "200MiB/s")),
+        mounts.iter().any(|c| c
+            .windows(2)
+            .any(|w| w[0] == "--bandwidth" && w[1] == "200MiB/s")),
         "the test failover's mount did not get --bandwidth: {mounts:?}"
     );
     let served = std::fs::read(to.join("d.img"));
