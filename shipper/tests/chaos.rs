@@ -21,6 +21,8 @@ mod ops;
 mod oracle;
 #[path = "chaos/rng.rs"]
 mod rng;
+#[path = "chaos/roundtrip.rs"]
+mod roundtrip;
 #[path = "chaos/world.rs"]
 mod world;
 
@@ -71,6 +73,7 @@ const CI_KINDS: &[Kind] = &[
     Kind::FdExhaust,
     Kind::WorkdirLeak,
     Kind::Prune,
+    Kind::FailoverRoundTrip,
 ];
 // Every kind runs in CI (each issue 16 / 18 item's kind was enabled once its fix landed; what
 // each showed before is in docs/chaos.md).

@@ -269,7 +269,8 @@ fn a_takeover_racing_a_commit_fences_it() {
 }
 
 /// Bad input: an unknown group or point, a directory that is not empty, a live tracker
-/// mount; each a clear error and nothing changed (no owner record taken).
+/// mount (for a failover and a `--prepare` alike); each a clear error and nothing changed
+/// (no owner record taken, no file made).
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
     let s = Site::new(ServerKind::Local);
@@ -307,15 +308,41 @@ fn bad_input_is_refused_and_changes_nothing() {
         &["failover", "--target", &url, "--group", "vm1", "--to", &dir],
         "is not empty",
     );
-    let live = s.dir.display().to_string();
     fail(
         &[
-            "failover", "--target", &url, "--group", "vm1", "--to", &live,
+            "failover",
+            "--prepare",
+            "--target",
+            &url,
+            "--group",
+            "vm1",
+            "--to",
+            &dir,
         ],
-        "is a live tracker mount",
+        "is not empty",
+    );
+    let live = s.dir.display().to_string();
+    let live_before = names(&s.dir);
+    for prepare in [false, true] {
+        let mut args = vec![
+            "failover", "--target", &url, "--group", "vm1", "--to", &live,
+        ];
+        if prepare {
+            args.push("--prepare");
+        }
+        fail(&args, "is a live tracker mount");
+    }
+    assert_eq!(
+        names(&s.dir),
+        live_before,
+        "a refused prepare changed the mount"
     );
     assert_eq!(owners(), 1, "a refused failover took the group");
     assert_eq!(std::fs::read_dir(&r.dir).unwrap().count(), 1);
+    assert!(
+        !r.state.join("prepare.key").exists(),
+        "a refused prepare made its key"
+    );
     drop(m);
     // A point chosen by time.
     std::fs::remove_file(r.dir.join("other.txt")).unwrap();
@@ -618,4 +645,335 @@ fn a_failback_killed_mid_delta_is_finished_by_running_it_again() {
     assert_eq!(out["disks"][0]["how"], "delta", "{out}");
     assert_same_file(&s.dir.join("disk0.img"), &r.dir.join("disk0.img"));
     assert!(!failback.exists(), "the marker stayed");
+}
+
+/// `failover --prepare --json` on the recovery host into `r.dir` (state dir `state`).
+fn prepare_as(s: &Site, r: &Recovery, state: &Path, more: &[&str]) -> Command {
+    let dir = r.dir.display().to_string();
+    let mut args = vec![
+        "failover",
+        "--prepare",
+        "--target",
+        &s.server.url,
+        "--group",
+        &s.group,
+        "--to",
+        &dir,
+        "--json",
+    ];
+    args.extend_from_slice(more);
+    as_host(s, RECOVERY, state, &args)
+}
+
+fn prepare(s: &Site, r: &Recovery) -> serde_json::Value {
+    json_of(&prepare_as(s, r, &r.state, &[]).output().unwrap())
+}
+
+/// How the first disk was brought up, from a failover's or a prepare's JSON.
+fn how(v: &serde_json::Value) -> String {
+    v["disks"][0]["how"].as_str().unwrap().to_string()
+}
+
+/// Every file under `root` with its size and modification time (a local store's objects).
+fn tree(root: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = e.metadata().unwrap();
+            if md.is_dir() {
+                todo.push(e.path());
+            } else {
+                out.push((e.path(), md.len(), md.modified().unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Names in a directory, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// What a prepare may leave: the hidden disks and the marker, and in the state directory
+/// only the key (no shipper state, no tracker files, no final names).
+fn assert_only_prepared(r: &Recovery, disk_id: &str) {
+    let mut want = vec![
+        ".hrl-prepared.json".to_string(),
+        format!(".{disk_id}.hrl-prepared"),
+    ];
+    want.sort();
+    assert_eq!(
+        names(&r.dir),
+        want,
+        "a prepare left more than its hidden disk and marker"
+    );
+    let state: Vec<String> = names(&r.state)
+        .into_iter()
+        .filter(|n| !n.starts_with("stopped-at-"))
+        .collect();
+    assert_eq!(
+        state,
+        vec!["prepare.key".to_string()],
+        "a prepare wrote state"
+    );
+}
+
+/// Prepared failover: `--prepare` while the primary is live and writing (and committing a
+/// point meanwhile), again after more points (only the logs since), a planned failover on
+/// the primary, then the final pass downloads no more than 1.1x the blocks that differ
+/// from the prepared disk; the disk equals the primary's byte for byte and fscks clean, and
+/// reverse replication continues with no base copy. A prepare takes nothing and writes
+/// nothing to the store.
+fn prepared_failover(kind: ServerKind) {
+    const BLOCK: usize = 256 * 1024;
+    let s = Site::new(kind);
+    let m = s.mount();
+    let disk = m.path("disk0.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mnt = s.tmp.path().join("mnt");
+    on_ext4(&disk, &mnt, true, |fs| {
+        std::fs::write(fs.join("a.bin"), random_bytes(&[1], 8 << 20)).unwrap();
+    });
+    assert_eq!(s.sync()["point"], 1);
+    let local = matches!(kind, ServerKind::Local);
+    let store_tree = || match local {
+        true => tree(&s.store_group()),
+        false => Vec::new(),
+    };
+    let r = recovery(&s);
+
+    // The first prepare runs while the primary writes and commits a point.
+    let mut cmd = prepare_as(&s, &r, &r.state, &[]);
+    let first = std::thread::scope(|scope| {
+        let job = scope.spawn(move || cmd.output().unwrap());
+        on_ext4(&disk, &mnt, false, |fs| {
+            let f = std::fs::File::create(fs.join("b.bin")).unwrap();
+            use std::os::unix::fs::FileExt;
+            for i in 0..16u64 {
+                f.write_all_at(&random_bytes(&[2, i as u8], 64 << 10), i << 16)
+                    .unwrap();
+                f.sync_all().unwrap();
+            }
+        });
+        let p = s.sync();
+        let out = job.join().unwrap();
+        (p, out)
+    });
+    assert_eq!(first.0["point"], 2, "{}", first.0);
+    let first = json_of(&first.1);
+    assert_eq!(how(&first), "full", "{first}");
+    let disk_id = names(&r.dir)
+        .iter()
+        .find_map(|n| {
+            n.strip_prefix('.')?
+                .strip_suffix(".hrl-prepared")
+                .map(str::to_string)
+        })
+        .unwrap();
+    let hidden = r.dir.join(format!(".{disk_id}.hrl-prepared"));
+    assert_only_prepared(&r, &disk_id);
+
+    // More points; a second prepare fetches only the logs since, writes nothing to the store.
+    on_ext4(&disk, &mnt, false, |fs| {
+        std::fs::write(fs.join("c.bin"), random_bytes(&[3], 1 << 20)).unwrap();
+    });
+    assert_eq!(s.sync()["point"], 3);
+    let before = store_tree();
+    let second = prepare(&s, &r);
+    assert_eq!(how(&second), "prepared", "{second}");
+    assert_eq!(second["point"], 3, "{second}");
+    assert_eq!(store_tree(), before, "a prepare wrote to the store");
+    assert_only_prepared(&r, &disk_id);
+    on_ext4(&disk, &mnt, false, |fs| {
+        std::fs::write(fs.join("d.bin"), random_bytes(&[4], 1 << 20)).unwrap();
+    });
+    assert_eq!(s.sync()["point"], 4);
+
+    // Planned failover on the primary, then the final pass.
+    let dir = s.dir.display().to_string();
+    let h = json_of(&s.shipper(
+        &[
+            "failover",
+            "planned",
+            "--dir",
+            &dir,
+            "--target",
+            &s.server.url,
+            "--group",
+            &s.group,
+            "--json",
+        ],
+        &[],
+    ));
+    assert_eq!(h["point"], 5, "{h}");
+    let differing = differing_blocks(&hidden, &disk, BLOCK);
+    assert!(differing > 0);
+    let out = json_of(&failover(&s, &r, &[]));
+    assert_eq!(out["point"], 5, "{out}");
+    assert_eq!(how(&out), "prepared", "{out}");
+    let down = out["bytes_downloaded"].as_u64().unwrap();
+    let limit = 1.1 * (differing as usize * BLOCK) as f64;
+    assert!(
+        down as f64 <= limit,
+        "the final pass downloaded {down} bytes for {differing} differing blocks of {BLOCK}: {out}"
+    );
+    assert_same_file(&r.dir.join("disk0.img"), &disk);
+    run(Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(r.dir.join("disk0.img")));
+    assert!(
+        !hidden.exists() && !r.dir.join(".hrl-prepared.json").exists(),
+        "the prepared disk or its marker stayed: {:?}",
+        names(&r.dir)
+    );
+    drop(m);
+    let rm = Mounted::in_place(&r.dir, &s.run_dir);
+    write_at(&rm.path("disk0.img"), 50 << 20, &random_bytes(&[5], 65536));
+    let rep = json_of(&sync_recovery(&s, &r));
+    assert_eq!(rep["base_copies"].as_array().unwrap().len(), 0, "{rep}");
+    assert_eq!(rep["point"], 6, "{rep}");
+}
+
+#[test]
+fn prepared_failover_local() {
+    prepared_failover(ServerKind::Local);
+}
+
+#[test]
+fn prepared_failover_moto() {
+    prepared_failover(ServerKind::Moto);
+}
+
+/// A prepare killed (-9) at its pause point `mid-prepare` (its disk changed in part, its
+/// entry already gone) is finished by running it again (a delta). Only the prepare's own,
+/// intact marker is trusted: an edited entry (claiming the latest point), a cut marker, one
+/// signed under another state directory's key, and a prepared disk written after its
+/// prepare all fall back to the delta and still give the point's bytes; the final pass
+/// names the disk.
+#[test]
+fn prepare_is_resumable_and_trusts_only_its_own_marker() {
+    let s = Site::new(ServerKind::Local);
+    let m = s.mount();
+    let disk = m.path("disk0.img");
+    new_disk(&disk, 8 << 20, 1);
+    assert_eq!(s.sync()["point"], 1);
+    let disk_id = s.manifest(1)["disks"][0]["disk_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = recovery(&s);
+    let hidden = r.dir.join(format!(".{disk_id}.hrl-prepared"));
+    let marker = r.dir.join(".hrl-prepared.json");
+    let owners = || {
+        std::fs::read_dir(s.store_group().join("owner"))
+            .unwrap()
+            .count()
+    };
+    let mut n = 1u8;
+    let mut new_point = || {
+        n += 1;
+        write_at(&disk, u64::from(n) * 300_000, &random_bytes(&[n], 100_000));
+        s.sync()["point"].as_u64().unwrap()
+    };
+    let before = tree(&s.store_group());
+    let p = prepare(&s, &r);
+    assert_eq!(how(&p), "full", "{p}");
+    assert_eq!(
+        tree(&s.store_group()),
+        before,
+        "a prepare wrote to the store"
+    );
+    assert_only_prepared(&r, &disk_id);
+    assert_same_file(&hidden, &disk);
+
+    // Killed half way through catching up over two logs: the entry is gone, the rerun deltas.
+    new_point();
+    new_point();
+    let paused = r.state.join("stopped-at-mid-prepare");
+    let mut cmd = prepare_as(&s, &r, &r.state, &[]);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = spawn_paused_at(cmd, &paused, "mid-prepare");
+    signal(child.id(), "KILL");
+    let _ = child.0.wait();
+    let left: serde_json::Value = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    assert_eq!(left["disks"].as_array().unwrap().len(), 0, "{left}");
+    let p = prepare(&s, &r);
+    assert_eq!(how(&p), "delta", "{p}");
+    assert_same_file(&hidden, &disk);
+    new_point();
+    let p = prepare(&s, &r);
+    assert_eq!(how(&p), "prepared", "{p}");
+    assert_same_file(&hidden, &disk);
+
+    // An entry edited to claim the latest point.
+    let latest = new_point();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    let e = s.manifest(latest)["disks"][0].clone();
+    v["disks"][0]["point"] = latest.into();
+    v["disks"][0]["last_seq"] = e["last_seq"].clone();
+    v["disks"][0]["chain_hash"] = e["last_chain_hash"].clone();
+    std::fs::write(&marker, serde_json::to_vec(&v).unwrap()).unwrap();
+    let p = prepare(&s, &r);
+    assert_eq!(how(&p), "delta", "an edited marker was trusted: {p}");
+    assert_same_file(&hidden, &disk);
+
+    // A cut marker.
+    new_point();
+    let bytes = std::fs::read(&marker).unwrap();
+    std::fs::write(&marker, &bytes[..bytes.len() / 2]).unwrap();
+    let p = prepare(&s, &r);
+    assert_eq!(how(&p), "delta", "a cut marker was trusted: {p}");
+    assert_same_file(&hidden, &disk);
+
+    // A marker signed under another key (another state directory): foreign both ways.
+    new_point();
+    let other = s.tmp.path().join("state-other");
+    let p = json_of(&prepare_as(&s, &r, &other, &[]).output().unwrap());
+    assert_eq!(
+        how(&p),
+        "delta",
+        "another key's prepare trusted the marker: {p}"
+    );
+    new_point();
+    let p = prepare(&s, &r);
+    assert_eq!(how(&p), "delta", "a foreign marker was trusted: {p}");
+    assert_same_file(&hidden, &disk);
+
+    // The prepared disk written after its prepare.
+    new_point();
+    let p = prepare(&s, &r);
+    assert_eq!(how(&p), "prepared", "{p}");
+    write_at(&hidden, 5 << 20, b"written after the prepare");
+    new_point();
+    let p = prepare(&s, &r);
+    assert_eq!(
+        how(&p),
+        "delta",
+        "a prepared disk written since was trusted: {p}"
+    );
+    assert_same_file(&hidden, &disk);
+    assert_eq!(owners(), 1, "a prepare took the group");
+
+    // The final pass catches up and names the disk.
+    new_point();
+    drop(m);
+    let out = json_of(&failover(&s, &r, &[]));
+    assert_eq!(how(&out), "prepared", "{out}");
+    assert_same_file(&r.dir.join("disk0.img"), &s.dir.join("disk0.img"));
+    assert_eq!(owners(), 2);
+    assert!(!hidden.exists() && !marker.exists(), "{:?}", names(&r.dir));
 }

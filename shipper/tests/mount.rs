@@ -197,8 +197,27 @@ fn reads_equal_a_full_restore(kind: ServerKind) {
     assert_eq!(points.matches("tested").count(), 2, "{points}");
 }
 
+/// The command lines of the `hrl-shipper mount` processes serving `to`.
+fn mount_command_lines(to: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for p in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
+        let Ok(raw) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a == "mount") && args.iter().any(|a| a == to) {
+            out.push(args);
+        }
+    }
+    out
+}
+
 /// `failover test` is a mount plus its record: the point's disk is served at once and
-/// equals its restore; `--cleanup` ends it and `points` shows the point as tested.
+/// equals its restore (its `--bandwidth` passed on to the mount); `--cleanup` ends it and
+/// `points` shows the point as tested.
 #[test]
 fn failover_test_serves_the_point_and_cleanup_records_it() {
     let (site, restored) = three_points(ServerKind::Local);
@@ -215,9 +234,19 @@ fn failover_test_serves_the_point_and_cleanup_records_it() {
         "2",
         "--to",
         &to_s,
+        "--bandwidth",
+        "200MiB/s",
     ];
     let out = ok(&site.shipper(&args, &[]));
     assert!(out.contains("point 2"), "{out}");
+    // The limit reaches the mount it started.
+    let mounts = mount_command_lines(&to_s);
+    assert!(
+        mounts.iter().any(|c| c
+            .windows(2)
+            .any(|w| w[0] == "--bandwidth" && w[1] == "200MiB/s")),
+        "the test failover's mount did not get --bandwidth: {mounts:?}"
+    );
     let served = std::fs::read(to.join("d.img"));
     let cleanup = ok(&site.shipper(&["failover", "test", "--cleanup", "--to", &to_s], &[]));
     assert!(

@@ -66,6 +66,9 @@ pub struct TestArgs {
     /// State directory (the overlay lives under `mounts/` there).
     #[arg(long, env = "HRL_STATE_DIR", default_value = crate::service::status::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// The mount's reads from the store (passed on to the `hrl-shipper mount` it starts).
+    #[command(flatten)]
+    pub net: super::args::NetArgs,
 }
 
 #[derive(Args)]
@@ -91,10 +94,17 @@ pub struct UnplannedArgs {
     /// Not a live tracker mount: mount the tracker over it afterwards.
     #[arg(long, required = true)]
     pub to: Option<PathBuf>,
-    /// Download every disk whole, even where DIR holds an older version of it (by default
-    /// only the blocks that differ from the point are downloaded: a failback).
+    /// Download every disk whole, even where DIR holds an older or prepared version of it
+    /// (by default only the blocks that differ from the point are downloaded: a failback).
     #[arg(long)]
     pub full: bool,
+    /// A first pass while the other side is still live: build (or delta-update, or catch
+    /// up) the disks under hidden names `.<disk id>.hrl-prepared` in DIR, recorded in
+    /// DIR/.hrl-prepared.json (signed with $HRL_STATE_DIR/prepare.key). Nothing is taken or
+    /// written to the store; run it as often as wanted. The final `failover --to DIR` then
+    /// downloads only the logs since the prepared point and takes the group over.
+    #[arg(long)]
+    pub prepare: bool,
     /// Print what the failover did as JSON (bytes downloaded per disk).
     #[arg(long)]
     pub json: bool,
@@ -109,7 +119,11 @@ pub async fn cmd_failover(a: FailoverArgs) -> Result<std::process::ExitCode> {
     let usage = "give --target URL --group NAME --to DIR (recovery host), or `failover planned --dir DIR` (primary)";
     match (a.planned, a.store.group) {
         (Some(FailoverSub::Planned(p)), _) => cmd_planned(p).await,
-        (Some(FailoverSub::Test(t)), _) => cmd_test(t).await,
+        (Some(FailoverSub::Test(mut t)), _) => {
+            // `failover --bandwidth R test` and `failover test --bandwidth R` alike.
+            t.net.bandwidth = t.net.bandwidth.or(a.net.bandwidth);
+            cmd_test(t).await
+        }
         (None, Some(group)) => {
             let store = StoreArgs {
                 target: a.store.target,
@@ -180,14 +194,18 @@ async fn cmd_unplanned(store: StoreArgs, a: UnplannedArgs) -> Result<std::proces
     let store = store.open()?;
     let to = a.to.context("--to DIR is required")?;
     let started = std::time::Instant::now();
-    let r = failover::failover(&FailoverRequest {
+    let req = FailoverRequest {
         store: &store,
         point: a.point.as_deref(),
         to: &to,
         state_dir: &a.state_dir,
         full: a.full,
-    })
-    .await?;
+    };
+    if a.prepare {
+        let r = crate::recover::prepare::prepare(&req).await?;
+        return Ok(print_prepared(&store, &to, &r, a.json, started));
+    }
+    let r = failover::failover(&req).await?;
     let dir = crate::replicate::owner::canonical_dir(&to);
     let next = format!(
         "hrl-tracker mount {0} && hrl-shipper sync --dir {0} --target {1} --group {2}",
@@ -228,6 +246,51 @@ async fn cmd_unplanned(store: StoreArgs, a: UnplannedArgs) -> Result<std::proces
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// What `failover --prepare` did, and the command that finishes the failover.
+fn print_prepared(
+    store: &crate::store::GroupStore,
+    to: &std::path::Path,
+    r: &failover::FailoverReport,
+    json: bool,
+    started: std::time::Instant,
+) -> std::process::ExitCode {
+    let dir = crate::replicate::owner::canonical_dir(to);
+    let next = format!(
+        "hrl-shipper failover --target {} --group {} --to {}",
+        store.target.url,
+        store.group,
+        dir.display()
+    );
+    if json {
+        let v = serde_json::json!({
+            "prepared": true,
+            "point": r.point,
+            "group": store.group,
+            "bytes_downloaded": r.bytes_downloaded,
+            "disks": r.disks.iter().map(|(name, size, down, how)| serde_json::json!({
+                "name": name, "disk_size": size, "bytes_downloaded": down, "how": how,
+            })).collect::<Vec<_>>(),
+            "seconds": started.elapsed().as_secs_f64(),
+            "next": next,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "prepared point {} of group {} in {} (hidden names, nothing taken over): {} disks, {} bytes downloaded, {:.1}s",
+            r.point,
+            store.group,
+            dir.display(),
+            r.disks.len(),
+            r.bytes_downloaded,
+            started.elapsed().as_secs_f64()
+        );
+        println!(
+            "run it again to catch up, or fail over (only the logs since are fetched): {next}"
+        );
+    }
+    std::process::ExitCode::SUCCESS
+}
+
 /// `failover test`: a mount of the point (start) or its end and record (`--cleanup`).
 async fn cmd_test(a: TestArgs) -> Result<std::process::ExitCode> {
     use super::mount_cmd::{test_failover_cleanup, test_failover_start};
@@ -252,7 +315,13 @@ async fn cmd_test(a: TestArgs) -> Result<std::process::ExitCode> {
         key: a.store.key,
     };
     std::fs::create_dir_all(&a.to).with_context(|| format!("create {}", a.to.display()))?;
-    let id = test_failover_start(&store, &a.point, &a.to, &a.state_dir)?;
+    let id = test_failover_start(
+        &store,
+        &a.point,
+        &a.to,
+        &a.state_dir,
+        a.net.bandwidth.as_deref(),
+    )?;
     println!(
         "test failover: point {id} of group {} served at {} (writes go to a throwaway overlay); end it with `hrl-shipper failover test --cleanup --to {}`",
         store.group,

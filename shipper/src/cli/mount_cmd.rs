@@ -112,12 +112,14 @@ pub async fn cmd_unmount(a: UnmountArgs) -> Result<std::process::ExitCode> {
 }
 
 /// `failover test --point P --to DIR`: mounts `point` of `store` at `to` (writable overlay)
-/// in the background; returns the point id once the mount is live.
+/// in the background, its reads limited to `bandwidth` when given; returns the point id once
+/// the mount is live.
 pub fn test_failover_start(
     store: &StoreArgs,
     point: &str,
     to: &Path,
     state_dir: &Path,
+    bandwidth: Option<&str>,
 ) -> Result<u64> {
     let exe = std::env::current_exe().context("find the hrl-shipper executable")?;
     let mut cmd = std::process::Command::new(exe);
@@ -137,6 +139,9 @@ pub fn test_failover_start(
     }
     if let Some(p) = &store.key.passphrase_file {
         cmd.arg("--passphrase-file").arg(p);
+    }
+    if let Some(rate) = bandwidth {
+        cmd.arg("--bandwidth").arg(rate);
     }
     cmd.arg(to);
     spawn_and_wait(cmd, state_dir, to)

@@ -71,10 +71,27 @@ pub async fn apply(
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("sync {}", dir.display()))?;
+    apply_to(store, e, &disk, dir, &|| {
+        crate::replicate::stop::at(state_dir, "mid-failback")
+    })
+    .await
+}
+
+/// The delta itself onto the file `disk` (any name: a prepared failover's hidden one too),
+/// its logs fetched into a temporary directory in `tmp_in`; `midway` runs once the blocks
+/// are written, before the logs are replayed (the tests' stop points).
+pub async fn apply_to(
+    store: &GroupStore,
+    e: &DiskEntry,
+    disk: &Path,
+    tmp_in: &Path,
+    midway: &dyn Fn(),
+) -> Result<DeltaReport> {
+    let disk = disk.to_path_buf();
     let index = fetch_base_index(store, &e.base).await?;
     let tmp = tempfile::Builder::new()
         .prefix(".hrl-failback-logs")
-        .tempdir_in(dir)
+        .tempdir_in(tmp_in)
         .context("create a temporary directory for the logs")?;
     let mut report = DeltaReport::default();
     let logs = if e.last_seq > e.base.after_seq {
@@ -108,7 +125,7 @@ pub async fn apply(
         .with_context(|| format!("open {}", disk.display()))?;
     report.blocks_fetched = fetch.len() as u64;
     report.bytes_downloaded += write_blocks(store, &index, &fetch, &file).await?;
-    crate::replicate::stop::at(state_dir, "mid-failback");
+    midway();
     replay(e, &logs, &disk, &file).await?;
     file.sync_all()
         .with_context(|| format!("sync {}", disk.display()))?;

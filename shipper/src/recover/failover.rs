@@ -4,7 +4,9 @@
 //! what reverse replication needs ([`super::reverse`]). Order: the directory is checked
 //! first (nothing changes on a bad input), the disks are rebuilt (each gets its final name
 //! only when whole), then ownership is taken, then the tracker and shipper files are
-//! written; a run killed anywhere is finished by running it again.
+//! written; a run killed anywhere is finished by running it again. Disks a `--prepare` pass
+//! left under hidden names ([`super::prepare`]) are caught up from their prepared point
+//! (only the logs since), then named.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use hrl::owner::{OwnerRecord, OwnerState};
 use hrl::store::PointManifest;
 
+use super::marker::{self, Marker};
 use crate::replicate::owner;
 use crate::store::GroupStore;
 
@@ -22,7 +25,8 @@ pub struct FailoverReport {
     pub epoch: u64,
     /// The owner the group was taken from (None: nobody, or this host already).
     pub previous_owner: Option<String>,
-    /// Per disk: name, size, bytes downloaded, how ("full", "delta", "kept").
+    /// Per disk: name, size, bytes downloaded, how: "full", "delta", "prepared" (the logs
+    /// since a prepared point), "kept" (a prepared disk held the point already).
     pub disks: Vec<(String, u64, u64, &'static str)>,
     pub bytes_downloaded: u64,
 }
@@ -34,7 +38,8 @@ pub struct FailoverRequest<'a> {
     pub point: Option<&'a str>,
     pub to: &'a Path,
     pub state_dir: &'a Path,
-    /// Download every disk whole, even where the directory holds an older version.
+    /// Download every disk whole, even where the directory holds an older (or prepared)
+    /// version.
     pub full: bool,
 }
 
@@ -46,9 +51,11 @@ pub async fn failover(r: &FailoverRequest<'_>) -> Result<FailoverReport> {
     let plan = plan_target(r.to, &point, r.full)?;
     crate::private::create_dir(r.to).with_context(|| format!("create {}", r.to.display()))?;
     let dir = owner::canonical_dir(r.to);
+    super::prepare::clean(&dir)?;
+    let mut mk = Marker::load(&dir, &r.store.group, &r.store.target.url, r.state_dir)?;
     let mut disks = Vec::new();
     for (e, how) in point.disks.iter().zip(plan) {
-        let (how, down) = rebuild(r, e, &dir, how).await.with_context(|| {
+        let (how, down) = rebuild(r, e, &dir, how, point.id, &mut mk).await.with_context(|| {
             format!(
                 "failover to point {} stopped at disk {}; run it again to finish (a disk gets its final name only when whole, an interrupted delta keeps a marker)",
                 point.id,
@@ -57,6 +64,8 @@ pub async fn failover(r: &FailoverRequest<'_>) -> Result<FailoverReport> {
         })?;
         disks.push((e.name.clone(), e.disk_size, down, how));
     }
+    super::prepare::remove_strays(&dir, &point, &mut mk)?;
+    mk.remove()?;
     let (epoch, previous_owner) = take_over(r.store, &records, &dir, point.id).await?;
     drop_fenced_logs(r.store, &point).await?;
     for e in &point.disks {
@@ -82,7 +91,7 @@ pub async fn failover(r: &FailoverRequest<'_>) -> Result<FailoverReport> {
 
 /// How a disk of the point is rebuilt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum How {
+pub(super) enum How {
     /// Not in the directory: downloaded whole under a hidden name, then named.
     New,
     /// There, `--full`: downloaded whole, replacing it at the rename.
@@ -91,15 +100,31 @@ enum How {
     Delta,
 }
 
-/// Rebuilds disk `e` in `dir`; returns how, and the bytes downloaded.
+/// Rebuilds disk `e` in `dir`; returns how, and the bytes downloaded. A prepared disk
+/// (hidden name) is brought to the point there and then renamed over the final name.
 async fn rebuild(
     r: &FailoverRequest<'_>,
     e: &hrl::store::DiskEntry,
     dir: &Path,
     how: How,
+    point: u64,
+    mk: &mut Marker,
 ) -> Result<(&'static str, u64)> {
     let store = r.store;
     let disk = dir.join(&e.name);
+    let hidden = dir.join(marker::prepared_name(&e.disk_id));
+    if std::fs::symlink_metadata(&hidden).is_ok_and(|m| m.file_type().is_file()) {
+        let (how, down) =
+            super::prepare::bring_up(store, point, e, dir, mk, r.full, &|| {}).await?;
+        super::delta::remove_tracker_files(dir, &e.name)?;
+        std::fs::rename(&hidden, &disk)
+            .with_context(|| format!("rename {} to {}", hidden.display(), disk.display()))?;
+        marker::sync_dir(dir)?;
+        mk.forget(&e.disk_id)?;
+        let _ = std::fs::remove_file(super::delta::marker(dir, &e.disk_id));
+        tracing::info!(disk = %hrl::display::escaped(&e.name), how, bytes = down, "prepared disk named");
+        return Ok((how, down));
+    }
     let delta = how == How::Delta && super::delta::applicable(store, e, &disk).await?;
     if delta {
         let d = super::delta::apply(store, e, dir, r.state_dir).await?;
@@ -117,7 +142,7 @@ async fn rebuild(
 
 /// The point to fail over to: the one asked for; else the one a planned failover handed
 /// over; else the latest.
-async fn choose_point(
+pub(super) async fn choose_point(
     store: &GroupStore,
     asked: Option<&str>,
     current: Option<&OwnerRecord>,
@@ -229,7 +254,7 @@ fn unescape_mountinfo(s: &str) -> PathBuf {
 /// How each disk of `point` is rebuilt in `to`. The directory may hold the point's disks
 /// (older versions: a failback) and their tracker files, and what an interrupted failover
 /// left; anything else is refused (nothing changed).
-fn plan_target(to: &Path, point: &PointManifest, full: bool) -> Result<Vec<How>> {
+pub(super) fn plan_target(to: &Path, point: &PointManifest, full: bool) -> Result<Vec<How>> {
     let entries = match std::fs::read_dir(to) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -248,6 +273,10 @@ fn plan_target(to: &Path, point: &PointManifest, full: bool) -> Result<Vec<How>>
                 || n == format!(".{}.hrl-failback", d.disk_id)
         }) || n.starts_with(".hrl-failback-logs")
             || n.starts_with(".hrl-restore-logs")
+            || n.starts_with(".hrl-prepare-")
+            || marker::is_prepared_name(n)
+            || n == marker::MARKER
+            || n == format!("{}.tmp", marker::MARKER)
     };
     let of_disk = |n: &str| {
         use hrl::naming::{classify, HrlFile};
@@ -285,6 +314,15 @@ fn plan_target(to: &Path, point: &PointManifest, full: bool) -> Result<Vec<How>>
     }
     let mut plan = Vec::new();
     for d in &point.disks {
+        let hidden = to.join(marker::prepared_name(&d.disk_id));
+        let writers = open_for_writing(&hidden);
+        if !writers.is_empty() {
+            bail!(
+                "the prepared disk {} is open for writing by {}; stop it first (nothing was changed)",
+                hidden.display(),
+                writers.join(", ")
+            );
+        }
         let path = to.join(&d.name);
         plan.push(match std::fs::symlink_metadata(&path) {
             Err(_) => How::New,

@@ -55,6 +55,7 @@ kinds! {
     FdExhaust = "fd_exhaust": "the tracker under a low open file limit, a crawl of many files: control socket and sync work (18.7)",
     WorkdirLeak = "workdir_leak": "kill -9 of a sync after a big write; the next good sync leaves work/ empty (18.9)",
     Prune = "prune": "hrl-shipper prune (a window of 0 s or 1 h, grace 0 s), at times killed mid-merge or mid-gc: every point left restores as when checked (issue 9)",
+    FailoverRoundTrip = "failover_round_trip": "failover (planned or not, --prepare 2 in 3) to a second dir, a point from there half the time, failback by delta; the world goes on (issue 10)",
 }
 
 impl Kind {

@@ -97,6 +97,7 @@ pub fn apply(w: &mut World, act: &Action) -> Result<String, Finding> {
         Kind::FdExhaust => faults::fd_exhaust(w, act, &mut rng),
         Kind::WorkdirLeak => faults::workdir_leak(w, act, &mut rng),
         Kind::Prune => prune(w, act),
+        Kind::FailoverRoundTrip => super::roundtrip::failover_round_trip(w, act, &mut rng),
     }
 }
 

@@ -608,6 +608,25 @@ impl World {
         ))
     }
 
+    /// The digests point `id` restored to when the oracle checked it (None: not checked).
+    pub fn checked_digests(&self, id: u64) -> Option<BTreeMap<String, (usize, String)>> {
+        self.checked.get(&id).cloned()
+    }
+
+    /// The disk names of point `id`, from `points --json`.
+    pub fn point_disk_names(&self, id: u64) -> Result<Vec<String>, Finding> {
+        let o = self.tool(&["points", "--target", &self.url, "--group", GROUP, "--json"]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&o.stdout).map_err(|e| format!("points --json: {e}"))?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["id"] == id)
+            .flat_map(|p| p["disks"].as_array().cloned().unwrap_or_default())
+            .filter_map(|d| d["name"].as_str().map(str::to_string))
+            .collect())
+    }
+
     /// Stops checking the points a prune removed.
     pub fn forget_points_not_in(&mut self, ids: &[u64]) {
         self.checked.retain(|id, _| ids.contains(id));
