@@ -216,9 +216,12 @@ fn is_hole(file: &std::fs::File, offset: u64) -> bool {
 fn check_restored(disk: &Path, expected: &[u8]) -> Result<(), TestCaseError> {
     let got = std::fs::read(disk).unwrap();
     prop_assert_eq!(got.len(), expected.len(), "size");
-    if let Some(at) = got.iter().zip(expected).position(|(a, b)| a != b) {
-        prop_assert!(false, "restored disk differs from the model at byte {}", at);
-    }
+    let differs = got.iter().zip(expected).position(|(a, b)| a != b);
+    prop_assert!(
+        differs.is_none(),
+        "restored disk differs from the model at byte {:?}",
+        differs
+    );
     let f = std::fs::File::open(disk).unwrap();
     for (p, page) in expected.chunks_exact(PAGE as usize).enumerate() {
         if hrl::chunk::is_zero(page) {
