@@ -5,8 +5,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::reader::{verify_sealed, LogReader, VerifiedLog};
-use super::{LogError, Record};
+use super::reader::{verify_sealed_with, LogReader, VerifiedLog};
+use super::{LogError, Record, RecordMeta};
 use crate::Digest;
 
 /// What replaying logs did.
@@ -72,14 +72,28 @@ pub fn verify_chain<P: AsRef<Path>>(
     logs: &[P],
     prev: Option<&Digest>,
 ) -> Result<Vec<VerifiedLog>, LogError> {
+    verify_chain_with(logs, prev, |_, _, _| {})
+}
+
+/// [`verify_chain`], handing every record of log `i` (in chain order, each checked against
+/// its checksum) to `each(i, meta, record)` as it is read ([`verify_sealed_with`]): the
+/// chain is read once to verify it and fold it (a [`super::DiskModel`]). On an error the
+/// caller must discard whatever `each` built.
+pub fn verify_chain_with<P: AsRef<Path>>(
+    logs: &[P],
+    prev: Option<&Digest>,
+    mut each: impl FnMut(usize, &RecordMeta, Record),
+) -> Result<Vec<VerifiedLog>, LogError> {
     let mut out: Vec<VerifiedLog> = Vec::with_capacity(logs.len());
-    for log in logs {
+    for (i, log) in logs.iter().enumerate() {
         let path = log.as_ref();
         let expected_prev = match out.last() {
             Some(before) => Some(before.chain_hash()),
             None => prev.copied(),
         };
-        let v = verify_sealed(path, expected_prev.as_ref())?;
+        let v = verify_sealed_with(path, expected_prev.as_ref(), |meta, record| {
+            each(i, meta, record)
+        })?;
         if let Some(before) = out.last() {
             let (b, h) = (&before.header, &v.header);
             if b.disk_id != h.disk_id || b.generation != h.generation {

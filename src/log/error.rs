@@ -85,6 +85,22 @@ impl LogError {
         }
     }
 
+    /// The file the error is about.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            LogError::Io { path, .. }
+            | LogError::BadHeader { path, .. }
+            | LogError::NotSealed { path, .. }
+            | LogError::SealMismatch { path, .. }
+            | LogError::TrailingData { path, .. }
+            | LogError::ChainBroken { path, .. }
+            | LogError::WrongDisk { path, .. }
+            | LogError::OutOfOrder { path, .. }
+            | LogError::AlreadySealed { path }
+            | LogError::BadRecord { path, .. } => path,
+        }
+    }
+
     /// The errno of an underlying I/O error (ENOSPC, EIO, …), for refusing a writer with it.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {

@@ -288,9 +288,22 @@ impl VerifiedLog {
 /// Reads a whole log and accepts it only if it is sealed, every record verifies, the seal
 /// matches, and (when given) its previous hash is `prev_hash`.
 pub fn verify_sealed(path: &Path, prev_hash: Option<&Digest>) -> Result<VerifiedLog, LogError> {
+    verify_sealed_with(path, prev_hash, |_, _| {})
+}
+
+/// [`verify_sealed`], handing every record (each checked against its checksum, the seal
+/// record last) with its place in the file to `each` as it is read: one pass over the log
+/// verifies it and feeds a replay. Whether the log as a whole is good is known only at the
+/// end, so on an error the caller must discard whatever `each` built.
+pub fn verify_sealed_with(
+    path: &Path,
+    prev_hash: Option<&Digest>,
+    mut each: impl FnMut(&RecordMeta, Record),
+) -> Result<VerifiedLog, LogError> {
     let mut reader = LogReader::open(path)?;
     while let Some(entry) = reader.next_entry() {
-        entry?;
+        let (meta, record) = entry?;
+        each(&meta, record);
     }
     let header = reader.header().clone();
     let seal = match reader.end() {

@@ -8,11 +8,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use hrl::log::Source;
 use hrl::store::{DiskEntry, FileAttrs, PointManifest};
 
 use super::blocks::{Block, Blocks};
 use super::error::{MountError, MountResult};
-use super::model::Source;
 use super::overlay::{Overlay, GRANULE};
 use super::point::{open_disk, DiskData};
 use crate::store::GroupStore;

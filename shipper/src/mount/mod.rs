@@ -3,7 +3,8 @@
 //! decompressed, cached, prefetched ahead of sequential readers), with the point's logs laid
 //! over them; writes go to a throwaway copy-on-write overlay. One concern per module:
 //!
-//! - [`model`]: which source (base, a log record's payload, zeros) holds each byte;
+//! - the model of which source (base, a log record's payload, zeros) holds each byte is
+//!   [`hrl::log::DiskModel`], shared with restore;
 //! - [`point`]: loading a disk at mount (index, log chain verified, model built);
 //! - [`blocks`], [`cache`]: base chunks on demand, one download per chunk, bounded LRU;
 //! - [`overlay`]: the copy-on-write overlay (sparse file and granule map);
@@ -16,7 +17,6 @@ pub mod cache;
 pub mod core;
 pub mod error;
 pub mod fuse;
-pub mod model;
 pub mod overlay;
 pub mod point;
 pub mod session;

@@ -113,6 +113,37 @@ impl<'a> ChunkStore<'a> {
         checked.map_err(|why| self.store.damaged("chunk", &key, why))
     }
 
+    /// Reads the chunk of a block of `len` bytes (the index says how long), opened,
+    /// decompressed straight into a buffer of exactly that size, its content checked
+    /// against `digest`. A chunk that decompresses to more or fewer bytes than its block is
+    /// [`StoreError::Damaged`], like one whose content does not match.
+    pub async fn read_block(&self, digest: &Digest, len: usize) -> StoreResult<Vec<u8>> {
+        let key = hrl::store::chunk_key(digest);
+        let stored = self.store.get_stored_bytes(&key).await?;
+        let digest = *digest;
+        let (crypto, k) = (self.store.crypto().cloned(), key.clone());
+        let checked = tokio::task::spawn_blocking(move || {
+            let opened: Vec<u8>;
+            let raw: &[u8] = match &crypto {
+                Some(c) => {
+                    opened = c
+                        .open(&k, ObjectKind::Chunk, &stored)
+                        .map_err(|e| e.to_string())?;
+                    opened.as_slice()
+                }
+                None => &stored[..],
+            };
+            let data = decompress_exact(raw, len)?;
+            match chunk_name(crypto.as_deref(), &data) == digest {
+                true => Ok(data),
+                false => Err("content does not match its digest".to_string()),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::local(Op::Get, &key, &self.store.target.url, e))?;
+        checked.map_err(|why| self.store.damaged("chunk", &key, why))
+    }
+
     /// The digests of every chunk the group holds (listed, not downloaded).
     pub async fn list(&self) -> StoreResult<HashSet<Digest>> {
         let names = self.store.list_names("chunks").await?;
@@ -120,5 +151,47 @@ impl<'a> ChunkStore<'a> {
             .iter()
             .filter_map(|n| hrl::from_hex::<32>(n))
             .collect())
+    }
+}
+
+/// Decompresses a chunk into a buffer of `len` bytes (one more of room, to tell a longer
+/// chunk from a broken stream); any other length is the reason it is damaged.
+fn decompress_exact(raw: &[u8], len: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(len + 1);
+    let n = zstd::bulk::Decompressor::new()
+        .and_then(|mut d| d.decompress_to_buffer(raw, &mut out))
+        .map_err(|e| match e.to_string().contains("too small") {
+            true => format!("it decompresses to more than its block's {len} bytes"),
+            false => format!("not valid zstd: {e}"),
+        })?;
+    match n {
+        n if n == len => Ok(out),
+        n if n > len => Err(format!(
+            "it decompresses to more than its block's {len} bytes"
+        )),
+        n => Err(format!(
+            "it decompresses to {n} bytes, its block holds {len}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_of_another_length_than_its_block_is_refused() {
+        let block = vec![7u8; 4096];
+        let z = super::super::compress(&block).unwrap();
+        assert_eq!(decompress_exact(&z, 4096).unwrap(), block);
+        let short = decompress_exact(&z, 8192).unwrap_err();
+        assert!(
+            short.contains("4096 bytes, its block holds 8192"),
+            "{short}"
+        );
+        let long = decompress_exact(&z, 1000).unwrap_err();
+        assert!(long.contains("more than its block's 1000 bytes"), "{long}");
+        let broken = decompress_exact(&z[..z.len() / 2], 4096).unwrap_err();
+        assert!(broken.contains("not valid zstd"), "{broken}");
     }
 }

@@ -1,10 +1,26 @@
-//! Shipped logs: which stored logs lead from a base to a point, and fetching them.
+//! Shipped logs: which stored logs lead from a base to a point, fetching them (a few at
+//! once, chain order kept), and folding the verified chain into the disk's model at the
+//! point (what restore and mount read).
 
 use std::path::{Path, PathBuf};
 
+use futures::{StreamExt, TryStreamExt};
+use hrl::log::{DiskModel, LogError};
 use hrl::store::{log_key, log_path, logs_dir, parse_log_name, DiskEntry};
 
-use super::{GroupStore, StoreError, StoreResult};
+use super::{GroupStore, Op, StoreError, StoreResult};
+
+/// Logs downloaded at once: a chain is mostly small logs, where the round trip, not the
+/// bytes, is the cost.
+const LOGS_IN_FLIGHT: usize = 4;
+
+/// A disk's logs fetched for a point: the local copies in chain order and the store key
+/// each came from (what an error must name).
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    pub paths: Vec<PathBuf>,
+    pub keys: Vec<String>,
+}
 
 /// The stored logs (first, last sequence) that lead from `entry`'s base to its point, the
 /// fewest of them; `None` when the store lacks some.
@@ -49,6 +65,11 @@ pub async fn fetch_chain(
     entry: &DiskEntry,
     dir: &Path,
 ) -> StoreResult<Vec<PathBuf>> {
+    Ok(fetch(store, entry, dir).await?.paths)
+}
+
+/// [`fetch_chain`] with the store key of each log, [`LOGS_IN_FLIGHT`] downloads at once.
+pub async fn fetch(store: &GroupStore, entry: &DiskEntry, dir: &Path) -> StoreResult<Chain> {
     let path = chain_ranges(store, entry)
         .await?
         .ok_or_else(|| StoreError::NotFound {
@@ -60,13 +81,82 @@ pub async fn fetch_chain(
             ),
             url: store.target.url.clone(),
         })?;
-    let mut local = Vec::new();
-    for (first, last) in path {
+    let jobs = path.into_iter().map(|(first, last)| {
         let lp = dir.join(format!("{}-{first}-{last}.hrl", entry.disk_id));
-        store
-            .get_zstd_to_file(&key(entry, (first, last)), &lp)
-            .await?;
-        local.push(lp);
+        let k = key(entry, (first, last));
+        async move {
+            store.get_zstd_to_file(&k, &lp).await?;
+            Ok::<_, StoreError>((lp, k))
+        }
+    });
+    let fetched: Vec<(PathBuf, String)> = futures::stream::iter(jobs)
+        .buffered(LOGS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let (paths, keys) = fetched.into_iter().unzip();
+    Ok(Chain { paths, keys })
+}
+
+/// The disk of `entry` at its point as a model: the base (`base_size` bytes) with every
+/// record of `chain` laid over it, read once, each log verified on the way and the chain
+/// checked from the base's chain hash to the point's (blocking: call it off the async
+/// threads). A log that does not verify is [`StoreError::Damaged`] naming its object.
+pub fn fold_chain(
+    store: &GroupStore,
+    entry: &DiskEntry,
+    base_size: u64,
+    chain: &Chain,
+) -> StoreResult<DiskModel> {
+    let mut model = DiskModel::new(base_size);
+    if chain.paths.is_empty() && entry.last_seq <= entry.base.after_seq {
+        return Ok(model);
     }
-    Ok(local)
+    let bad_entry = |why: &str| StoreError::Damaged {
+        what: "the manifest entry of disk".into(),
+        path: hrl::display::escaped(&entry.name).to_string(),
+        why: why.into(),
+    };
+    let prev = hrl::from_hex::<32>(&entry.base.after_chain_hash)
+        .ok_or_else(|| bad_entry("its base's chain hash is not 64 hex digits"))?;
+    let want = hrl::from_hex::<32>(&entry.last_chain_hash)
+        .ok_or_else(|| bad_entry("its chain hash is not 64 hex digits"))?;
+    let verified = hrl::log::verify_chain_with(&chain.paths, Some(&prev), |i, meta, record| {
+        model.apply(i, meta, &record)
+    })
+    .map_err(|e| log_error(store, chain, e))?;
+    let got = verified.last().map(|v| v.chain_hash());
+    if got != Some(want) {
+        let last = chain.keys.last().map_or("logs", String::as_str);
+        return Err(store.damaged(
+            "log chain ending at",
+            last,
+            format!(
+                "it ends at chain hash {}, but the point names {}",
+                got.map(|h| hrl::to_hex(&h)).unwrap_or_default(),
+                entry.last_chain_hash
+            ),
+        ));
+    }
+    Ok(model)
+}
+
+/// The store's view of a log that failed: damage of the object it came from (the local
+/// copy's path replaced by the object's), or a local I/O error.
+fn log_error(store: &GroupStore, chain: &Chain, e: LogError) -> StoreError {
+    let local = e.path().to_path_buf();
+    let k = chain
+        .paths
+        .iter()
+        .position(|p| *p == local)
+        .and_then(|i| chain.keys.get(i))
+        .map_or("logs", String::as_str);
+    let msg = e
+        .to_string()
+        .replace(&local.display().to_string(), "the log");
+    match e {
+        LogError::Io { .. } => {
+            StoreError::local(Op::Get, store.path(k).as_ref(), &store.target.url, msg)
+        }
+        _ => store.damaged("log", k, format!("it does not verify: {msg}")),
+    }
 }

@@ -314,6 +314,14 @@ impl GroupStore {
         self.get_raw(key).await
     }
 
+    /// [`GroupStore::get_stored`] without copying the body: the bytes as the store client
+    /// returned them (restore reads every chunk of a disk through this).
+    pub async fn get_stored_bytes(&self, key: &str) -> StoreResult<bytes::Bytes> {
+        self.check_keying(false).await?;
+        let (path, r) = self.open_get(key).await?;
+        r.bytes().await.map_err(|e| self.err(Op::Get, &path, e))
+    }
+
     async fn get_raw(&self, key: &str) -> StoreResult<Vec<u8>> {
         let (path, r) = self.open_get(key).await?;
         let b = r.bytes().await.map_err(|e| self.err(Op::Get, &path, e))?;

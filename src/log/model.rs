@@ -1,9 +1,13 @@
-//! The point model of one disk: which source holds each byte of the disk at the point. Built
-//! at mount from the base's size and the records of the point's logs, replayed in order onto
-//! a range map (the same effect `hrl::log::apply` has on an image, without writing one), so
-//! a read needs only the base chunks and log payloads its range touches.
+//! The model of one disk after a chain of logs: which source holds each byte — the base the
+//! logs were replayed onto, a log record's payload, or zeros. Built from the base's size and
+//! the records of the logs, folded in order onto a range map (the same effect
+//! [`super::apply_logs`] has on an image, without writing one). The shipper's mount reads
+//! through it (only the base chunks and payloads a read touches) and restore writes each
+//! block of the final disk once from it (no base chunk the logs overwrite is fetched).
 
 use std::collections::BTreeMap;
+
+use super::{Record, RecordMeta, RECORD_HEADER_LEN};
 
 /// Where the bytes of a range come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +55,30 @@ impl DiskModel {
     /// Ranges in the map (for the mount's log line and tests).
     pub fn range_count(&self) -> usize {
         self.ranges.len()
+    }
+
+    /// The ranges that hold something (not zeros), in disk order: `(offset, len, source)`.
+    /// Never past [`DiskModel::size`].
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64, Source)> + '_ {
+        self.ranges.iter().map(|(&s, &(l, src))| (s, l, src))
+    }
+
+    /// Lays one verified record of log `log` over the model; `meta` is where the record sits
+    /// in that log's file (a write's payload follows its 64-byte header there).
+    pub fn apply(&mut self, log: usize, meta: &RecordMeta, record: &Record) {
+        match record {
+            Record::Write { offset, data } => self.write(
+                *offset,
+                data.len() as u64,
+                log,
+                meta.offset + RECORD_HEADER_LEN,
+            ),
+            Record::Zero { offset, len } | Record::Punch { offset, len } => {
+                self.zero(*offset, *len)
+            }
+            Record::Truncate { size } => self.truncate(*size),
+            Record::Flush | Record::Rename { .. } | Record::Delete | Record::Seal(_) => {}
+        }
     }
 
     /// A write record: `len` bytes of log `log` from file offset `at` now hold
