@@ -391,8 +391,8 @@ pub fn handle(tracker: &Tracker, socket: &Path, req: Request) -> Response {
     }
 }
 
-/// Client side: sends one request to the tracker at `socket` and reads its answer.
-pub fn request(socket: &Path, req: &Request) -> anyhow::Result<Response> {
+/// Client side: connects to the tracker at `socket` and sends `req` as one line.
+fn send_request(socket: &Path, req: &Request) -> anyhow::Result<UnixStream> {
     let mut conn = UnixStream::connect(socket).with_context(|| {
         format!(
             "connect to the tracker's control socket {} (is `hrl-tracker mount` running for this directory?)",
@@ -403,6 +403,12 @@ pub fn request(socket: &Path, req: &Request) -> anyhow::Result<Response> {
     line.push('\n');
     conn.write_all(line.as_bytes())
         .context("send control request")?;
+    Ok(conn)
+}
+
+/// Client side: sends one request to the tracker at `socket` and reads its answer.
+pub fn request(socket: &Path, req: &Request) -> anyhow::Result<Response> {
+    let conn = send_request(socket, req)?;
     let mut answer = String::new();
     BufReader::new(conn)
         .read_line(&mut answer)
@@ -416,16 +422,7 @@ pub fn request_descriptor(
     socket: &Path,
     req: &Request,
 ) -> anyhow::Result<(Response, Option<OwnedFd>)> {
-    let mut conn = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connect to the tracker's control socket {}",
-            socket.display()
-        )
-    })?;
-    let mut line = serde_json::to_string(req)?;
-    line.push('\n');
-    conn.write_all(line.as_bytes())
-        .context("send control request")?;
+    let conn = send_request(socket, req)?;
     let (answer, fd) = recv_answer(&conn).context("read control response")?;
     let resp = serde_json::from_slice(&answer).with_context(|| {
         format!(

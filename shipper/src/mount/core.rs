@@ -14,7 +14,7 @@ use hrl::store::{DiskEntry, FileAttrs, PointManifest};
 use super::blocks::{Block, Blocks};
 use super::error::{MountError, MountResult};
 use super::overlay::{Overlay, GRANULE};
-use super::point::{open_disk, DiskData};
+use crate::store::logs::{load_disk, LoadedDisk};
 use crate::store::GroupStore;
 
 /// How a point is served.
@@ -32,7 +32,7 @@ pub struct MountedDisk {
     pub name: String,
     pub size: u64,
     pub file: Option<FileAttrs>,
-    data: Result<DiskData, String>,
+    data: Result<LoadedDisk, String>,
     overlay: Option<Overlay>,
     /// Serializes the read-modify-write of partial granules.
     write_lock: tokio::sync::Mutex<()>,
@@ -60,7 +60,7 @@ impl MountCore {
         let mut disks = Vec::new();
         for (i, d) in point.disks.iter().enumerate() {
             hrl::store_check::check_disk_name(&d.name)?;
-            let data = open_disk(store, d, &scratch.join(format!("logs-{i}")))
+            let data = load_disk(store, d, &scratch.join(format!("logs-{i}")))
                 .await
                 .map_err(|e| {
                     let why = format!("{e:#}");
@@ -145,7 +145,7 @@ impl MountCore {
     async fn read_base(
         &self,
         i: usize,
-        data: &DiskData,
+        data: &LoadedDisk,
         offset: u64,
         dst: &mut [u8],
     ) -> MountResult<()> {
@@ -263,7 +263,7 @@ impl MountCore {
     }
 }
 
-fn disk(d: &DiskEntry, data: Result<DiskData, String>, overlay: Option<Overlay>) -> MountedDisk {
+fn disk(d: &DiskEntry, data: Result<LoadedDisk, String>, overlay: Option<Overlay>) -> MountedDisk {
     MountedDisk {
         name: d.name.clone(),
         size: d.disk_size,

@@ -4,8 +4,8 @@
 //! over them; writes go to a throwaway copy-on-write overlay. One concern per module:
 //!
 //! - the model of which source (base, a log record's payload, zeros) holds each byte is
-//!   [`hrl::log::DiskModel`], shared with restore;
-//! - [`point`]: loading a disk at mount (index, log chain verified, model built);
+//!   [`hrl::log::DiskModel`], and a disk is loaded at mount (index, log chain verified,
+//!   model built) by [`crate::store::logs::load_disk`], both shared with restore;
 //! - [`blocks`], [`cache`]: base chunks on demand, one download per chunk, bounded LRU;
 //! - [`overlay`]: the copy-on-write overlay (sparse file and granule map);
 //! - [`core`]: reads and writes without FUSE (what tests drive);
@@ -18,7 +18,6 @@ pub mod core;
 pub mod error;
 pub mod fuse;
 pub mod overlay;
-pub mod point;
 pub mod session;
 pub mod unmount;
 

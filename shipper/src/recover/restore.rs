@@ -1,7 +1,7 @@
 //! Restore: a recovery point -> for every disk, a sparse image holding the disk at the
 //! point. The base index and the shipped logs are fetched together; the logs are verified
 //! as a chain (up to the point's chain hash) and folded over the base into one model of the
-//! final disk in the same pass ([`crate::store::logs::fold_chain`], the mount's model too);
+//! final disk in the same pass ([`crate::store::logs::load_disk`], shared with the mount);
 //! then every block of the final disk is written once, in disk order, by one writer thread:
 //! base chunks fetched, decompressed and verified [`CHUNKS_IN_FLIGHT`] at a time but
 //! consumed in order, log payloads read from the local copies, zeros left as holes. A chunk
@@ -22,10 +22,8 @@ use hrl::log::{DiskModel, Piece, Source};
 use hrl::store::{DiskEntry, FileAttrs, PointManifest};
 use tracing::{debug, info};
 
-use crate::service::retry::Fatal;
 use crate::store::chunks::ChunkStore;
-use crate::store::index::fetch_base_index;
-use crate::store::logs::{fetch, fold_chain, Chain};
+use crate::store::logs::{load_disk, LoadedDisk};
 use crate::store::GroupStore;
 
 /// Base chunks fetched (downloaded, decompressed, verified) at once, ahead of the writer.
@@ -165,47 +163,13 @@ async fn restore_disk(
         .prefix(".hrl-restore-logs")
         .tempdir_in(image.parent().unwrap_or(Path::new(".")))
         .context("create temporary directory for logs")?;
-    let logs = async {
-        match d.last_seq > d.base.after_seq {
-            true => fetch(store, d, tmp.path()).await,
-            false => Ok(Chain::default()),
-        }
-    };
-    let (index, chain) = tokio::try_join!(fetch_base_index(store, &d.base), logs)?;
-    let log_bytes: u64 = chain
-        .paths
-        .iter()
-        .filter_map(|l| std::fs::metadata(l).ok())
-        .map(|m| m.len())
-        .sum();
-    let (s2, d2, base_size) = (store.clone(), d.clone(), index.disk_size);
-    let (model, chain) = tokio::task::spawn_blocking(move || {
-        let model = fold_chain(&s2, &d2, base_size, &chain);
-        (model, chain)
-    })
-    .await
-    .context("log worker failed")?;
-    let model = model.with_context(|| {
-        format!(
-            "shipped logs of disk {} do not verify",
-            hrl::display::escaped(&d.name)
-        )
-    })?;
-    // The logs leave the size they describe; it must be the disk's size at the seal.
-    if model.size() != d.disk_size {
-        return Err(Fatal(format!(
-            "disk {} restores to {} bytes, but the point recorded {} bytes at its seal; the store is inconsistent",
-            d.name,
-            model.size(),
-            d.disk_size
-        ))
-        .into());
-    }
-    let logs = chain
-        .paths
-        .iter()
-        .map(|p| File::open(p).with_context(|| format!("open {}", p.display())))
-        .collect::<Result<Vec<File>>>()?;
+    let LoadedDisk {
+        index,
+        model,
+        logs,
+        log_bytes,
+    } = load_disk(store, d, tmp.path()).await?;
+    let log_count = logs.len();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -225,7 +189,7 @@ async fn restore_disk(
         chunks = written.chunks, bytes = written.bytes, secs = started.elapsed().as_secs_f64(),
         "disk written");
     report.chunk_bytes += written.chunk_bytes;
-    report.logs += chain.paths.len();
+    report.logs += log_count;
     report.log_bytes += log_bytes;
     Ok(file)
 }

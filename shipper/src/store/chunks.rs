@@ -90,27 +90,7 @@ impl<'a> ChunkStore<'a> {
 
     /// Reads one chunk, opened, decompressed, its content checked against `digest`.
     pub async fn read(&self, digest: &Digest) -> StoreResult<Vec<u8>> {
-        let key = hrl::store::chunk_key(digest);
-        let stored = self.store.get_stored(&key).await?;
-        let digest = *digest;
-        let (crypto, k) = (self.store.crypto().cloned(), key.clone());
-        let checked = tokio::task::spawn_blocking(move || {
-            let raw = match &crypto {
-                Some(c) => c
-                    .open(&k, ObjectKind::Chunk, &stored)
-                    .map_err(|e| e.to_string())?,
-                None => stored,
-            };
-            let data = zstd::stream::decode_all(raw.as_slice())
-                .map_err(|e| format!("not valid zstd: {e}"))?;
-            match chunk_name(crypto.as_deref(), &data) == digest {
-                true => Ok(data),
-                false => Err("content does not match its digest".to_string()),
-            }
-        })
-        .await
-        .map_err(|e| StoreError::local(Op::Get, &key, &self.store.target.url, e))?;
-        checked.map_err(|why| self.store.damaged("chunk", &key, why))
+        self.read_checked(digest, None).await
     }
 
     /// Reads the chunk of a block of `len` bytes (the index says how long), opened,
@@ -118,6 +98,12 @@ impl<'a> ChunkStore<'a> {
     /// against `digest`. A chunk that decompresses to more or fewer bytes than its block is
     /// [`StoreError::Damaged`], like one whose content does not match.
     pub async fn read_block(&self, digest: &Digest, len: usize) -> StoreResult<Vec<u8>> {
+        self.read_checked(digest, Some(len)).await
+    }
+
+    /// The one read of a chunk: the stored bytes (not copied), opened, decompressed (into
+    /// exactly `len` bytes when the length is known) and checked, off the async threads.
+    async fn read_checked(&self, digest: &Digest, len: Option<usize>) -> StoreResult<Vec<u8>> {
         let key = hrl::store::chunk_key(digest);
         let stored = self.store.get_stored_bytes(&key).await?;
         let digest = *digest;
@@ -133,7 +119,12 @@ impl<'a> ChunkStore<'a> {
                 }
                 None => &stored[..],
             };
-            let data = decompress_exact(raw, len)?;
+            let data = match len {
+                Some(len) => decompress_exact(raw, len)?,
+                None => {
+                    zstd::stream::decode_all(raw).map_err(|e| format!("not valid zstd: {e}"))?
+                }
+            };
             match chunk_name(crypto.as_deref(), &data) == digest {
                 true => Ok(data),
                 false => Err("content does not match its digest".to_string()),

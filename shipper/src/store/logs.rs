@@ -1,14 +1,21 @@
 //! Shipped logs: which stored logs lead from a base to a point, fetching them (a few at
 //! once, chain order kept), and folding the verified chain into the disk's model at the
-//! point (what restore and mount read).
+//! point (what restore and mount read), and loading one disk of a point for either of them
+//! ([`load_disk`]).
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use hrl::chunk::ChunkIndex;
 
 use futures::{StreamExt, TryStreamExt};
 use hrl::log::{DiskModel, LogError};
 use hrl::store::{log_key, log_path, logs_dir, parse_log_name, DiskEntry};
 
+use super::index::fetch_base_index;
 use super::{GroupStore, Op, StoreError, StoreResult};
+use crate::service::retry::Fatal;
 
 /// Logs downloaded at once: a chain is mostly small logs, where the round trip, not the
 /// bytes, is the cost.
@@ -95,6 +102,70 @@ pub async fn fetch(store: &GroupStore, entry: &DiskEntry, dir: &Path) -> StoreRe
         .await?;
     let (paths, keys) = fetched.into_iter().unzip();
     Ok(Chain { paths, keys })
+}
+
+/// One disk of a point, loaded for reading (by restore and by mount).
+pub struct LoadedDisk {
+    /// The base's chunk index (hash-checked).
+    pub index: ChunkIndex,
+    /// Which source holds each byte of the disk at the point.
+    pub model: DiskModel,
+    /// The local copies of the point's logs, open, in chain order.
+    pub logs: Vec<File>,
+    /// Bytes of those copies (uncompressed).
+    pub log_bytes: u64,
+}
+
+/// Loads disk `entry` of a point: its base index and its logs (fetched into `dir`, created
+/// when there are any) together, the chain verified and folded into the model off the async
+/// threads, and the model's size checked against the size the point recorded at its seal.
+pub async fn load_disk(
+    store: &GroupStore,
+    entry: &DiskEntry,
+    dir: &Path,
+) -> anyhow::Result<LoadedDisk> {
+    let has_logs = entry.last_seq > entry.base.after_seq;
+    if has_logs {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let logs = async {
+        match has_logs {
+            true => fetch(store, entry, dir).await,
+            false => Ok(Chain::default()),
+        }
+    };
+    let (index, chain) = tokio::try_join!(fetch_base_index(store, &entry.base), logs)?;
+    let (s2, e2, base_size) = (store.clone(), entry.clone(), index.disk_size);
+    let (model, chain) = tokio::task::spawn_blocking(move || {
+        let model = fold_chain(&s2, &e2, base_size, &chain);
+        (model, chain)
+    })
+    .await
+    .context("log worker failed")?;
+    let name = hrl::display::escaped(&entry.name);
+    let model = model.with_context(|| format!("shipped logs of disk {name} do not verify"))?;
+    // The logs leave the size they describe; it must be the disk's size at the seal.
+    if model.size() != entry.disk_size {
+        return Err(Fatal(format!(
+            "disk {name} restores to {} bytes, but the point recorded {} bytes at its seal; the store is inconsistent",
+            model.size(),
+            entry.disk_size
+        ))
+        .into());
+    }
+    let mut logs = Vec::with_capacity(chain.paths.len());
+    let mut log_bytes = 0;
+    for p in &chain.paths {
+        let f = File::open(p).with_context(|| format!("open {}", p.display()))?;
+        log_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
+        logs.push(f);
+    }
+    Ok(LoadedDisk {
+        index,
+        model,
+        logs,
+        log_bytes,
+    })
 }
 
 /// The disk of `entry` at its point as a model: the base (`base_size` bytes) with every

@@ -318,14 +318,18 @@ impl GroupStore {
     /// returned them (restore reads every chunk of a disk through this).
     pub async fn get_stored_bytes(&self, key: &str) -> StoreResult<bytes::Bytes> {
         self.check_keying(false).await?;
-        let (path, r) = self.open_get(key).await?;
-        r.bytes().await.map_err(|e| self.err(Op::Get, &path, e))
+        self.get_raw_bytes(key).await
     }
 
     async fn get_raw(&self, key: &str) -> StoreResult<Vec<u8>> {
+        Ok(self.get_raw_bytes(key).await?.to_vec())
+    }
+
+    /// The body of `key` as the store client returned it, with no keying check (the
+    /// keying record itself is read this way).
+    async fn get_raw_bytes(&self, key: &str) -> StoreResult<bytes::Bytes> {
         let (path, r) = self.open_get(key).await?;
-        let b = r.bytes().await.map_err(|e| self.err(Op::Get, &path, e))?;
-        Ok(b.to_vec())
+        r.bytes().await.map_err(|e| self.err(Op::Get, &path, e))
     }
 
     /// Starts the GET of `key` (the body is read by the caller).
