@@ -282,9 +282,7 @@ async fn plan_resync(
     pending: &[SealedLog],
     work: &Path,
 ) -> Result<Option<(ResyncJob, hrl::chunk::ChunkIndex)>> {
-    use crate::replicate::resync::{
-        blocks_of, full_compare_blocks, source_extents, ResyncJob, ResyncKind,
-    };
+    use crate::replicate::resync::{blocks_of, full_compare_blocks, ResyncJob, ResyncKind};
     let Some((replica, rebuilt_sent)) =
         crate::replicate::resync::replica_index(&p.store, prev, work).await?
     else {
@@ -309,40 +307,14 @@ async fn plan_resync(
     };
     let mut blocks = Vec::new();
     if kind == ResyncKind::Targeted {
-        let mut extents = tracker.dirty(&sealed.disk).await?;
-        if let Some(t) = tstatus.disks.iter().find(|d| d.disk == sealed.disk) {
-            extents.extend(t.unclean_extents.iter().copied());
-        }
-        status.read(|s| {
-            if let Some(d) = s.disks.iter().find(|d| d.disk_id == sealed.disk_id) {
-                extents.extend(d.resync_extents.iter().copied());
-            }
-        });
-        let logs: Vec<&SealedLog> = pending
-            .iter()
-            .filter(|l| {
-                l.disk_id == sealed.disk_id
-                    && l.generation == sealed.generation
-                    && l.seq > prev.last_seq
-                    && l.seq <= sealed.seq
-            })
-            .collect();
-        let logs = crate::replicate::local::logs(tracker, &p.dir, &logs).await?;
-        let from_logs = tokio::task::spawn_blocking(move || source_extents(&logs))
-            .await
-            .context("log reader failed")?;
-        match from_logs {
-            Ok(Some(e)) => {
-                extents.extend(e);
-                blocks = blocks_of(&extents, replica.block_size, count)
+        let extents = trusted_extents(p, tracker, status, sealed, prev, tstatus, pending).await?;
+        match extents {
+            Some(e) => {
+                blocks = blocks_of(&e, replica.block_size, count)
                     .into_iter()
-                    .collect();
+                    .collect()
             }
-            Ok(None) => kind = ResyncKind::Full,
-            Err(e) => {
-                warn!(disk = %sealed.disk, "cannot read its pending logs, comparing every block: {e:#}");
-                kind = ResyncKind::Full;
-            }
+            None => kind = ResyncKind::Full,
         }
     }
     if kind == ResyncKind::Full {
@@ -371,6 +343,54 @@ async fn plan_resync(
     };
     crate::replicate::resync::save_job(&p.state_dir, &job, &replica)?;
     Ok(Some((job, replica)))
+}
+
+/// The extents a targeted resync of `sealed` must read: the tracker's marks and unclean
+/// extents, the status's resync extents, and the extents written by the pending logs since
+/// the replica `prev`. `None` when those logs cannot tell (the caller compares every block).
+async fn trusted_extents(
+    p: &Protected,
+    tracker: &mut dyn Tracker,
+    status: StatusHandle<'_>,
+    sealed: &SealedLog,
+    prev: &DiskEntry,
+    tstatus: &hrl::control::MountStatus,
+    pending: &[SealedLog],
+) -> Result<Option<Vec<(u64, u64)>>> {
+    let mut extents = tracker.dirty(&sealed.disk).await?;
+    if let Some(t) = tstatus.disks.iter().find(|d| d.disk == sealed.disk) {
+        extents.extend(t.unclean_extents.iter().copied());
+    }
+    status.read(|s| {
+        if let Some(d) = s.disks.iter().find(|d| d.disk_id == sealed.disk_id) {
+            extents.extend(d.resync_extents.iter().copied());
+        }
+    });
+    let logs: Vec<&SealedLog> = pending
+        .iter()
+        .filter(|l| {
+            l.disk_id == sealed.disk_id
+                && l.generation == sealed.generation
+                && l.seq > prev.last_seq
+                && l.seq <= sealed.seq
+        })
+        .collect();
+    let logs = crate::replicate::local::logs(tracker, &p.dir, &logs).await?;
+    let from_logs =
+        tokio::task::spawn_blocking(move || crate::replicate::resync::source_extents(&logs))
+            .await
+            .context("log reader failed")?;
+    match from_logs {
+        Ok(Some(e)) => {
+            extents.extend(e);
+            Ok(Some(extents))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => {
+            warn!(disk = %sealed.disk, "cannot read its pending logs, comparing every block: {e:#}");
+            Ok(None)
+        }
+    }
 }
 
 /// Runs a resync job, mirroring its progress into the status.

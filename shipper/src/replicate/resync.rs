@@ -453,14 +453,7 @@ pub async fn run_job(
         let stop_here = ctl.stop_after_blocks.is_some_and(|n| done == n);
         if last_save.elapsed() >= save_every || done == total || stop_here || (ctl.paused)() {
             last_save = std::time::Instant::now();
-            let mut saved = job.clone();
-            saved.elapsed_s = elapsed;
-            save_job(ctl.state_dir, &saved, index)?;
-            (ctl.progress)(&job.progress);
-            if stop_here {
-                crate::replicate::stop::at(ctl.state_dir, "mid-resync");
-                crate::replicate::stop::pause(ctl.state_dir, "mid-resync-pause");
-            }
+            checkpoint(ctl, job, index, elapsed, stop_here)?;
             if done < total && (ctl.paused)() {
                 return Err(ResyncPaused(disk.display().to_string()).into());
             }
@@ -480,6 +473,27 @@ pub async fn run_job(
         "resync done"
     );
     Ok(stats)
+}
+
+/// Saves `job` (with `elapsed` seconds of work) and `index` so a resync killed or paused
+/// from here continues where it stopped, and reports the progress; at the test stop point
+/// (`stop_here`), waits there.
+fn checkpoint(
+    ctl: &ResyncControl<'_>,
+    job: &ResyncJob,
+    index: &ChunkIndex,
+    elapsed: f64,
+    stop_here: bool,
+) -> Result<()> {
+    let mut saved = job.clone();
+    saved.elapsed_s = elapsed;
+    save_job(ctl.state_dir, &saved, index)?;
+    (ctl.progress)(&job.progress);
+    if stop_here {
+        crate::replicate::stop::at(ctl.state_dir, "mid-resync");
+        crate::replicate::stop::pause(ctl.state_dir, "mid-resync-pause");
+    }
+    Ok(())
 }
 
 /// Marker file: resyncs of `dir` are paused by an operator.

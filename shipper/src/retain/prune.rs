@@ -72,19 +72,7 @@ pub async fn prune(store: &GroupStore, opts: &PruneOptions) -> Result<PruneRepor
     // Test stop point: a reader may take a lease from here on, unseen by this prune's policy.
     crate::replicate::stop::pause(&opts.state_dir, "prune-leases-read");
     let before = all.clone();
-    let infos: Vec<PointInfo> = all
-        .iter()
-        .map(|m| PointInfo {
-            id: m.id,
-            time_ns: m.time_ns,
-            app: m.is_app_consistent(),
-        })
-        .collect();
-    let mut by_policy = keep(&infos, now, &opts.policy);
-    // The chain's latest point (a fenced point of a former owner may have a higher id).
-    if let Some(latest) = manifests::latest(store).await? {
-        by_policy.insert(latest.id);
-    }
+    let by_policy = kept_by_policy(store, &all, now, opts).await?;
     let mut report = PruneReport {
         dry_run: opts.dry_run,
         ..PruneReport::default()
@@ -101,39 +89,11 @@ pub async fn prune(store: &GroupStore, opts: &PruneOptions) -> Result<PruneRepor
         .collect();
     let mut after_merge = None;
     if opts.dry_run {
-        let plan = merge::plan(
-            kept_from(&kept, &by_policy),
-            &untouched(store, &kept, &leased).await?,
-        );
-        let mut after = Marked::default();
-        for m in kept
-            .iter()
-            .filter(|m| !plan.kept.iter().any(|p| p.id == m.id))
-        {
-            after.add(store, m).await?;
-        }
-        for m in &plan.kept {
-            after.add_planned(store, m, &plan.replaces).await?;
-        }
-        report.merge_plan = Some(MergePlan {
-            disks: plan.disks,
-            points_rewritten: plan.points_rewritten,
-            ..MergePlan::default()
-        });
+        let (plan, after) = plan_merge(store, &kept, &by_policy, &leased).await?;
+        report.merge_plan = Some(plan);
         after_merge = Some(after);
     } else {
-        // Merged from the oldest point the policy keeps; a point kept only by a lease is
-        // left exactly as its reader found it.
-        // A fenced point (committed by a former owner after a takeover) is left as it is
-        // too: after the takeover point its logs are another history of the same sequences.
-        let untouched = untouched(store, &kept, &leased).await?;
-        let from = kept.iter().position(|m| by_policy.contains(&m.id));
-        if let Some(from) = from {
-            let work = opts.state_dir.join("retain-work");
-            report.merge =
-                merge(store, &mut kept[from..], &untouched, &work, &opts.state_dir).await?;
-            let _ = std::fs::remove_dir_all(&work);
-        }
+        report.merge = merge_kept(store, &mut kept, &by_policy, &leased, opts).await?;
         for m in &expired {
             manifests::delete(store, m.id).await?;
         }
@@ -166,6 +126,80 @@ pub async fn prune(store: &GroupStore, opts: &PruneOptions) -> Result<PruneRepor
         removed = report.removed.len(),
         "prune done"
     );
+    Ok(report)
+}
+
+/// The points `opts.policy` keeps of `all` at `now`, and always the chain's latest point (a
+/// fenced point of a former owner may have a higher id).
+async fn kept_by_policy(
+    store: &GroupStore,
+    all: &[PointManifest],
+    now: u64,
+    opts: &PruneOptions,
+) -> Result<BTreeSet<u64>> {
+    let infos: Vec<PointInfo> = all
+        .iter()
+        .map(|m| PointInfo {
+            id: m.id,
+            time_ns: m.time_ns,
+            app: m.is_app_consistent(),
+        })
+        .collect();
+    let mut by_policy = keep(&infos, now, &opts.policy);
+    if let Some(latest) = manifests::latest(store).await? {
+        by_policy.insert(latest.id);
+    }
+    Ok(by_policy)
+}
+
+/// A dry run's merge: what it would rewrite, and the objects the kept points would refer to
+/// after it (so the sweep can say what the merge would free).
+async fn plan_merge(
+    store: &GroupStore,
+    kept: &[PointManifest],
+    by_policy: &BTreeSet<u64>,
+    leased: &BTreeSet<u64>,
+) -> Result<(MergePlan, Marked)> {
+    let plan = merge::plan(
+        kept_from(kept, by_policy),
+        &untouched(store, kept, leased).await?,
+    );
+    let mut after = Marked::default();
+    for m in kept
+        .iter()
+        .filter(|m| !plan.kept.iter().any(|p| p.id == m.id))
+    {
+        after.add(store, m).await?;
+    }
+    for m in &plan.kept {
+        after.add_planned(store, m, &plan.replaces).await?;
+    }
+    let plan = MergePlan {
+        disks: plan.disks,
+        points_rewritten: plan.points_rewritten,
+        ..MergePlan::default()
+    };
+    Ok((plan, after))
+}
+
+/// Merges the kept points from the oldest one the policy keeps. A point kept only by a
+/// lease is left exactly as its reader found it; a fenced point (committed by a former
+/// owner after a takeover) is left as it is too: after the takeover point its logs are
+/// another history of the same sequences.
+async fn merge_kept(
+    store: &GroupStore,
+    kept: &mut [PointManifest],
+    by_policy: &BTreeSet<u64>,
+    leased: &BTreeSet<u64>,
+    opts: &PruneOptions,
+) -> Result<MergeReport> {
+    let untouched = untouched(store, kept, leased).await?;
+    let Some(from) = kept.iter().position(|m| by_policy.contains(&m.id)) else {
+        return Ok(MergeReport::default());
+    };
+    let work = opts.state_dir.join("retain-work");
+    let report = merge(store, &mut kept[from..], &untouched, &work, &opts.state_dir).await?;
+    let _ = std::fs::remove_dir_all(&work);
     Ok(report)
 }
 
