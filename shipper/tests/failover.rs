@@ -82,6 +82,26 @@ fn sync_recovery(s: &Site, r: &Recovery) -> Output {
     )
 }
 
+/// `got` holds exactly the bytes of `want`, and the ext4 on it checks clean.
+fn assert_same_and_fsck_clean(got: &Path, want: &Path) {
+    assert_same_file(got, want);
+    run(Command::new("e2fsck").args(["-fn"]).arg(got));
+}
+
+/// Reverse replication from the recovery site continues the group's chain: with the tracker
+/// mounted over `r.dir`, a write (of `seed`) and a sync commit point `point` with no base copy.
+fn assert_reverse_replication_continues(s: &Site, r: &Recovery, seed: u8, point: u64) {
+    let rm = Mounted::in_place(&r.dir, &s.run_dir);
+    write_at(
+        &rm.path("disk0.img"),
+        50 << 20,
+        &random_bytes(&[seed], 65536),
+    );
+    let rep = json_of(&sync_recovery(s, r));
+    assert_eq!(rep["base_copies"].as_array().unwrap().len(), 0, "{rep}");
+    assert_eq!(rep["point"], point, "{rep}");
+}
+
 fn write_at(path: &Path, off: u64, data: &[u8]) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
@@ -455,10 +475,7 @@ fn failback_onto_the_old_disks_is_a_delta() {
         down as f64 <= limit,
         "downloaded {down} bytes for {differing} differing blocks of {BLOCK}: {out}"
     );
-    assert_same_file(&s.dir.join("disk0.img"), &want);
-    run(Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(s.dir.join("disk0.img")));
+    assert_same_and_fsck_clean(&s.dir.join("disk0.img"), &want);
     assert!(
         std::fs::read_dir(&s.dir).unwrap().all(|e| !e
             .unwrap()
@@ -568,16 +585,9 @@ fn planned_failover_is_lossless(kind: ServerKind) {
         out["point"], 2,
         "the handed-over point is the default: {out}"
     );
-    assert_same_file(&r.dir.join("disk0.img"), &disk);
-    run(Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(r.dir.join("disk0.img")));
+    assert_same_and_fsck_clean(&r.dir.join("disk0.img"), &disk);
     drop(m);
-    let rm = Mounted::in_place(&r.dir, &s.run_dir);
-    write_at(&rm.path("disk0.img"), 50 << 20, &random_bytes(&[3], 65536));
-    let rep = json_of(&sync_recovery(&s, &r));
-    assert_eq!(rep["base_copies"].as_array().unwrap().len(), 0, "{rep}");
-    assert_eq!(rep["point"], 3, "{rep}");
+    assert_reverse_replication_continues(&s, &r, 3, 3);
 }
 
 #[test]
@@ -829,21 +839,14 @@ fn prepared_failover(kind: ServerKind) {
         down as f64 <= limit,
         "the final pass downloaded {down} bytes for {differing} differing blocks of {BLOCK}: {out}"
     );
-    assert_same_file(&r.dir.join("disk0.img"), &disk);
-    run(Command::new("e2fsck")
-        .args(["-fn"])
-        .arg(r.dir.join("disk0.img")));
+    assert_same_and_fsck_clean(&r.dir.join("disk0.img"), &disk);
     assert!(
         !hidden.exists() && !r.dir.join(".hrl-prepared.json").exists(),
         "the prepared disk or its marker stayed: {:?}",
         names(&r.dir)
     );
     drop(m);
-    let rm = Mounted::in_place(&r.dir, &s.run_dir);
-    write_at(&rm.path("disk0.img"), 50 << 20, &random_bytes(&[5], 65536));
-    let rep = json_of(&sync_recovery(&s, &r));
-    assert_eq!(rep["base_copies"].as_array().unwrap().len(), 0, "{rep}");
-    assert_eq!(rep["point"], 6, "{rep}");
+    assert_reverse_replication_continues(&s, &r, 5, 6);
 }
 
 #[test]
