@@ -421,3 +421,101 @@ fn an_all_zero_disk_restores_as_a_hole() {
     assert!(is_hole(&f, 0), "an all-zero disk has data");
     assert_eq!(testkit::allocated(&disk), 0, "an all-zero disk has blocks");
 }
+
+/// A log cut short in the store (its compressed stream ends early) fails the restore, which
+/// keeps small logs in memory, as damaged, naming the log, and leaves no disk behind.
+#[test]
+fn a_truncated_log_leaves_no_disk() {
+    let rt = runtime();
+    let b = big_point(&rt);
+    let key = hrl::store::log_key(&b.entry().disk_id, 1, 2, 2);
+    let log = b.object(&key);
+    let bytes = std::fs::read(&log).unwrap();
+    std::fs::write(&log, &bytes[..bytes.len() / 2]).unwrap();
+    let (to, r) = restore(&rt, &b, "bad");
+    let e = format!("{:#}", r.unwrap_err());
+    let name = key.rsplit('/').next().unwrap();
+    assert!(e.contains("damaged") && e.contains(name), "{e}");
+    assert_nothing_left(&to);
+}
+
+/// Logs are kept in memory up to the limits asked for, each at most `each` bytes and the
+/// chain at most `total` (then files); a chain of both kinds verifies and folds alike.
+#[test]
+fn logs_past_the_memory_limits_go_to_files() {
+    use hrl_shipper::store::logs::{load_disk_with, LogMemory};
+    let rt = runtime();
+    let b = big_point(&rt);
+    let dir = b.tmp.path().join("scratch");
+    // Which logs were kept in memory, and the largest log's bytes.
+    let pattern = |memory: LogMemory, dir: &Path| {
+        let d = rt
+            .block_on(load_disk_with(&b.store, b.entry(), dir, memory))
+            .unwrap();
+        assert_eq!(d.model.size(), b.expected.len() as u64);
+        let mut largest = 0;
+        for l in &d.logs {
+            assert_eq!(
+                l.path().exists(),
+                !l.is_in_memory(),
+                "{}",
+                l.path().display()
+            );
+            largest = largest.max(l.len().unwrap());
+        }
+        (
+            d.logs.iter().map(|l| l.is_in_memory()).collect::<Vec<_>>(),
+            largest,
+        )
+    };
+    let (all, one) = pattern(LogMemory::RESTORE, &dir.join("a"));
+    assert_eq!(all, vec![true; 5]);
+    assert_eq!(pattern(LogMemory::NONE, &dir.join("b")).0, vec![false; 5]);
+    let small = LogMemory {
+        each: one - 1,
+        total: u64::MAX,
+    };
+    assert_eq!(pattern(small, &dir.join("c")).0, vec![false; 5]);
+    // Room for two logs: the first two downloads take it, the rest go to files.
+    let two = LogMemory {
+        each: one,
+        total: 2 * one,
+    };
+    let p = pattern(two, &dir.join("d")).0;
+    assert_eq!(p, vec![true, true, false, false, false]);
+}
+
+/// A log larger than the most a restore keeps in memory is restored from a scratch file.
+#[test]
+fn a_log_larger_than_the_memory_limit_restores() {
+    use hrl_shipper::store::logs::{load_disk_with, LogMemory, LOG_IN_MEMORY_MAX};
+    let rt = runtime();
+    let base: Vec<u8> = (0..16).flat_map(|i| payload(i * PAGE, PAGE, 7)).collect();
+    let len = LOG_IN_MEMORY_MAX + PAGE;
+    let logs = vec![
+        vec![Op::Write {
+            offset: 2 * PAGE,
+            len,
+            seed: 5,
+        }],
+        vec![Op::Write {
+            offset: PAGE + 10,
+            len: 100,
+            seed: 9,
+        }],
+    ];
+    let b = build(&rt, &base, &logs);
+    let d = rt
+        .block_on(load_disk_with(
+            &b.store,
+            b.entry(),
+            &b.tmp.path().join("s"),
+            LogMemory::RESTORE,
+        ))
+        .unwrap();
+    let kept: Vec<bool> = d.logs.iter().map(|l| l.is_in_memory()).collect();
+    assert_eq!(kept, vec![false, true]);
+    let (to, r) = restore(&rt, &b, "r");
+    r.unwrap();
+    check_restored(&to.join("d.img"), &b.expected).unwrap();
+}

@@ -5,7 +5,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::reader::{verify_sealed_with, LogReader, VerifiedLog};
+use super::local::LocalLog;
+use super::reader::{verify_reader_with, LogReader, VerifiedLog};
 use super::{LogError, Record, RecordMeta};
 use crate::Digest;
 
@@ -76,22 +77,48 @@ pub fn verify_chain<P: AsRef<Path>>(
 }
 
 /// [`verify_chain`], handing every record of log `i` (in chain order, each checked against
-/// its checksum) to `each(i, meta, record)` as it is read ([`verify_sealed_with`]): the
+/// its checksum) to `each(i, meta, record)` as it is read ([`super::verify_sealed_with`]): the
 /// chain is read once to verify it and fold it (a [`super::DiskModel`]). On an error the
 /// caller must discard whatever `each` built.
 pub fn verify_chain_with<P: AsRef<Path>>(
     logs: &[P],
     prev: Option<&Digest>,
+    each: impl FnMut(usize, &RecordMeta, Record),
+) -> Result<Vec<VerifiedLog>, LogError> {
+    verify_readers_with(
+        logs.len(),
+        |i| LogReader::open(logs[i].as_ref()),
+        prev,
+        each,
+    )
+}
+
+/// [`verify_chain_with`] of logs held locally, in files or in memory ([`LocalLog`]).
+pub fn verify_local_chain_with(
+    logs: &[LocalLog],
+    prev: Option<&Digest>,
+    each: impl FnMut(usize, &RecordMeta, Record),
+) -> Result<Vec<VerifiedLog>, LogError> {
+    verify_readers_with(logs.len(), |i| logs[i].reader(), prev, each)
+}
+
+/// The chain check of `count` logs, log `i` read from `open(i)`.
+fn verify_readers_with(
+    count: usize,
+    open: impl Fn(usize) -> Result<LogReader, LogError>,
+    prev: Option<&Digest>,
     mut each: impl FnMut(usize, &RecordMeta, Record),
 ) -> Result<Vec<VerifiedLog>, LogError> {
-    let mut out: Vec<VerifiedLog> = Vec::with_capacity(logs.len());
-    for (i, log) in logs.iter().enumerate() {
-        let path = log.as_ref();
+    let mut out: Vec<VerifiedLog> = Vec::with_capacity(count);
+    for i in 0..count {
+        let reader = open(i)?;
+        let path = reader.path().to_path_buf();
+        let path = path.as_path();
         let expected_prev = match out.last() {
             Some(before) => Some(before.chain_hash()),
             None => prev.copied(),
         };
-        let v = verify_sealed_with(path, expected_prev.as_ref(), |meta, record| {
+        let v = verify_reader_with(reader, expected_prev.as_ref(), |meta, record| {
             each(i, meta, record)
         })?;
         if let Some(before) = out.last() {

@@ -33,7 +33,7 @@ pub struct RecordMeta {
 /// Sequential, verifying reader of one log.
 pub struct LogReader {
     path: PathBuf,
-    input: BufReader<File>,
+    input: Box<dyn Read + Send>,
     header: LogHeader,
     file_len: u64,
     pos: u64,
@@ -51,7 +51,20 @@ impl LogReader {
             .metadata()
             .map_err(|e| LogError::io(path, "stat log", e))?
             .len();
-        let mut input = BufReader::with_capacity(1 << 20, file);
+        LogReader::from_input(
+            path,
+            Box::new(BufReader::with_capacity(1 << 20, file)),
+            file_len,
+        )
+    }
+
+    /// A reader of the `file_len` bytes of a log that `input` yields from its start (a file,
+    /// or a log in memory: [`super::LocalLog`]); `path` names it in errors.
+    pub fn from_input(
+        path: &Path,
+        mut input: Box<dyn Read + Send>,
+        file_len: u64,
+    ) -> Result<LogReader, LogError> {
         let mut hb = vec![0u8; HEADER_LEN as usize];
         if file_len < HEADER_LEN {
             return Err(LogError::BadHeader {
@@ -298,9 +311,19 @@ pub fn verify_sealed(path: &Path, prev_hash: Option<&Digest>) -> Result<Verified
 pub fn verify_sealed_with(
     path: &Path,
     prev_hash: Option<&Digest>,
+    each: impl FnMut(&RecordMeta, Record),
+) -> Result<VerifiedLog, LogError> {
+    verify_reader_with(LogReader::open(path)?, prev_hash, each)
+}
+
+/// [`verify_sealed_with`] of a log opened as `reader` (a file or a [`super::LocalLog`]).
+pub fn verify_reader_with(
+    mut reader: LogReader,
+    prev_hash: Option<&Digest>,
     mut each: impl FnMut(&RecordMeta, Record),
 ) -> Result<VerifiedLog, LogError> {
-    let mut reader = LogReader::open(path)?;
+    let path = reader.path().to_path_buf();
+    let path = path.as_path();
     while let Some(entry) = reader.next_entry() {
         let (meta, record) = entry?;
         each(&meta, record);

@@ -18,12 +18,12 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use hrl::chunk::{ChunkIndex, ZERO_DIGEST};
-use hrl::log::{DiskModel, Piece, Source};
+use hrl::log::{DiskModel, LocalLog, Piece, Source};
 use hrl::store::{DiskEntry, FileAttrs, PointManifest};
 use tracing::{debug, info};
 
 use crate::store::chunks::ChunkStore;
-use crate::store::logs::{load_disk, LoadedDisk};
+use crate::store::logs::{load_disk_with, LoadedDisk, LogMemory};
 use crate::store::GroupStore;
 
 /// Base chunks fetched (downloaded, decompressed, verified) at once, ahead of the writer.
@@ -168,7 +168,7 @@ async fn restore_disk(
         model,
         logs,
         log_bytes,
-    } = load_disk(store, d, tmp.path()).await?;
+    } = load_disk_with(store, d, tmp.path(), LogMemory::RESTORE).await?;
     let log_count = logs.len();
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -250,7 +250,7 @@ async fn write_disk(
     store: &GroupStore,
     index: &ChunkIndex,
     model: &DiskModel,
-    logs: Vec<File>,
+    logs: Vec<LocalLog>,
     file: &Arc<File>,
 ) -> Result<Written> {
     let chunks = ChunkStore::new(store);
@@ -315,7 +315,7 @@ async fn write_disk(
 /// every [`WRITEBACK_EVERY`] bytes. Returns the bytes written.
 fn write_blocks(
     file: &File,
-    logs: &[File],
+    logs: &[LocalLog],
     mut rx: tokio::sync::mpsc::Receiver<BlockJob>,
 ) -> std::io::Result<u64> {
     let mut buf: Vec<u8> = Vec::new();

@@ -3,29 +3,55 @@
 //! point (what restore and mount read), and loading one disk of a point for either of them
 //! ([`load_disk`]).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use hrl::chunk::ChunkIndex;
 
 use futures::{StreamExt, TryStreamExt};
-use hrl::log::{DiskModel, LogError};
+use hrl::log::{DiskModel, LocalLog, LogError};
 use hrl::store::{log_key, log_path, logs_dir, parse_log_name, DiskEntry};
 
 use super::index::fetch_base_index;
-use super::{GroupStore, Op, StoreError, StoreResult};
+use super::{Fetched, GroupStore, Op, StoreError, StoreResult};
 use crate::service::retry::Fatal;
 
 /// Logs downloaded at once: a chain is mostly small logs, where the round trip, not the
 /// bytes, is the cost.
-const LOGS_IN_FLIGHT: usize = 4;
+const LOGS_IN_FLIGHT: usize = 8;
 
-/// A disk's logs fetched for a point: the local copies in chain order and the store key
-/// each came from (what an error must name).
+/// A log that decompresses to at most this many bytes is kept in memory by a restore
+/// ([`LogMemory::RESTORE`]); a larger one goes to a scratch file.
+pub const LOG_IN_MEMORY_MAX: u64 = 16 << 20;
+
+/// The most bytes of one chain a restore keeps in memory (past it, logs go to files).
+pub const CHAIN_IN_MEMORY_MAX: u64 = 256 << 20;
+
+/// How many of a chain's logs may be kept in memory instead of scratch files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogMemory {
+    /// Largest log kept in memory (decompressed bytes); 0: every log goes to a file.
+    pub each: u64,
+    /// Bytes of the whole chain kept in memory at most.
+    pub total: u64,
+}
+
+impl LogMemory {
+    /// Files only (the mount, which keeps its logs for as long as it runs).
+    pub const NONE: LogMemory = LogMemory { each: 0, total: 0 };
+    /// A restore: small logs in memory, read from there to verify and to write the disk.
+    pub const RESTORE: LogMemory = LogMemory {
+        each: LOG_IN_MEMORY_MAX,
+        total: CHAIN_IN_MEMORY_MAX,
+    };
+}
+
+/// A disk's logs fetched for a point: the local copies in chain order (files, or bytes in
+/// memory) and the store key each came from (what an error must name).
 #[derive(Debug, Clone, Default)]
 pub struct Chain {
-    pub paths: Vec<PathBuf>,
+    pub logs: Vec<LocalLog>,
     pub keys: Vec<String>,
 }
 
@@ -72,11 +98,18 @@ pub async fn fetch_chain(
     entry: &DiskEntry,
     dir: &Path,
 ) -> StoreResult<Vec<PathBuf>> {
-    Ok(fetch(store, entry, dir).await?.paths)
+    let chain = fetch(store, entry, dir, LogMemory::NONE).await?;
+    Ok(chain.logs.iter().map(|l| l.path().to_path_buf()).collect())
 }
 
-/// [`fetch_chain`] with the store key of each log, [`LOGS_IN_FLIGHT`] downloads at once.
-pub async fn fetch(store: &GroupStore, entry: &DiskEntry, dir: &Path) -> StoreResult<Chain> {
+/// [`fetch_chain`] with the store key of each log, [`LOGS_IN_FLIGHT`] downloads at once,
+/// those `memory` allows kept in memory (each named by the file it would have been).
+pub async fn fetch(
+    store: &GroupStore,
+    entry: &DiskEntry,
+    dir: &Path,
+    memory: LogMemory,
+) -> StoreResult<Chain> {
     let path = chain_ranges(store, entry)
         .await?
         .ok_or_else(|| StoreError::NotFound {
@@ -88,20 +121,49 @@ pub async fn fetch(store: &GroupStore, entry: &DiskEntry, dir: &Path) -> StoreRe
             ),
             url: store.target.url.clone(),
         })?;
+    let held = AtomicU64::new(0);
+    let held = &held;
     let jobs = path.into_iter().map(|(first, last)| {
         let lp = dir.join(format!("{}-{first}-{last}.hrl", entry.disk_id));
         let k = key(entry, (first, last));
         async move {
-            store.get_zstd_to_file(&k, &lp).await?;
-            Ok::<_, StoreError>((lp, k))
+            // Room for the largest log kept in memory is taken before the download, what
+            // it did not need given back after: the chain never holds more than `total`.
+            let room = reserve(held, memory.each, memory.total);
+            let log = match store.get_zstd(&k, &lp, room).await {
+                Ok(Fetched::Memory(bytes)) => {
+                    held.fetch_sub(room - bytes.len() as u64, Ordering::Relaxed);
+                    LocalLog::in_memory(&lp, bytes)
+                }
+                Ok(Fetched::File(_)) => {
+                    held.fetch_sub(room, Ordering::Relaxed);
+                    LocalLog::open(&lp).map_err(|e| {
+                        StoreError::local(Op::Get, store.path(&k).as_ref(), &store.target.url, e)
+                    })?
+                }
+                Err(e) => return Err(e),
+            };
+            Ok::<_, StoreError>((log, k))
         }
     });
-    let fetched: Vec<(PathBuf, String)> = futures::stream::iter(jobs)
+    let fetched: Vec<(LocalLog, String)> = futures::stream::iter(jobs)
         .buffered(LOGS_IN_FLIGHT)
         .try_collect()
         .await?;
-    let (paths, keys) = fetched.into_iter().unzip();
-    Ok(Chain { paths, keys })
+    let (logs, keys) = fetched.into_iter().unzip();
+    Ok(Chain { logs, keys })
+}
+
+/// Takes `want` bytes of the `total` that `held` counts, if they fit: what a download may
+/// keep in memory (0: it goes to a file).
+fn reserve(held: &AtomicU64, want: u64, total: u64) -> u64 {
+    let fits = held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+        h.checked_add(want).filter(|&n| n <= total)
+    });
+    match fits {
+        Ok(_) => want,
+        Err(_) => 0,
+    }
 }
 
 /// One disk of a point, loaded for reading (by restore and by mount).
@@ -110,8 +172,8 @@ pub struct LoadedDisk {
     pub index: ChunkIndex,
     /// Which source holds each byte of the disk at the point.
     pub model: DiskModel,
-    /// The local copies of the point's logs, open, in chain order.
-    pub logs: Vec<File>,
+    /// The local copies of the point's logs (files, or bytes in memory), in chain order.
+    pub logs: Vec<LocalLog>,
     /// Bytes of those copies (uncompressed).
     pub log_bytes: u64,
 }
@@ -119,10 +181,21 @@ pub struct LoadedDisk {
 /// Loads disk `entry` of a point: its base index and its logs (fetched into `dir`, created
 /// when there are any) together, the chain verified and folded into the model off the async
 /// threads, and the model's size checked against the size the point recorded at its seal.
+/// Every log goes to a file ([`load_disk_with`] keeps small ones in memory).
 pub async fn load_disk(
     store: &GroupStore,
     entry: &DiskEntry,
     dir: &Path,
+) -> anyhow::Result<LoadedDisk> {
+    load_disk_with(store, entry, dir, LogMemory::NONE).await
+}
+
+/// [`load_disk`], the logs `memory` allows kept in memory.
+pub async fn load_disk_with(
+    store: &GroupStore,
+    entry: &DiskEntry,
+    dir: &Path,
+    memory: LogMemory,
 ) -> anyhow::Result<LoadedDisk> {
     let has_logs = entry.last_seq > entry.base.after_seq;
     if has_logs {
@@ -130,7 +203,7 @@ pub async fn load_disk(
     }
     let logs = async {
         match has_logs {
-            true => fetch(store, entry, dir).await,
+            true => fetch(store, entry, dir, memory).await,
             false => Ok(Chain::default()),
         }
     };
@@ -153,17 +226,11 @@ pub async fn load_disk(
         ))
         .into());
     }
-    let mut logs = Vec::with_capacity(chain.paths.len());
-    let mut log_bytes = 0;
-    for p in &chain.paths {
-        let f = File::open(p).with_context(|| format!("open {}", p.display()))?;
-        log_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
-        logs.push(f);
-    }
+    let log_bytes = chain.logs.iter().map(|l| l.len().unwrap_or(0)).sum();
     Ok(LoadedDisk {
         index,
         model,
-        logs,
+        logs: chain.logs,
         log_bytes,
     })
 }
@@ -179,7 +246,7 @@ pub fn fold_chain(
     chain: &Chain,
 ) -> StoreResult<DiskModel> {
     let mut model = DiskModel::new(base_size);
-    if chain.paths.is_empty() && entry.last_seq <= entry.base.after_seq {
+    if chain.logs.is_empty() && entry.last_seq <= entry.base.after_seq {
         return Ok(model);
     }
     let bad_entry = |why: &str| StoreError::Damaged {
@@ -191,10 +258,11 @@ pub fn fold_chain(
         .ok_or_else(|| bad_entry("its base's chain hash is not 64 hex digits"))?;
     let want = hrl::from_hex::<32>(&entry.last_chain_hash)
         .ok_or_else(|| bad_entry("its chain hash is not 64 hex digits"))?;
-    let verified = hrl::log::verify_chain_with(&chain.paths, Some(&prev), |i, meta, record| {
-        model.apply(i, meta, &record)
-    })
-    .map_err(|e| log_error(store, chain, e))?;
+    let verified =
+        hrl::log::verify_local_chain_with(&chain.logs, Some(&prev), |i, meta, record| {
+            model.apply(i, meta, &record)
+        })
+        .map_err(|e| log_error(store, chain, e))?;
     let got = verified.last().map(|v| v.chain_hash());
     if got != Some(want) {
         let last = chain.keys.last().map_or("logs", String::as_str);
@@ -216,9 +284,9 @@ pub fn fold_chain(
 fn log_error(store: &GroupStore, chain: &Chain, e: LogError) -> StoreError {
     let local = e.path().to_path_buf();
     let k = chain
-        .paths
+        .logs
         .iter()
-        .position(|p| *p == local)
+        .position(|l| l.path() == local)
         .and_then(|i| chain.keys.get(i))
         .map_or("logs", String::as_str);
     let msg = e

@@ -329,7 +329,29 @@ impl GroupStore {
     /// keying record itself is read this way).
     async fn get_raw_bytes(&self, key: &str) -> StoreResult<bytes::Bytes> {
         let (path, r) = self.open_get(key).await?;
-        r.bytes().await.map_err(|e| self.err(Op::Get, &path, e))
+        let range = r.range.clone();
+        match r.payload {
+            object_store::GetResultPayload::File(file, local) => {
+                let read = tokio::task::spawn_blocking(move || read_range(&file, range))
+                    .await
+                    .map_err(|e| self.local(Op::Get, &path, format!("read worker failed: {e}")))?;
+                read.map(bytes::Bytes::from).map_err(|e| {
+                    let source = format!("read {}: {e}", local.display()).into();
+                    self.err(
+                        Op::Get,
+                        &path,
+                        object_store::Error::Generic {
+                            store: "LocalFileSystem",
+                            source,
+                        },
+                    )
+                })
+            }
+            payload => object_store::GetResult { payload, ..r }
+                .bytes()
+                .await
+                .map_err(|e| self.err(Op::Get, &path, e)),
+        }
     }
 
     /// Starts the GET of `key` (the body is read by the caller).
@@ -346,41 +368,99 @@ impl GroupStore {
     /// Downloads a zstd-compressed object into `dest`, opening (encrypted group) and
     /// decompressing as it streams (logs can be large).
     pub async fn get_zstd_to_file(&self, key: &str, dest: &std::path::Path) -> StoreResult<u64> {
+        match self.get_zstd(key, dest, 0).await? {
+            Fetched::File(n) => Ok(n),
+            Fetched::Memory(b) => Err(self.local(
+                Op::Get,
+                &self.path(key),
+                format!(
+                    "internal: {} bytes kept in memory, not written to {}",
+                    b.len(),
+                    dest.display()
+                ),
+            )),
+        }
+    }
+
+    /// A zstd-compressed object, opened (encrypted group) and decompressed: kept in memory
+    /// when it decompresses to at most `limit` bytes (0: never), else streamed into `dest`
+    /// (a huge log is never held whole). A local store's object is read straight from its
+    /// file; a remote one of at most `limit` stored bytes is downloaded into memory, a
+    /// larger one streams through a scratch copy beside `dest`.
+    pub async fn get_zstd(
+        &self,
+        key: &str,
+        dest: &std::path::Path,
+        limit: u64,
+    ) -> StoreResult<Fetched> {
         use futures::StreamExt;
         self.check_keying(false).await?;
         let (path, r) = self.open_get(key).await?;
-        let compressed = dest.with_extension("zst-part");
+        let range = r.range.clone();
+        let (crypto, k, dst) = (self.crypto().cloned(), key.to_string(), dest.to_path_buf());
         let local = |what: &str, p: &std::path::Path, e: std::io::Error| {
             self.local(Op::Get, &path, format!("{what} {}: {e}", p.display()))
         };
-        let mut out = tokio::fs::File::create(&compressed)
-            .await
-            .map_err(|e| local("create", &compressed, e))?;
-        let mut stream = r.into_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.err(Op::Get, &path, e))?;
-            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk)
+        let decoded = match r.payload {
+            object_store::GetResultPayload::File(mut input, _) => {
+                tokio::task::spawn_blocking(move || {
+                    use std::io::{Read, Seek};
+                    input
+                        .seek(std::io::SeekFrom::Start(range.start))
+                        .map_err(|e| (false, e))?;
+                    let bounded = input.take(range.end - range.start);
+                    let buffered = std::io::BufReader::with_capacity(1 << 20, bounded);
+                    decode(crypto.as_deref(), &k, buffered, limit, &dst)
+                })
                 .await
-                .map_err(|e| local("write", &compressed, e))?;
-        }
-        // A tokio file may still hold the last write: flush before reading it back.
-        tokio::io::AsyncWriteExt::flush(&mut out)
-            .await
-            .map_err(|e| local("write", &compressed, e))?;
-        drop(out);
-        let (src, dst) = (compressed.clone(), dest.to_path_buf());
-        let (crypto, k) = (self.crypto().cloned(), key.to_string());
-        let n = tokio::task::spawn_blocking(move || -> Result<u64, (bool, std::io::Error)> {
-            let input = std::fs::File::open(&src).map_err(|e| (false, e))?;
-            let plain = sealing::open_file(crypto.as_deref(), &k, input).map_err(|e| (false, e))?;
-            let mut dec = zstd::stream::Decoder::new(plain).map_err(|e| (true, e))?;
-            let mut output = std::fs::File::create(&dst).map_err(|e| (false, e))?;
-            std::io::copy(&mut dec, &mut output).map_err(|e| (is_stream_damage(&e), e))
-        })
-        .await
-        .map_err(|e| self.local(Op::Get, &path, format!("decompress worker failed: {e}")))?;
-        let _ = std::fs::remove_file(&compressed);
-        n.map_err(
+            }
+            payload if limit > 0 && r.meta.size <= limit => {
+                let body = object_store::GetResult { payload, ..r }
+                    .bytes()
+                    .await
+                    .map_err(|e| self.err(Op::Get, &path, e))?;
+                tokio::task::spawn_blocking(move || {
+                    decode(
+                        crypto.as_deref(),
+                        &k,
+                        std::io::Cursor::new(body),
+                        limit,
+                        &dst,
+                    )
+                })
+                .await
+            }
+            payload => {
+                let compressed = dest.with_extension("zst-part");
+                let mut out = tokio::fs::File::create(&compressed)
+                    .await
+                    .map_err(|e| local("create", &compressed, e))?;
+                let mut stream = object_store::GetResult { payload, ..r }.into_stream();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| self.err(Op::Get, &path, e))?;
+                    tokio::io::AsyncWriteExt::write_all(&mut out, &chunk)
+                        .await
+                        .map_err(|e| local("write", &compressed, e))?;
+                }
+                // A tokio file may still hold the last write: flush before reading it back.
+                tokio::io::AsyncWriteExt::flush(&mut out)
+                    .await
+                    .map_err(|e| local("write", &compressed, e))?;
+                drop(out);
+                let src = compressed.clone();
+                let n = tokio::task::spawn_blocking(move || {
+                    let input = std::fs::File::open(&src).map_err(|e| (false, e))?;
+                    let buffered = std::io::BufReader::with_capacity(1 << 20, input);
+                    decode(crypto.as_deref(), &k, buffered, 0, &dst)
+                })
+                .await;
+                let _ = std::fs::remove_file(&compressed);
+                n
+            }
+        };
+        let decoded = decoded
+            .map_err(|e| self.local(Op::Get, &path, format!("decompress worker failed: {e}")))?;
+        decoded.map_err(
             |(damage, e)| match (hrl::crypto::CryptoError::from_io(&e), damage) {
                 // Refused by the opener: whatever was written to `dest` is discarded by the caller.
                 (Some(c), _) => self.refused(key, c),
@@ -471,6 +551,55 @@ impl GroupStore {
             Err(e) => Err(self.err(Op::Head, &path, e)),
         }
     }
+}
+
+/// Where [`GroupStore::get_zstd`] put an object.
+#[derive(Debug)]
+pub enum Fetched {
+    /// Its plaintext, decompressed, in memory.
+    Memory(Vec<u8>),
+    /// Written to the file asked for: this many bytes.
+    File(u64),
+}
+
+/// Opens (with `crypto`) and decompresses the stored bytes of `key` from `input`: into
+/// memory while they stay within `limit` bytes, else (and all of it when `limit` is 0) into
+/// `dest`. An error says whether it comes from the stored bytes (`true`: damage) or from
+/// here.
+fn decode<R: std::io::BufRead>(
+    crypto: Option<&hrl::crypto::GroupCrypto>,
+    key: &str,
+    input: R,
+    limit: u64,
+    dest: &std::path::Path,
+) -> Result<Fetched, (bool, std::io::Error)> {
+    use std::io::{Read, Write};
+    let plain = sealing::open_reader(crypto, key, input).map_err(|e| (false, e))?;
+    let mut dec = zstd::stream::Decoder::new(plain).map_err(|e| (true, e))?;
+    let mut head = Vec::new();
+    if limit > 0 {
+        (&mut dec)
+            .take(limit + 1)
+            .read_to_end(&mut head)
+            .map_err(|e| (is_stream_damage(&e), e))?;
+        if head.len() as u64 <= limit {
+            return Ok(Fetched::Memory(head));
+        }
+    }
+    let mut output = std::fs::File::create(dest).map_err(|e| (false, e))?;
+    output.write_all(&head).map_err(|e| (false, e))?;
+    let rest = std::io::copy(&mut dec, &mut output).map_err(|e| (is_stream_damage(&e), e))?;
+    Ok(Fetched::File(head.len() as u64 + rest))
+}
+
+/// `range` of `file`, read with one `pread` of its whole length: the kernel sees one
+/// request per object (read-ahead covers it), not reads growing from 8 KiB.
+fn read_range(file: &std::fs::File, range: std::ops::Range<u64>) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let len = usize::try_from(range.end - range.start).map_err(std::io::Error::other)?;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, range.start)?;
+    Ok(buf)
 }
 
 /// Whether an error of a zstd stream copy comes from the compressed bytes (the decoder

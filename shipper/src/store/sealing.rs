@@ -188,10 +188,10 @@ pub(super) fn seal_file(
 
 /// A reader of the plaintext of `input` (the stored bytes of `key`): itself for a plain
 /// group, opened streaming for an encrypted one (a `CryptoError` inside its `io::Error`s).
-pub(super) fn open_file<'a>(
+pub(super) fn open_reader<'a, R: std::io::BufRead + 'a>(
     c: Option<&'a GroupCrypto>,
     key: &'a str,
-    input: std::fs::File,
+    input: R,
 ) -> std::io::Result<Box<dyn Read + 'a>> {
     let Some(c) = c else {
         return Ok(Box::new(input));
@@ -199,11 +199,7 @@ pub(super) fn open_file<'a>(
     let kind = ObjectKind::of_key(key).ok_or_else(|| {
         std::io::Error::other(format!("internal: no sealed object kind for key {key:?}"))
     })?;
-    Ok(Box::new(c.open_reader(
-        key,
-        kind,
-        std::io::BufReader::new(input),
-    )))
+    Ok(Box::new(c.open_reader(key, kind, input)))
 }
 
 #[cfg(test)]
