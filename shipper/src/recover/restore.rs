@@ -4,7 +4,9 @@
 //! final disk in the same pass ([`crate::store::logs::load_disk`], shared with the mount);
 //! then every block of the final disk is written once, in disk order, by one writer thread:
 //! base chunks fetched, decompressed and verified [`CHUNKS_IN_FLIGHT`] at a time but
-//! consumed in order, log payloads read from the local copies, zeros left as holes. A chunk
+//! consumed in order (a local store's chunk read, decompressed and verified in one blocking
+//! task), log payloads read from the local copies (small logs kept in memory:
+//! [`LogMemory::RESTORE`]), zeros left as holes. A chunk
 //! the logs overwrite whole is never fetched. Everything is verified (chunk digests, index
 //! hash, the log chain) before a disk gets its final name, so a damaged store never yields a
 //! silently wrong disk, and a failed restore leaves nothing behind.

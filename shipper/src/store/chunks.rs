@@ -101,37 +101,37 @@ impl<'a> ChunkStore<'a> {
         self.read_checked(digest, Some(len)).await
     }
 
-    /// The one read of a chunk: the stored bytes (not copied), opened, decompressed (into
-    /// exactly `len` bytes when the length is known) and checked, off the async threads.
+    /// The one read of a chunk: the stored bytes, opened, decompressed (into exactly `len`
+    /// bytes when the length is known) and checked, off the async threads (with the read of
+    /// a local store's file, in one blocking task).
     async fn read_checked(&self, digest: &Digest, len: Option<usize>) -> StoreResult<Vec<u8>> {
         let key = hrl::store::chunk_key(digest);
-        let stored = self.store.get_stored_bytes(&key).await?;
         let digest = *digest;
         let (crypto, k) = (self.store.crypto().cloned(), key.clone());
-        let checked = tokio::task::spawn_blocking(move || {
-            let opened: Vec<u8>;
-            let raw: &[u8] = match &crypto {
-                Some(c) => {
-                    opened = c
-                        .open(&k, ObjectKind::Chunk, &stored)
-                        .map_err(|e| e.to_string())?;
-                    opened.as_slice()
-                }
-                None => &stored[..],
-            };
-            let data = match len {
-                Some(len) => decompress_exact(raw, len)?,
-                None => {
-                    zstd::stream::decode_all(raw).map_err(|e| format!("not valid zstd: {e}"))?
-                }
-            };
-            match chunk_name(crypto.as_deref(), &data) == digest {
-                true => Ok(data),
-                false => Err("content does not match its digest".to_string()),
-            }
-        })
-        .await
-        .map_err(|e| StoreError::local(Op::Get, &key, &self.store.target.url, e))?;
+        let checked =
+            self.store
+                .get_stored_then(&key, move |stored| {
+                    let opened: Vec<u8>;
+                    let raw: &[u8] = match &crypto {
+                        Some(c) => {
+                            opened = c
+                                .open(&k, ObjectKind::Chunk, stored)
+                                .map_err(|e| e.to_string())?;
+                            opened.as_slice()
+                        }
+                        None => stored,
+                    };
+                    let data = match len {
+                        Some(len) => decompress_exact(raw, len)?,
+                        None => zstd::stream::decode_all(raw)
+                            .map_err(|e| format!("not valid zstd: {e}"))?,
+                    };
+                    match chunk_name(crypto.as_deref(), &data) == digest {
+                        true => Ok(data),
+                        false => Err("content does not match its digest".to_string()),
+                    }
+                })
+                .await?;
         checked.map_err(|why| self.store.damaged("chunk", &key, why))
     }
 
