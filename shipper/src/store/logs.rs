@@ -132,7 +132,7 @@ pub async fn fetch(
             let room = reserve(held, memory.each, memory.total);
             let log = match store.get_zstd(&k, &lp, room).await {
                 Ok(Fetched::Memory(bytes)) => {
-                    held.fetch_sub(room - bytes.len() as u64, Ordering::Relaxed);
+                    held.fetch_sub(room.saturating_sub(bytes.len() as u64), Ordering::Relaxed);
                     LocalLog::in_memory(&lp, bytes)
                 }
                 Ok(Fetched::File(_)) => {

@@ -622,7 +622,7 @@ fn decode<R: std::io::BufRead>(
     let mut head = Vec::new();
     if limit > 0 {
         (&mut dec)
-            .take(limit + 1)
+            .take(limit.saturating_add(1))
             .read_to_end(&mut head)
             .map_err(|e| (is_stream_damage(&e), e))?;
         if head.len() as u64 <= limit {
