@@ -395,8 +395,10 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _serving = self.pool.serve();
-        match self.core.read(fh.0, offset, size) {
+        let serving = self.pool.serve();
+        let res = self.core.read(fh.0, offset, size);
+        serving.replying();
+        match res {
             Ok(d) => {
                 crate::metrics::read(d.len() as u64);
                 reply.data(&d)
@@ -417,9 +419,11 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _serving = self.pool.serve();
+        let serving = self.pool.serve();
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.core.write(fh.0, offset, data, kill) {
+        let res = self.core.write(fh.0, offset, data, kill);
+        serving.replying();
+        match res {
             Ok(n) => reply.written(n as u32),
             Err(c) => reply.error(e("write", c)),
         }
@@ -460,8 +464,10 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _serving = self.pool.serve();
-        match self.core.fsync(fh.0, datasync) {
+        let serving = self.pool.serve();
+        let res = self.core.fsync(fh.0, datasync);
+        serving.replying();
+        match res {
             Ok(()) => reply.ok(),
             Err(c) => reply.error(e("fsync", c)),
         }

@@ -114,7 +114,10 @@ impl Pool {
         if self.active.load(Ordering::SeqCst) <= busy {
             self.grow();
         }
-        Serving { pool: self }
+        Serving {
+            pool: self,
+            counted: std::cell::Cell::new(true),
+        }
     }
 
     /// Wakes one parked worker, if any, since no worker is left reading.
@@ -131,7 +134,7 @@ impl Pool {
     }
 
     fn done(&self) {
-        let busy = self.busy.fetch_sub(1, Ordering::SeqCst) - 1;
+        let busy = self.busy.load(Ordering::SeqCst);
         let others_reading = self
             .active
             .load(Ordering::SeqCst)
@@ -211,10 +214,25 @@ impl Pool {
 /// A request being served; dropping it (after the reply) may park the worker.
 pub struct Serving<'a> {
     pool: &'a Pool,
+    /// Still counted in [`Pool::busy`].
+    counted: std::cell::Cell<bool>,
+}
+
+impl Serving<'_> {
+    /// Called just before the reply is sent: the worker counts as reading again. The
+    /// writer answered may send its next request before this worker is back from the
+    /// callback; still counted busy, it would make the pool grow for nothing (one
+    /// writer then kept every worker awake).
+    pub fn replying(&self) {
+        if self.counted.replace(false) {
+            self.pool.busy.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Drop for Serving<'_> {
     fn drop(&mut self) {
+        self.replying();
         self.pool.done();
     }
 }
@@ -293,11 +311,7 @@ mod tests {
 
         /// Starts `k` jobs that block until released; returns how many started (waiting
         /// generously for `expect` of them, briefly for more), and the release switch.
-        fn blocked(
-            &self,
-            k: usize,
-            expect: usize,
-        ) -> (usize, Gate, mpsc::Receiver<()>) {
+        fn blocked(&self, k: usize, expect: usize) -> (usize, Gate, mpsc::Receiver<()>) {
             let gate = Arc::new((Mutex::new(false), Condvar::new()));
             let (started_tx, started_rx) = mpsc::channel();
             let (finished_tx, finished_rx) = mpsc::channel();
