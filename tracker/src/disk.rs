@@ -1346,13 +1346,15 @@ fn reserve(fd: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()> {
     }
 }
 
-/// True if the image has every block of extent `e` (`SEEK_HOLE` from its start finds no hole
-/// before its end, and the file reaches past it).
+/// True if the image has every block of extent `e` (FIEMAP over it, else `SEEK_HOLE` from its
+/// start, finds no hole before its end, and the file reaches past it).
 fn fully_allocated(fd: BorrowedFd<'_>, e: u64, size: u64) -> bool {
     let es = u64::from(EXTENT_SIZE);
     let (start, end) = (e * es, (e + 1) * es);
     end <= size
-        && sys::lseek(fd, start as i64, libc::SEEK_HOLE).is_ok_and(|hole| hole as u64 >= end)
+        && sys::range_allocated(fd, start, end).unwrap_or_else(|| {
+            sys::lseek(fd, start as i64, libc::SEEK_HOLE).is_ok_and(|hole| hole as u64 >= end)
+        })
 }
 
 #[cfg(test)]

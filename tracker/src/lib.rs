@@ -28,3 +28,4 @@ pub mod seal;
 pub mod sys;
 pub mod systemd;
 pub mod tracking;
+pub mod workers;

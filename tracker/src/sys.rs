@@ -317,6 +317,72 @@ pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> io::Result<i64> {
     i64::try_from(at).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
 }
 
+/// Whether every byte of `[start, end)` of `fd` lies in an allocated extent (written,
+/// unwritten or delayed), from `FS_IOC_FIEMAP` over just that range: its cost is bounded by
+/// the extents in the range. (`SEEK_HOLE` from `start` walks every extent up to the next
+/// hole, which in a fragmented, fully allocated image is the end of the file: measured as
+/// a quarter of the tracker's CPU time on the first writes after a mount.) `None` where the
+/// filesystem has no FIEMAP (tmpfs) or the range has too many extents to look at.
+pub fn range_allocated(fd: BorrowedFd<'_>, start: u64, end: u64) -> Option<bool> {
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Extent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+    #[repr(C)]
+    struct Map {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped: u32,
+        count: u32,
+        reserved: u32,
+        extents: [Extent; 32],
+    }
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const LAST: u32 = 0x1;
+    let mut at = start;
+    // At most 8 x 32 extents in a 4 MiB range; more means a fragmented range, which is
+    // answered as not known (a reservation per write, as for a range with holes).
+    for _ in 0..8 {
+        let mut map = Map {
+            start: at,
+            length: end - at,
+            flags: 0,
+            mapped: 0,
+            count: 32,
+            reserved: 0,
+            extents: [Extent::default(); 32],
+        };
+        // SAFETY: `map` is a `struct fiemap` followed by room for `count` extents.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FIEMAP as _, &mut map) } != 0 {
+            return None;
+        }
+        let n = (map.mapped as usize).min(32);
+        if n == 0 {
+            return Some(false);
+        }
+        for e in &map.extents[..n] {
+            if e.logical > at {
+                return Some(false);
+            }
+            at = at.max(e.logical + e.length);
+            if at >= end {
+                return Some(true);
+            }
+            if e.flags & LAST != 0 {
+                return Some(false);
+            }
+        }
+    }
+    None
+}
+
 pub fn copy_file_range(
     fd_in: BorrowedFd<'_>,
     off_in: u64,
@@ -474,4 +540,37 @@ pub fn identity(path: &std::path::Path) -> Option<BackingKey> {
         rustix::fs::makedev(sx.stx_dev_major, sx.stx_dev_minor),
         sx.stx_ino,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+
+    /// Meaningful on a filesystem with FIEMAP (ext4, xfs, btrfs); `None` elsewhere.
+    #[test]
+    fn range_allocated_sees_holes_and_data_within_the_range_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::create(dir.path().join("img")).unwrap();
+        let mb = 1u64 << 20;
+        f.set_len(8 * mb).unwrap();
+        // Data in [0, 2 MiB) and [3 MiB, 8 MiB); a hole in [2, 3) MiB.
+        f.write_all_at(&vec![1u8; 2 * mb as usize], 0).unwrap();
+        f.write_all_at(&vec![1u8; 5 * mb as usize], 3 * mb).unwrap();
+        f.sync_all().unwrap();
+        let fd = f.as_fd();
+        let Some(first) = range_allocated(fd, 0, 2 * mb) else {
+            return; // no FIEMAP here
+        };
+        assert!(first, "written range");
+        assert_eq!(range_allocated(fd, 3 * mb, 8 * mb), Some(true));
+        assert_eq!(range_allocated(fd, 0, 4 * mb), Some(false), "hole inside");
+        assert_eq!(range_allocated(fd, 2 * mb, 3 * mb), Some(false), "all hole");
+        assert_eq!(
+            range_allocated(fd, 4 * mb, 9 * mb),
+            Some(false),
+            "past the end"
+        );
+    }
 }

@@ -128,3 +128,80 @@ pub fn shown(sources: &[Source]) -> String {
         .collect();
     v.join(", ")
 }
+
+/// Reads ahead of a reader that goes through `blocks` (in order, each `block_size` bytes):
+/// asks the kernel (`POSIX_FADV_WILLNEED`) for the next [`READ_AHEAD`] bytes of them, in
+/// runs of adjacent blocks, as the reader advances. The blocks are read out of order by
+/// several readers at once (the copy keeps 16 in flight), which the kernel's own
+/// readahead takes for random reads of a descriptor; through the mount, the tracker's
+/// workers read each request on their own and FUSE reads ahead on the mount's 4 MiB
+/// window instead.
+pub struct ReadAhead {
+    file: std::sync::Arc<File>,
+    blocks: Vec<u64>,
+    block_size: u64,
+    /// Blocks up to here were asked for.
+    issued: usize,
+}
+
+/// How far [`ReadAhead`] asks ahead of the reader.
+pub const READ_AHEAD: u64 = 32 << 20;
+
+impl ReadAhead {
+    /// For `file` read in the order `blocks`; asks for `POSIX_FADV_SEQUENTIAL` too
+    /// (a larger readahead window within each run).
+    pub fn new(file: std::sync::Arc<File>, blocks: Vec<u64>, block_size: u32) -> ReadAhead {
+        use std::os::fd::AsFd;
+        advise(file.as_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+        ReadAhead {
+            file,
+            blocks,
+            block_size: u64::from(block_size),
+            issued: 0,
+        }
+    }
+
+    /// The reader has taken `done` blocks: ask for those up to [`READ_AHEAD`] past them.
+    pub fn advance(&mut self, done: usize) {
+        let want = (done + (READ_AHEAD / self.block_size).max(1) as usize).min(self.blocks.len());
+        // Ask in quarter windows, so that each call covers a good run.
+        if want < self.issued + (READ_AHEAD / self.block_size / 4).max(1) as usize
+            && want < self.blocks.len()
+        {
+            return;
+        }
+        let mut i = self.issued;
+        while i < want {
+            let start = self.blocks[i];
+            let mut end = start + 1;
+            i += 1;
+            while i < want && self.blocks[i] == end {
+                end += 1;
+                i += 1;
+            }
+            advise(
+                std::os::fd::AsFd::as_fd(&*self.file),
+                start * self.block_size,
+                (end - start) * self.block_size,
+                libc::POSIX_FADV_WILLNEED,
+            );
+        }
+        self.issued = want.max(self.issued);
+    }
+}
+
+/// posix_fadvise; a hint only, so a failure is logged and ignored.
+fn advise(fd: std::os::fd::BorrowedFd<'_>, off: u64, len: u64, advice: libc::c_int) {
+    // SAFETY: a valid descriptor for the call; the offsets are plain integers.
+    let r = unsafe {
+        libc::posix_fadvise(
+            fd.as_raw_fd(),
+            off as libc::off_t,
+            len as libc::off_t,
+            advice,
+        )
+    };
+    if r != 0 {
+        debug!(errno = r, advice, "posix_fadvise refused");
+    }
+}
