@@ -56,10 +56,8 @@ enum Cmd {
         /// Stay attached (for systemd) instead of returning once the mount is live.
         #[arg(long)]
         foreground: bool,
-        /// Most FUSE worker threads: requests served at once. VMs keep 16 or more requests
-        /// in flight (qemu aio=native); fewer threads queue them in the kernel. Only two
-        /// wait for requests while few are in flight; the others are woken as requests
-        /// pile up.
+        /// FUSE worker threads: requests served at once. VMs keep 16 or more requests in
+        /// flight (qemu aio=native); fewer threads queue them in the kernel.
         #[arg(long, default_value_t = 16)]
         threads: usize,
         /// Mount even though a process, loop device or other mount can change the disks

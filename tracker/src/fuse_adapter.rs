@@ -16,7 +16,6 @@ use fuser::{
 
 use crate::core::{Caller, ChangeSink, Core, Entry, Error, SetAttr, SetTime};
 use crate::sys::Stat;
-use crate::workers::Pool;
 
 /// How long the kernel may cache names and attributes. All changes go through this
 /// filesystem (the backing directory is shadowed), so caching is safe.
@@ -32,16 +31,13 @@ pub struct HrlFs<S: ChangeSink> {
     /// (`FUSE_DIRECT_IO_ALLOW_MMAP`, Linux 6.6), so writable opens of disks can bypass its
     /// page cache without refusing `mmap(MAP_SHARED)`.
     direct_writes: bool,
-    /// Parks and wakes the workers so that only a few wait on `/dev/fuse` (`workers`).
-    pool: Arc<Pool>,
 }
 
 impl<S: ChangeSink> HrlFs<S> {
-    pub fn new(core: Arc<Core<S>>, pool: Arc<Pool>) -> Self {
+    pub fn new(core: Arc<Core<S>>) -> Self {
         HrlFs {
             core,
             direct_writes: false,
-            pool,
         }
     }
 
@@ -194,7 +190,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _serving = self.pool.serve();
         match self.core.lookup(parent.0, name) {
             Ok(en) => {
                 let (ttl, a) = self.entry(&en);
@@ -205,12 +200,10 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _serving = self.pool.serve();
         self.core.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _serving = self.pool.serve();
         match self.core.getattr(ino.0) {
             Ok(st) => reply.attr(&self.ttl(ino.0), &attr(ino.0, &st)),
             Err(c) => reply.error(e("getattr", c)),
@@ -235,7 +228,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _serving = self.pool.serve();
         let a = SetAttr {
             mode,
             uid,
@@ -252,7 +244,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _serving = self.pool.serve();
         match self.core.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(c) => reply.error(e("readlink", c)),
@@ -269,7 +260,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _serving = self.pool.serve();
         match self
             .core
             .mknod(parent.0, name, mode & !umask, u64::from(rdev), caller(req))
@@ -291,7 +281,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _serving = self.pool.serve();
         match self.core.mkdir(parent.0, name, mode & !umask, caller(req)) {
             Ok(en) => {
                 let (ttl, a) = self.entry(&en);
@@ -302,7 +291,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _serving = self.pool.serve();
         match self.core.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(c) => reply.error(e("unlink", c)),
@@ -310,7 +298,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _serving = self.pool.serve();
         match self.core.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(c) => reply.error(e("rmdir", c)),
@@ -325,7 +312,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _serving = self.pool.serve();
         match self
             .core
             .symlink(parent.0, link_name, target.as_os_str(), caller(req))
@@ -348,7 +334,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _serving = self.pool.serve();
         match self
             .core
             .rename(parent.0, name, newparent.0, newname, flags.bits())
@@ -366,7 +351,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _serving = self.pool.serve();
         match self.core.link(ino.0, newparent.0, newname) {
             Ok(en) => {
                 let (ttl, a) = self.entry(&en);
@@ -377,7 +361,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _serving = self.pool.serve();
         match self.core.open(ino.0, flags.0, caller(req)) {
             Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(fh)),
             Err(c) => reply.error(e("open", c)),
@@ -395,10 +378,7 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let serving = self.pool.serve();
-        let res = self.core.read(fh.0, offset, size);
-        serving.replying();
-        match res {
+        match self.core.read(fh.0, offset, size) {
             Ok(d) => {
                 crate::metrics::read(d.len() as u64);
                 reply.data(&d)
@@ -419,11 +399,8 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let serving = self.pool.serve();
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        let res = self.core.write(fh.0, offset, data, kill);
-        serving.replying();
-        match res {
+        match self.core.write(fh.0, offset, data, kill) {
             Ok(n) => reply.written(n as u32),
             Err(c) => reply.error(e("write", c)),
         }
@@ -437,7 +414,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _serving = self.pool.serve();
         reply.ok();
     }
 
@@ -451,7 +427,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _serving = self.pool.serve();
         self.core.release(fh.0);
         reply.ok();
     }
@@ -464,17 +439,13 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let serving = self.pool.serve();
-        let res = self.core.fsync(fh.0, datasync);
-        serving.replying();
-        match res {
+        match self.core.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(c) => reply.error(e("fsync", c)),
         }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _serving = self.pool.serve();
         match self.core.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(c) => reply.error(e("opendir", c)),
@@ -489,7 +460,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _serving = self.pool.serve();
         match self.core.readdir(fh.0, offset) {
             Ok(entries) => {
                 for l in entries {
@@ -511,7 +481,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _serving = self.pool.serve();
         self.core.releasedir(fh.0);
         reply.ok();
     }
@@ -524,12 +493,10 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _serving = self.pool.serve();
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _serving = self.pool.serve();
         match self.core.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -555,7 +522,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _serving = self.pool.serve();
         match self.core.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(c) => reply.error(e("setxattr", c)),
@@ -563,7 +529,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _serving = self.pool.serve();
         match self.core.getxattr(ino.0, name, size) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
@@ -572,7 +537,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _serving = self.pool.serve();
         match self.core.listxattr(ino.0, size) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) => reply.data(&v),
@@ -581,7 +545,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _serving = self.pool.serve();
         match self.core.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(c) => reply.error(e("removexattr", c)),
@@ -589,7 +552,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let _serving = self.pool.serve();
         match self.core.access(ino.0, mask.bits()) {
             Ok(()) => reply.ok(),
             Err(c) => reply.error(e("access", c)),
@@ -606,7 +568,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _serving = self.pool.serve();
         match self
             .core
             .create(parent.0, name, mode & !umask, flags, caller(req))
@@ -632,7 +593,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _serving = self.pool.serve();
         match self.core.fallocate(fh.0, offset, length, mode, caller(req)) {
             Ok(()) => reply.ok(),
             Err(c) => reply.error(e("fallocate", c)),
@@ -648,7 +608,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _serving = self.pool.serve();
         match self.core.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(c) => reply.error(e("lseek", c)),
@@ -668,7 +627,6 @@ impl<S: ChangeSink> Filesystem for HrlFs<S> {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _serving = self.pool.serve();
         match self
             .core
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len, caller(req))

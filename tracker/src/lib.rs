@@ -28,4 +28,3 @@ pub mod seal;
 pub mod sys;
 pub mod systemd;
 pub mod tracking;
-pub mod workers;

@@ -17,7 +17,6 @@ use crate::core::Core;
 use crate::fuse_adapter::HrlFs;
 use crate::sys;
 use crate::tracking::Tracker;
-use crate::workers::Pool;
 
 /// Environment variable through which a daemonized child reports readiness to its parent.
 const READY_FD_ENV: &str = "HRL_TRACKER_READY_FD";
@@ -299,15 +298,8 @@ fn start(
     config.acl = fuser::SessionACL::All;
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
-    let pool = Arc::new(Pool::new(args.threads.max(1), crate::workers::SHRINK_AFTER));
-    let session = fuser::Session::new(HrlFs::new(core, pool.clone()), mountpoint, &config)
+    let session = fuser::Session::new(HrlFs::new(core), mountpoint, &config)
         .with_context(|| format!("mount FUSE at {}", mountpoint.display()))?;
-    // Parked workers watch a duplicate of the device to leave when the mount goes away.
-    let dev = session
-        .as_fd()
-        .try_clone_to_owned()
-        .context("duplicate the FUSE device descriptor")?;
-    pool.watch_device(dev);
     forward_removals(&tracker, core_for_removals, session.notifier())?;
     Ok((session, control))
 }
