@@ -343,14 +343,22 @@ fn a_damaged_chunk_mid_restore_leaves_no_disk() {
 /// directory without the disk.
 #[test]
 fn a_damaged_log_leaves_no_disk() {
+    // Inside the compressed payload of the write record (a 4 KiB header precedes it).
+    restore_with_a_damaged_log_fails(4, |bytes| {
+        let n = bytes.len();
+        bytes[n / 2] ^= 0x01;
+    });
+}
+
+/// Log `seq` of the big point's disk changed in the store by `damage`: the restore fails as
+/// damaged, naming that log, and leaves no disk behind.
+fn restore_with_a_damaged_log_fails(seq: u64, damage: impl FnOnce(&mut Vec<u8>)) {
     let rt = runtime();
     let b = big_point(&rt);
-    let key = hrl::store::log_key(&b.entry().disk_id, 1, 4, 4);
+    let key = hrl::store::log_key(&b.entry().disk_id, 1, seq, seq);
     let log = b.object(&key);
     let mut bytes = std::fs::read(&log).unwrap();
-    // Inside the compressed payload of the write record (a 4 KiB header precedes it).
-    let n = bytes.len();
-    bytes[n / 2] ^= 0x01;
+    damage(&mut bytes);
     std::fs::write(&log, &bytes).unwrap();
     let (to, r) = restore(&rt, &b, "bad");
     let e = format!("{:#}", r.unwrap_err());
@@ -426,31 +434,21 @@ fn an_all_zero_disk_restores_as_a_hole() {
 /// keeps small logs in memory, as damaged, naming the log, and leaves no disk behind.
 #[test]
 fn a_truncated_log_leaves_no_disk() {
-    let rt = runtime();
-    let b = big_point(&rt);
-    let key = hrl::store::log_key(&b.entry().disk_id, 1, 2, 2);
-    let log = b.object(&key);
-    let bytes = std::fs::read(&log).unwrap();
-    std::fs::write(&log, &bytes[..bytes.len() / 2]).unwrap();
-    let (to, r) = restore(&rt, &b, "bad");
-    let e = format!("{:#}", r.unwrap_err());
-    let name = key.rsplit('/').next().unwrap();
-    assert!(e.contains("damaged") && e.contains(name), "{e}");
-    assert_nothing_left(&to);
+    restore_with_a_damaged_log_fails(2, |bytes| bytes.truncate(bytes.len() / 2));
 }
 
 /// Logs are kept in memory up to the limits asked for, each at most `each` bytes and the
 /// chain at most `total` (then files); a chain of both kinds verifies and folds alike.
 #[test]
 fn logs_past_the_memory_limits_go_to_files() {
-    use hrl_shipper::store::logs::{load_disk_with, LogMemory};
+    use hrl_shipper::store::logs::{load_disk, LogMemory};
     let rt = runtime();
     let b = big_point(&rt);
     let dir = b.tmp.path().join("scratch");
     // Which logs were kept in memory, and the largest log's bytes.
     let pattern = |memory: LogMemory, dir: &Path| {
         let d = rt
-            .block_on(load_disk_with(&b.store, b.entry(), dir, memory))
+            .block_on(load_disk(&b.store, b.entry(), dir, memory))
             .unwrap();
         assert_eq!(d.model.size(), b.expected.len() as u64);
         let mut largest = 0;
@@ -488,7 +486,7 @@ fn logs_past_the_memory_limits_go_to_files() {
 /// A log larger than the most a restore keeps in memory is restored from a scratch file.
 #[test]
 fn a_log_larger_than_the_memory_limit_restores() {
-    use hrl_shipper::store::logs::{load_disk_with, LogMemory, LOG_IN_MEMORY_MAX};
+    use hrl_shipper::store::logs::{load_disk, LogMemory, LOG_IN_MEMORY_MAX};
     let rt = runtime();
     let base: Vec<u8> = (0..16).flat_map(|i| payload(i * PAGE, PAGE, 7)).collect();
     let len = LOG_IN_MEMORY_MAX + PAGE;
@@ -506,7 +504,7 @@ fn a_log_larger_than_the_memory_limit_restores() {
     ];
     let b = build(&rt, &base, &logs);
     let d = rt
-        .block_on(load_disk_with(
+        .block_on(load_disk(
             &b.store,
             b.entry(),
             &b.tmp.path().join("s"),

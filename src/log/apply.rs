@@ -73,27 +73,18 @@ pub fn verify_chain<P: AsRef<Path>>(
     logs: &[P],
     prev: Option<&Digest>,
 ) -> Result<Vec<VerifiedLog>, LogError> {
-    verify_chain_with(logs, prev, |_, _, _| {})
-}
-
-/// [`verify_chain`], handing every record of log `i` (in chain order, each checked against
-/// its checksum) to `each(i, meta, record)` as it is read ([`super::verify_sealed_with`]): the
-/// chain is read once to verify it and fold it (a [`super::DiskModel`]). On an error the
-/// caller must discard whatever `each` built.
-pub fn verify_chain_with<P: AsRef<Path>>(
-    logs: &[P],
-    prev: Option<&Digest>,
-    each: impl FnMut(usize, &RecordMeta, Record),
-) -> Result<Vec<VerifiedLog>, LogError> {
     verify_readers_with(
         logs.len(),
         |i| LogReader::open(logs[i].as_ref()),
         prev,
-        each,
+        |_, _, _| {},
     )
 }
 
-/// [`verify_chain_with`] of logs held locally, in files or in memory ([`LocalLog`]).
+/// [`verify_chain`] of logs held locally, in files or in memory ([`LocalLog`]), handing
+/// every record of log `i` (in chain order, each checked against its checksum) to
+/// `each(i, meta, record)` as it is read: the chain is read once to verify it and fold it
+/// (a [`super::DiskModel`]). On an error the caller must discard whatever `each` built.
 pub fn verify_local_chain_with(
     logs: &[LocalLog],
     prev: Option<&Digest>,

@@ -6,8 +6,8 @@
 //!   durable outside the tracker's lock (group commit);
 //! - [`LogReader`] yields only records it verified and stops at a torn tail;
 //! - [`verify_sealed`], [`apply_logs`] replay logs onto an image, refusing a broken chain;
-//!   [`verify_chain_with`] verifies a chain and hands each record to a fold in the same pass
-//!   ([`verify_local_chain_with`]: of [`LocalLog`]s, files or bytes in memory);
+//!   [`verify_local_chain_with`] verifies a chain of [`LocalLog`]s (files or bytes in
+//!   memory) and hands each record to a fold in the same pass;
 //! - [`DiskModel`]: a chain folded onto a range map (which source holds each byte);
 //! - [`coalesce`] rewrites logs into the smallest equivalent log.
 
@@ -23,8 +23,7 @@ mod reader;
 mod writer;
 
 pub use apply::{
-    apply_logs, apply_logs_after, verify_chain, verify_chain_with, verify_local_chain_with,
-    ApplySummary, SizeEffect,
+    apply_logs, apply_logs_after, verify_chain, verify_local_chain_with, ApplySummary, SizeEffect,
 };
 pub use coalesce::coalesce;
 pub use commit::SyncPoint;
@@ -33,10 +32,7 @@ pub use extents::log_extents;
 pub use format::{LogHeader, LogState, HEADER_LEN, RECORD_HEADER_LEN};
 pub use local::LocalLog;
 pub use model::{DiskModel, Piece, Source};
-pub use reader::{
-    verify_reader_with, verify_sealed, verify_sealed_with, LogEnd, LogReader, RecordMeta,
-    VerifiedLog,
-};
+pub use reader::{verify_sealed, verify_sealed_with, LogEnd, LogReader, RecordMeta, VerifiedLog};
 pub use writer::{LogWriter, Recovered};
 
 use crate::Digest;

@@ -14,7 +14,7 @@ use hrl::store::{DiskEntry, FileAttrs, PointManifest};
 use super::blocks::{Block, Blocks};
 use super::error::{MountError, MountResult};
 use super::overlay::{Overlay, GRANULE};
-use crate::store::logs::{load_disk, LoadedDisk};
+use crate::store::logs::{load_disk, LoadedDisk, LogMemory};
 use crate::store::GroupStore;
 
 /// How a point is served.
@@ -60,14 +60,20 @@ impl MountCore {
         let mut disks = Vec::new();
         for (i, d) in point.disks.iter().enumerate() {
             hrl::store_check::check_disk_name(&d.name)?;
-            let data = load_disk(store, d, &scratch.join(format!("logs-{i}")))
-                .await
-                .map_err(|e| {
-                    let why = format!("{e:#}");
-                    tracing::warn!(disk = %hrl::display::escaped(&d.name), error = %why,
+            // The mount keeps its logs for as long as it runs: in files, not in memory.
+            let data = load_disk(
+                store,
+                d,
+                &scratch.join(format!("logs-{i}")),
+                LogMemory::NONE,
+            )
+            .await
+            .map_err(|e| {
+                let why = format!("{e:#}");
+                tracing::warn!(disk = %hrl::display::escaped(&d.name), error = %why,
                         "this disk cannot be served: every read of it fails with EIO");
-                    why
-                });
+                why
+            });
             let overlay = match options.read_only {
                 true => None,
                 false => Some(Overlay::create(

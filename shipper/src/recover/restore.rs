@@ -25,7 +25,7 @@ use hrl::store::{DiskEntry, FileAttrs, PointManifest};
 use tracing::{debug, info};
 
 use crate::store::chunks::ChunkStore;
-use crate::store::logs::{load_disk_with, LoadedDisk, LogMemory};
+use crate::store::logs::{load_disk, LoadedDisk, LogMemory};
 use crate::store::GroupStore;
 
 /// Base chunks fetched (downloaded, decompressed, verified) at once, ahead of the writer.
@@ -170,7 +170,7 @@ async fn restore_disk(
         model,
         logs,
         log_bytes,
-    } = load_disk_with(store, d, tmp.path(), LogMemory::RESTORE).await?;
+    } = load_disk(store, d, tmp.path(), LogMemory::RESTORE).await?;
     let log_count = logs.len();
     let file = std::fs::OpenOptions::new()
         .read(true)

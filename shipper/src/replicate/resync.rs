@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::replicate::copy::{copy_blocks, data_blocks, CopyStats};
-use crate::replicate::local::{ReadAhead, Source};
+use crate::replicate::local::Source;
 use crate::service::retry::Fatal;
 use crate::store::chunks::ChunkStore;
 use crate::store::index::fetch_base_index;
@@ -410,10 +410,6 @@ pub async fn run_job(
         std::time::Duration::from_secs((index.digests.len() as u64 * 32 / (4 << 20)).max(2));
     add_lost_blocks(job, index, known);
     let todo: Vec<u64> = job.blocks[job.cursor..].to_vec();
-    // A full compare reads (nearly) the whole disk, out of order within the copy's window.
-    let mut ahead = ReadAhead::new(Arc::clone(&file), todo.clone(), index.block_size);
-    ahead.advance(0);
-    let first = job.cursor;
     let results = copy_blocks(
         store,
         file,
@@ -449,7 +445,6 @@ pub async fn run_job(
             p.bytes_sent += sent;
         }
         job.cursor += 1;
-        ahead.advance(job.cursor - first);
         let elapsed = job.elapsed_s + started.elapsed().as_secs_f64();
         let done = job.cursor as u64;
         if done > 0 && elapsed > 0.0 {

@@ -179,19 +179,10 @@ pub struct LoadedDisk {
 }
 
 /// Loads disk `entry` of a point: its base index and its logs (fetched into `dir`, created
-/// when there are any) together, the chain verified and folded into the model off the async
-/// threads, and the model's size checked against the size the point recorded at its seal.
-/// Every log goes to a file ([`load_disk_with`] keeps small ones in memory).
+/// when there are any; those `memory` allows kept in memory) together, the chain verified
+/// and folded into the model off the async threads, and the model's size checked against
+/// the size the point recorded at its seal.
 pub async fn load_disk(
-    store: &GroupStore,
-    entry: &DiskEntry,
-    dir: &Path,
-) -> anyhow::Result<LoadedDisk> {
-    load_disk_with(store, entry, dir, LogMemory::NONE).await
-}
-
-/// [`load_disk`], the logs `memory` allows kept in memory.
-pub async fn load_disk_with(
     store: &GroupStore,
     entry: &DiskEntry,
     dir: &Path,

@@ -314,35 +314,9 @@ impl GroupStore {
         self.get_raw(key).await
     }
 
-    /// [`GroupStore::get_stored`] without copying the body: the bytes as the store client
-    /// returned them (restore reads every chunk of a disk through this).
-    pub async fn get_stored_bytes(&self, key: &str) -> StoreResult<bytes::Bytes> {
-        self.check_keying(false).await?;
-        self.get_raw_bytes(key).await
-    }
-
     async fn get_raw(&self, key: &str) -> StoreResult<Vec<u8>> {
-        Ok(self.get_raw_bytes(key).await?.to_vec())
-    }
-
-    /// The body of `key` as the store client returned it, with no keying check (the
-    /// keying record itself is read this way).
-    async fn get_raw_bytes(&self, key: &str) -> StoreResult<bytes::Bytes> {
-        let (path, r) = self.open_get(key).await?;
-        let range = r.range.clone();
-        match r.payload {
-            object_store::GetResultPayload::File(file, local) => {
-                let read = tokio::task::spawn_blocking(move || read_range(&file, range))
-                    .await
-                    .map_err(|e| self.local(Op::Get, &path, format!("read worker failed: {e}")))?;
-                read.map(bytes::Bytes::from)
-                    .map_err(|e| self.read_error(&path, &local, e))
-            }
-            payload => object_store::GetResult { payload, ..r }
-                .bytes()
-                .await
-                .map_err(|e| self.err(Op::Get, &path, e)),
-        }
+        // `Vec::from` takes a `Bytes` made from a `Vec` back without a copy.
+        self.get_raw_then(key, Vec::from).await
     }
 
     /// `f` of the bytes of `key` as stored, run off the async threads: for a local store's
@@ -354,6 +328,17 @@ impl GroupStore {
         F: FnOnce(&[u8]) -> T + Send + 'static,
     {
         self.check_keying(false).await?;
+        self.get_raw_then(key, move |b| f(&b)).await
+    }
+
+    /// `f` of the body of `key` as the store client returned it, with no keying check (the
+    /// keying record itself is read this way), off the async threads. A local store's file
+    /// is read with one `read` of its size ([`read_range`]) in the task that runs `f`.
+    async fn get_raw_then<T, F>(&self, key: &str, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(bytes::Bytes) -> T + Send + 'static,
+    {
         let (path, r) = self.open_get(key).await?;
         let range = r.range.clone();
         let worker = |e: tokio::task::JoinError| {
@@ -361,10 +346,11 @@ impl GroupStore {
         };
         match r.payload {
             object_store::GetResultPayload::File(file, local) => {
-                let done =
-                    tokio::task::spawn_blocking(move || read_range(&file, range).map(|b| f(&b)))
-                        .await
-                        .map_err(worker)?;
+                let done = tokio::task::spawn_blocking(move || {
+                    read_range(&file, range).map(|b| f(bytes::Bytes::from(b)))
+                })
+                .await
+                .map_err(worker)?;
                 done.map_err(|e| self.read_error(&path, &local, e))
             }
             payload => {
@@ -372,7 +358,7 @@ impl GroupStore {
                     .bytes()
                     .await
                     .map_err(|e| self.err(Op::Get, &path, e))?;
-                tokio::task::spawn_blocking(move || f(&body))
+                tokio::task::spawn_blocking(move || f(body))
                     .await
                     .map_err(worker)
             }
