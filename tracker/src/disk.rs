@@ -14,6 +14,7 @@ use hrl::bitmap::{BitmapError, CleanClose, ClosedLog, DirtyBitmap, ImageStamp};
 use hrl::control::{DiskMode, DiskStatus, SealedLog};
 use hrl::log::{verify_sealed, LogError, LogHeader, LogWriter, VerifiedLog};
 use hrl::naming;
+use rangemap::RangeSet;
 
 use crate::core::TrackedFile;
 use crate::error::TrackError;
@@ -126,7 +127,16 @@ struct DiskState {
     /// no `fallocate` ahead (see [`Disk::reserve`]). Forgotten where the tracker punches,
     /// zeroes or cuts, and all of it on a change from outside.
     allocated: HashSet<u64>,
+    /// Byte ranges the tracker reserved itself in extents not known whole, such as the
+    /// growing tail of a qcow2 image (every write there lands past the end of the file, so
+    /// its extent never counts as whole until the file has grown past it). At most
+    /// [`RESERVED_RANGES`] ranges; forgotten like `allocated`.
+    reserved: RangeSet<u64>,
 }
+
+/// Bound of [`DiskState::reserved`]: random writes into a sparse image leave one range
+/// each; past this many the set starts again empty (a few KiB of memory, never more).
+const RESERVED_RANGES: usize = 4096;
 
 impl DiskState {
     /// Records `change` in the active log, or in the swap buffer during a seal. Writes with
@@ -200,8 +210,22 @@ impl DiskState {
         self.log = Some(next);
     }
 
+    /// `[off, end)` has its blocks: the tracker reserved (or allocated) them itself.
+    fn note_reserved(&mut self, off: u64, end: u64) {
+        if off >= end {
+            return;
+        }
+        if self.reserved.len() >= RESERVED_RANGES {
+            self.reserved.clear();
+        }
+        self.reserved.insert(off..end);
+    }
+
     /// The extents of `[off, off+len)` may have holes again.
     fn forget_allocated(&mut self, off: u64, len: u64) {
+        if len > 0 && !self.reserved.is_empty() {
+            self.reserved.remove(off..off.saturating_add(len));
+        }
         if self.allocated.is_empty() {
             return;
         }
@@ -536,6 +560,7 @@ impl Disk {
                     changed_outside: None,
                     outside_unsealed: false,
                     allocated: HashSet::new(),
+                    reserved: RangeSet::new(),
                 }),
                 swapped: Condvar::new(),
             },
@@ -611,14 +636,20 @@ impl Disk {
     /// is still compensated in the log.
     fn reserve(st: &mut DiskState, fd: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()> {
         let es = u64::from(EXTENT_SIZE);
-        let extents = off / es..off.saturating_add(len).div_ceil(es);
-        if len == 0 || extents.clone().all(|e| st.allocated.contains(&e)) {
+        let end = off.saturating_add(len);
+        let extents = off / es..end.div_ceil(es);
+        if len == 0
+            || extents.clone().all(|e| st.allocated.contains(&e))
+            || st.reserved.gaps(&(off..end)).next().is_none()
+        {
             return Ok(());
         }
         reserve(fd, off, len)?;
+        st.note_reserved(off, end);
         for e in extents {
             if !st.allocated.contains(&e) && fully_allocated(fd, e, st.size) {
                 st.allocated.insert(e);
+                st.reserved.remove(e * es..(e + 1) * es);
             }
         }
         Ok(())
@@ -668,6 +699,11 @@ impl Disk {
         }
         if grows {
             st.size = end;
+        }
+        // An allocation, and a zero range too, leaves the range's blocks allocated
+        // (fallocate(2): "blocks are preallocated for the regions that span the holes").
+        if !punch {
+            st.note_reserved(off, end);
         }
         Ok(())
     }
@@ -784,6 +820,7 @@ impl Disk {
         st.changed_outside.get_or_insert(why);
         st.outside_unsealed = true;
         st.allocated.clear();
+        st.reserved.clear();
     }
 
     /// Marks the whole disk unclean and held (a full compare at the next cycle) for a change
@@ -1545,6 +1582,72 @@ mod tests {
             std::fs::read(&base).unwrap(),
             std::fs::read(dir.join("d.raw")).unwrap()
         );
+    }
+
+    #[test]
+    fn a_growing_image_reserves_each_range_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::write(dir.join("q.qcow2"), vec![7u8; 4096]).unwrap();
+        let (disk, f) = open_disk(dir, "q.qcow2");
+        let fd = f.as_fd();
+        let reserved = || disk.lock().reserved.iter().cloned().collect::<Vec<_>>();
+        // A qcow2 growing cluster by cluster: qemu zeroes a 64 KiB cluster past the end,
+        // then writes 4 KiB blocks into it; those need no reservation.
+        disk.fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 65536, 65536)
+            .unwrap();
+        assert_eq!(
+            reserved(),
+            vec![65536..131072],
+            "a zero range reserves its range"
+        );
+        disk.truncate(fd, 4096).unwrap();
+        assert!(reserved().is_empty());
+        disk.fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 8192, 4096)
+            .unwrap();
+        assert_eq!(reserved(), vec![8192..12288], "so does an allocation");
+        disk.truncate(fd, 65536).unwrap();
+        assert!(reserved().is_empty());
+        disk.write(fd, 65536, &[1u8; 4096]).unwrap();
+        assert_eq!(reserved(), vec![65536..69632]);
+        for i in 1..16u64 {
+            disk.write(fd, 65536 + i * 4096, &[i as u8; 4096]).unwrap();
+        }
+        assert_eq!(
+            reserved(),
+            vec![65536..131072],
+            "the appends merge into one reserved range (a write inside it reserves nothing)"
+        );
+        disk.write(fd, 70000, b"inside").unwrap();
+        assert_eq!(reserved(), vec![65536..131072]);
+        // A punch, a cut and a change from outside forget what they touch.
+        disk.fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            69632,
+            4096,
+        )
+        .unwrap();
+        assert_eq!(reserved(), vec![65536..69632, 73728..131072]);
+        disk.truncate(fd, 100_000).unwrap();
+        assert_eq!(reserved(), vec![65536..69632, 73728..100_000]);
+        disk.report_changed_outside("test".into());
+        assert!(reserved().is_empty());
+    }
+
+    #[test]
+    fn the_reserved_ranges_stay_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let f = File::create(dir.join("s.raw")).unwrap();
+        f.set_len(1 << 30).unwrap();
+        let (disk, f) = open_disk(dir, "s.raw");
+        // Scattered writes into a sparse image: one range each, never more than the bound.
+        for i in 0..(RESERVED_RANGES as u64 + 10) {
+            disk.write(f.as_fd(), i * 65536, b"x").unwrap();
+            assert!(disk.lock().reserved.len() <= RESERVED_RANGES);
+        }
+        assert!(!disk.lock().reserved.is_empty());
     }
 
     #[test]
