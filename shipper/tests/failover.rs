@@ -1408,3 +1408,71 @@ fn a_failback_killed_before_its_takeover_then_handed_over_takes_the_new_point() 
         );
     }
 }
+
+/// Failback by delta onto disks whose size changed: on the recovery host `disk0.img` is cut
+/// and extended back to its size (logs that truncate, the point at the base's size) and
+/// `disk1.img` grown with a write past its old end (the point larger than its base); on the
+/// fenced original host `disk1.img` was cut offline (held at a third size). Both come back
+/// by delta: the point's logs and the blocks that differ from the base are all that is
+/// downloaded (not the 12 MiB of random data whole), every disk equals the point, and
+/// replication continues with no base copy.
+#[test]
+fn failback_by_delta_handles_disks_whose_size_changed() {
+    let s = Site::new(ServerKind::Local);
+    let m = s.mount();
+    new_disk(&m.path("disk0.img"), 8 << 20, 1);
+    new_disk(&m.path("disk1.img"), 4 << 20, 2);
+    assert_eq!(s.sync()["point"], 1);
+    drop(m);
+    let r = recovery(&s);
+    ok(&failover(&s, &r, &[]));
+    let rm = Mounted::in_place(&r.dir, &s.run_dir);
+    let set_len = |p: &Path, len: u64| {
+        let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.set_len(len).unwrap();
+        f.sync_all().unwrap();
+    };
+    set_len(&rm.path("disk0.img"), 6 << 20);
+    set_len(&rm.path("disk0.img"), 8 << 20);
+    write_at(&rm.path("disk0.img"), 1 << 20, &random_bytes(&[3], 65536));
+    write_at(&rm.path("disk1.img"), 5 << 20, &random_bytes(&[4], 65536));
+    let rep = json_of(&sync_recovery(&s, &r));
+    let point = rep["point"].as_u64().unwrap();
+    rm.unmount();
+    assert_eq!(
+        std::fs::metadata(r.dir.join("disk1.img")).unwrap().len(),
+        (5 << 20) + 65536
+    );
+    // The fenced original host cuts its copy of disk1 (offline).
+    set_len(&s.dir.join("disk1.img"), 3 << 20);
+
+    let dir = s.dir.display().to_string();
+    let args = [
+        "failover",
+        "--target",
+        &s.server.url,
+        "--group",
+        &s.group,
+        "--to",
+        &dir,
+        "--json",
+    ];
+    let out = json_of(&s.shipper(&args, &[]));
+    assert_eq!(out["point"], point, "{out}");
+    for d in out["disks"].as_array().unwrap() {
+        assert_eq!(d["how"], "delta", "{out}");
+    }
+    let down = out["bytes_downloaded"].as_u64().unwrap();
+    // The logs (two 64 KiB writes) and disk1's cut megabyte (4 blocks of 256 KiB).
+    assert!(
+        down <= (1 << 20) + 4 * 65536,
+        "the delta downloaded {down} bytes: {out}"
+    );
+    for d in DISKS {
+        assert_same_file(&s.dir.join(d), &r.dir.join(d));
+    }
+    let m = s.mount();
+    write_at(&m.path("disk0.img"), 0, &random_bytes(&[5], 4096));
+    let rep = s.sync();
+    assert_eq!(rep["base_copies"].as_array().unwrap().len(), 0, "{rep}");
+}

@@ -101,7 +101,7 @@ pub(super) enum How {
     New,
     /// There, `--full`: downloaded whole, replacing it at the rename.
     Replace,
-    /// There: only the blocks that differ (whole when its size differs).
+    /// There (at any size): only the blocks that differ.
     Delta,
 }
 
@@ -131,7 +131,7 @@ async fn rebuild(
         tracing::info!(disk = %hrl::display::escaped(&e.name), how, bytes = down, "prepared disk named");
         return Ok((how, down));
     }
-    let delta = how == How::Delta && super::delta::applicable(store, e, &disk).await?;
+    let delta = how == How::Delta && super::delta::applicable(&disk);
     if delta {
         let d = super::delta::apply(store, e, dir, r.state_dir).await?;
         tracing::info!(disk = %hrl::display::escaped(&e.name), blocks = d.blocks_fetched, bytes = d.bytes_downloaded, "brought up to the point by delta");
