@@ -1210,6 +1210,14 @@ fn killed_final_pass_is_finished_by_running_it_again(kind: Final, at: &str, more
     let last = records.last().unwrap();
     assert_eq!(last["point"], point, "{ctx}: {last}");
     assert_eq!(last["state"], "active", "{ctx}: {last}");
+    let host = match side.host {
+        Some(h) => h.to_string(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+            .to_string(),
+    };
+    assert_eq!(last["host"], host.as_str(), "{ctx}: {last}");
     assert_eq!(
         last["dir"],
         side.dir.canonicalize().unwrap().to_str().unwrap(),
