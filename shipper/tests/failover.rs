@@ -980,3 +980,507 @@ fn prepare_is_resumable_and_trusts_only_its_own_marker() {
     assert_eq!(owners(), 2);
     assert!(!hidden.exists() && !marker.exists(), "{:?}", names(&r.dir));
 }
+
+/// The stop points of a failover's final pass, in the order it reaches them.
+const FINAL_PASS_STOPS: [&str; 5] = [
+    "failover-after-rename",
+    "failover-before-takeover",
+    "failover-after-takeover",
+    "failover-mid-reverse",
+    "failover-after-reverse",
+];
+
+/// Which disks the final pass finds: `Prepared`, a recovery directory where `disk0.img` was
+/// prepared (`--prepare`, then caught up) and `disk1.img` is new; `Delta`, a failback onto
+/// the original directory, `disk0.img` there at its size (by delta) and `disk1.img` new.
+/// Between the two both renames run: a prepared disk's over its final name (`Prepared`)
+/// and a restored one's (both); the first disk named is the prepared one in `Prepared`, the
+/// restored one in `Delta`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Final {
+    Prepared,
+    Delta,
+}
+
+/// One side's failover: the directory, the state directory and the host name (None: this
+/// machine's).
+struct Side {
+    dir: PathBuf,
+    state: PathBuf,
+    host: Option<&'static str>,
+}
+
+impl Side {
+    /// `hrl-shipper ARGS` on this side.
+    fn command(&self, s: &Site, args: &[&str]) -> Command {
+        match self.host {
+            Some(h) => as_host(s, h, &self.state, args),
+            None => {
+                let mut c = s.command(args, &[]);
+                c.env("HRL_STATE_DIR", &self.state);
+                c
+            }
+        }
+    }
+
+    /// `failover --json` into this side's directory, with `more` arguments.
+    fn failover(&self, s: &Site, more: &[&str]) -> Command {
+        let dir = self.dir.display().to_string();
+        let mut args = vec![
+            "failover",
+            "--target",
+            &s.server.url,
+            "--group",
+            &s.group,
+            "--to",
+            &dir,
+            "--json",
+        ];
+        args.extend_from_slice(more);
+        self.command(s, &args)
+    }
+
+    /// `failover planned --json` of this side's directory (mounted), which must succeed.
+    fn planned(&self, s: &Site) -> serde_json::Value {
+        let dir = self.dir.display().to_string();
+        let args = [
+            "failover",
+            "planned",
+            "--dir",
+            &dir,
+            "--target",
+            &s.server.url,
+            "--group",
+            &s.group,
+            "--json",
+        ];
+        json_of(&self.command(s, &args).output().unwrap())
+    }
+
+    /// `sync --json` of this side's directory.
+    fn sync(&self, s: &Site) -> Output {
+        let dir = self.dir.display().to_string();
+        let args = [
+            "sync",
+            "--dir",
+            &dir,
+            "--target",
+            &s.server.url,
+            "--group",
+            &s.group,
+            "--json",
+        ];
+        self.command(s, &args).output().unwrap()
+    }
+}
+
+/// The group's owner records in the local store, by epoch.
+fn owner_records(s: &Site) -> Vec<serde_json::Value> {
+    let mut v: Vec<serde_json::Value> = std::fs::read_dir(s.store_group().join("owner"))
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    v.sort_by_key(|r| r["epoch"].as_u64().unwrap());
+    v
+}
+
+/// The disk ids of point `id`, by disk name.
+fn disk_ids(s: &Site, id: u64) -> Vec<(String, String)> {
+    let m = s.manifest(id);
+    let mut v: Vec<(String, String)> = m["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap().to_string(),
+                d["disk_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+const DISKS: [&str; 2] = ["disk0.img", "disk1.img"];
+
+/// Builds the group of two disks for the final pass `kind`; returns the side that runs it,
+/// the point it must rebuild and the directory holding that point's disks (the source at
+/// its seal). The tracker mounts are gone when this returns.
+fn final_pass_setup(s: &Site, kind: Final) -> (Side, u64, PathBuf) {
+    let m = s.mount();
+    new_disk(&m.path("disk0.img"), 4 << 20, 1);
+    assert_eq!(s.sync()["point"], 1);
+    let r = recovery(s);
+    match kind {
+        Final::Prepared => {
+            assert_eq!(how(&prepare(s, &r)), "full");
+            write_at(&m.path("disk0.img"), 1 << 20, &random_bytes(&[2], 200_000));
+            new_disk(&m.path("disk1.img"), 2 << 20, 3);
+            assert_eq!(s.sync()["point"], 2);
+            let dir = s.dir.display().to_string();
+            let h = s.shipper_ok(
+                &[
+                    "failover",
+                    "planned",
+                    "--dir",
+                    &dir,
+                    "--target",
+                    &s.server.url,
+                    "--group",
+                    &s.group,
+                    "--json",
+                ],
+                &[],
+            );
+            assert_eq!(h["point"], 3, "{h}");
+            drop(m);
+            let side = Side {
+                dir: r.dir,
+                state: r.state,
+                host: Some(RECOVERY),
+            };
+            (side, 3, s.dir.clone())
+        }
+        Final::Delta => {
+            drop(m);
+            ok(&failover(s, &r, &[]));
+            let rm = Mounted::in_place(&r.dir, &s.run_dir);
+            write_at(&rm.path("disk0.img"), 1 << 20, &random_bytes(&[2], 200_000));
+            new_disk(&rm.path("disk1.img"), 2 << 20, 3);
+            let p = json_of(&sync_recovery(s, &r))["point"].as_u64().unwrap();
+            rm.unmount();
+            let side = Side {
+                dir: s.dir.clone(),
+                state: s.state.clone(),
+                host: None,
+            };
+            (side, p, r.dir)
+        }
+    }
+}
+
+/// Files a finished failover must not leave in its directory: prepared disks, their
+/// marker, failback markers, partial restores, temporary directories.
+fn assert_no_leftovers(dir: &Path) {
+    let left: Vec<String> = names(dir)
+        .into_iter()
+        .filter(|n| {
+            n.ends_with(".hrl-prepared")
+                || n.starts_with(".hrl-prepared.json")
+                || n.ends_with(".hrl-failback")
+                || n.ends_with(".hrl-restoring")
+                || n.starts_with(".hrl-prepare-")
+                || n.starts_with(".hrl-failback-logs")
+                || n.starts_with(".hrl-restore-logs")
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the failover left {left:?} in {}",
+        dir.display()
+    );
+}
+
+/// A failover of `kind` killed (-9) at stop point `at` of its final pass, then run again
+/// (with `more` arguments: `--full`, or none): the rerun finishes it. Every disk equals the
+/// point, the group was taken once (one more owner record, this host's, at the point; the
+/// rerun reports the same point, epoch and previous owner), nothing of the failover is
+/// left; with the tracker mounted over the directory a sync commits the next point, with
+/// no base copy, continuing the chain (same disk ids), and it restores to the disks.
+fn killed_final_pass_is_finished_by_running_it_again(kind: Final, at: &str, more: &[&str]) {
+    let s = Site::new(ServerKind::Local);
+    let (side, point, source) = final_pass_setup(&s, kind);
+    let owners_before = owner_records(&s).len();
+    let marker = side.state.join(format!("stopped-at-{at}"));
+    let st = kill9_at_stop_point(side.failover(&s, &[]), &marker, at);
+    assert!(
+        !st.success(),
+        "{kind:?} {at}: the killed failover succeeded"
+    );
+    let taken = owner_records(&s).len() > owners_before;
+    let after_takeover = FINAL_PASS_STOPS.iter().position(|p| *p == at).unwrap() >= 2;
+    assert_eq!(taken, after_takeover, "{kind:?} {at}: owner records");
+
+    let out = side.failover(&s, more).output().unwrap();
+    let v = json_of(&out);
+    let ctx = format!("{kind:?} {at} {more:?}: {v}");
+    let records = owner_records(&s);
+    assert_eq!(records.len(), owners_before + 1, "{ctx}: {records:?}");
+    let last = records.last().unwrap();
+    assert_eq!(last["point"], point, "{ctx}: {last}");
+    assert_eq!(last["state"], "active", "{ctx}: {last}");
+    let host = match side.host {
+        Some(h) => h.to_string(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+            .to_string(),
+    };
+    assert_eq!(last["host"], host.as_str(), "{ctx}: {last}");
+    assert_eq!(
+        last["dir"],
+        side.dir.canonicalize().unwrap().to_str().unwrap(),
+        "{ctx}"
+    );
+    assert_eq!(v["point"], point, "{ctx}");
+    assert_eq!(v["epoch"], last["epoch"], "{ctx}");
+    assert!(
+        v["previous_owner"].as_str().is_some_and(|o| !o.is_empty()),
+        "{ctx}: the rerun does not say whom the group was taken from"
+    );
+    let hows: Vec<(String, String)> = v["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap().to_string(),
+                d["how"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hows.iter().map(|h| h.0.as_str()).collect::<Vec<_>>(),
+        DISKS,
+        "{ctx}"
+    );
+    let allowed: &[&str] = if more.contains(&"--full") {
+        &["full"][..]
+    } else {
+        &["full", "delta", "prepared", "kept"][..]
+    };
+    assert!(
+        hows.iter().all(|h| allowed.contains(&h.1.as_str())),
+        "{ctx}"
+    );
+    for d in DISKS {
+        assert_same_file(&side.dir.join(d), &source.join(d));
+    }
+    assert_no_leftovers(&side.dir);
+
+    // Reverse replication continues the chain from the point.
+    let ids = disk_ids(&s, point);
+    let m = Mounted::in_place(&side.dir, &s.run_dir);
+    write_at(&m.path("disk1.img"), 4096, &random_bytes(&[9], 8192));
+    let rep = json_of(&side.sync(&s));
+    assert_eq!(
+        rep["base_copies"].as_array().unwrap().len(),
+        0,
+        "{ctx}: {rep}"
+    );
+    let next = rep["point"].as_u64().unwrap();
+    assert!(next > point, "{ctx}: {rep}");
+    assert_eq!(disk_ids(&s, next), ids, "{ctx}: the chain did not continue");
+    m.unmount();
+    let restored = s.restore(next);
+    for d in DISKS {
+        assert_same_file(&restored.join(d), &side.dir.join(d));
+    }
+}
+
+#[test]
+fn a_failover_killed_after_the_first_rename_is_finished_by_running_it_again() {
+    for kind in [Final::Prepared, Final::Delta] {
+        killed_final_pass_is_finished_by_running_it_again(kind, "failover-after-rename", &[]);
+    }
+}
+
+#[test]
+fn a_failover_killed_before_its_takeover_is_finished_by_running_it_again() {
+    for kind in [Final::Prepared, Final::Delta] {
+        killed_final_pass_is_finished_by_running_it_again(kind, "failover-before-takeover", &[]);
+    }
+}
+
+#[test]
+fn a_failover_killed_after_its_takeover_is_finished_by_running_it_again() {
+    for kind in [Final::Prepared, Final::Delta] {
+        killed_final_pass_is_finished_by_running_it_again(kind, "failover-after-takeover", &[]);
+    }
+}
+
+#[test]
+fn a_failover_killed_mid_reverse_is_finished_by_running_it_again() {
+    for kind in [Final::Prepared, Final::Delta] {
+        killed_final_pass_is_finished_by_running_it_again(kind, "failover-mid-reverse", &[]);
+    }
+}
+
+#[test]
+fn a_failover_killed_after_reverse_is_finished_by_running_it_again() {
+    for kind in [Final::Prepared, Final::Delta] {
+        killed_final_pass_is_finished_by_running_it_again(kind, "failover-after-reverse", &[]);
+    }
+}
+
+/// After a kill anywhere in the final pass, the operator runs the failover with `--full`
+/// instead: every disk is downloaded whole and the result is the same.
+#[test]
+fn a_killed_failover_finished_with_full_is_the_same() {
+    for (i, at) in FINAL_PASS_STOPS.iter().enumerate() {
+        let kind = [Final::Prepared, Final::Delta][i % 2];
+        killed_final_pass_is_finished_by_running_it_again(kind, at, &["--full"]);
+    }
+}
+
+/// A failover killed after its takeover and not run again: the directory is used as it
+/// is. Mounted and synced, it commits a point that restores to its disks (with the tracker
+/// files whole, `failover-after-reverse`: the shipper state missing, the same chain, no
+/// copy but a resync against the point); a planned failover from there hands over a point
+/// that restores to them too; the failover run again afterwards takes that point.
+#[test]
+fn a_failover_killed_after_its_takeover_and_used_as_it_is_corrupts_nothing() {
+    for at in &FINAL_PASS_STOPS[2..] {
+        let s = Site::new(ServerKind::Local);
+        let (side, point, _) = final_pass_setup(&s, Final::Prepared);
+        let marker = side.state.join(format!("stopped-at-{at}"));
+        kill9_at_stop_point(side.failover(&s, &[]), &marker, at);
+        let m = Mounted::in_place(&side.dir, &s.run_dir);
+        write_at(&m.path("disk0.img"), 8192, &random_bytes(&[7], 4096));
+        let rep = json_of(&side.sync(&s));
+        let next = rep["point"].as_u64().unwrap();
+        if *at == "failover-after-reverse" {
+            let copies = rep["base_copies"].as_array().unwrap();
+            assert!(
+                copies.iter().all(|c| c["resync"].is_object()),
+                "{at}: a base copy: {rep}"
+            );
+            assert_eq!(disk_ids(&s, next), disk_ids(&s, point), "{at}: {rep}");
+        }
+        let h = side.planned(&s);
+        let handed = h["point"].as_u64().unwrap();
+        assert!(handed > next, "{at}: {h}");
+        m.unmount();
+        for p in [next, handed] {
+            let restored = s.restore(p);
+            for d in DISKS {
+                assert_same_file(&restored.join(d), &side.dir.join(d));
+            }
+        }
+        let v = json_of(&side.failover(&s, &[]).output().unwrap());
+        assert_eq!(v["point"], handed, "{at}: {v}");
+        assert_eq!(owner_records(&s).last().unwrap()["state"], "active", "{at}");
+        for d in DISKS {
+            let restored = s.tmp.path().join(format!("restore-{handed}"));
+            assert_same_file(&side.dir.join(d), &restored.join(d));
+        }
+    }
+}
+
+/// A failback killed before its takeover (the group still the recovery host's), then the
+/// operator hands the group over from the recovery host (a planned failover: a new point)
+/// and runs the failback again: it takes the handed-over point (the disks the killed run
+/// named are brought to it), takes the group once, and replication continues from there.
+#[test]
+fn a_failback_killed_before_its_takeover_then_handed_over_takes_the_new_point() {
+    for at in &FINAL_PASS_STOPS[..2] {
+        let s = Site::new(ServerKind::Local);
+        let (side, _, source) = final_pass_setup(&s, Final::Delta);
+        let owners_before = owner_records(&s).len();
+        let marker = side.state.join(format!("stopped-at-{at}"));
+        kill9_at_stop_point(side.failover(&s, &[]), &marker, at);
+        let other = Side {
+            dir: source.clone(),
+            state: recovery(&s).state,
+            host: Some(RECOVERY),
+        };
+        let m = Mounted::in_place(&source, &s.run_dir);
+        write_at(&m.path("disk1.img"), 0, &random_bytes(&[8], 4096));
+        let h = other.planned(&s);
+        let handed = h["point"].as_u64().unwrap();
+        m.unmount();
+        let v = json_of(&side.failover(&s, &[]).output().unwrap());
+        assert_eq!(v["point"], handed, "{at}: {v}");
+        for d in DISKS {
+            assert_same_file(&side.dir.join(d), &source.join(d));
+        }
+        assert_no_leftovers(&side.dir);
+        let records = owner_records(&s);
+        assert_eq!(records.len(), owners_before + 2, "{at}: {records:?}");
+        let last = records.last().unwrap();
+        assert_eq!(last["point"], handed, "{at}: {last}");
+        assert_eq!(last["state"], "active", "{at}: {last}");
+        let m = Mounted::in_place(&side.dir, &s.run_dir);
+        write_at(&m.path("disk0.img"), 0, &random_bytes(&[9], 4096));
+        let rep = json_of(&side.sync(&s));
+        assert_eq!(
+            rep["base_copies"].as_array().unwrap().len(),
+            0,
+            "{at}: {rep}"
+        );
+        assert_eq!(
+            disk_ids(&s, rep["point"].as_u64().unwrap()),
+            disk_ids(&s, handed),
+            "{at}: {rep}"
+        );
+    }
+}
+
+/// Failback by delta onto disks whose size changed: on the recovery host `disk0.img` is cut
+/// and extended back to its size (logs that truncate, the point at the base's size) and
+/// `disk1.img` grown with a write past its old end (the point larger than its base); on the
+/// fenced original host `disk1.img` was cut offline (held at a third size). Both come back
+/// by delta: the point's logs and the blocks that differ from the base are all that is
+/// downloaded (not the 12 MiB of random data whole), every disk equals the point, and
+/// replication continues with no base copy.
+#[test]
+fn failback_by_delta_handles_disks_whose_size_changed() {
+    let s = Site::new(ServerKind::Local);
+    let m = s.mount();
+    new_disk(&m.path("disk0.img"), 8 << 20, 1);
+    new_disk(&m.path("disk1.img"), 4 << 20, 2);
+    assert_eq!(s.sync()["point"], 1);
+    drop(m);
+    let r = recovery(&s);
+    ok(&failover(&s, &r, &[]));
+    let rm = Mounted::in_place(&r.dir, &s.run_dir);
+    let set_len = |p: &Path, len: u64| {
+        let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.set_len(len).unwrap();
+        f.sync_all().unwrap();
+    };
+    set_len(&rm.path("disk0.img"), 6 << 20);
+    set_len(&rm.path("disk0.img"), 8 << 20);
+    write_at(&rm.path("disk0.img"), 1 << 20, &random_bytes(&[3], 65536));
+    write_at(&rm.path("disk1.img"), 5 << 20, &random_bytes(&[4], 65536));
+    let rep = json_of(&sync_recovery(&s, &r));
+    let point = rep["point"].as_u64().unwrap();
+    rm.unmount();
+    assert_eq!(
+        std::fs::metadata(r.dir.join("disk1.img")).unwrap().len(),
+        (5 << 20) + 65536
+    );
+    // The fenced original host cuts its copy of disk1 (offline).
+    set_len(&s.dir.join("disk1.img"), 3 << 20);
+
+    let dir = s.dir.display().to_string();
+    let args = [
+        "failover",
+        "--target",
+        &s.server.url,
+        "--group",
+        &s.group,
+        "--to",
+        &dir,
+        "--json",
+    ];
+    let out = json_of(&s.shipper(&args, &[]));
+    assert_eq!(out["point"], point, "{out}");
+    for d in out["disks"].as_array().unwrap() {
+        assert_eq!(d["how"], "delta", "{out}");
+    }
+    let down = out["bytes_downloaded"].as_u64().unwrap();
+    // The logs (two 64 KiB writes) and disk1's cut megabyte (4 blocks of 256 KiB).
+    assert!(
+        down <= (1 << 20) + 4 * 65536,
+        "the delta downloaded {down} bytes: {out}"
+    );
+    for d in DISKS {
+        assert_same_file(&s.dir.join(d), &r.dir.join(d));
+    }
+    let m = s.mount();
+    write_at(&m.path("disk0.img"), 0, &random_bytes(&[5], 4096));
+    let rep = s.sync();
+    assert_eq!(rep["base_copies"].as_array().unwrap().len(), 0, "{rep}");
+}

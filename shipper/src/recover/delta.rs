@@ -6,7 +6,10 @@
 //! its digest differs. A block the logs cover whole gets its bytes from them; one they
 //! touch in part must first hold the base's block (downloaded when it differs). Then the
 //! logs are replayed onto the disk in place and the chain hash checked against the point.
-//! Downloads: the point's logs, and the blocks that differ.
+//! Downloads: the point's logs, and the blocks that differ. A disk of another size is cut or
+//! extended to the base's size first; when the logs truncate, no block is left to them
+//! alone (a truncate may cut a block they wrote, a later write extend over it): every block
+//! is made the base's, then all the logs are replayed, and the size must end at the point's.
 //!
 //! Before the disk is changed, its tracker files (active log, sealed logs, bitmap) are
 //! removed and a marker `.<disk id>.hrl-failback` is written beside it: a tracker mounted
@@ -41,18 +44,11 @@ pub fn marker(dir: &Path, disk_id: &str) -> PathBuf {
     dir.join(format!(".{disk_id}.hrl-failback"))
 }
 
-/// Whether the delta can bring `disk` to `e`'s state in place: same size as the point, and
-/// logs that do not change the size (the base is the point's size).
-pub async fn applicable(store: &GroupStore, e: &DiskEntry, disk: &Path) -> Result<bool> {
-    let len = match std::fs::symlink_metadata(disk) {
-        Ok(md) if md.file_type().is_file() => md.len(),
-        _ => return Ok(false),
-    };
-    if len != e.disk_size {
-        return Ok(false);
-    }
-    let index = fetch_base_index(store, &e.base).await?;
-    Ok(index.disk_size == e.disk_size)
+/// Whether the delta can bring `disk` to `e`'s state in place: a regular file, of any size
+/// (it is cut or extended to the base's size first; the logs replayed after it give the
+/// point's size).
+pub fn applicable(disk: &Path) -> bool {
+    std::fs::symlink_metadata(disk).is_ok_and(|md| md.file_type().is_file())
 }
 
 /// Brings `dir/<e.name>` to `e`'s state in place (see the module doc); `state_dir` is the
@@ -105,9 +101,27 @@ pub async fn apply_to(
     let l2 = logs.clone();
     let extents = tokio::task::spawn_blocking(move || crate::replicate::resync::log_extents(&l2))
         .await
-        .context("log reader failed")??
-        .context("the point's logs change the disk's size; it is downloaded whole instead")?;
-    let whole = covered_blocks(&extents, &index).0;
+        .context("log reader failed")??;
+    // Logs that truncate (the disk's size changes on the way) may cut a block they wrote
+    // and extend over it again: no block counts as theirs, every block is first made the
+    // base's and the logs replayed over it.
+    let whole = extents
+        .map(|x| covered_blocks(&x, &index).0)
+        .unwrap_or_default();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags_nofollow()
+        .open(&disk)
+        .with_context(|| format!("open {}", disk.display()))?;
+    // The base's size first (a disk held at another size: cut, or extended with a hole).
+    let len = file
+        .metadata()
+        .with_context(|| format!("stat {}", disk.display()))?
+        .len();
+    if len != index.disk_size {
+        file.set_len(index.disk_size)
+            .with_context(|| format!("size {} to its base's size", disk.display()))?;
+    }
     let d2 = disk.clone();
     let bs = index.block_size;
     let local = tokio::task::spawn_blocking(move || hrl::chunk::hash_file(&d2, bs))
@@ -118,17 +132,25 @@ pub async fn apply_to(
         .filter(|b| !whole.contains(b))
         .filter(|&b| local.digests.get(b as usize) != Some(&index.digests[b as usize]))
         .collect();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags_nofollow()
-        .open(&disk)
-        .with_context(|| format!("open {}", disk.display()))?;
     report.blocks_fetched = fetch.len() as u64;
     report.bytes_downloaded += write_blocks(store, &index, &fetch, &file).await?;
     midway();
     replay(e, &logs, &disk, &file).await?;
     file.sync_all()
         .with_context(|| format!("sync {}", disk.display()))?;
+    let size = file
+        .metadata()
+        .with_context(|| format!("stat {}", disk.display()))?
+        .len();
+    if size != e.disk_size {
+        return Err(Fatal(format!(
+            "disk {} is {size} bytes after its logs, the point recorded {}; the store is damaged ({} keeps its failback marker)",
+            e.name,
+            e.disk_size,
+            disk.display()
+        ))
+        .into());
+    }
     super::restore::apply_attrs(&file, e, &disk)?;
     Ok(report)
 }

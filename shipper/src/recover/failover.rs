@@ -23,7 +23,8 @@ use crate::store::GroupStore;
 pub struct FailoverReport {
     pub point: u64,
     pub epoch: u64,
-    /// The owner the group was taken from (None: nobody, or this host already).
+    /// The owner the group was taken from (None: nobody). A run that finishes one killed
+    /// after its takeover reports the owner that run took it from.
     pub previous_owner: Option<String>,
     /// Per disk: name, size, bytes downloaded, how: "full", "delta", "prepared" (the logs
     /// since a prepared point), "kept" (a prepared disk held the point already).
@@ -46,6 +47,7 @@ pub struct FailoverRequest<'a> {
 /// Runs a failover into `r.to`.
 pub async fn failover(r: &FailoverRequest<'_>) -> Result<FailoverReport> {
     check_not_mounted(r.to)?;
+    let stop = |at: &str| crate::replicate::stop::at(r.state_dir, at);
     let records = owner::records(r.store).await?;
     let point = choose_point(r.store, r.point, records.last()).await?;
     let plan = plan_target(r.to, &point, r.full)?;
@@ -66,12 +68,15 @@ pub async fn failover(r: &FailoverRequest<'_>) -> Result<FailoverReport> {
     }
     super::prepare::remove_strays(&dir, &point, &mut mk)?;
     mk.remove()?;
+    stop("failover-before-takeover");
     let (epoch, previous_owner) = take_over(r.store, &records, &dir, point.id).await?;
+    stop("failover-after-takeover");
     drop_fenced_logs(r.store, &point).await?;
     for e in &point.disks {
-        super::reverse::prepare_disk(&dir, e)?;
+        super::reverse::prepare_disk(&dir, e, &|| stop("failover-mid-reverse"))?;
         super::delta::finish(&dir, e)?;
     }
+    stop("failover-after-reverse");
     super::reverse::save_state(
         r.state_dir,
         &dir,
@@ -96,7 +101,7 @@ pub(super) enum How {
     New,
     /// There, `--full`: downloaded whole, replacing it at the rename.
     Replace,
-    /// There: only the blocks that differ (whole when its size differs).
+    /// There (at any size): only the blocks that differ.
     Delta,
 }
 
@@ -120,12 +125,13 @@ async fn rebuild(
         std::fs::rename(&hidden, &disk)
             .with_context(|| format!("rename {} to {}", hidden.display(), disk.display()))?;
         marker::sync_dir(dir)?;
+        crate::replicate::stop::at(r.state_dir, "failover-after-rename");
         mk.forget(&e.disk_id)?;
         let _ = std::fs::remove_file(super::delta::marker(dir, &e.disk_id));
         tracing::info!(disk = %hrl::display::escaped(&e.name), how, bytes = down, "prepared disk named");
         return Ok((how, down));
     }
-    let delta = how == How::Delta && super::delta::applicable(store, e, &disk).await?;
+    let delta = how == How::Delta && super::delta::applicable(&disk);
     if delta {
         let d = super::delta::apply(store, e, dir, r.state_dir).await?;
         tracing::info!(disk = %hrl::display::escaped(&e.name), blocks = d.blocks_fetched, bytes = d.bytes_downloaded, "brought up to the point by delta");
@@ -136,6 +142,7 @@ async fn rebuild(
     }
     let mut report = super::restore::RestoreReport::default();
     super::restore::restore_one(store, e, dir, how != How::New, &mut report).await?;
+    crate::replicate::stop::at(r.state_dir, "failover-after-rename");
     let _ = std::fs::remove_file(super::delta::marker(dir, &e.disk_id));
     Ok(("full", report.chunk_bytes + report.log_bytes))
 }
@@ -157,8 +164,10 @@ pub(super) async fn choose_point(
     }
 }
 
-/// Takes the group at the next epoch, continuing from `point`. Run again after a kill, the
-/// epoch this host already took (same directory and point) is kept.
+/// Takes the group at the next epoch, continuing from `point`; returns the epoch and the
+/// owner it was taken from. Run again after a kill, the epoch this host already took (same
+/// directory and point) is kept, and the owner before it is reported (as the first run
+/// would have).
 async fn take_over(
     store: &GroupStore,
     records: &[OwnerRecord],
@@ -171,7 +180,9 @@ async fn take_over(
     if let Some(r) = current.filter(|r| {
         r.state == OwnerState::Active && r.host == host && r.dir == dir_s && r.point == Some(point)
     }) {
-        return Ok((r.epoch, None));
+        tracing::info!(group = %store.group, epoch = r.epoch, point, "the group was taken over by an earlier run of this failover; kept");
+        let before = records.iter().rev().nth(1).map(owner::describe);
+        return Ok((r.epoch, before));
     }
     let next = current.map_or(1, |r| r.epoch + 1);
     match owner::take(store, next, &host, dir, Some(point), OwnerState::Active).await? {

@@ -74,7 +74,7 @@ pub async fn prepare(r: &FailoverRequest<'_>) -> Result<FailoverReport> {
 /// Brings the hidden file of `e` in `dir` to `e`'s state (point `point`): `kept` when its
 /// trusted entry names that state already; `prepared` when it names an earlier state of the
 /// same chain whose logs are still in the store (only those are fetched); else `delta` onto
-/// it (same size), else `full`. The entry is forgotten before the file changes and recorded
+/// it (any size), else `full`. The entry is forgotten before the file changes and recorded
 /// after. `midway` runs once the file is changed in part (the tests' pause point).
 pub async fn bring_up(
     store: &GroupStore,
@@ -113,7 +113,7 @@ pub async fn bring_up(
             ),
         }
     }
-    if !full && super::delta::applicable(store, e, &hidden).await? {
+    if !full && super::delta::applicable(&hidden) {
         let d = super::delta::apply_to(store, e, &hidden, dir, midway).await?;
         mk.record(point, e)?;
         return Ok(("delta", d.bytes_downloaded));

@@ -27,8 +27,10 @@ pub const EXTENT_SIZE: u32 = 4 << 20;
 
 /// Writes the active log and the clean bitmap of the rebuilt disk `e` in `dir` (replacing
 /// any left by an earlier run or an earlier tracker, sealed logs included: the disk now
-/// holds the point's state).
-pub fn prepare_disk(dir: &Path, e: &DiskEntry) -> Result<()> {
+/// holds the point's state). `midway` runs between the two (the tests' stop point
+/// `failover-mid-reverse`): a run killed there leaves an active log and no bitmap, which
+/// the next failover replaces.
+pub fn prepare_disk(dir: &Path, e: &DiskEntry, midway: &dyn Fn()) -> Result<()> {
     let disk = dir.join(&e.name);
     let log_path = hrl::naming::active_log_path(&disk);
     let bitmap_path = hrl::naming::bitmap_path(&disk);
@@ -48,6 +50,7 @@ pub fn prepare_disk(dir: &Path, e: &DiskEntry) -> Result<()> {
     };
     log.close_clean()
         .with_context(|| format!("close {}", log_path.display()))?;
+    midway();
     let md = std::fs::metadata(&disk).with_context(|| format!("stat {}", disk.display()))?;
     let (bitmap, _) = DirtyBitmap::open(&bitmap_path, EXTENT_SIZE, md.len())
         .with_context(|| format!("create {}", bitmap_path.display()))?;

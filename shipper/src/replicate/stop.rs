@@ -1,9 +1,14 @@
 //! Crash stop points for tests: with `HRL_SHIPPER_STOP_AT=<point>` (after-seal, after-upload,
-//! after-commit, mid-resync, mid-failback) the process writes `<state dir>/stopped-at-<point>` and freezes
-//! there (SIGSTOP: every thread stops at once, no sleep inside async code) so a test can
-//! kill -9 it at exactly that instant and check what the next run does. A pause point
-//! ([`pause`]: before-commit, in-commit, mid-resync-pause) freezes once and goes on when the test sends
-//! SIGCONT, so a test can act (a takeover) while the shipper is held between two steps.
+//! after-commit, mid-resync, mid-failback, mid-merge, mid-gc; the failover's final pass:
+//! failover-after-rename once the first disk has its final name, failover-before-takeover,
+//! failover-after-takeover, failover-mid-reverse between the first disk's active log and its
+//! bitmap, failover-after-reverse before the shipper state is saved) the process writes
+//! `<state dir>/stopped-at-<point>` and freezes there (SIGSTOP: every thread stops at once,
+//! no sleep inside async code) so a test can kill -9 it at exactly that instant and check
+//! what the next run does. A pause point ([`pause`]: before-commit, in-commit,
+//! mid-resync-pause, mid-prepare, prune-leases-read, verify-leased) freezes once and goes on
+//! when the test sends SIGCONT, so a test can act (a takeover) while the shipper is held
+//! between two steps.
 //!
 //! Compiled only into debug builds (the test binaries) or with the `stop-points` feature
 //! (`scripts/chaos`, which tests release builds); a release build has none.
