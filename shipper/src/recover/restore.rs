@@ -93,10 +93,13 @@ pub async fn restore_one(
         if replace {
             apply_attrs(&file, d, &partial)?;
             std::fs::rename(&partial, &dest)
-                .with_context(|| format!("rename {} to {}", partial.display(), dest.display()))
+                .with_context(|| format!("rename {} to {}", partial.display(), dest.display()))?;
         } else {
-            finish_disk(&file, d, &partial, &dest)
+            finish_disk(&file, d, &partial, &dest)?;
         }
+        // The new name survives a power loss too: the failover that follows takes the
+        // group over for disks it believes named.
+        super::marker::sync_dir(to)
     });
     if let Err(e) = done {
         let _ = std::fs::remove_file(&partial);
