@@ -120,8 +120,9 @@ struct Args {
     /// Ring entries per queue (uring transport); one thread each.
     #[arg(long, default_value_t = 2)]
     depth: usize,
-    /// Register only the first K queues (uring transport): the kernel keeps using
-    /// /dev/fuse until every queue has an entry. For experiments.
+    /// Register only the first K queues (uring transport), to see what the kernel does
+    /// then: on Linux 6.18 every request waits (in fuse_get_req) until every queue has an
+    /// entry, so the mount hangs. For that experiment only.
     #[arg(long)]
     register_queues: Option<usize>,
     /// Directory to mount on.
@@ -204,7 +205,15 @@ impl Server {
             let m = self.backing.metadata().map_err(|e| errno_of(&e))?;
             let mode = libc::S_IFREG | 0o644;
             let times = ((m.atime(), m.atime_nsec()), (m.mtime(), m.mtime_nsec()));
-            (m.size(), m.blocks(), mode, 1, times.0, times.1, (m.ctime(), m.ctime_nsec()))
+            (
+                m.size(),
+                m.blocks(),
+                mode,
+                1,
+                times.0,
+                times.1,
+                (m.ctime(), m.ctime_nsec()),
+            )
         } else if ino == ROOT_INO {
             (0, 0, libc::S_IFDIR | 0o755, 2, (0, 0), (0, 0), (0, 0))
         } else {
@@ -262,12 +271,16 @@ impl Server {
             }
             GETATTR => self.attr_out(out, h.nodeid),
             SETATTR => {
-                let Some(valid) = u32_at(arg0, 0) else { return inval };
+                let Some(valid) = u32_at(arg0, 0) else {
+                    return inval;
+                };
                 if valid & FATTR_SIZE != 0 {
                     if h.nodeid != DISK_INO {
                         return Outcome::Error(libc::EISDIR);
                     }
-                    let Some(size) = u64_at(arg0, 16) else { return inval };
+                    let Some(size) = u64_at(arg0, 16) else {
+                        return inval;
+                    };
                     if let Err(e) = self.backing.set_len(size) {
                         return Outcome::Error(errno_of(&e));
                     }
@@ -297,7 +310,9 @@ impl Server {
                 let (Some(offset), Some(size)) = (u64_at(arg0, 8), u32_at(arg0, 16)) else {
                     return inval;
                 };
-                let Some(data) = rest.get(..size as usize) else { return inval };
+                let Some(data) = rest.get(..size as usize) else {
+                    return inval;
+                };
                 if let Err(e) = self.backing.write_all_at(data, offset) {
                     return Outcome::Error(errno_of(&e));
                 }
@@ -307,7 +322,9 @@ impl Server {
                 Outcome::Reply(8)
             }
             FSYNC => {
-                let Some(flags) = u32_at(arg0, 8) else { return inval };
+                let Some(flags) = u32_at(arg0, 8) else {
+                    return inval;
+                };
                 let r = if flags & FSYNC_FDATASYNC != 0 {
                     self.backing.sync_data()
                 } else {
@@ -384,7 +401,10 @@ impl Server {
         let want = (size as usize).min(out.len());
         let mut done = 0;
         while done < want {
-            match self.backing.read_at(&mut out[done..want], offset + done as u64) {
+            match self
+                .backing
+                .read_at(&mut out[done..want], offset + done as u64)
+            {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -417,8 +437,14 @@ fn write_reply(fd: RawFd, unique: u64, outcome: &Outcome, body: &[u8]) -> io::Re
     put_u32(&mut hdr, 4, error as u32);
     put_u64(&mut hdr, 8, unique);
     let iov = [
-        libc::iovec { iov_base: hdr.as_ptr() as *mut _, iov_len: hdr.len() },
-        libc::iovec { iov_base: body.as_ptr() as *mut _, iov_len: len },
+        libc::iovec {
+            iov_base: hdr.as_ptr() as *mut _,
+            iov_len: hdr.len(),
+        },
+        libc::iovec {
+            iov_base: body.as_ptr() as *mut _,
+            iov_len: len,
+        },
     ];
     // SAFETY: both iovecs point into live buffers of the stated lengths.
     let n = unsafe { libc::writev(fd, iov.as_ptr(), 2) };
@@ -552,8 +578,14 @@ fn uring_entry(server: &Server, devfd: RawFd, qid: u16) -> Result<()> {
     let mut payload = vec![0u8; MAX_WRITE as usize];
     let mut small = vec![0u8; SMALL_REPLY_LEN];
     let iov = [
-        libc::iovec { iov_base: header.as_mut_ptr().cast(), iov_len: header.len() },
-        libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: payload.len() },
+        libc::iovec {
+            iov_base: header.as_mut_ptr().cast(),
+            iov_len: header.len(),
+        },
+        libc::iovec {
+            iov_base: payload.as_mut_ptr().cast(),
+            iov_len: payload.len(),
+        },
     ];
     let fd = io_uring::types::Fd(devfd);
     let register = with_sqe_len(
@@ -659,7 +691,9 @@ fn mount(mnt: &std::path::Path, fd: RawFd) -> Result<()> {
 }
 
 fn unmount(mnt: &std::path::Path) {
-    let Ok(target) = std::ffi::CString::new(mnt.as_os_str().as_bytes()) else { return };
+    let Ok(target) = std::ffi::CString::new(mnt.as_os_str().as_bytes()) else {
+        return;
+    };
     // SAFETY: target is a NUL-terminated string.
     let r = unsafe { libc::umount2(target.as_ptr(), 0) };
     if r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY) {
@@ -766,7 +800,12 @@ fn main() -> Result<()> {
                 Ok(Signal::SIGUSR1) => print_stats(),
                 Ok(_) => {
                     unmount(&mnt);
-                    return;
+                    // A lazy unmount leaves the connection up while a request is stuck
+                    // in it (a caller holds the file system): exit, which closes the
+                    // device descriptors and so aborts the connection.
+                    std::thread::sleep(Duration::from_secs(2));
+                    print_stats();
+                    std::process::exit(0);
                 }
                 Err(_) => {}
             }

@@ -29,9 +29,16 @@ fn probe_bin() -> PathBuf {
     let target_dir = profile_dir.parent().unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "hrl-tracker", "--example", "fuse_transport"])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "hrl-tracker",
+        "--example",
+        "fuse_transport",
+    ])
+    .env("CARGO_TARGET_DIR", target_dir)
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
@@ -45,7 +52,8 @@ struct UringSwitch(String);
 
 impl UringSwitch {
     fn on() -> Result<UringSwitch, String> {
-        let old = std::fs::read_to_string(ENABLE_URING).map_err(|e| format!("{ENABLE_URING}: {e}"))?;
+        let old =
+            std::fs::read_to_string(ENABLE_URING).map_err(|e| format!("{ENABLE_URING}: {e}"))?;
         std::fs::write(ENABLE_URING, "Y").map_err(|e| format!("write {ENABLE_URING}: {e}"))?;
         Ok(UringSwitch(old.trim().to_string()))
     }
@@ -73,7 +81,10 @@ impl Probe {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut p = Probe { child: Some(child), mnt: mnt.to_path_buf() };
+        let mut p = Probe {
+            child: Some(child),
+            mnt: mnt.to_path_buf(),
+        };
         let disk = mnt.join("disk");
         wait_until(Duration::from_secs(10), "the probe's mount", || {
             if let Some(c) = p.child.as_mut() {
@@ -125,11 +136,19 @@ fn stat(stderr: &str, name: &str) -> u64 {
 fn write_through(mnt: &Path, tmp: &Path) -> Vec<u8> {
     let disk = mnt.join("disk");
     let mut expect = vec![0u8; DISK_LEN];
-    let f = OpenOptions::new().read(true).write(true).open(&disk).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk)
+        .unwrap();
     // Unaligned small writes and one larger than a request (1 MiB max_write: two requests).
-    for (i, (off, len)) in [(1usize, 4095usize), (4096 * 3 + 17, 100), (MIB - 5, MIB + 4096 + 9)]
-        .into_iter()
-        .enumerate()
+    for (i, (off, len)) in [
+        (1usize, 4095usize),
+        (4096 * 3 + 17, 100),
+        (MIB - 5, MIB + 4096 + 9),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let data = pattern(10 + i as u64, len);
         f.write_all_at(&data, off as u64).unwrap();
@@ -143,7 +162,13 @@ fn write_through(mnt: &Path, tmp: &Path) -> Vec<u8> {
     let st = Command::new("dd")
         .arg(format!("if={}", src.display()))
         .arg(format!("of={}", disk.display()))
-        .args(["bs=64k", "seek=64", "oflag=direct", "conv=notrunc,fsync", "status=none"])
+        .args([
+            "bs=64k",
+            "seek=64",
+            "oflag=direct",
+            "conv=notrunc,fsync",
+            "status=none",
+        ])
         .status()
         .unwrap();
     assert!(st.success(), "dd through the mount");
@@ -160,10 +185,16 @@ fn round_trip(bin: &Path, transport: &[&str]) -> String {
     let probe = Probe::start(bin, &backing, &mnt, transport);
     let expect = write_through(&mnt, tmp.path());
     let through = std::fs::read(mnt.join("disk")).unwrap();
-    assert!(through == expect, "{transport:?}: the mount reads back other bytes than written");
+    assert!(
+        through == expect,
+        "{transport:?}: the mount reads back other bytes than written"
+    );
     let stderr = probe.stop();
     let on_disk = std::fs::read(&backing).unwrap();
-    assert!(on_disk == expect, "{transport:?}: the backing file differs from what was written");
+    assert!(
+        on_disk == expect,
+        "{transport:?}: the backing file differs from what was written"
+    );
     stderr
 }
 
@@ -190,5 +221,8 @@ fn probe_carries_payloads_over_dev_and_uring() {
     // Every request after registration comes over the ring: the writes, reads and
     // fsyncs of the round trip are far more than the few before it.
     let (dev, uring) = (stat(&stderr, "dev"), stat(&stderr, "uring"));
-    assert!(uring > 20 && uring > 4 * dev, "requests dev={dev} uring={uring}:\n{stderr}");
+    assert!(
+        uring > 20 && uring > 4 * dev,
+        "requests dev={dev} uring={uring}:\n{stderr}"
+    );
 }
