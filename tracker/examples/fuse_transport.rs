@@ -125,6 +125,10 @@ struct Args {
     /// entry, so the mount hangs. For that experiment only.
     #[arg(long)]
     register_queues: Option<usize>,
+    /// Set up each entry's ring with IORING_SETUP_DEFER_TASKRUN (completions run only
+    /// when the entry's thread waits for them).
+    #[arg(long)]
+    defer_taskrun: bool,
     /// Directory to mount on.
     mountpoint: PathBuf,
 }
@@ -568,12 +572,14 @@ fn submit_one(ring: &mut Ring, sqe: &io_uring::squeue::Entry128) -> io::Result<i
 
 /// One ring entry served by one thread pinned to the queue's CPU: register, then
 /// handle a request and commit-and-fetch the next, synchronously, until teardown.
-fn uring_entry(server: &Server, devfd: RawFd, qid: u16) -> Result<()> {
+fn uring_entry(server: &Server, devfd: RawFd, qid: u16, defer: bool) -> Result<()> {
     pin_to_cpu(qid as usize);
-    let mut ring: Ring = io_uring::IoUring::builder()
-        .setup_single_issuer()
-        .build(2)
-        .context("io_uring_setup (SQE128)")?;
+    let mut builder = io_uring::IoUring::builder();
+    builder.setup_single_issuer();
+    if defer {
+        builder.setup_defer_taskrun();
+    }
+    let mut ring: Ring = builder.build(2).context("io_uring_setup (SQE128)")?;
     let mut header = vec![0u8; URING_HEADER_LEN];
     let mut payload = vec![0u8; MAX_WRITE as usize];
     let mut small = vec![0u8; SMALL_REPLY_LEN];
@@ -843,6 +849,7 @@ fn main() -> Result<()> {
             );
             let queues = possible_cpus()?;
             let registered = args.register_queues.unwrap_or(queues).min(queues);
+            let defer = args.defer_taskrun;
             for qid in 0..registered {
                 for e in 0..args.depth.max(1) {
                     let (server, master) = (server.clone(), master.clone());
@@ -851,7 +858,7 @@ fn main() -> Result<()> {
                             .name(format!("q{qid}e{e}"))
                             .spawn(move || {
                                 if let Err(err) =
-                                    uring_entry(&server, master.as_raw_fd(), qid as u16)
+                                    uring_entry(&server, master.as_raw_fd(), qid as u16, defer)
                                 {
                                     eprintln!("fuse_transport: {err:#}");
                                 }
