@@ -123,20 +123,18 @@ struct DiskState {
     changed_outside: Option<String>,
     /// A change outside the tracker was found since the last seal (reported by the next).
     outside_unsealed: bool,
-    /// Extents the image has every block of (no hole, inside its size): a write there needs
-    /// no `fallocate` ahead (see [`Disk::reserve`]). Forgotten where the tracker punches,
-    /// zeroes or cuts, and all of it on a change from outside.
-    allocated: HashSet<u64>,
-    /// Byte ranges the tracker reserved itself in extents not known whole, such as the
-    /// growing tail of a qcow2 image (every write there lands past the end of the file, so
-    /// its extent never counts as whole until the file has grown past it). At most
-    /// [`RESERVED_RANGES`] ranges; forgotten like `allocated`.
-    reserved: RangeSet<u64>,
+    /// Byte ranges known to have every block, so a write there needs no `fallocate` ahead
+    /// (see [`Disk::reserve`]): whole extents found without a hole inside the image's size,
+    /// and the ranges the tracker reserved, allocated or zeroed itself (such as the growing
+    /// tail of a qcow2 image, whose extent is never whole while the file grows past it).
+    /// Forgotten where the tracker punches, zeroes or cuts, and all of it on a change from
+    /// outside. At most [`ALLOCATED_RANGES`] ranges.
+    allocated: RangeSet<u64>,
 }
 
-/// Bound of [`DiskState::reserved`]: random writes into a sparse image leave one range
+/// Bound of [`DiskState::allocated`]: random writes into a sparse image leave one range
 /// each; past this many the set starts again empty (a few KiB of memory, never more).
-const RESERVED_RANGES: usize = 4096;
+const ALLOCATED_RANGES: usize = 4096;
 
 impl DiskState {
     /// Records `change` in the active log, or in the swap buffer during a seal. Writes with
@@ -210,28 +208,22 @@ impl DiskState {
         self.log = Some(next);
     }
 
-    /// `[off, end)` has its blocks: the tracker reserved (or allocated) them itself.
-    fn note_reserved(&mut self, off: u64, end: u64) {
+    /// `[off, end)` has every block (reserved, allocated or found so).
+    fn note_allocated(&mut self, off: u64, end: u64) {
         if off >= end {
             return;
         }
-        if self.reserved.len() >= RESERVED_RANGES {
-            self.reserved.clear();
+        if self.allocated.len() >= ALLOCATED_RANGES {
+            self.allocated.clear();
         }
-        self.reserved.insert(off..end);
+        self.allocated.insert(off..end);
     }
 
-    /// The extents of `[off, off+len)` may have holes again.
+    /// `[off, off+len)` may have holes again.
     fn forget_allocated(&mut self, off: u64, len: u64) {
-        if len > 0 && !self.reserved.is_empty() {
-            self.reserved.remove(off..off.saturating_add(len));
+        if len > 0 {
+            self.allocated.remove(off..off.saturating_add(len));
         }
-        if self.allocated.is_empty() {
-            return;
-        }
-        let es = u64::from(EXTENT_SIZE);
-        let (first, end) = (off / es, off.saturating_add(len).div_ceil(es));
-        self.allocated.retain(|&e| e < first || e >= end);
     }
 
     /// Nothing vouches for the image any more (changed behind the tracker's back, bitmap or
@@ -559,8 +551,7 @@ impl Disk {
                     lasting_warnings: Vec::new(),
                     changed_outside: None,
                     outside_unsealed: false,
-                    allocated: HashSet::new(),
-                    reserved: RangeSet::new(),
+                    allocated: RangeSet::new(),
                 }),
                 swapped: Condvar::new(),
             },
@@ -637,19 +628,16 @@ impl Disk {
     fn reserve(st: &mut DiskState, fd: BorrowedFd<'_>, off: u64, len: u64) -> io::Result<()> {
         let es = u64::from(EXTENT_SIZE);
         let end = off.saturating_add(len);
-        let extents = off / es..end.div_ceil(es);
-        if len == 0
-            || extents.clone().all(|e| st.allocated.contains(&e))
-            || st.reserved.gaps(&(off..end)).next().is_none()
-        {
+        let known =
+            |st: &DiskState, r: std::ops::Range<u64>| st.allocated.gaps(&r).next().is_none();
+        if len == 0 || known(st, off..end) {
             return Ok(());
         }
         reserve(fd, off, len)?;
-        st.note_reserved(off, end);
-        for e in extents {
-            if !st.allocated.contains(&e) && fully_allocated(fd, e, st.size) {
-                st.allocated.insert(e);
-                st.reserved.remove(e * es..(e + 1) * es);
+        st.note_allocated(off, end);
+        for e in off / es..end.div_ceil(es) {
+            if !known(st, e * es..(e + 1) * es) && fully_allocated(fd, e, st.size) {
+                st.note_allocated(e * es, (e + 1) * es);
             }
         }
         Ok(())
@@ -703,7 +691,7 @@ impl Disk {
         // An allocation, and a zero range too, leaves the range's blocks allocated
         // (fallocate(2): "blocks are preallocated for the regions that span the holes").
         if !punch {
-            st.note_reserved(off, end);
+            st.note_allocated(off, end);
         }
         Ok(())
     }
@@ -820,7 +808,6 @@ impl Disk {
         st.changed_outside.get_or_insert(why);
         st.outside_unsealed = true;
         st.allocated.clear();
-        st.reserved.clear();
     }
 
     /// Marks the whole disk unclean and held (a full compare at the next cycle) for a change
@@ -1533,10 +1520,12 @@ mod tests {
         f.set_len(3 * es).unwrap();
         let (disk, f) = open_disk(dir, "d.raw");
         let fd = f.as_fd();
+        // The extents known whole.
         let allocated = || {
-            let mut v: Vec<u64> = disk.lock().allocated.iter().copied().collect();
-            v.sort();
-            v
+            let st = disk.lock();
+            (0..3)
+                .filter(|e| st.allocated.gaps(&(e * es..(e + 1) * es)).next().is_none())
+                .collect::<Vec<u64>>()
         };
         disk.write(fd, 10, b"over data").unwrap();
         disk.write(fd, es + 10, b"into a hole").unwrap();
@@ -1591,7 +1580,7 @@ mod tests {
         std::fs::write(dir.join("q.qcow2"), vec![7u8; 4096]).unwrap();
         let (disk, f) = open_disk(dir, "q.qcow2");
         let fd = f.as_fd();
-        let reserved = || disk.lock().reserved.iter().cloned().collect::<Vec<_>>();
+        let reserved = || disk.lock().allocated.iter().cloned().collect::<Vec<_>>();
         // A qcow2 growing cluster by cluster: qemu zeroes a 64 KiB cluster past the end,
         // then writes 4 KiB blocks into it; those need no reservation.
         disk.fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 65536, 65536)
@@ -1643,11 +1632,11 @@ mod tests {
         f.set_len(1 << 30).unwrap();
         let (disk, f) = open_disk(dir, "s.raw");
         // Scattered writes into a sparse image: one range each, never more than the bound.
-        for i in 0..(RESERVED_RANGES as u64 + 10) {
+        for i in 0..(ALLOCATED_RANGES as u64 + 10) {
             disk.write(f.as_fd(), i * 65536, b"x").unwrap();
-            assert!(disk.lock().reserved.len() <= RESERVED_RANGES);
+            assert!(disk.lock().allocated.len() <= ALLOCATED_RANGES);
         }
-        assert!(!disk.lock().reserved.is_empty());
+        assert!(!disk.lock().allocated.is_empty());
     }
 
     #[test]
