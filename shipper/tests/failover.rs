@@ -981,15 +981,6 @@ fn prepare_is_resumable_and_trusts_only_its_own_marker() {
     assert!(!hidden.exists() && !marker.exists(), "{:?}", names(&r.dir));
 }
 
-/// The stop points of a failover's final pass, in the order it reaches them.
-const FINAL_PASS_STOPS: [&str; 5] = [
-    "failover-after-rename",
-    "failover-before-takeover",
-    "failover-after-takeover",
-    "failover-mid-reverse",
-    "failover-after-reverse",
-];
-
 /// Which disks the final pass finds: `Prepared`, a recovery directory where `disk0.img` was
 /// prepared (`--prepare`, then caught up) and `disk1.img` is new; `Delta`, a failback onto
 /// the original directory, `disk0.img` there at its size (by delta) and `disk1.img` new.
@@ -1199,7 +1190,11 @@ fn killed_final_pass_is_finished_by_running_it_again(kind: Final, at: &str, more
         "{kind:?} {at}: the killed failover succeeded"
     );
     let taken = owner_records(&s).len() > owners_before;
-    let after_takeover = FINAL_PASS_STOPS.iter().position(|p| *p == at).unwrap() >= 2;
+    let after_takeover = FAILOVER_FINAL_PASS_STOPS
+        .iter()
+        .position(|p| *p == at)
+        .unwrap()
+        >= 2;
     assert_eq!(taken, after_takeover, "{kind:?} {at}: owner records");
 
     let out = side.failover(&s, more).output().unwrap();
@@ -1318,7 +1313,7 @@ fn a_failover_killed_after_reverse_is_finished_by_running_it_again() {
 /// instead: every disk is downloaded whole and the result is the same.
 #[test]
 fn a_killed_failover_finished_with_full_is_the_same() {
-    for (i, at) in FINAL_PASS_STOPS.iter().enumerate() {
+    for (i, at) in FAILOVER_FINAL_PASS_STOPS.iter().enumerate() {
         let kind = [Final::Prepared, Final::Delta][i % 2];
         killed_final_pass_is_finished_by_running_it_again(kind, at, &["--full"]);
     }
@@ -1331,7 +1326,7 @@ fn a_killed_failover_finished_with_full_is_the_same() {
 /// that restores to them too; the failover run again afterwards takes that point.
 #[test]
 fn a_failover_killed_after_its_takeover_and_used_as_it_is_corrupts_nothing() {
-    for at in &FINAL_PASS_STOPS[2..] {
+    for at in &FAILOVER_FINAL_PASS_STOPS[2..] {
         let s = Site::new(ServerKind::Local);
         let (side, point, _) = final_pass_setup(&s, Final::Prepared);
         let marker = side.state.join(format!("stopped-at-{at}"));
@@ -1374,7 +1369,7 @@ fn a_failover_killed_after_its_takeover_and_used_as_it_is_corrupts_nothing() {
 /// named are brought to it), takes the group once, and replication continues from there.
 #[test]
 fn a_failback_killed_before_its_takeover_then_handed_over_takes_the_new_point() {
-    for at in &FINAL_PASS_STOPS[..2] {
+    for at in &FAILOVER_FINAL_PASS_STOPS[..2] {
         let s = Site::new(ServerKind::Local);
         let (side, _, source) = final_pass_setup(&s, Final::Delta);
         let owners_before = owner_records(&s).len();

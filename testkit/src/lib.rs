@@ -35,8 +35,8 @@ pub use files::{
 pub use holder::Holder;
 pub use mount::{force_unmount, is_mounted, request_at, scratch, Mounted};
 pub use process::{
-    kill9_at_stop_point, kill9_at_stop_point_within, run, signal, spawn_paused_at, wait_exit,
-    KillOnDrop,
+    kill9_at_stop_point, kill9_at_stop_point_within, kill9_if_it_reaches, run, signal,
+    spawn_paused_at, wait_exit, KillOnDrop, FAILOVER_FINAL_PASS_STOPS,
 };
 pub use site::{ok, shipper, shipper_command, stderr, Site};
 pub use stand_in::FakeTracker;

@@ -92,6 +92,40 @@ pub fn kill9_at_stop_point_within(
     child.0.wait().expect("reap the killed shipper")
 }
 
+/// Like [`kill9_at_stop_point_within`], for a command that may finish without reaching
+/// `at` (a prune with nothing to merge, a failback that renames nothing): kills it there if
+/// it gets there; true if it did, false if it exited first.
+pub fn kill9_if_it_reaches(mut cmd: Command, marker: &Path, at: &str, deadline: Duration) -> bool {
+    let _ = std::fs::remove_file(marker);
+    let mut child = KillOnDrop::spawn(
+        cmd.env("HRL_SHIPPER_STOP_AT", at)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let stopped = wait_for(deadline, &format!("the stop point {at}"), || {
+        match (marker.exists(), child.0.try_wait()) {
+            (true, _) => Ok(true),
+            (false, Ok(Some(_))) => Ok(false),
+            _ => Err("running"),
+        }
+    });
+    if stopped {
+        signal(child.id(), "KILL");
+    }
+    let _ = child.0.wait();
+    stopped
+}
+
+/// The stop points of a failover's final pass (`shipper/src/replicate/stop.rs`), in the
+/// order it reaches them.
+pub const FAILOVER_FINAL_PASS_STOPS: [&str; 5] = [
+    "failover-after-rename",
+    "failover-before-takeover",
+    "failover-after-takeover",
+    "failover-mid-reverse",
+    "failover-after-reverse",
+];
+
 /// [`kill9_at_stop_point_within`] 30 s.
 pub fn kill9_at_stop_point(cmd: Command, marker: &Path, at: &str) -> ExitStatus {
     kill9_at_stop_point_within(cmd, marker, at, Duration::from_secs(30))

@@ -511,20 +511,7 @@ fn prune(w: &mut World, act: &Action) -> Result<String, Finding> {
     if let Some(at) = kill {
         // Reaches the stop point only when there is something to merge or collect.
         let marker = w.state.join(format!("stopped-at-{at}"));
-        let _ = std::fs::remove_file(&marker);
-        let mut child =
-            crate::common::KillOnDrop::spawn(w.cmd(&args).env("HRL_SHIPPER_STOP_AT", at));
-        let stopped = crate::common::wait_for(Duration::from_secs(60), at, || {
-            match (marker.exists(), child.0.try_wait()) {
-                (true, _) => Ok(true),
-                (false, Ok(Some(_))) => Ok(false),
-                _ => Err("running"),
-            }
-        });
-        if stopped {
-            crate::common::signal(child.id(), "KILL");
-        }
-        let _ = child.0.wait();
+        crate::common::kill9_if_it_reaches(w.cmd(&args), &marker, at, Duration::from_secs(60));
     }
     let out = w.tool(&args);
     if !out.status.success() && !w.objects_lost {

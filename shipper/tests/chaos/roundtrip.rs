@@ -38,15 +38,6 @@ fn failover(w: &World, to: &Path, prepare: bool) -> Result<serde_json::Value, Fi
     serde_json::from_slice(&o.stdout).map_err(|e| format!("failover --json: {e}"))
 }
 
-/// The stop points of a failover's final pass (`replicate/stop.rs`).
-const FINAL_PASS_STOPS: [&str; 5] = [
-    "failover-after-rename",
-    "failover-before-takeover",
-    "failover-after-takeover",
-    "failover-mid-reverse",
-    "failover-after-reverse",
-];
-
 /// A failover into `to`, first killed (-9) at stop point `kill` when it gets there, then run
 /// again (the rerun must finish it). `what` says so.
 fn final_pass(
@@ -61,24 +52,12 @@ fn final_pass(
             "failover", "--target", &w.url, "--group", GROUP, "--to", &to_s, "--json",
         ];
         let marker = w.state.join(format!("stopped-at-{at}"));
-        let _ = std::fs::remove_file(&marker);
-        let mut child = crate::common::KillOnDrop::spawn(
-            w.cmd(&args)
-                .env("HRL_SHIPPER_STOP_AT", at)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null()),
+        let stopped = crate::common::kill9_if_it_reaches(
+            w.cmd(&args),
+            &marker,
+            at,
+            std::time::Duration::from_secs(60),
         );
-        let stopped = crate::common::wait_for(std::time::Duration::from_secs(60), at, || {
-            match (marker.exists(), child.0.try_wait()) {
-                (true, _) => Ok(true),
-                (false, Ok(Some(_))) => Ok(false),
-                _ => Err("running"),
-            }
-        });
-        if stopped {
-            crate::common::signal(child.id(), "KILL");
-        }
-        let _ = child.0.wait();
         what.push(match stopped {
             true => format!("failover into {} killed at {at}, run again", to.display()),
             false => format!("(failover into {} did not reach {at})", to.display()),
@@ -131,7 +110,9 @@ pub fn failover_round_trip(w: &mut World, act: &Action, rng: &mut Rng) -> Result
     let prepare = (act.a / 2) % 3 != 0;
     let commit_there = act.b % 2 == 0;
     // Some of the time one of the two failovers is killed in its final pass and run again.
-    let kill = FINAL_PASS_STOPS.get(((act.b >> 1) % 10) as usize).copied();
+    let kill = crate::common::FAILOVER_FINAL_PASS_STOPS
+        .get(((act.b >> 1) % 10) as usize)
+        .copied();
     let kill_failback = (act.b >> 8) % 2 == 0;
     let mut what = vec![format!(
         "{}{}",
