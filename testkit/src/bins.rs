@@ -31,6 +31,21 @@ pub fn required(name: &str, package: &str) -> PathBuf {
     })
 }
 
+/// Example `name` of `package` (`target/<profile>/examples/<name>`); panics saying how to
+/// build it when it is missing (`cargo nextest run --workspace` builds examples too).
+pub fn example_bin(name: &str, package: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join("examples").join(name));
+    p.filter(|p| p.exists()).unwrap_or_else(|| {
+        panic!(
+            "the example {name} is missing: build it first (cargo build -p {package} --examples)"
+        )
+    })
+}
+
 /// The tracker binary.
 pub fn tracker_bin() -> PathBuf {
     required("hrl-tracker", "hrl-tracker")

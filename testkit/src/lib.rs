@@ -26,7 +26,7 @@ pub mod store;
 pub mod user;
 pub mod wait;
 
-pub use bins::{shipper_bin, shipper_bin_if_built, tracker_bin};
+pub use bins::{example_bin, shipper_bin, shipper_bin_if_built, tracker_bin};
 pub use block::{LoopFs, ReadOnly, Tmpfs, Undo};
 pub use files::{
     allocated, assert_files_equal, assert_files_equal as assert_same_file, assert_replay_equals,

@@ -22,31 +22,6 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Builds the example (a no-op when fresh) into the profile this test was built in.
-fn probe_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let target_dir = profile_dir.parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--quiet",
-        "-p",
-        "hrl-tracker",
-        "--example",
-        "fuse_transport",
-    ])
-    .env("CARGO_TARGET_DIR", target_dir)
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let st = cmd.status().unwrap();
-    assert!(st.success(), "cargo build --example fuse_transport failed");
-    profile_dir.join("examples").join("fuse_transport")
-}
-
 /// Sets enable_uring to Y and puts the old value back on drop.
 struct UringSwitch(String);
 
@@ -204,7 +179,7 @@ fn probe_carries_payloads_over_dev_and_uring() {
         println!("skipped: needs root (mount(2), /dev/fuse)");
         return;
     }
-    let bin = probe_bin();
+    let bin = example_bin("fuse_transport", "hrl-tracker");
     let stderr = round_trip(&bin, &["--transport", "dev", "--threads", "2"]);
     assert_eq!(stat(&stderr, "uring"), 0, "{stderr}");
     assert!(stat(&stderr, "dev") > 0, "{stderr}");
